@@ -1,0 +1,59 @@
+"""`python -m cai_gen [overrides]`: Hydra composes conf/ once -> validated RunConfig -> pipeline.run()."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+if not (CONF / "config.yaml").is_file():  # a non-editable install has no conf/: say so instead of Hydra's trace
+    sys.exit(f"cai_gen: config folder {CONF} not found; run from a checkout (pip install -e .)")
+
+import hydra  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from . import constitution, prompts  # noqa: E402  (light: pydantic + yaml only)
+from .errors import UserError  # noqa: E402
+
+
+def register_groups() -> None:
+    """constitution=<name> and prompts=<name> choose files found by scanning constitutions/ and prompts/:
+    a new domain is a new YAML there, no conf/ entry needed."""
+    cs = ConfigStore.instance()
+    for name in constitution.available():
+        cs.store(group="constitution", name=name, node={"name": name, "path": None})
+    for name in prompts.available():
+        cs.store(group="prompts", name=name, node={"name": name, "path": None, "dataset": None, "split": "train",
+                                                   "column": "prompt", "id_column": None, "domain_column": None})
+
+
+register_groups()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .config import validate
+
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+        run_cfg = validate(raw)
+        out = Path(HydraConfig.get().runtime.output_dir)
+        from . import pipeline, report  # heavy-ish imports only once the config is known to be good
+
+        summary = pipeline.run(run_cfg, out)
+        const = constitution.load(run_cfg.constitution.name, run_cfg.constitution.path)
+        report.write_card(out, summary, run_cfg.model_dump(mode="json"), const)
+        report.print_summary(summary, out)
+    except UserError as e:
+        print(f"cai_gen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    main()

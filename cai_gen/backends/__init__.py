@@ -1,0 +1,63 @@
+"""The engine boundary. Stages hand a backend whole batches of chat conversations; backends return text.
+
+Backends are Protocol-typed, not subclassed: anything with these methods works. Heavy imports stay inside
+each backend module so `--help` and config errors never pay for torch or vllm.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class Params:
+    """Sampling for one request (plain values, so every backend can map them)."""
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop" or "length" (hit max_tokens: the text is truncated)
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache, where the engine says
+
+
+OnDone = Callable[[int, Generation], None]
+
+
+class Backend(Protocol):
+    name: str
+    model: str
+    max_model_len: int
+
+    def count_tokens(self, convs: list[Conversation]) -> list[int]:
+        """Prompt length in tokens of each conversation after the chat template (generation prompt added)."""
+        ...
+
+    def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
+        """One batched call. `on_done(i, gen)` fires as each request finishes (progress, streaming commits)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def make_backend(kind: str, model_path: str, model_name: str, opts: dict) -> Backend:
+    if kind == "vllm":
+        from .vllm import VLLMBackend
+        return VLLMBackend(model_path, model_name, **opts)
+    if kind == "transformers":
+        from .transformers import HFBackend
+        return HFBackend(model_path, model_name, **opts)
+    if kind == "fake":
+        from .fake import FakeBackend
+        return FakeBackend(model_path, model_name, **opts)
+    from ..errors import UserError
+    raise UserError(f"backend.kind: unknown backend {kind!r} (use vllm, transformers or fake)")

@@ -1,0 +1,59 @@
+"""A deterministic fake engine for fast unit tests of the pipeline's logic (never for behaviour claims).
+
+Text is derived from a hash of the conversation, so the same input always gives the same output. The stage is
+read off the conversation: the revision template's last line marks a revision request; otherwise a conversation
+with an assistant turn asks for a critique; otherwise it is a first response. Tokens are whitespace words.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from . import Conversation, Generation, OnDone, Params
+
+WORDS = ("account billing refund order shipping update support policy secure verify help team email step link "
+         "settings review details contact confirm request window days form option status").split()
+REVISION_MARK = "rewritten response only"
+
+
+def _words(seed: str, n: int) -> list[str]:
+    h = hashlib.sha256(seed.encode()).digest()
+    return [WORDS[(h[i % len(h)] + i * 7) % len(WORDS)] for i in range(n)]
+
+
+class FakeBackend:
+    name = "fake"
+
+    def __init__(self, model_path: str, model_name: str, *, mode: str = "good", max_model_len: int = 2048):
+        self.model, self.mode, self.max_model_len = model_name, mode, max_model_len
+        self.calls: list[int] = []  # batch size of each generate call (tests check stages are batched)
+
+    def count_tokens(self, convs: list[Conversation]) -> list[int]:
+        return [sum(len(m["content"].split()) + 2 for m in c) for c in convs]
+
+    def _text(self, conv: Conversation, p: Params) -> str:
+        key = repr(conv) + f"|{p.temperature}|{p.top_p}|{p.seed}"
+        last = conv[-1]["content"]
+        if REVISION_MARK in last:
+            if self.mode == "echo":
+                return conv[-2]["content"]  # repeats its own critique, the small-model failure we must catch
+            body = "Thanks for reaching out. " + " ".join(_words("rev" + key, 24)) + "."
+            return ("Here is a revised response:\n\n" + body) if self.mode == "preface" else body
+        if any(m["role"] == "assistant" for m in conv):
+            return "The response is vague about " + " ".join(_words("crit" + key, 10)) + "."
+        return "Sure. " + " ".join(_words("resp" + key, 30)) + "."
+
+    def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
+        self.calls.append(len(convs))
+        out = []
+        for i, (conv, p) in enumerate(zip(convs, params)):
+            words = self._text(conv, p).split(" ")
+            finish = "length" if len(words) > p.max_tokens else "stop"
+            gen = Generation(" ".join(words[: p.max_tokens]), finish, self.count_tokens([conv])[0],
+                             min(len(words), p.max_tokens))
+            out.append(gen)
+            if on_done:
+                on_done(i, gen)
+        return out
+
+    def close(self) -> None:
+        pass

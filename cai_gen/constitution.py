@@ -1,0 +1,137 @@
+"""Constitutions: YAML data (one domain per file), validated, merged with an `include:` base, hashed, sampled.
+
+Merge rule for `include:`: scalar keys, local wins; `principles` merge by id (a local principle replaces the
+base's principle of the same id, new ids are appended); `few_shot` local examples come first, then the base's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+from .yamlio import load_yaml, pydantic_msg
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSTITUTIONS = ROOT / "constitutions"
+
+
+class Principle(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    critique: str = Field(min_length=1)  # the critique request: what to look for in the response
+    revision: str = Field(min_length=1)  # the revision request: how to rewrite it
+    weight: float = Field(1.0, gt=0)     # relative sampling weight
+    tags: list[str] = []
+
+
+class FewShot(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1)
+    response: str = Field(min_length=1)
+    principle: str
+    critique: str = Field(min_length=1)
+    revision: str = Field(min_length=1)
+
+
+class Constitution(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    version: int | str = 1
+    description: str = ""
+    principles: list[Principle] = Field(min_length=1)
+    few_shot: list[FewShot] = []
+
+    @field_validator("principles")
+    @classmethod
+    def _unique(cls, ps):
+        seen = set()
+        for i, p in enumerate(ps):
+            if p.id in seen:
+                raise ValueError(f"duplicate principle id {p.id!r} at principles[{i}]")
+            seen.add(p.id)
+        return ps
+
+    @model_validator(mode="after")
+    def _few_shot_known(self):
+        ids = {p.id for p in self.principles}
+        for i, fs in enumerate(self.few_shot):
+            if fs.principle not in ids:
+                raise ValueError(f"few_shot[{i}] names unknown principle {fs.principle!r}")
+        return self
+
+    @property
+    def hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}#{self.hash}"
+
+    def principle(self, pid: str) -> Principle:
+        return next(p for p in self.principles if p.id == pid)
+
+    def sample(self, rounds: int, *key) -> list[str]:
+        """Weighted principle ids for `rounds` rounds, a different one each round while any are left.
+
+        Seeded by `key` (seed, prompt id, sample) alone, so a row's choice does not depend on run order."""
+        rng = random.Random(json.dumps(key))
+        pool, out = list(self.principles), []
+        for _ in range(rounds):
+            if not pool:
+                pool = list(self.principles)
+            p = rng.choices(pool, weights=[q.weight for q in pool])[0]
+            pool.remove(p)
+            out.append(p.id)
+        return out
+
+
+def available() -> list[str]:
+    """Names selectable as constitution=<name>: every constitutions/*.yaml not starting with '_' (bases)."""
+    return sorted(p.stem for p in CONSTITUTIONS.glob("*.yaml") if not p.name.startswith("_"))
+
+
+def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: include cycle ({' -> '.join(p.name for p in seen + (path,))})")
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a constitution must be a YAML mapping, got {type(data).__name__}")
+    inc = data.pop("include", None)
+    if inc is None:
+        return data
+    if not isinstance(inc, str):
+        raise UserError(f"{path}: include: must be a file name, got {inc!r}")
+    base = _raw(path.parent / inc, seen + (path,))
+    merged = {**base, **{k: v for k, v in data.items() if k not in ("principles", "few_shot")}}
+    local = data.get("principles") or []
+    if not isinstance(local, list):
+        raise UserError(f"{path}: principles: must be a list")
+    by_id = {p.get("id"): p for p in local if isinstance(p, dict)}
+    merged["principles"] = [by_id.pop(p.get("id"), p) if isinstance(p, dict) else p
+                            for p in base.get("principles") or []]
+    merged["principles"] += [p for p in local if not isinstance(p, dict) or p.get("id") in by_id]
+    merged["few_shot"] = list(data.get("few_shot") or []) + list(base.get("few_shot") or [])
+    return merged
+
+
+def load(name: str | None = None, path: str | None = None) -> Constitution:
+    if path:
+        file = Path(path).expanduser()
+    elif name:
+        file = CONSTITUTIONS / f"{name}.yaml"
+        if not file.is_file():
+            raise UserError(f"constitution: no constitution named {name!r} in {CONSTITUTIONS} "
+                            f"(have: {', '.join(available())}); or set constitution.path=FILE")
+    else:
+        raise UserError("constitution: set constitution=<name> or constitution.path=FILE")
+    data = _raw(file)
+    try:
+        return Constitution.model_validate(data)
+    except ValidationError as e:
+        raise UserError(f"{file}: {pydantic_msg(e.errors()[0], data)}") from None

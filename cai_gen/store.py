@@ -1,0 +1,116 @@
+"""Write a finished run: TRL-ready preference data, KTO rows, the trace, rejected pairs, summary.
+
+Every final file is written to a temp name and renamed into place, so a half-written file never exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "domain", "source",
+                "created_at", "model", "constitution", "sampling", "similarity", "flags"]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def save_dataset(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """datasets.save_to_disk into a temp dir, then swap it in (TRL users call load_from_disk on it)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({c: [] for c in columns})
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    ds.save_to_disk(str(tmp))
+    tmp.chmod(0o755)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def prompt_messages(row) -> list[dict]:
+    sys = [{"role": "system", "content": row.prompt.system}] if row.prompt.system else []
+    return sys + [{"role": "user", "content": row.prompt.prompt}]
+
+
+def preference(row, cfg, const, created: str) -> dict:
+    s = cfg.sampling
+    return {
+        "prompt": prompt_messages(row),
+        "chosen": [{"role": "assistant", "content": row.revisions[-1]}],
+        "rejected": [{"role": "assistant", "content": row.original}],
+        "id": row.id,
+        "principle_ids": row.principles[: len(row.critiques)],
+        "critiques": row.critiques,
+        "domain": row.prompt.domain,
+        "source": row.prompt.source,
+        "created_at": created,
+        "model": cfg.model.name,
+        "constitution": const.ref,
+        "sampling": {"temperature": row.params.temperature, "top_p": row.params.top_p, "seed": row.params.seed,
+                     "critique_temperature": s.critique_temperature, "critique_top_p": s.critique_top_p},
+        "similarity": round(row.similarity, 4) if row.similarity is not None else None,
+        "flags": row.flags,
+    }
+
+
+def kto_rows(pref: dict) -> list[dict]:
+    # KTO is unpaired: the revision is a desirable completion, the original an undesirable one.
+    base = {"prompt": pref["prompt"], "id": pref["id"], "domain": pref["domain"], "created_at": pref["created_at"]}
+    return [{**base, "completion": pref["chosen"], "label": True},
+            {**base, "completion": pref["rejected"], "label": False}]
+
+
+def rejected_row(row) -> dict:
+    return {"id": row.id, "stage": row.stage, "reason": row.reason, "prompt": prompt_messages(row),
+            "original": row.original or None, "principle_ids": row.principles[: max(len(row.critiques), 1)],
+            "critiques": row.critiques, "revision": row.revisions[-1] if row.revisions else None,
+            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain}
+
+
+def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    prefs = [preference(r, cfg, const, created) for r in kept]
+    kto = [k for p in prefs for k in kto_rows(p)]
+    write_jsonl(out / "preferences.jsonl", prefs)
+    write_jsonl(out / "kto.jsonl", kto)
+    write_jsonl(out / "rejected.jsonl", [rejected_row(r) for r in rejected])
+    if cfg.output.trace:
+        write_jsonl(out / "trace.jsonl", [{"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
+                                          "principle_ids": r.principles, "stages": r.trace,
+                                          "outcome": "kept" if r.reason is None else r.reason} for r in rows])
+    if cfg.output.save_dataset:
+        save_dataset(out / "preferences", prefs, PREF_COLUMNS)
+        save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
+    return {
+        "rows": len(rows),
+        "kept": len(prefs),
+        "rejected": len(rejected),
+        "reasons": dict(Counter(r.reason for r in rejected).most_common()),
+        "flags": dict(Counter(f.rsplit("_r", 1)[0] for r in kept for f in r.flags)),
+        "principles": dict(Counter(p for pr in prefs for p in pr["principle_ids"]).most_common()),
+        "domains": dict(Counter(p["domain"] for p in prefs).most_common()),
+        "model": cfg.model.name,
+        "constitution": const.ref,
+        "created_at": created,
+    }
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,58 @@
+"""Build the chat conversations for each stage. Prompts and model text are data: they go into messages as
+plain strings and into templates only as variables; nothing the user or model wrote is ever rendered."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from .constitution import Constitution
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@lru_cache(maxsize=None)
+def _env() -> SandboxedEnvironment:
+    # Sandboxed + StrictUndefined: a template typo fails loudly, and templates cannot reach Python internals.
+    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+@lru_cache(maxsize=None)
+def _template(name: str):
+    return _env().from_string((TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8"))
+
+
+def render(name: str, **data) -> str:
+    return _template(name).render(**data).strip()
+
+
+def critique_turn(c: Constitution, pid: str, rnd: int) -> dict:
+    return {"role": "user", "content": render("critique", request=c.principle(pid).critique, principle_id=pid, round=rnd)}
+
+
+def revision_turn(c: Constitution, pid: str, rnd: int) -> dict:
+    return {"role": "user", "content": render("revision", request=c.principle(pid).revision, principle_id=pid, round=rnd)}
+
+
+def few_shot_turns(c: Constitution, k: int) -> list[dict]:
+    """The first k few-shot examples as whole CAI conversations. Fixed for the run (not per row), so every
+    critique/revision request shares this prefix and vLLM's prefix cache computes it once."""
+    turns: list[dict] = []
+    for ex in c.few_shot[:k]:
+        turns += [
+            {"role": "user", "content": ex.prompt},
+            {"role": "assistant", "content": ex.response},
+            critique_turn(c, ex.principle, 1),
+            {"role": "assistant", "content": ex.critique},
+            revision_turn(c, ex.principle, 1),
+            {"role": "assistant", "content": ex.revision},
+        ]
+    return turns
+
+
+def head(system: str | None, few_shot: list[dict], prompt: str) -> list[dict]:
+    """System turn (if any), the few-shot prefix, then the user's prompt."""
+    sys = [{"role": "system", "content": system}] if system else []
+    return sys + few_shot + [{"role": "user", "content": prompt}]
