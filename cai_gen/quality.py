@@ -24,8 +24,9 @@ PREFACE = re.compile(
 META = re.compile(
     r"^\s*(?:the|this|my|your)\s+(?:original\s+|previous\s+|revised\s+|rewritten\s+|assistant'?s?\s+|ai'?s?\s+)?"
     r"(?:response|answer|revision|critique)\b"
-    r"|\b(?:the|my)\s+(?:original|previous)\s+response\b"
-    r"|\bthe critique\b",
+    r"|\b(?:the|my)\s+(?:last\s+|original\s+|previous\s+|revised\s+|rewritten\s+)?response\b"
+    r"|\bthe critique\b"
+    r"|^\s*(?:you(?:'re| are) (?:right|correct)|i agree|thank you for (?:the|your) (?:feedback|critique))\b",
     re.IGNORECASE,
 )
 
@@ -57,8 +58,17 @@ def check_text(text: str, finish: str, what: str, min_chars: int, drop_truncated
     return None
 
 
+def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
+    """Degenerate looping ("It's not supported. It's not supported. ..."): few distinct word n-grams."""
+    w = text.lower().split()
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    return len(grams) >= 12 and len(set(grams)) / len(grams) < min_unique
+
+
 def check_revision(revision: str, critique: str, max_critique_similarity: float) -> str | None:
-    if META.search(revision[:200]):
+    if repetitive(revision):
+        return "repetitive_revision"
+    if META.search(revision[:300]):
         return "revision_is_meta"  # talks about the response/critique instead of answering
     if similarity(revision, critique) > max_critique_similarity:
         return "revision_echoes_critique"

