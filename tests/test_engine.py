@@ -1,0 +1,62 @@
+"""Real-engine behaviour through the session-scoped vLLM engine (and the transformers backend on the CPU)."""
+import json
+
+import pytest
+
+from cai_gen import pipeline
+from cai_gen.backends import Params
+
+from .conftest import make_cfg
+
+pytestmark = pytest.mark.slow
+
+
+def test_vllm_batch_streams_every_row_and_reports_tokens(vllm_backend):
+    convs = [[{"role": "user", "content": f"Say hello to customer number {i}."}] for i in range(6)]
+    seen = []
+    gens = vllm_backend.generate(convs, [Params(0.7, 0.95, 24, i) for i in range(6)], lambda i, g: seen.append(i))
+    assert sorted(seen) == list(range(6))
+    assert all(g.text.strip() and 0 < g.completion_tokens <= 24 and g.prompt_tokens > 5 for g in gens)
+    n = vllm_backend.count_tokens(convs[:1])[0]
+    assert gens[0].prompt_tokens == n  # our context check counts exactly what the engine sees
+
+
+def test_real_pipeline_shares_few_shot_prefix_and_keeps_text_as_data(vllm_backend, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps({"id": f"j{i}", "prompt": p}) for i, p in enumerate(
+        ["What is {{ 7*7 }} in my invoice total {% if x %}?", "Where is my order #{{ order }}?"])) + "\n")
+    cfg = make_cfg("backend.enforce_eager=true", f"prompts.path={f}", "samples=2",
+                   "sampling.max_tokens.respond=48", "sampling.max_tokens.critique=32",
+                   "sampling.max_tokens.revise=48", "filters.drop_truncated=false")
+    s = pipeline.run(cfg, tmp_path / "out", backend=vllm_backend)
+    assert s["rows"] == 4
+    trace = [json.loads(l) for l in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
+    assert trace[0]["stages"][0]["input"][-1]["content"] == "What is {{ 7*7 }} in my invoice total {% if x %}?"
+    # few-shot turns are one shared prefix: the engine serves most critique prompt tokens from its prefix cache
+    crit = s["stages"]["critique r1"]
+    assert crit["cached_tokens"] > 0.3 * crit["prompt_tokens"], crit
+
+
+def test_same_seed_same_choices_on_real_engine(vllm_backend, tmp_path):
+    cfg = make_cfg("limit=2", "samples=2", "sampling.max_tokens.respond=32", "sampling.max_tokens.critique=24",
+                   "sampling.max_tokens.revise=32", "filters.drop_truncated=false")
+    rows = []
+    for k in "ab":
+        pipeline.run(cfg, tmp_path / k, backend=vllm_backend)
+        rows.append([json.loads(l) for l in (tmp_path / k / "trace.jsonl").read_text().splitlines()])
+    a, b = rows
+    assert [(t["id"], t["principle_ids"], t["stages"][0]["params"]) for t in a] == \
+        [(t["id"], t["principle_ids"], t["stages"][0]["params"]) for t in b]
+    # vLLM seeds each request; on the same engine and batch the first answers come out the same
+    assert [t["stages"][0]["output"] for t in a] == [t["stages"][0]["output"] for t in b]
+
+
+def test_transformers_backend_generates_on_cpu(default_model_dir):
+    from cai_gen.backends import make_backend
+
+    be = make_backend("transformers", default_model_dir, "smol", dict(dtype="float32", max_model_len=2048,
+                                                                    batch_size=4, device="cpu"))
+    convs = [[{"role": "user", "content": "Hi, can you help me?"}], [{"role": "user", "content": "Where is my parcel?"}]]
+    gens = be.generate(convs, [Params(0.0, 1.0, 12, 0), Params(0.0, 1.0, 12, 0)])
+    assert all(g.text.strip() and 0 < g.completion_tokens <= 12 for g in gens)
+    assert be.count_tokens(convs)[0] == gens[0].prompt_tokens
