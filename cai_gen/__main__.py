@@ -33,6 +33,22 @@ def register_groups() -> None:
 register_groups()
 
 
+def check_group_choices(argv: list[str]) -> None:
+    """One-line error for `group=unknown` before Hydra prints its multi-line composition error."""
+    groups = {"constitution": constitution.available(), "prompts": prompts.available()}
+    for g in ("model", "backend", "sampling"):
+        groups[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+    for arg in argv:
+        key, eq, val = arg.partition("=")
+        if not eq or key.lstrip("+~") not in groups:
+            continue
+        for choice in val.split(","):  # sweeps: -m constitution=a,b
+            if choice and choice not in groups[key.lstrip("+~")]:
+                print(f"cai_gen: error: {key}={choice}: unknown option "
+                      f"(have: {', '.join(groups[key.lstrip('+~')])})", file=sys.stderr)
+                sys.exit(2)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -43,6 +59,10 @@ def main(cfg: DictConfig) -> None:
         raw = OmegaConf.to_container(cfg, resolve=True)
         run_cfg = validate(raw)
         out = Path(HydraConfig.get().runtime.output_dir)
+        if run_cfg.resume:
+            out = Path(run_cfg.resume).expanduser()
+            if not (out / "work" / "run.json").is_file():
+                raise UserError(f"resume: {out} is not a cai_gen run dir (no work/run.json)")
         from . import pipeline, report  # heavy-ish imports only once the config is known to be good
 
         summary = pipeline.run(run_cfg, out)
@@ -56,4 +76,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    check_group_choices(sys.argv[1:])
     main()

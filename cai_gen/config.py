@@ -41,6 +41,7 @@ class BackendCfg(Strict):
     device: str = "auto"
     # fake
     mode: Literal["good", "echo", "preface"] = "good"
+    delay: float = Field(0.0, ge=0)
     max_model_len: int | None = Field(None, gt=0)
 
     def options(self, model: ModelCfg, seed: int) -> dict:
@@ -53,7 +54,7 @@ class BackendCfg(Strict):
         if self.kind == "transformers":
             return dict(dtype=model.dtype, max_model_len=model.max_model_len, batch_size=self.batch_size,
                         device=self.device, trust_remote_code=model.trust_remote_code)
-        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len)
+        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay)
 
 
 class ConstitutionCfg(Strict):
@@ -120,6 +121,8 @@ class RunConfig(Strict):
     limit: int | None = Field(None, gt=0)
     seed: int = 0
     few_shot: int = Field(2, ge=0)
+    resume: str | None = None
+    restart: bool = False
     filters: FiltersCfg = FiltersCfg()
     output: OutputCfg = OutputCfg()
 

