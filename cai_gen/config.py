@@ -121,6 +121,7 @@ class RunConfig(Strict):
     limit: int | None = Field(None, gt=0)
     seed: int = 0
     few_shot: int = Field(2, ge=0)
+    chunk_size: int | None = Field(None, gt=0)
     resume: str | None = None
     restart: bool = False
     filters: FiltersCfg = FiltersCfg()

@@ -9,7 +9,7 @@ from .errors import UserError
 from .store import atomic_write
 
 # knobs that do not change what is generated: a resume may change them freely
-FREE = {"output", "resume", "restart", "limit"}
+FREE = {"output", "resume", "restart", "limit", "chunk_size"}
 FREE_FLAT = {"backend.delay", "backend.enforce_eager", "backend.gpu_memory_utilization", "backend.max_num_seqs",
              "backend.batch_size", "backend.device"}
 

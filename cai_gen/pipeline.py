@@ -211,11 +211,15 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
     try:
         job = Run(cfg, backend, const, tracker, ledger)
         rows = build_rows(cfg, recs, const)
-        live = job.respond(rows)
-        for rnd in range(1, cfg.rounds + 1):
-            live = job.critique(live, rnd)
-            live = job.revise(live, rnd)
-        kept = job.pair(live)
+        kept: list[Row] = []
+        size = cfg.chunk_size or len(rows) or 1
+        # Each chunk goes through every stage as one batch per stage; the default (null) is the whole run.
+        for start in range(0, len(rows), size):
+            live = job.respond(rows[start:start + size])
+            for rnd in range(1, cfg.rounds + 1):
+                live = job.critique(live, rnd)
+                live = job.revise(live, rnd)
+            kept += job.pair(live)
     finally:
         ledger.close()
         if own:

@@ -132,3 +132,11 @@ def test_cli_multirun_sweeps(tmp_path):
     assert r.returncode == 0, r.stderr
     refs = sorted(jl(p)[0]["constitution"].split("@")[0] for p in tmp_path.glob("*/preferences.jsonl"))
     assert refs == ["customer_service", "helpful_honest"]
+
+
+def test_chunks_give_the_same_rows_in_smaller_batches(tmp_path):
+    _, whole, _ = run(tmp_path / "a", "limit=5", "samples=2")
+    _, chunked, _ = run(tmp_path / "b", "limit=5", "samples=2", "chunk_size=4")
+    assert whole.calls == [10, 10, 10] and chunked.calls == [4, 4, 4, 4, 4, 4, 2, 2, 2]
+    strip = lambda p: [{k: v for k, v in r.items() if k != "created_at"} for r in jl(p / "preferences.jsonl")]  # noqa: E731
+    assert strip(tmp_path / "a") == strip(tmp_path / "b")
