@@ -40,12 +40,12 @@ def check_group_choices(argv: list[str]) -> None:
         groups[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
     for arg in argv:
         key, eq, val = arg.partition("=")
-        if not eq or key.lstrip("+~") not in groups:
+        options = groups.get(key.lstrip("+~"))
+        if not eq or options is None:
             continue
         for choice in val.split(","):  # sweeps: -m constitution=a,b
-            if choice and choice not in groups[key.lstrip("+~")]:
-                print(f"cai_gen: error: {key}={choice}: unknown option "
-                      f"(have: {', '.join(groups[key.lstrip('+~')])})", file=sys.stderr)
+            if choice and choice not in options:
+                print(f"cai_gen: error: {key}={choice}: unknown option (have: {', '.join(options)})", file=sys.stderr)
                 sys.exit(2)
 
 
@@ -66,8 +66,6 @@ def main(cfg: DictConfig) -> None:
         from . import pipeline, report  # heavy-ish imports only once the config is known to be good
 
         summary = pipeline.run(run_cfg, out)
-        const = constitution.load(run_cfg.constitution.name, run_cfg.constitution.path)
-        report.write_card(out, summary, run_cfg.model_dump(mode="json"), const)
         report.print_summary(summary, out)
     except UserError as e:
         print(f"cai_gen: error: {e}", file=sys.stderr)

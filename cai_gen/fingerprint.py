@@ -27,6 +27,7 @@ def _flat(d: dict, pre: str = "") -> dict:
 def check(out: Path, cfg, const) -> None:
     now = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in FREE}
     now["constitution_ref"] = const.ref
+    # JSON round trip so tuples compare equal to the lists read back from run.json
     now = {k: v for k, v in json.loads(json.dumps(_flat(now))).items() if k not in FREE_FLAT}
     f = out / "work" / "run.json"
     if f.exists():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import fingerprint, quality, store, turns
+from . import fingerprint, quality, report, store, turns
 from .backends import Backend, Conversation, Generation, Params, make_backend
 from .config import RunConfig
 from .ledger import Ledger, request_key
@@ -229,4 +229,6 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
     summary.update(prompts=len(recs), seconds=round(time.perf_counter() - t0, 1),
                    stages={k: vars(v) for k, v in tracker.stages.items()})
     store.write_summary(out_dir, summary)
+    # the card uses the constitution this run generated with (not a re-read file that may have changed since)
+    report.write_card(out_dir, summary, cfg.model_dump(mode="json"), const)
     return summary
