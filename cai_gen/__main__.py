@@ -36,7 +36,7 @@ register_groups()
 def check_group_choices(argv: list[str]) -> None:
     """One-line error for `group=unknown` before Hydra prints its multi-line composition error."""
     groups = {"constitution": constitution.available(), "prompts": prompts.available()}
-    for g in ("model", "backend", "sampling"):
+    for g in ("model", "backend", "sampling", "judge"):
         groups[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
     for arg in argv:
         key, eq, val = arg.partition("=")

@@ -42,6 +42,7 @@ class BackendCfg(Strict):
     # fake
     mode: Literal["good", "echo", "preface"] = "good"
     delay: float = Field(0.0, ge=0)
+    judge: Literal["revision", "original", "first", "low", "tie"] = "revision"
     max_model_len: int | None = Field(None, gt=0)
 
     def options(self, model: ModelCfg, seed: int) -> dict:
@@ -54,7 +55,8 @@ class BackendCfg(Strict):
         if self.kind == "transformers":
             return dict(dtype=model.dtype, max_model_len=model.max_model_len, batch_size=self.batch_size,
                         device=self.device, trust_remote_code=model.trust_remote_code)
-        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay)
+        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay,
+                    judge=self.judge)
 
 
 class ConstitutionCfg(Strict):
@@ -105,6 +107,29 @@ class FiltersCfg(Strict):
     strip_preface: bool = True
 
 
+class JudgeCfg(Strict):
+    enabled: bool = False
+    model: ModelCfg | None = None      # null: the generating model judges, on the same engine
+    rubric: list[str] = Field(default_factory=lambda: ["helpfulness", "correctness", "safety", "format"], min_length=1)
+    max_tokens: int = Field(8, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    on_disagrees: Literal["drop", "swap", "keep"] = "drop"
+    on_tie: Literal["drop", "keep"] = "keep"
+    on_inconsistent: Literal["drop", "keep"] = "keep"
+    on_low_confidence: Literal["drop", "keep"] = "keep"
+
+
+class RewardCfg(Strict):
+    model: str | None = None           # HF sequence-classification reward model (hub id or dir); null: off
+    threshold: float = 0.0
+    action: Literal["drop", "flag"] = "flag"
+    batch_size: int = Field(8, gt=0)
+    max_length: int = Field(2048, gt=0)
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
 class OutputCfg(Strict):
     save_dataset: bool = True
     trace: bool = True
@@ -125,6 +150,8 @@ class RunConfig(Strict):
     resume: str | None = None
     restart: bool = False
     filters: FiltersCfg = FiltersCfg()
+    judge: JudgeCfg = JudgeCfg()
+    reward: RewardCfg = RewardCfg()
     output: OutputCfg = OutputCfg()
 
 

@@ -17,7 +17,10 @@ from .backends import Conversation, Generation, Params
 
 
 def request_key(model: str, conv: Conversation, params: Params) -> str:
-    blob = json.dumps([model, conv, asdict(params)], ensure_ascii=False, sort_keys=True)
+    p = asdict(params)
+    if p.get("choices") is None:
+        p.pop("choices", None)  # keeps keys of ledgers written before `choices` existed valid
+    blob = json.dumps([model, conv, p], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

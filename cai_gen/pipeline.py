@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import fingerprint, quality, report, store, turns
+from . import fingerprint, judge as judge_mod, quality, report, store, turns
 from .backends import Backend, Conversation, Generation, Params, make_backend
 from .config import RunConfig
 from .ledger import Ledger, request_key
@@ -40,6 +40,9 @@ class Row:
     reason: str | None = None
     stage: str | None = None
     similarity: float | None = None
+    judge: dict | None = None          # {outcome, verdicts per order, model, action} when the judge ran
+    reward: dict | None = None         # {chosen, rejected, margin, model} when a reward model scored the pair
+    swapped: bool = False              # the judge preferred the original and on_disagrees=swap
     trace: list[dict] = field(default_factory=list)
 
 
@@ -72,6 +75,8 @@ class Run:
         self.rejected: list[Row] = []
 
     def reject(self, row: Row, stage: str, reason: str) -> None:
+        if row.reason is not None:
+            return  # already rejected (a judged row appears once per order)
         row.reason, row.stage = reason, stage
         self.rejected.append(row)
 
@@ -79,20 +84,23 @@ class Run:
         return turns.head(row.prompt.system, self.fs if with_few_shot else [], row.prompt.prompt) + row.history
 
     def stage(self, name: str, rnd: int, rows: list[Row], convs: list[Conversation], params: list[Params],
-              max_tokens: int) -> list[tuple[Row, Generation]]:
-        """Context check, then one batched engine call for the stage; returns (row, generation) for live rows."""
-        lens = self.backend.count_tokens(convs)
+              max_tokens: int, backend: Backend | None = None,
+              tags: list[str] | None = None) -> list[tuple[int, Row, Generation]]:
+        """Context check, then one batched engine call for the stage; returns (input index, row, generation)
+        for the requests that fit the context. `tags` label requests in the trace (the judge's order)."""
+        backend = backend or self.backend
+        lens = backend.count_tokens(convs)
         live = []
-        for row, conv, p, n in zip(rows, convs, params, lens):
-            if n + max_tokens > self.backend.max_model_len:
+        for i, (row, conv, p, n) in enumerate(zip(rows, convs, params, lens)):
+            if n + max_tokens > backend.max_model_len:
                 why = "prompt_too_long" if name == "respond" else "context_overflow"
                 row.trace.append({"stage": name, "round": rnd, "skipped": why, "prompt_tokens": n})
                 self.reject(row, name, why)
             else:
-                live.append((row, conv, p))
-        label = name if name == "respond" else f"{name} r{rnd}"
+                live.append((row, conv, p, i))
+        label = name if rnd == 0 else f"{name} r{rnd}"
         # Reuse every generation the ledger already holds (a resumed run); send only the rest, as one batch.
-        keys = [request_key(self.backend.model, c, p) for _, c, p in live]
+        keys = [request_key(backend.model, c, p) for _, c, p, _ in live]
         gens: list[Generation | None] = [self.ledger.get(k) for k in keys]
         todo = [i for i, g in enumerate(gens) if g is None]
         if len(todo) < len(live):
@@ -102,20 +110,21 @@ class Run:
                 self.ledger.add(keys[todo[j]], g)
                 on_done(j, g)
             if todo:
-                new = self.backend.generate([live[i][1] for i in todo], [live[i][2] for i in todo], commit)
+                new = backend.generate([live[i][1] for i in todo], [live[i][2] for i in todo], commit)
                 for i, g in zip(todo, new):
                     gens[i] = g
         self.ledger.sync()
-        skip = len(self.fs) if name != "respond" else 0
+        skip = len(self.fs) if name in ("critique", "revise") else 0
         out = []
-        for (row, conv, p), g in zip(live, gens):
-            head = 1 if row.prompt.system else 0
-            row.trace.append({"stage": name, "round": rnd, "input": conv[:head] + conv[head + skip:],
+        for (row, conv, p, i), g in zip(live, gens):
+            head = 1 if row.prompt.system and name != "judge" else 0
+            row.trace.append({"stage": name, "round": rnd, **({"tag": tags[i]} if tags else {}),
+                              "input": conv[:head] + conv[head + skip:],
                               "few_shot_turns": skip, "output": g.text, "finish_reason": g.finish_reason,
                               "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                               "params": {"temperature": p.temperature, "top_p": p.top_p, "seed": p.seed,
                                          "max_tokens": p.max_tokens}})
-            out.append((row, g))
+            out.append((i, row, g))
         return out
 
     def respond(self, rows: list[Row]) -> list[Row]:
@@ -123,7 +132,7 @@ class Run:
         res = self.stage("respond", 0, rows, [self.conv(r, False) for r in rows], [r.params for r in rows],
                          self.cfg.sampling.max_tokens.respond)
         live = []
-        for row, g in res:
+        for _, row, g in res:
             row.original = g.text.strip()
             why = quality.check_text(row.original, g.finish_reason, "original", f.min_chars, f.drop_truncated)
             if why:
@@ -144,7 +153,7 @@ class Run:
         res = self.stage("critique", rnd, rows, [self.conv(r, True) for r in rows],
                          [self._params(r, "critique", rnd, mt) for r in rows], mt)
         live = []
-        for row, g in res:
+        for _, row, g in res:
             text = g.text.strip()
             if len(text) < self.cfg.filters.min_chars:
                 self.reject(row, f"critique r{rnd}", "empty_critique")
@@ -161,7 +170,7 @@ class Run:
         res = self.stage("revise", rnd, rows, [self.conv(r, True) for r in rows],
                          [self._params(r, "revise", rnd, mt) for r in rows], mt)
         live = []
-        for row, g in res:
+        for _, row, g in res:
             text, stripped = quality.strip_preface(g.text) if f.strip_preface else (g.text.strip(), False)
             why = quality.check_text(text, g.finish_reason, "revision", f.min_chars, f.drop_truncated)
             if why == "empty_revision" and (stripped or quality.PREFACE.match(g.text.strip())):
@@ -189,6 +198,73 @@ class Run:
                 kept.append(row)
         return kept
 
+    def judge(self, rows: list[Row], backend: Backend) -> list[Row]:
+        """Both orders of every kept pair in one engine batch; outcome and action per pair."""
+        jc = self.cfg.judge
+        pairs = [(r, o) for o in judge_mod.ORDERS for r in rows]
+        convs = [judge_mod.conversation(self.const, r, o, jc.rubric) for r, o in pairs]
+        params = [Params(jc.temperature, 1.0, jc.max_tokens, _seed(self.cfg.seed, r.id, "judge", o),
+                         judge_mod.CHOICES) for r, o in pairs]
+        res = self.stage("judge", 0, [r for r, _ in pairs], convs, params, jc.max_tokens, backend,
+                         tags=[o for _, o in pairs])
+        verdicts: dict[str, dict] = {}
+        for i, row, g in res:
+            verdicts.setdefault(row.id, {})[pairs[i][1]] = g.text.strip()
+        kept = []
+        for row in rows:
+            if row.reason is not None:  # a judge request did not fit the judge's context
+                continue
+            v = verdicts[row.id]
+            out = judge_mod.outcome(v["original_first"], v["revision_first"])
+            act = judge_mod.action(out, jc)
+            row.judge = {"outcome": out, "verdicts": v, "model": backend.model, "action": act}
+            if act == "drop":
+                self.reject(row, "judge", out)
+                continue
+            if act == "swap":
+                row.swapped = True
+                row.flags.append("judge_swapped")
+            elif out != "judge_agrees":
+                row.flags.append(out if out.startswith("judge_") else f"judge_{out}")
+            kept.append(row)
+        return kept
+
+    def reward(self, rows: list[Row]) -> list[Row]:
+        """Score chosen and rejected with a reward model; a margin under the threshold is flagged or dropped."""
+        from . import reward as reward_mod
+
+        rc = self.cfg.reward
+        with self.tracker.stage("reward", len(rows)) as on_done:
+            scores = reward_mod.score(rc.model, [store.pair_messages(r) for r in rows], rc.batch_size,
+                                      rc.max_length, rc.dtype, rc.device, rc.trust_remote_code, on_done)
+        kept = []
+        for row, (sc, sr) in zip(rows, scores):
+            row.reward = {"chosen": round(sc, 4), "rejected": round(sr, 4), "margin": round(sc - sr, 4),
+                          "model": rc.model}
+            if sc - sr < rc.threshold:
+                if rc.action == "drop":
+                    self.reject(row, "reward", "reward_margin_low")
+                    continue
+                row.flags.append("reward_margin_low")
+            kept.append(row)
+        return kept
+
+
+def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: bool, tracker: Tracker) -> list[Row]:
+    """Judge with the generating engine, or close it and load the judge model (two engines rarely fit)."""
+    jm = cfg.judge.model
+    if jm is None:
+        return job.judge(kept, backend)
+    if own:
+        backend.close()
+    path = resolve(jm.source, jm.path, jm.cache_dir)
+    tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading judge {jm.name} ...")
+    judge_backend = make_backend(cfg.backend.kind, path, jm.name, cfg.backend.options(jm, cfg.seed))
+    try:
+        return job.judge(kept, judge_backend)
+    finally:
+        judge_backend.close()
+
 
 def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: Tracker | None = None) -> dict:
     """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process)."""
@@ -198,6 +274,9 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
     recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit)
     tracker = tracker or Tracker()
     fingerprint.check(out_dir, cfg, const)
+    if cfg.reward.model:
+        from . import reward as reward_mod
+        reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
     own = backend is None
     if own:
         # the fake engine loads nothing, so it needs no checkpoint (and no conversion)
@@ -220,15 +299,18 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
                 live = job.critique(live, rnd)
                 live = job.revise(live, rnd)
             kept += job.pair(live)
+        if cfg.judge.enabled and kept:
+            kept = _judge(job, cfg, kept, backend, own, tracker)
     finally:
         ledger.close()
-        if own:
+        if own and backend is not None:
             backend.close()
+    if cfg.reward.model and kept:
+        kept = job.reward(kept)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, created)
     summary.update(prompts=len(recs), seconds=round(time.perf_counter() - t0, 1),
                    stages={k: vars(v) for k, v in tracker.stages.items()})
     store.write_summary(out_dir, summary)
-    # the card uses the constitution this run generated with (not a re-read file that may have changed since)
-    report.write_card(out_dir, summary, cfg.model_dump(mode="json"), const)
-    return summary
+    # card, plots and statistics come from the files just written (constitution.json is the one used here)
+    return report.build(out_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -49,12 +50,27 @@ def prompt_messages(row) -> list[dict]:
     return sys + [{"role": "user", "content": row.prompt.prompt}]
 
 
+def pair_messages(row) -> tuple[list[dict], list[dict], list[dict]]:
+    """(prompt, chosen, rejected) as chat messages. Normally chosen = final revision, rejected = original;
+    a judge swap (on_disagrees=swap) reverses them."""
+    chosen, rejected = row.revisions[-1], row.original
+    if row.swapped:
+        chosen, rejected = rejected, chosen
+    return prompt_messages(row), [{"role": "assistant", "content": chosen}], [{"role": "assistant", "content": rejected}]
+
+
 def preference(row, cfg, const, created: str) -> dict:
     s = cfg.sampling
+    prompt, chosen, rejected = pair_messages(row)
+    extra = {}
+    if row.judge is not None:  # columns exist only when their stage ran, so TRL sees no all-null columns
+        extra["judge"] = row.judge
+    if row.reward is not None:
+        extra["reward"] = row.reward
     return {
-        "prompt": prompt_messages(row),
-        "chosen": [{"role": "assistant", "content": row.revisions[-1]}],
-        "rejected": [{"role": "assistant", "content": row.original}],
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
         "id": row.id,
         "principle_ids": row.principles[: len(row.critiques)],
         "critiques": row.critiques,
@@ -67,6 +83,7 @@ def preference(row, cfg, const, created: str) -> dict:
                      "critique_temperature": s.critique_temperature, "critique_top_p": s.critique_top_p},
         "similarity": round(row.similarity, 4) if row.similarity is not None else None,
         "flags": row.flags,
+        **extra,
     }
 
 
@@ -81,13 +98,17 @@ def rejected_row(row) -> dict:
     return {"id": row.id, "stage": row.stage, "reason": row.reason, "prompt": prompt_messages(row),
             "original": row.original or None, "principle_ids": row.principles[: max(len(row.critiques), 1)],
             "critiques": row.critiques, "revision": row.revisions[-1] if row.revisions else None,
-            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain}
+            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain,
+            **({"judge": row.judge} if row.judge else {}), **({"reward": row.reward} if row.reward else {})}
 
 
 def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     prefs = [preference(r, cfg, const, created) for r in kept]
     kto = [k for p in prefs for k in kto_rows(p)]
+    atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+    atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
+                                                       indent=2, ensure_ascii=False) + "\n")
     write_jsonl(out / "preferences.jsonl", prefs)
     write_jsonl(out / "kto.jsonl", kto)
     write_jsonl(out / "rejected.jsonl", [rejected_row(r) for r in rejected])
@@ -103,7 +124,7 @@ def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created
         "kept": len(prefs),
         "rejected": len(rejected),
         "reasons": dict(Counter(r.reason for r in rejected).most_common()),
-        "flags": dict(Counter(f.rsplit("_r", 1)[0] for r in kept for f in r.flags)),
+        "flags": dict(Counter(re.sub(r"_r\d+$", "", f) for r in kept for f in r.flags)),
         "principles": dict(Counter(p for pr in prefs for p in pr["principle_ids"]).most_common()),
         "domains": dict(Counter(p["domain"] for p in prefs).most_common()),
         "model": cfg.model.name,

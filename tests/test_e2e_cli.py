@@ -57,6 +57,14 @@ def test_run_directory_contents(run_dir):
     assert (run_dir / ".hydra" / "config.yaml").exists()
 
 
+def test_report_of_a_real_run_matches_its_files(run_dir):
+    from .test_report import check_card_matches_files
+
+    check_card_matches_files(run_dir)
+    assert {"plots/lengths.png", "plots/similarity.png"} <= set(json.loads((run_dir / "summary.json").read_text())
+                                                                ["report"]["plots"])
+
+
 @pytest.mark.parametrize("trainer", ["dpo", "orpo"])
 def test_output_trains_in_trl(run_dir, trainer, tmp_path):
     from cai_gen.models import resolve

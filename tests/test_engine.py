@@ -71,3 +71,26 @@ def test_transformers_backend_generates_on_cpu(default_model_dir):
     gens = be.generate(convs, [Params(0.0, 1.0, 12, 0), Params(0.0, 1.0, 12, 0)])
     assert all(g.text.strip() and 0 < g.completion_tokens <= 12 for g in gens)
     assert be.count_tokens(convs)[0] == gens[0].prompt_tokens
+    # judge verdicts without a grammar engine: the highest-likelihood choice, always one of them
+    ask = [{"role": "user", "content": "Is Paris the capital of France? Answer yes or no."}]
+    (g,) = be.generate([ask], [Params(0.0, 1.0, 4, 0, ("yes", "no"))])
+    assert g.text in ("yes", "no") and g.finish_reason == "stop"
+
+
+def test_real_judge_pass_uses_structured_outputs(vllm_backend, tmp_path):
+    """One judge pass of the default model over its own pairs: every verdict is one of the allowed answers
+    (forced by vLLM structured outputs on the CPU engine), both orders are recorded, outcomes add up."""
+    from cai_gen.judge import CHOICES, OUTCOMES
+
+    cfg = make_cfg("judge=self", "limit=3", "samples=2", "sampling.max_tokens.respond=48",
+                   "sampling.max_tokens.critique=32", "sampling.max_tokens.revise=48", "filters.drop_truncated=false")
+    s = pipeline.run(cfg, tmp_path, backend=vllm_backend)
+    prefs = [json.loads(l) for l in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    rej = [json.loads(l) for l in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    judged = [r for r in prefs + rej if "judge" in r]
+    assert judged, s["reasons"]
+    for r in judged:
+        v = r["judge"]["verdicts"]
+        assert set(v) == {"original_first", "revision_first"} and set(v.values()) <= set(CHOICES)
+        assert r["judge"]["outcome"] in OUTCOMES and r["judge"]["outcome"] != "unparsed"
+    assert s["report"]["judge"]["judged"] == len(judged) == s["stages"]["judge"]["rows"] // 2

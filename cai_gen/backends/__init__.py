@@ -19,6 +19,9 @@ class Params:
     top_p: float
     max_tokens: int
     seed: int
+    # Constrain the answer to exactly one of these strings (the judge's verdicts). vLLM enforces it with
+    # structured outputs; the transformers and fake backends pick the choice the model scores highest.
+    choices: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,28 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self, model_path: str, model_name: str, *, mode: str = "good", max_model_len: int = 2048,
-                 delay: float = 0.0):
+                 delay: float = 0.0, judge: str = "revision"):
         self.model, self.mode, self.max_model_len, self.delay = model_name, mode, max_model_len, delay
+        self.judge = judge
         self.calls: list[int] = []  # batch size of each generate call (tests check stages are batched)
 
     def count_tokens(self, convs: list[Conversation]) -> list[int]:
         return [sum(len(m["content"].split()) + 2 for m in c) for c in convs]
 
+    def _verdict(self, conv: Conversation, choices: tuple[str, ...]) -> str:
+        """A judge with a known behaviour: prefers the revision (fake revisions start 'Thanks'), the original,
+        always answer A (position bias), the revision with LOW confidence, or TIE."""
+        text = conv[-1]["content"]
+        a = text.split("[Answer A]", 1)[-1].split("[Answer B]", 1)[0].strip()
+        rev = "A" if a.startswith("Thanks") else "B"
+        orig = "B" if rev == "A" else "A"
+        pick = {"revision": f"{rev} HIGH", "original": f"{orig} HIGH", "first": "A HIGH", "low": f"{rev} LOW",
+                "tie": "TIE HIGH"}[self.judge]
+        return pick if pick in choices else choices[0]
+
     def _text(self, conv: Conversation, p: Params) -> str:
+        if p.choices:
+            return self._verdict(conv, p.choices)
         key = repr(conv) + f"|{p.temperature}|{p.top_p}|{p.seed}"
         last = conv[-1]["content"]
         if REVISION_MARK in last:

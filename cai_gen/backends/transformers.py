@@ -30,19 +30,42 @@ class HFBackend:
     def count_tokens(self, convs: list[Conversation]) -> list[int]:
         return [len(x) for x in self.tok(self._texts(convs), add_special_tokens=False)["input_ids"]]
 
+    def _choose(self, text: str, choices: tuple[str, ...]) -> Generation:
+        """Constrained answer without a grammar engine: the choice with the highest total log-probability
+        after the prompt (exact for a finite set of answers, unlike parsing free text)."""
+        torch = self.torch
+        prompt = self.tok(text, add_special_tokens=False)["input_ids"]
+        outs = [self.tok(c, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id] for c in choices]
+        width = len(prompt) + max(len(o) for o in outs)
+        ids = torch.full((len(outs), width), self.tok.pad_token_id)
+        mask = torch.zeros_like(ids)
+        for k, o in enumerate(outs):
+            ids[k, : len(prompt) + len(o)] = torch.tensor(prompt + o)
+            mask[k, : len(prompt) + len(o)] = 1
+        with torch.no_grad():
+            logp = self.lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.log_softmax(-1)
+        scores = [sum(float(logp[k, len(prompt) + t - 1, tok]) for t, tok in enumerate(o)) for k, o in enumerate(outs)]
+        best = max(range(len(choices)), key=scores.__getitem__)
+        return Generation(choices[best], "stop", len(prompt), len(outs[best]))
+
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
         torch = self.torch
         texts = self._texts(convs)
+        results: dict[int, Generation] = {}
+        for j, p in enumerate(params):
+            if p.choices:
+                results[j] = self._choose(texts[j], p.choices)
+                if on_done:
+                    on_done(j, results[j])
         # one generate() call needs one temperature/top_p/max_tokens: group requests that share them
         key = lambda j: (params[j].temperature, params[j].top_p, params[j].max_tokens)  # noqa: E731
-        order = sorted(range(len(convs)), key=key)
+        order = sorted((j for j in range(len(convs)) if not params[j].choices), key=key)
         batches: list[list[int]] = []
         for j in order:
             if batches and len(batches[-1]) < self.batch_size and key(batches[-1][0]) == key(j):
                 batches[-1].append(j)
             else:
                 batches.append([j])
-        results: dict[int, Generation] = {}
         for batch in batches:
             p = params[batch[0]]
             enc = self.tok([texts[j] for j in batch], return_tensors="pt", padding=True,

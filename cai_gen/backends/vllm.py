@@ -43,8 +43,10 @@ class VLLMBackend:
 
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
-        sps = [SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed)
+        sps = [SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed,
+                              structured_outputs=StructuredOutputsParams(choice=list(p.choices)) if p.choices else None)
                for p in params]
         # enqueue + our own step loop (all public API) instead of LLM.chat: the whole batch is still queued
         # at once, but we see each request as it finishes, for live progress and per-row commits.

@@ -1,0 +1,97 @@
+"""PNG plots for the dataset card (matplotlib, headless). Each returns the file name it wrote, or None when
+there is nothing to plot (an empty run still gets a card)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on GPU boxes or CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+    return f"{path.parent.name}/{path.name}"
+
+
+def lengths(st: dict, d: Path) -> str | None:
+    c, r = st["_series"]["chosen_words"], st["_series"]["rejected_words"]
+    if not c:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    top = max(c + r) + 1
+    bins = list(range(0, top + max(1, top // 20), max(1, top // 20)))
+    ax.hist(r, bins=bins, alpha=0.55, label=f"rejected (original), mean {st['length_words']['rejected']['mean']}")
+    ax.hist(c, bins=bins, alpha=0.55, label=f"chosen (revision), mean {st['length_words']['chosen']['mean']}")
+    ax.set(xlabel="words", ylabel="pairs", title="Answer length: chosen vs rejected")
+    ax.legend(fontsize=8)
+    return _save(fig, d / "lengths.png")
+
+
+def similarity(st: dict, d: Path) -> str | None:
+    s = st["similarity"]
+    if not (st["_series"]["sims_kept"] or st["_series"]["sims_dropped"]):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist([st["_series"]["sims_kept"], st["_series"]["sims_dropped"]], bins=s["bins"], stacked=True,
+            label=["kept", "filtered at the pair stage"])
+    ax.set(xlabel="similarity of revision to original (0-1)", ylabel="pairs", title="Revision vs original similarity")
+    ax.legend(fontsize=8)
+    return _save(fig, d / "similarity.png")
+
+
+def _bars(counts: dict, title: str, xlabel: str, path: Path) -> str | None:
+    if not counts:
+        return None
+    plt = _plt()
+    names, values = list(counts)[::-1], list(counts.values())[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.9 + 0.3 * len(names)))
+    ax.barh(names, values)
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v}", va="center", fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
+    return _save(fig, path)
+
+
+def principles(st: dict, d: Path) -> str | None:
+    return _bars(st["principles"], "Principle usage in kept pairs", "pairs", d / "principles.png")
+
+
+def filters(st: dict, d: Path) -> str | None:
+    return _bars(st["reasons"], "Filtered rows by reason", "rows", d / "filters.png")
+
+
+def judge(st: dict, d: Path) -> str | None:
+    return _bars(st["judge"]["counts"], "Judge outcomes (both orders)", "pairs", d / "judge.png") if st["judge"] else None
+
+
+def reward(st: dict, d: Path) -> str | None:
+    m = st["_series"]["margins"]
+    if not m:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(m, bins=20)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set(xlabel="reward(chosen) - reward(rejected)", ylabel="pairs", title="Reward-model margin")
+    return _save(fig, d / "reward_margin.png")
+
+
+ALL = [("Length: chosen vs rejected", lengths), ("Similarity", similarity), ("Principles", principles),
+       ("Filter reasons", filters), ("Judge outcomes", judge), ("Reward margin", reward)]
+
+
+def write_all(st: dict, d: Path) -> list[tuple[str, str]]:
+    for old in d.glob("*.png") if d.is_dir() else []:
+        old.unlink()  # a regenerated report must not link a stale plot
+    return [(title, f) for title, fn in ALL if (f := fn(st, d))]

@@ -1,0 +1,76 @@
+"""Numbers for the report, computed from the run dir's own files (so `python -m cai_gen.report RUN_DIR`
+gives the same figures as the end of the run, and a test can check them against the files)."""
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from . import judge as judge_mod
+
+SIM_BINS = [i / 10 for i in range(11)]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def describe(xs: list[float]) -> dict:
+    if not xs:
+        return {"n": 0, "mean": None, "median": None, "p10": None, "p90": None}
+    s = sorted(xs)
+    q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731  (nearest-rank, no interpolation)
+    return {"n": len(s), "mean": round(statistics.fmean(s), 2), "median": statistics.median(s),
+            "p10": q(0.1), "p90": q(0.9)}
+
+
+def text(msgs: list[dict]) -> str:
+    return msgs[-1]["content"] if msgs else ""
+
+
+def histogram(xs: list[float], bins: list[float]) -> list[int]:
+    counts = [0] * (len(bins) - 1)
+    for x in xs:
+        i = min(max(0, int((x - bins[0]) / (bins[1] - bins[0]))), len(counts) - 1)
+        counts[i] += 1
+    return counts
+
+
+def compute(out: Path) -> dict:
+    prefs = read_jsonl(out / "preferences.jsonl")
+    rejected = read_jsonl(out / "rejected.jsonl")
+    chosen = [text(p["chosen"]) for p in prefs]
+    rej = [text(p["rejected"]) for p in prefs]
+    cw, rw = [len(t.split()) for t in chosen], [len(t.split()) for t in rej]
+    sims_kept = [p["similarity"] for p in prefs if p.get("similarity") is not None]
+    sims_dropped = [r["similarity"] for r in rejected if r.get("similarity") is not None]
+    judged = [p["judge"]["outcome"] for p in prefs if p.get("judge")] + \
+             [r["judge"]["outcome"] for r in rejected if r.get("judge")]
+    margins = [p["reward"]["margin"] for p in prefs if p.get("reward")] + \
+              [r["reward"]["margin"] for r in rejected if r.get("reward")]
+    return {
+        "kept": len(prefs),
+        "filtered": len(rejected),
+        "reasons": dict(Counter(r["reason"] for r in rejected).most_common()),
+        "flags": dict(Counter(re.sub(r"_r\d+$", "", f) for p in prefs for f in p.get("flags", [])).most_common()),
+        "principles": dict(Counter(pid for p in prefs for pid in p["principle_ids"]).most_common()),
+        "domains": dict(Counter(p.get("domain") or "none" for p in prefs).most_common()),
+        "length_words": {"chosen": describe(cw), "rejected": describe(rw)},
+        "length_chars": {"chosen": describe([len(t) for t in chosen]), "rejected": describe([len(t) for t in rej])},
+        # length bias check: DPO learns "longer is better" when chosen is systematically longer
+        "chosen_longer": round(sum(c > r for c, r in zip(cw, rw)) / len(prefs), 4) if prefs else None,
+        "similarity": {"kept": describe(sims_kept), "filtered": describe(sims_dropped),
+                       "bins": SIM_BINS, "hist_kept": histogram(sims_kept, SIM_BINS),
+                       "hist_filtered": histogram(sims_dropped, SIM_BINS)},
+        "judge": judge_mod.rates(judged) if judged else None,
+        "reward": {"margin": describe(margins), "below_threshold": sum(1 for p in prefs + rejected
+                                                                        if "reward_margin_low" in p.get("flags", [])
+                                                                        or p.get("reason") == "reward_margin_low")}
+        if margins else None,
+        "_series": {"chosen_words": cw, "rejected_words": rw, "sims_kept": sims_kept, "sims_dropped": sims_dropped,
+                    "margins": margins},
+    }
