@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--eager", action="store_true", help="enforce_eager (skip compile; slower steps)")
     a = ap.parse_args()
 
-    from tests.conftest import make_cfg
+    from cai_gen.config import compose as make_cfg
     from cai_gen.backends import make_backend
     from cai_gen.models import resolve
 

@@ -165,3 +165,16 @@ def validate(raw: dict) -> RunConfig:
         field = ".".join(str(p) for p in err["loc"]) or "config"
         more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
         raise UserError(f"config: {field}: {err['msg']} (got {err.get('input')!r}){more}") from None
+
+
+def compose(*overrides: str) -> RunConfig:
+    """The config `python -m cai_gen OVERRIDES` would run with, for Python callers (tests, bench/)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from .__main__ import CONF, register_groups
+
+    register_groups()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return validate(OmegaConf.to_container(cfg, resolve=True))

@@ -5,10 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from cai_gen.config import RunConfig, validate
+from cai_gen.config import RunConfig, compose
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -16,12 +13,7 @@ CONF = ROOT / "conf"
 
 def make_cfg(*overrides: str) -> RunConfig:
     """Compose conf/ exactly as `python -m cai_gen OVERRIDES` would, then validate."""
-    from cai_gen.__main__ import register_groups
-
-    register_groups()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
-    return validate(OmegaConf.to_container(cfg, resolve=True))
+    return compose(*overrides)
 
 
 @pytest.fixture
