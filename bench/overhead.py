@@ -36,6 +36,14 @@ class Recorder:
         self.calls.append((convs, params))
         return self.inner.generate(convs, params, on_done)
 
+    # the pipelined schedule's interface (cai_gen's default on vLLM)
+    def submit(self, convs, params):
+        self.calls.append((convs, params))
+        return self.inner.submit(convs, params)
+
+    def poll(self):
+        return self.inner.poll()
+
     def close(self):
         pass
 
@@ -50,8 +58,9 @@ def cai_gen_pass(cfg, backend) -> dict:
         s = pipeline.run(cfg, Path(d), backend=backend, tracker=Tracker())
         dt = time.perf_counter() - t
     gen = sum(st["completion_tokens"] for st in s["stages"].values())
+    revised = s["stages"].get(f"revise r{cfg.rounds}", {}).get("rows", 0)
     return {"seconds": dt, "tokens": gen, "requests": sum(st["rows"] for st in s["stages"].values()),
-            "pairs": s["kept"], "cached_prompt_tokens": sum(st["cached_tokens"] for st in s["stages"].values()),
+            "pairs": s["kept"], "pairs_made": revised, "cached_prompt_tokens": sum(st["cached_tokens"] for st in s["stages"].values()),
             "prompt_tokens": sum(st["prompt_tokens"] for st in s["stages"].values())}
 
 
@@ -66,7 +75,9 @@ def raw_pass(backend, calls) -> dict:
     t = time.perf_counter()
     outs = llm.chat(convs, sps, use_tqdm=False)
     dt = time.perf_counter() - t
-    return {"seconds": dt, "tokens": sum(len(o.outputs[0].token_ids) for o in outs), "requests": len(outs)}
+    return {"seconds": dt, "tokens": sum(len(o.outputs[0].token_ids) for o in outs), "requests": len(outs),
+            "prompt_tokens": sum(len(o.prompt_token_ids or []) for o in outs),
+            "cached_prompt_tokens": sum(o.num_cached_tokens or 0 for o in outs)}
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ class BackendCfg(Strict):
     kind: Literal["vllm", "transformers", "fake"]
     # vllm
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    enforce_eager: bool = False
+    enforce_eager: bool | None = None  # None: eager on the CPU build, compiled on GPUs
     enable_prefix_caching: bool = True
     max_num_seqs: int = Field(256, gt=0)
     # transformers
@@ -147,6 +147,7 @@ class RunConfig(Strict):
     seed: int = 0
     few_shot: int = Field(2, ge=0)
     chunk_size: int | None = Field(None, gt=0)
+    pipelined: bool = True
     resume: str | None = None
     restart: bool = False
     filters: FiltersCfg = FiltersCfg()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import fingerprint, judge as judge_mod, quality, report, store, turns
+from . import fingerprint, flow, judge as judge_mod, quality, report, store, turns
 from .backends import Backend, Conversation, Generation, Params, make_backend
 from .config import RunConfig
 from .ledger import Ledger, request_key
@@ -93,9 +93,7 @@ class Run:
         live = []
         for i, (row, conv, p, n) in enumerate(zip(rows, convs, params, lens)):
             if n + max_tokens > backend.max_model_len:
-                why = "prompt_too_long" if name == "respond" else "context_overflow"
-                row.trace.append({"stage": name, "round": rnd, "skipped": why, "prompt_tokens": n})
-                self.reject(row, name, why)
+                self.overflow(row, name, rnd, n)
             else:
                 live.append((row, conv, p, i))
         label = name if rnd == 0 else f"{name} r{rnd}"
@@ -114,89 +112,95 @@ class Run:
                 for i, g in zip(todo, new):
                     gens[i] = g
         self.ledger.sync()
-        skip = len(self.fs) if name in ("critique", "revise") else 0
         out = []
         for (row, conv, p, i), g in zip(live, gens):
-            head = 1 if row.prompt.system and name != "judge" else 0
-            row.trace.append({"stage": name, "round": rnd, **({"tag": tags[i]} if tags else {}),
-                              "input": conv[:head] + conv[head + skip:],
-                              "few_shot_turns": skip, "output": g.text, "finish_reason": g.finish_reason,
-                              "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-                              "params": {"temperature": p.temperature, "top_p": p.top_p, "seed": p.seed,
-                                         "max_tokens": p.max_tokens}})
+            self.record(row, name, rnd, conv, p, g, tags[i] if tags else None)
             out.append((i, row, g))
         return out
 
-    def respond(self, rows: list[Row]) -> list[Row]:
+    def overflow(self, row: Row, name: str, rnd: int, n: int) -> None:
+        why = "prompt_too_long" if name == "respond" else "context_overflow"
+        row.trace.append({"stage": name, "round": rnd, "skipped": why, "prompt_tokens": n})
+        self.reject(row, name, why)
+
+    def record(self, row: Row, name: str, rnd: int, conv: Conversation, p: Params, g: Generation,
+               tag: str | None = None) -> None:
+        """The row's trace entry for one request (the few-shot prefix is counted, not copied)."""
+        skip = len(self.fs) if name in ("critique", "revise") else 0
+        head = 1 if row.prompt.system and name != "judge" else 0
+        row.trace.append({"stage": name, "round": rnd, **({"tag": tag} if tag else {}),
+                          "input": conv[:head] + conv[head + skip:],
+                          "few_shot_turns": skip, "output": g.text, "finish_reason": g.finish_reason,
+                          "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+                          "params": {"temperature": p.temperature, "top_p": p.top_p, "seed": p.seed,
+                                     "max_tokens": p.max_tokens}})
+
+    # Per-row steps, shared by the staged schedule (run_stage) and the pipelined one (flow.py).
+    def request(self, row: Row, name: str, rnd: int) -> tuple[Conversation, Params, int]:
+        """The row's request for a stage: (conversation, sampling, max tokens). Extends the row's history."""
+        mt = self.cfg.sampling.max_tokens
+        if name == "respond":
+            return self.conv(row, False), row.params, mt.respond
+        turn = turns.critique_turn if name == "critique" else turns.revision_turn
+        row.history.append(turn(self.const, row.principles[rnd - 1], rnd))
+        m = mt.critique if name == "critique" else mt.revise
+        return self.conv(row, True), self._params(row, name, rnd, m), m
+
+    def accept(self, row: Row, name: str, rnd: int, g: Generation) -> bool:
+        """Take a stage's output into the row; False (and the row rejected with a reason) when it fails a check."""
         f = self.cfg.filters
-        res = self.stage("respond", 0, rows, [self.conv(r, False) for r in rows], [r.params for r in rows],
-                         self.cfg.sampling.max_tokens.respond)
-        live = []
-        for _, row, g in res:
+        if name == "respond":
             row.original = g.text.strip()
             why = quality.check_text(row.original, g.finish_reason, "original", f.min_chars, f.drop_truncated)
             if why:
                 self.reject(row, "respond", why)
-                continue
+                return False
             row.history = [{"role": "assistant", "content": row.original}]
-            live.append(row)
-        return live
+            return True
+        if name == "critique":
+            text = g.text.strip()
+            if len(text) < f.min_chars:
+                self.reject(row, f"critique r{rnd}", "empty_critique")
+                return False
+            row.critiques.append(text)
+            row.history.append({"role": "assistant", "content": text})
+            return True
+        text, stripped = quality.strip_preface(g.text) if f.strip_preface else (g.text.strip(), False)
+        why = quality.check_text(text, g.finish_reason, "revision", f.min_chars, f.drop_truncated)
+        if why == "empty_revision" and (stripped or quality.PREFACE.match(g.text.strip())):
+            why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
+        elif not why and not f.strip_preface and quality.PREFACE.match(text):
+            why = "revision_preface"
+        why = why or quality.check_revision(text, row.critiques[-1], f.max_critique_similarity)
+        if stripped:
+            row.flags.append(f"preface_stripped_r{rnd}")
+        row.revisions.append(text)
+        if why:
+            self.reject(row, f"revise r{rnd}", why)
+            return False
+        row.history.append({"role": "assistant", "content": text})
+        return True
+
+    def run_stage(self, name: str, rnd: int, rows: list[Row]) -> list[Row]:
+        """Staged schedule: every live row's request for this stage in one engine batch."""
+        reqs = [self.request(r, name, rnd) for r in rows]
+        if not reqs:
+            return []
+        res = self.stage(name, rnd, rows, [c for c, _, _ in reqs], [p for _, p, _ in reqs], reqs[0][2])
+        return [row for _, row, g in res if self.accept(row, name, rnd, g)]
 
     def _params(self, row: Row, stage: str, rnd: int, max_tokens: int) -> Params:
         s = self.cfg.sampling
         return Params(s.critique_temperature, s.critique_top_p, max_tokens, _seed(self.cfg.seed, row.id, stage, rnd))
 
-    def critique(self, rows: list[Row], rnd: int) -> list[Row]:
-        mt = self.cfg.sampling.max_tokens.critique
-        for r in rows:
-            r.history.append(turns.critique_turn(self.const, r.principles[rnd - 1], rnd))
-        res = self.stage("critique", rnd, rows, [self.conv(r, True) for r in rows],
-                         [self._params(r, "critique", rnd, mt) for r in rows], mt)
-        live = []
-        for _, row, g in res:
-            text = g.text.strip()
-            if len(text) < self.cfg.filters.min_chars:
-                self.reject(row, f"critique r{rnd}", "empty_critique")
-                continue
-            row.critiques.append(text)
-            row.history.append({"role": "assistant", "content": text})
-            live.append(row)
-        return live
-
-    def revise(self, rows: list[Row], rnd: int) -> list[Row]:
-        f, mt = self.cfg.filters, self.cfg.sampling.max_tokens.revise
-        for r in rows:
-            r.history.append(turns.revision_turn(self.const, r.principles[rnd - 1], rnd))
-        res = self.stage("revise", rnd, rows, [self.conv(r, True) for r in rows],
-                         [self._params(r, "revise", rnd, mt) for r in rows], mt)
-        live = []
-        for _, row, g in res:
-            text, stripped = quality.strip_preface(g.text) if f.strip_preface else (g.text.strip(), False)
-            why = quality.check_text(text, g.finish_reason, "revision", f.min_chars, f.drop_truncated)
-            if why == "empty_revision" and (stripped or quality.PREFACE.match(g.text.strip())):
-                why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
-            elif not why and not f.strip_preface and quality.PREFACE.match(text):
-                why = "revision_preface"
-            why = why or quality.check_revision(text, row.critiques[-1], f.max_critique_similarity)
-            if stripped:
-                row.flags.append(f"preface_stripped_r{rnd}")
-            row.revisions.append(text)
-            if why:
-                self.reject(row, f"revise r{rnd}", why)
-                continue
-            row.history.append({"role": "assistant", "content": text})
-            live.append(row)
-        return live
+    def pair_one(self, row: Row) -> bool:
+        why, row.similarity = quality.check_pair(row.revisions[-1], row.original, self.cfg.filters.max_similarity)
+        if why:
+            self.reject(row, "pair", why)
+        return not why
 
     def pair(self, rows: list[Row]) -> list[Row]:
-        kept = []
-        for row in rows:
-            why, row.similarity = quality.check_pair(row.revisions[-1], row.original, self.cfg.filters.max_similarity)
-            if why:
-                self.reject(row, "pair", why)
-            else:
-                kept.append(row)
-        return kept
+        return [row for row in rows if self.pair_one(row)]
 
     def judge(self, rows: list[Row], backend: Backend) -> list[Row]:
         """Both orders of every kept pair in one engine batch; outcome and action per pair."""
@@ -292,12 +296,17 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
         rows = build_rows(cfg, recs, const)
         kept: list[Row] = []
         size = cfg.chunk_size or len(rows) or 1
-        # Each chunk goes through every stage as one batch per stage; the default (null) is the whole run.
+        pipelined = cfg.pipelined and hasattr(backend, "submit")
+        # Each chunk goes through every stage; the default chunk (null) is the whole run.
         for start in range(0, len(rows), size):
-            live = job.respond(rows[start:start + size])
+            chunk = rows[start:start + size]
+            if pipelined:
+                kept += flow.pipelined(job, chunk)   # each row moves on as soon as its request finishes
+                continue
+            live = job.run_stage("respond", 0, chunk)  # one engine batch per stage, a barrier between stages
             for rnd in range(1, cfg.rounds + 1):
-                live = job.critique(live, rnd)
-                live = job.revise(live, rnd)
+                live = job.run_stage("critique", rnd, live)
+                live = job.run_stage("revise", rnd, live)
             kept += job.pair(live)
         if cfg.judge.enabled and kept:
             kept = _judge(job, cfg, kept, backend, own, tracker)
@@ -308,8 +317,12 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
     if cfg.reward.model and kept:
         kept = job.reward(kept)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished in
+    kept.sort(key=lambda r: pos[r.id])
+    job.rejected.sort(key=lambda r: pos[r.id])
     summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, created)
     summary.update(prompts=len(recs), seconds=round(time.perf_counter() - t0, 1),
+                   generation_seconds=round(tracker.gen_seconds, 1),
                    stages={k: vars(v) for k, v in tracker.stages.items()})
     store.write_summary(out_dir, summary)
     # card, plots and statistics come from the files just written (constitution.json is the one used here)

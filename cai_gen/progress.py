@@ -25,14 +25,65 @@ class StageStats:
 class Tracker:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     stages: dict[str, StageStats] = field(default_factory=dict)
+    gen_seconds: float = 0.0  # wall time spent generating (stages of the pipelined schedule overlap)
+
+    def _columns(self):
+        return [TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                TextColumn("{task.fields[tps]:>7.0f} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn()]
+
+    @staticmethod
+    def _count(st: StageStats, g: Generation) -> None:
+        st.rows += 1
+        st.prompt_tokens += g.prompt_tokens
+        st.cached_tokens += g.cached_tokens
+        st.completion_tokens += g.completion_tokens
+
+    @contextmanager
+    def flow(self, labels: list[str], rows: int):
+        """Progress for the pipelined schedule: one bar per stage, all moving at once. Yields
+        on_done(step, gen, reused=False) and dropped(step) (a row left at that step: later totals shrink)."""
+        sts = [self.stages.setdefault(label, StageStats()) for label in labels]
+        t0 = time.perf_counter()
+        first: list[float | None] = [None] * len(labels)
+        last = [t0] * len(labels)
+        toks = [0] * len(labels)
+        with Progress(*self._columns(), console=self.console, transient=False,
+                      disable=not sys.stderr.isatty()) as bar:
+            tasks = [bar.add_task(label, total=rows, tps=0.0) for label in labels]
+            totals = [rows] * len(labels)
+
+            def on_done(k: int, g: Generation, reused: bool = False) -> None:
+                now = time.perf_counter()
+                if not reused:
+                    self._count(sts[k], g)
+                    toks[k] += g.completion_tokens
+                    first[k] = first[k] or now
+                    last[k] = now
+                bar.update(tasks[k], advance=1, tps=toks[k] / max(now - (first[k] or t0), 1e-6))
+
+            def dropped(k: int) -> None:
+                for j in range(k + 1, len(labels)):
+                    totals[j] -= 1
+                    bar.update(tasks[j], total=totals[j])
+
+            yield on_done, dropped
+        dt = time.perf_counter() - t0
+        self.gen_seconds += dt
+        for k, label in enumerate(labels):
+            # a stage's seconds: from the flow's start to its last finished request (stages overlap)
+            sts[k].seconds += (last[k] - t0) if first[k] else 0.0
+            if not sys.stderr.isatty():
+                self.console.print(f"{label}: {sts[k].rows} rows, {toks[k]} tokens "
+                                   f"(pipelined: done {last[k] - t0:.1f}s after start)")
+        if not sys.stderr.isatty():
+            self.console.print(f"pipelined: {sum(toks)} tokens in {dt:.1f}s ({sum(toks) / max(dt, 1e-6):.0f} tok/s)")
 
     @contextmanager
     def stage(self, name: str, total: int):
         """Yields on_done(i, gen) for the backend; shows one progress bar for the stage."""
         st = self.stages.setdefault(name, StageStats())
-        cols = [TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-                TextColumn("{task.fields[tps]:>7.0f} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn()]
+        cols = self._columns()
         t0 = time.perf_counter()
         # Not a live display when stderr is not a terminal (CI logs, nohup): rich would print nothing useful.
         with Progress(*cols, console=self.console, transient=False, disable=not sys.stderr.isatty()) as bar:
@@ -51,6 +102,7 @@ class Tracker:
             yield on_done
         dt = time.perf_counter() - t0
         st.seconds += dt
+        self.gen_seconds += dt
         if not sys.stderr.isatty():
             self.console.print(f"{name}: {total} rows, {done_tokens} tokens in {dt:.1f}s "
                                f"({done_tokens / max(dt, 1e-6):.0f} tok/s)")

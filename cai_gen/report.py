@@ -44,7 +44,7 @@ def table(summary: dict) -> Table:
         t.add_row("median similarity (kept)", str(rep["similarity"]["kept"]["median"]))
     stages = {k: v for k, v in summary.get("stages", {}).items() if k != "reward"}
     gen = sum(s["completion_tokens"] for s in stages.values())
-    secs = sum(s["seconds"] for s in stages.values())
+    secs = summary.get("generation_seconds") or sum(s["seconds"] for s in stages.values())
     t.add_row("tokens generated", f"{gen:,}")
     t.add_row("generation time", f"{secs:.1f}s ({gen / max(secs, 1e-6):.0f} tok/s)")
     t.add_row("wall time", f"{summary.get('seconds', 0):.1f}s")

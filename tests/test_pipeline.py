@@ -47,8 +47,30 @@ def test_outputs_are_trl_conversational_with_provenance(tmp_path):
 
 
 def test_each_stage_is_one_batched_engine_call(tmp_path):
-    _, be, _ = run(tmp_path, "limit=5", "samples=2", "rounds=2")
+    _, be, _ = run(tmp_path, "limit=5", "samples=2", "rounds=2", "pipelined=false")
     assert be.calls == [10, 10, 10, 10, 10]  # respond, critique r1, revise r1, critique r2, revise r2
+
+
+def test_pipelined_schedule_overlaps_stages_and_gives_the_same_files(tmp_path):
+    _, staged, _ = run(tmp_path / "a", "limit=5", "samples=2", "rounds=2", "pipelined=false")
+    _, piped, _ = run(tmp_path / "b", "limit=5", "samples=2", "rounds=2", mode="echo")
+    _, piped, s = run(tmp_path / "c", "limit=5", "samples=2", "rounds=2")
+    # the fake engine finishes half its queue per step: the first critiques are queued while answers are pending
+    assert piped.calls[0] == 10 and len(piped.calls) > 5 and sum(piped.calls) == 50
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "created_at"} for r in rows]  # noqa: E731
+    for f in ("preferences.jsonl", "rejected.jsonl", "trace.jsonl"):
+        assert strip(jl(tmp_path / "a" / f)) == strip(jl(tmp_path / "c" / f)), f
+    assert s["stages"]["revise r2"]["rows"] == 10 and s["generation_seconds"] >= 0
+    # rows that fail a check leave the flow at that stage, with the same reasons as the staged schedule
+    run(tmp_path / "d", "limit=5", "samples=2", "rounds=2", "pipelined=false", mode="echo")
+    echo = strip(jl(tmp_path / "b" / "rejected.jsonl"))
+    assert len(echo) == 10 and echo == strip(jl(tmp_path / "d" / "rejected.jsonl"))
+
+
+def test_schedules_resume_each_other(tmp_path):
+    run(tmp_path, "limit=4", "pipelined=false")
+    _, be, _ = run(tmp_path, "limit=4")
+    assert be.calls == []  # same requests, same ledger keys
 
 
 def test_samples_get_distinct_seeded_sampling(tmp_path):
@@ -135,8 +157,8 @@ def test_cli_multirun_sweeps(tmp_path):
 
 
 def test_chunks_give_the_same_rows_in_smaller_batches(tmp_path):
-    _, whole, _ = run(tmp_path / "a", "limit=5", "samples=2")
-    _, chunked, _ = run(tmp_path / "b", "limit=5", "samples=2", "chunk_size=4")
+    _, whole, _ = run(tmp_path / "a", "limit=5", "samples=2", "pipelined=false")
+    _, chunked, _ = run(tmp_path / "b", "limit=5", "samples=2", "chunk_size=4", "pipelined=false")
     assert whole.calls == [10, 10, 10] and chunked.calls == [4, 4, 4, 4, 4, 4, 2, 2, 2]
     strip = lambda p: [{k: v for k, v in r.items() if k != "created_at"} for r in jl(p / "preferences.jsonl")]  # noqa: E731
     assert strip(tmp_path / "a") == strip(tmp_path / "b")

@@ -95,7 +95,8 @@ def test_changed_config_is_refused_unless_restart(tmp_path):
     assert len(rows(tmp_path)) == 30
     # limit is free: a bigger limit in the same dir only adds rows
     be = FakeBackend("f", cfg.model.name)
-    pipeline.run(make_cfg("backend=fake", "limit=12", "samples=3", "restart=true"), tmp_path, backend=be)
+    pipeline.run(make_cfg("backend=fake", "limit=12", "samples=3", "restart=true", "pipelined=false"), tmp_path,
+                 backend=be)
     assert be.calls == [6, 6, 6]
 
 
@@ -129,7 +130,7 @@ def test_kill_9_real_vllm_run_then_resume(tmp_path):
     assert len(before) >= 6 and not (out / "preferences.jsonl").exists()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "respond: 6 rows reused" in r.stderr
+    assert "respond: 6 rows reused" in r.stderr  # pipelined: the rerun reports reuse per stage
     ids = [json.loads(l)["id"] for f in ("preferences.jsonl", "rejected.jsonl") for l in (out / f).read_text().splitlines()]
     assert sorted(ids) == sorted(f"{p}-s{s}" for p in ("acct-1", "acct-2", "acct-3") for s in (0, 1))
     after = [json.loads(l)["key"] for l in led.read_text().splitlines()]

@@ -28,7 +28,9 @@ class FakeBackend:
                  delay: float = 0.0, judge: str = "revision"):
         self.model, self.mode, self.max_model_len, self.delay = model_name, mode, max_model_len, delay
         self.judge = judge
-        self.calls: list[int] = []  # batch size of each generate call (tests check stages are batched)
+        self.calls: list[int] = []  # batch size of each generate/submit call (tests check stages are batched)
+        self.queue: list[tuple[int, Conversation, Params]] = []
+        self._next = 0
 
     def count_tokens(self, convs: list[Conversation]) -> list[int]:
         return [sum(len(m["content"].split()) + 2 for m in c) for c in convs]
@@ -62,15 +64,35 @@ class FakeBackend:
         self.calls.append(len(convs))
         out = []
         for i, (conv, p) in enumerate(zip(convs, params)):
-            words = self._text(conv, p).split(" ")
-            finish = "length" if len(words) > p.max_tokens else "stop"
-            gen = Generation(" ".join(words[: p.max_tokens]), finish, self.count_tokens([conv])[0],
-                             min(len(words), p.max_tokens))
+            gen = self._one(conv, p)
             out.append(gen)
             if self.delay:
                 time.sleep(self.delay)
             if on_done:
                 on_done(i, gen)
+        return out
+
+    def _one(self, conv: Conversation, p: Params) -> Generation:
+        words = self._text(conv, p).split(" ")
+        finish = "length" if len(words) > p.max_tokens else "stop"
+        return Generation(" ".join(words[: p.max_tokens]), finish, self.count_tokens([conv])[0],
+                          min(len(words), p.max_tokens))
+
+    def submit(self, convs: list[Conversation], params: list[Params]) -> list[int]:
+        self.calls.append(len(convs))
+        hs = list(range(self._next, self._next + len(convs)))
+        self._next += len(convs)
+        self.queue += list(zip(hs, convs, params))
+        return hs
+
+    def poll(self) -> list[tuple[int, Generation]]:
+        # One request per step, oldest first: the next stage's requests are queued while older ones are pending.
+        done, self.queue = self.queue[:1], self.queue[1:]
+        out = []
+        for h, conv, p in done:
+            if self.delay:
+                time.sleep(self.delay)
+            out.append((h, self._one(conv, p)))
         return out
 
     def close(self) -> None:

@@ -1,0 +1,264 @@
+"""Pairs per minute: cai_gen against a naive loop, a peer framework and the raw engine, in one command.
+
+Same model (SmolLM2-135M-Instruct, float32), same prompts (the built-in set repeated to --prompts rows with new
+ids), same few-shot conversations, sampling and max tokens, same machine. Each system runs in its own subprocess
+so its peak RSS (the whole process tree, sampled every 0.2 s) is its own:
+
+  engine   cai_gen end to end (pipeline.run, one vLLM engine, stage batches), then the raw engine: one LLM.chat
+           call over exactly the requests cai_gen sent (recorded), the ceiling. Same engine, same process.
+  naive    the tutorial loop: transformers generate, one conversation at a time, respond -> critique -> revise,
+           on the first --naive-rows rows (a rate; it would take hours on all of them).
+  peer     distilabel 1.5.3 (bench/peer-requirements.txt, installed apart in bench/.peer). Its in-process vLLM
+           wrapper fails on vLLM >= 0.11 (it passes `logits_processors` to SamplingParams; see --peer-inproc), so
+           the peer is distilabel's supported vLLM route: its Pipeline of three ChatGeneration steps with
+           ClientvLLM against `vllm serve` of the same model on localhost.
+
+Pairs = rows taken through respond, critique and revise (quality filters off for the count: drop_truncated=false,
+so every system does the same work per row); cai_gen's kept pairs after its filters are shown too.
+Prints a table, the lines `cai_gen vs naive: X` (pairs/min ratio) and `cai_gen tok/s of raw: Y`, then JSON.
+
+    .venv/bin/python bench/throughput.py --quick      # < 15 min on 2 CPU cores (eager engine, short answers)
+    .venv/bin/python bench/throughput.py              # 300 rows, full max tokens (--no-eager: compiled engine)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+
+PRESETS = {
+    "quick": dict(prompts=24, samples=2, naive_rows=3, respond=128, critique=96, revise=128, eager=True),
+    "full": dict(prompts=150, samples=2, naive_rows=8, respond=256, critique=160, revise=256, eager=True),
+}
+
+
+def write_prompts(n: int, path: Path) -> None:
+    """The built-in prompts, repeated with new ids until there are n."""
+    from cai_gen.prompts import load
+
+    base = load("customer_service", None, None, "train", "prompt", None, None, None)
+    with path.open("w") as f:
+        for i in range(n):
+            r = base[i % len(base)]
+            f.write(json.dumps({"id": f"{r.id}-x{i // len(base)}", "prompt": r.prompt, "domain": r.domain}) + "\n")
+
+
+def overrides(a, prompts: Path) -> list[str]:
+    return [f"prompts.path={prompts}", f"samples={a.samples}", "filters.drop_truncated=false",
+            f"sampling.max_tokens.respond={a.respond}", f"sampling.max_tokens.critique={a.critique}",
+            f"sampling.max_tokens.revise={a.revise}"]
+
+
+# ---------------------------------------------------------------- systems (each runs in a subprocess)
+
+def sys_engine(a, prompts: Path) -> dict:
+    from overhead import Recorder, cai_gen_pass, raw_pass
+
+    from cai_gen.backends import make_backend
+    from cai_gen.config import compose
+    from cai_gen.models import resolve
+
+    cfg = compose(*overrides(a, prompts))
+    opts = cfg.backend.options(cfg.model, cfg.seed) | {"enforce_eager": a.eager}
+    t = time.perf_counter()
+    engine = make_backend("vllm", resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir), cfg.model.name, opts)
+    start = time.perf_counter() - t
+    rec = Recorder(engine)
+    cg = cai_gen_pass(cfg, rec)
+    raw = raw_pass(rec, rec.calls)
+    engine.close()
+    raw["pairs_made"] = cg["pairs_made"]  # the same requests: the same rows through all three stages
+    return {"cai_gen": cg | {"engine_start_s": start}, "raw": raw | {"engine_start_s": start}}
+
+
+def sys_naive(a, prompts: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai_gen import constitution, pipeline, prompts as prompts_mod, turns
+    from cai_gen.config import compose
+    from cai_gen.models import resolve
+
+    cfg = compose(*overrides(a, prompts))
+    path = resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir)
+    t = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    start = time.perf_counter() - t
+    const = constitution.load(cfg.constitution.name, None)
+    recs = prompts_mod.load(None, str(prompts), None, "train", "prompt", None, None, None)
+    rows = pipeline.build_rows(cfg, recs, const)[: a.naive_rows]
+    fs = turns.few_shot_turns(const, cfg.few_shot)
+    s = cfg.sampling
+    tokens = 0
+
+    def gen(conv, temperature, top_p, max_new, seed) -> str:
+        nonlocal tokens
+        ids = tok.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = lm.generate(**ids, max_new_tokens=max_new, do_sample=True, temperature=temperature, top_p=top_p,
+                              pad_token_id=tok.eos_token_id)
+        new = out[0, ids["input_ids"].shape[1]:]
+        tokens += int((new != tok.eos_token_id).sum())
+        return tok.decode(new, skip_special_tokens=True).strip()
+
+    t = time.perf_counter()
+    for row in rows:  # one conversation at a time, as in the typical tutorial
+        pid = row.principles[0]
+        original = gen(turns.head(row.prompt.system, [], row.prompt.prompt), row.params.temperature,
+                       row.params.top_p, a.respond, row.params.seed)
+        conv = turns.head(row.prompt.system, fs, row.prompt.prompt) + [
+            {"role": "assistant", "content": original}, turns.critique_turn(const, pid, 1)]
+        critique = gen(conv, s.critique_temperature, s.critique_top_p, a.critique, row.params.seed + 1)
+        conv += [{"role": "assistant", "content": critique}, turns.revision_turn(const, pid, 1)]
+        gen(conv, s.critique_temperature, s.critique_top_p, a.revise, row.params.seed + 2)
+    dt = time.perf_counter() - t
+    return {"naive": {"seconds": dt, "tokens": tokens, "requests": 3 * len(rows), "pairs_made": len(rows),
+                      "engine_start_s": start}}
+
+
+def sys_peer(a, prompts: Path) -> dict:
+    import peer
+
+    return {"peer": peer.run(a, prompts)}
+
+
+SYSTEMS = {"engine": sys_engine, "naive": sys_naive, "peer": sys_peer}
+
+
+# ---------------------------------------------------------------- orchestration
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p] + p.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_system(name: str, a, prompts: Path) -> dict:
+    """Run one system in a subprocess; sample its process tree's RSS; return its JSON result."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
+    if name == "peer":
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE / ".peer"), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, __file__, "--system", name, "--result", str(out)] + a.pass_through
+    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    peak, done = 0, threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    rc = proc.wait()
+    done.set()
+    th.join()
+    if rc != 0 or not out.stat().st_size:
+        return {name: {"error": f"exit code {rc}"}}
+    res = json.loads(out.read_text())
+    for v in res.values():
+        v["peak_rss_mb"] = round(peak / 2**20)
+    return res
+
+
+def fmt(v, spec=".1f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report(res: dict) -> None:
+    cols = ["naive", "peer", "raw", "cai_gen"]
+    for r in res.values():
+        if "seconds" in r:
+            r["pairs_per_min"] = r["pairs_made"] / r["seconds"] * 60
+            r["tok_per_s"] = r["tokens"] / r["seconds"]
+    lines = [("pairs made (rows through 3 stages)", "pairs_made", "d"), ("generated tokens", "tokens", "d"),
+             ("seconds", "seconds", ".1f"), ("pairs/min", "pairs_per_min", ".2f"), ("generated tok/s", "tok_per_s", ".1f"),
+             ("prompt tokens", "prompt_tokens", "d"), ("  from prefix cache", "cached_prompt_tokens", "d"),
+             ("peak RSS (MB, process tree)", "peak_rss_mb", "d"), ("engine start (s)", "engine_start_s", ".0f")]
+    print(f"{'':38}" + "".join(f"{c:>12}" for c in cols))
+    for label, key, spec in lines:
+        print(f"{label:38}" + "".join(f"{fmt(res.get(c, {}).get(key), spec):>12}" for c in cols))
+    if "kept_after_filters" in res.get("cai_gen", {}) or "pairs" in res.get("cai_gen", {}):
+        print(f"{'cai_gen pairs kept after its filters':38}{res['cai_gen'].get('pairs'):>48}")
+    for c in cols:
+        if "error" in res.get(c, {}) or "note" in res.get(c, {}):
+            print(f"{c}: {res[c].get('error') or ''} {res[c].get('note') or ''}".strip())
+    cg = res.get("cai_gen", {})
+    if "pairs_per_min" in cg:
+        if "pairs_per_min" in res.get("naive", {}):
+            print(f"cai_gen vs naive: {cg['pairs_per_min'] / res['naive']['pairs_per_min']:.1f}x pairs/min")
+        if "pairs_per_min" in res.get("peer", {}):
+            print(f"cai_gen vs peer: {cg['pairs_per_min'] / res['peer']['pairs_per_min']:.2f}x pairs/min")
+        if "tok_per_s" in res.get("raw", {}):
+            print(f"cai_gen tok/s of raw: {cg['tok_per_s'] / res['raw']['tok_per_s']:.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small preset: under 15 minutes on 2 CPU cores")
+    ap.add_argument("--prompts", type=int, help="prompt rows (built-in set repeated)")
+    ap.add_argument("--samples", type=int, help="responses per prompt")
+    ap.add_argument("--naive-rows", type=int, help="rows the naive loop runs (it is timed as a rate)")
+    ap.add_argument("--respond", type=int, help="max tokens: respond")
+    ap.add_argument("--critique", type=int, help="max tokens: critique")
+    ap.add_argument("--revise", type=int, help="max tokens: revise")
+    ap.add_argument("--eager", action=argparse.BooleanOptionalAction, default=None, help="vLLM enforce_eager")
+    ap.add_argument("--skip", default="", help="comma list of systems to skip: naive,peer")
+    ap.add_argument("--system", choices=list(SYSTEMS), help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--prompts-file", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    preset = PRESETS["quick" if a.quick else "full"]
+    for k, v in preset.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    a.pass_through = [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in preset if k != "eager"] + \
+        ["--eager" if a.eager else "--no-eager"]
+
+    if a.system:  # child: run one system, write its result
+        res = SYSTEMS[a.system](a, Path(a.prompts_file))
+        Path(a.result).write_text(json.dumps(res))
+        return
+
+    with tempfile.TemporaryDirectory() as d:
+        prompts = Path(d) / "prompts.jsonl"
+        write_prompts(a.prompts, prompts)
+        a.pass_through.append(f"--prompts-file={prompts}")
+        res: dict = {}
+        t = time.perf_counter()
+        for name in ("engine", "naive", "peer"):
+            if name not in a.skip.split(","):
+                res |= run_system(name, a, prompts)
+    report(res)
+    print(json.dumps({"config": {k: getattr(a, k) for k in PRESETS["quick"]}, "wall_s": round(time.perf_counter() - t),
+                      "results": res}))
+
+
+if __name__ == "__main__":
+    main()
