@@ -48,6 +48,17 @@ class Recorder:
         pass
 
 
+def start_engine(cfg, eager: bool):
+    """The run config's vLLM engine, wrapped in a Recorder; returns (recorder, engine start seconds)."""
+    from cai_gen.backends import make_backend
+    from cai_gen.models import resolve
+
+    opts = cfg.backend.options(cfg.model, cfg.seed) | {"enforce_eager": eager}
+    t = time.perf_counter()
+    engine = make_backend("vllm", resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir), cfg.model.name, opts)
+    return Recorder(engine), time.perf_counter() - t
+
+
 def cai_gen_pass(cfg, backend) -> dict:
     from cai_gen import pipeline
     from cai_gen.progress import Tracker
@@ -88,15 +99,10 @@ def main() -> None:
     a = ap.parse_args()
 
     from cai_gen.config import compose as make_cfg
-    from cai_gen.backends import make_backend
-    from cai_gen.models import resolve
 
     cfg = make_cfg(f"limit={a.limit}", f"samples={a.samples}")
-    opts = cfg.backend.options(cfg.model, cfg.seed) | {"enforce_eager": a.eager}
-    t = time.perf_counter()
-    engine = make_backend("vllm", resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir), cfg.model.name, opts)
-    start = time.perf_counter() - t
-    rec = Recorder(engine)
+    rec, start = start_engine(cfg, a.eager)
+    engine = rec.inner
     first = cai_gen_pass(cfg, rec)
     raw = raw_pass(rec, rec.calls)
     rec.calls.clear()

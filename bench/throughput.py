@@ -62,21 +62,15 @@ def overrides(a, prompts: Path) -> list[str]:
 # ---------------------------------------------------------------- systems (each runs in a subprocess)
 
 def sys_engine(a, prompts: Path) -> dict:
-    from overhead import Recorder, cai_gen_pass, raw_pass
+    from overhead import cai_gen_pass, raw_pass, start_engine
 
-    from cai_gen.backends import make_backend
     from cai_gen.config import compose
-    from cai_gen.models import resolve
 
     cfg = compose(*overrides(a, prompts))
-    opts = cfg.backend.options(cfg.model, cfg.seed) | {"enforce_eager": a.eager}
-    t = time.perf_counter()
-    engine = make_backend("vllm", resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir), cfg.model.name, opts)
-    start = time.perf_counter() - t
-    rec = Recorder(engine)
+    rec, start = start_engine(cfg, a.eager)
     cg = cai_gen_pass(cfg, rec)
     raw = raw_pass(rec, rec.calls)
-    engine.close()
+    rec.inner.close()
     raw["pairs_made"] = cg["pairs_made"]  # the same requests: the same rows through all three stages
     return {"cai_gen": cg | {"engine_start_s": start}, "raw": raw | {"engine_start_s": start}}
 
