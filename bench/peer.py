@@ -7,9 +7,9 @@ a Pipeline of three ChatGeneration steps whose LLM is `ClientvLLM`, against `vll
 localhost with the same engine settings (dtype, context, memory share, eager, chunked prefill off on the CPU).
 distilabel sends one temperature per step (0.8 for answers, the middle of cai_gen's range; cai_gen's critique
 temperature and top-p for critique and revision), and no per-request seeds.
-Imported only in the peer's subprocess, where bench/.peer is on PYTHONPATH.
+Imported only in the peer's subprocess, where bench/.peer is on PYTHONPATH. (No `from __future__ import
+annotations` here: distilabel checks the `StepInput` hint by identity.)
 """
-from __future__ import annotations
 
 import socket
 import subprocess
