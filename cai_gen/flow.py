@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections import deque
 
 from .ledger import request_key
+from .progress import label
 
 
 def pipelined(job, rows: list) -> list:
     """Take rows through respond -> (critique -> revise) x rounds -> pair; returns the kept rows."""
     cfg, backend, ledger = job.cfg, job.backend, job.ledger
     steps = [("respond", 0)] + [(n, r) for r in range(1, cfg.rounds + 1) for n in ("critique", "revise")]
-    labels = [n if r == 0 else f"{n} r{r}" for n, r in steps]
+    labels = [label(n, r) for n, r in steps]
     kept: list = []
     pending: dict[int, tuple] = {}    # engine handle -> (row, step, ledger key, conversation, params)
     ready = deque((row, 0) for row in rows)
@@ -65,7 +66,7 @@ def pipelined(job, rows: list) -> list:
                     on_done(k, g)
                     finish(row, k, conv, p, g)
     ledger.sync()
-    for label, n in zip(labels, reused):
+    for name, n in zip(labels, reused):
         if n:
-            job.tracker.console.print(f"{label}: {n} rows reused from an earlier run")
+            job.tracker.console.print(f"{name}: {n} rows reused from an earlier run")
     return kept

@@ -21,6 +21,7 @@ from .backends import Backend, Conversation, Generation, Params, make_backend
 from .config import RunConfig
 from .ledger import Ledger, request_key
 from .models import resolve
+from . import progress
 from .progress import Tracker
 from .prompts import PromptRecord
 
@@ -96,7 +97,7 @@ class Run:
                 self.overflow(row, name, rnd, n)
             else:
                 live.append((row, conv, p, i))
-        label = name if rnd == 0 else f"{name} r{rnd}"
+        label = progress.label(name, rnd)
         # Reuse every generation the ledger already holds (a resumed run); send only the rest, as one batch.
         keys = [request_key(backend.model, c, p) for _, c, p, _ in live]
         gens: list[Generation | None] = [self.ledger.get(k) for k in keys]
@@ -238,7 +239,7 @@ class Run:
         from . import reward as reward_mod
 
         rc = self.cfg.reward
-        with self.tracker.stage("reward", len(rows)) as on_done:
+        with self.tracker.stage("reward", len(rows), generating=False) as on_done:
             scores = reward_mod.score(rc.model, [store.pair_messages(r) for r in rows], rc.batch_size,
                                       rc.max_length, rc.dtype, rc.device, rc.trust_remote_code, on_done)
         kept = []

@@ -21,6 +21,11 @@ class StageStats:
     seconds: float = 0.0
 
 
+def label(stage: str, rnd: int) -> str:
+    """A stage's name in progress, summaries and logs: 'respond', 'judge', 'critique r1', 'revise r2'."""
+    return stage if rnd == 0 else f"{stage} r{rnd}"
+
+
 @dataclass
 class Tracker:
     console: Console = field(default_factory=lambda: Console(stderr=True))
@@ -80,8 +85,9 @@ class Tracker:
             self.console.print(f"pipelined: {sum(toks)} tokens in {dt:.1f}s ({sum(toks) / max(dt, 1e-6):.0f} tok/s)")
 
     @contextmanager
-    def stage(self, name: str, total: int):
-        """Yields on_done(i, gen) for the backend; shows one progress bar for the stage."""
+    def stage(self, name: str, total: int, generating: bool = True):
+        """Yields on_done(i, gen) for the backend; shows one progress bar for the stage. `generating=False`
+        (reward scoring) keeps its time out of the run's generation time."""
         st = self.stages.setdefault(name, StageStats())
         cols = self._columns()
         t0 = time.perf_counter()
@@ -92,17 +98,15 @@ class Tracker:
 
             def on_done(_i: int, g: Generation) -> None:
                 nonlocal done_tokens
-                st.rows += 1
-                st.prompt_tokens += g.prompt_tokens
-                st.cached_tokens += g.cached_tokens
-                st.completion_tokens += g.completion_tokens
+                self._count(st, g)
                 done_tokens += g.completion_tokens
                 bar.update(task, advance=1, tps=done_tokens / max(time.perf_counter() - t0, 1e-6))
 
             yield on_done
         dt = time.perf_counter() - t0
         st.seconds += dt
-        self.gen_seconds += dt
+        if generating:
+            self.gen_seconds += dt
         if not sys.stderr.isatty():
             self.console.print(f"{name}: {total} rows, {done_tokens} tokens in {dt:.1f}s "
                                f"({done_tokens / max(dt, 1e-6):.0f} tok/s)")

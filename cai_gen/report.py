@@ -42,7 +42,7 @@ def table(summary: dict) -> Table:
         t.add_row("mean words chosen / rejected", f"{lw['chosen']['mean']} / {lw['rejected']['mean']}")
         t.add_row("chosen longer than rejected", _pct(rep.get("chosen_longer")))
         t.add_row("median similarity (kept)", str(rep["similarity"]["kept"]["median"]))
-    stages = {k: v for k, v in summary.get("stages", {}).items() if k != "reward"}
+    stages = summary.get("stages", {})
     gen = sum(s["completion_tokens"] for s in stages.values())
     secs = summary.get("generation_seconds") or sum(s["seconds"] for s in stages.values())
     t.add_row("tokens generated", f"{gen:,}")
@@ -137,6 +137,8 @@ def build(out: Path) -> dict:
         raise UserError(f"{out}: a run file is damaged ({type(e).__name__}: {e})") from None
     figs = plots.write_all(st, out / "plots")
     atomic_write(out / "README.md", card(summary, st, cfg, const, figs))
+    # the headline counts come from the files (stats.py), the one place they are computed
+    summary.update({k: st[k] for k in ("reasons", "flags", "principles", "domains")})
     summary["report"] = {k: v for k, v in st.items() if not k.startswith("_")}
     summary["report"]["plots"] = [f for _, f in figs]
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

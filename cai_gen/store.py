@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "domain", "source",
@@ -123,10 +121,6 @@ def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created
         "rows": len(rows),
         "kept": len(prefs),
         "rejected": len(rejected),
-        "reasons": dict(Counter(r.reason for r in rejected).most_common()),
-        "flags": dict(Counter(re.sub(r"_r\d+$", "", f) for r in kept for f in r.flags)),
-        "principles": dict(Counter(p for pr in prefs for p in pr["principle_ids"]).most_common()),
-        "domains": dict(Counter(p["domain"] for p in prefs).most_common()),
         "model": cfg.model.name,
         "constitution": const.ref,
         "created_at": created,

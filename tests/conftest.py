@@ -1,7 +1,6 @@
 """Shared fixtures. The real vLLM engine starts once per test session (enforce_eager: no compile wait)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
