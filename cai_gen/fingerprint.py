@@ -10,7 +10,7 @@ from .store import atomic_write
 
 # knobs that do not change what is generated: a resume may change them freely
 # (judge and reward run after generation and are redone on every run; judge requests have their own ledger keys)
-FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward"}
+FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review"}
 FREE_FLAT = {"backend.delay", "backend.enforce_eager", "backend.gpu_memory_utilization", "backend.max_num_seqs",
              "backend.batch_size", "backend.device", "backend.judge"}
 

@@ -37,6 +37,11 @@ def table(summary: dict) -> Table:
         j = rep["judge"]
         t.add_row("judge agrees (both orders)", _pct(j["agreement"]))
         t.add_row("judge inconsistent (position bias)", _pct(j["position_bias"]))
+    if rep.get("review"):
+        r = rep["review"]
+        t.add_row("expert-reviewed pairs", str(r["expert_reviewed"]))
+        if r["agreement"]["comparisons"]:
+            t.add_row("reviewer agreement / kappa", f"{_pct(r['agreement']['agreement'])} / {r['agreement']['kappa']}")
     if rep.get("length_words"):
         lw = rep["length_words"]
         t.add_row("mean words chosen / rejected", f"{lw['chosen']['mean']} / {lw['rejected']['mean']}")
@@ -92,6 +97,8 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
         L += ["", "## Reward model", "", f"Model `{cfg['reward']['model']}`, threshold {cfg['reward']['threshold']}, "
               f"action `{cfg['reward']['action']}`. Margin mean {m['mean']}, median {m['median']}; "
               f"{st['reward']['below_threshold']} pairs under the threshold."]
+    if st.get("review"):
+        L += review_section(st["review"])
     L += ["", "## Length (length bias is a known DPO failure)", ""]
     L += _md_table(["", "mean words", "median words", "p90 words", "mean chars"],
                    [[k, lw[k]["mean"], lw[k]["median"], lw[k]["p90"], lc[k]["mean"]] for k in ("chosen", "rejected")])
@@ -113,9 +120,29 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
           "- `preferences/`, `preferences.jsonl`: prompt / chosen / rejected (conversational) + provenance",
           "- `kto/`, `kto.jsonl`: unpaired prompt / completion / label", "- `trace.jsonl`: every stage's input and output per row",
           "- `rejected.jsonl`: filtered pairs with the reason", "- `plots/`: the figures above",
+          "- `review_queue.jsonl`: pairs routed to expert review; `review.sqlite`, `reviewed/`: verdicts and the merged dataset",
           "- `summary.json` (counts and these statistics), `config.json`, `constitution.json`, `.hydra/`: the exact setup", "",
           "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     return "\n".join(L)
+
+
+def review_section(r: dict) -> list[str]:
+    d, ag = r["decisions"], r["agreement"]
+    L = ["", "## Expert review", "",
+         f"{r['routed']} pairs were routed to expert review ({r['verdicts']} verdicts given). "
+         f"`reviewed/` holds the dataset with the verdicts applied ({r['rows']} pairs, {r['expert_reviewed']} "
+         "expert-reviewed): accept keeps the pair, swap makes the original the chosen answer, edit replaces "
+         "the chosen answer with the expert's, reject drops the pair. Several reviewers: the majority verdict "
+         "applies; a tie is `disputed` and left out until another reviewer breaks it.", "",
+         "```python", "from datasets import load_from_disk", "ds = load_from_disk('reviewed/preferences')", "```", ""]
+    L += _md_table(["decision", "pairs"], [[k, v] for k, v in d.items()])
+    if ag["comparisons"]:
+        L += ["", f"Agreement between reviewers: **{_pct(ag['agreement'])}** over {ag['comparisons']} shared "
+              f"judgements on {ag['items_multi']} items; Cohen's kappa {ag['kappa']}"
+              + (" (mean over reviewer pairs: Light's kappa)." if len(ag["pairs"]) > 1 else "."), ""]
+        L += _md_table(["reviewer A", "reviewer B", "shared items", "agreement", "Cohen's kappa"],
+                       [[p["a"], p["b"], p["items"], _pct(p["agreement"]), p["kappa"]] for p in ag["pairs"]])
+    return L
 
 
 def _load(path: Path) -> dict:
@@ -141,6 +168,8 @@ def build(out: Path) -> dict:
     summary.update({k: st[k] for k in ("reasons", "flags", "principles", "domains")})
     summary["report"] = {k: v for k, v in st.items() if not k.startswith("_")}
     summary["report"]["plots"] = [f for _, f in figs]
+    if st.get("review"):
+        summary["review"] = st["review"]
     atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 

@@ -71,6 +71,9 @@ def compute(out: Path) -> dict:
                                                                         if "reward_margin_low" in p.get("flags", [])
                                                                         or p.get("reason") == "reward_margin_low")}
         if margins else None,
+        # written by `python -m cai_gen.review merge` (counts and agreement of the expert verdicts)
+        "review": json.loads((out / "reviewed" / "review.json").read_text()) if (out / "reviewed" / "review.json").is_file()
+        else None,
         "_series": {"chosen_words": cw, "rejected_words": rw, "sims_kept": sims_kept, "sims_dropped": sims_dropped,
                     "margins": margins},
     }

@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .review import route
+
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "domain", "source",
                 "created_at", "model", "constitution", "sampling", "similarity", "flags"]
 
@@ -110,6 +112,8 @@ def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created
     write_jsonl(out / "preferences.jsonl", prefs)
     write_jsonl(out / "kto.jsonl", kto)
     write_jsonl(out / "rejected.jsonl", [rejected_row(r) for r in rejected])
+    # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
+    write_jsonl(out / "review_queue.jsonl", route.queue(prefs, cfg.review, cfg.seed, const))
     if cfg.output.trace:
         write_jsonl(out / "trace.jsonl", [{"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
                                           "principle_ids": r.principles, "stages": r.trace,

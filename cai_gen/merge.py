@@ -1,0 +1,143 @@
+"""Merge run dirs (shards of one run, or runs collected at different times) into one dataset.
+
+  python -m cai_gen.merge RUN_DIR... --out DIR [--duplicates newest|first|error] [--half-life-days D] [--now ISO]
+
+Each run contributes its expert-reviewed dataset (RUN_DIR/reviewed/, from `python -m cai_gen.review merge`)
+when it has one, else its preferences.jsonl. Ids are unique in the result: a duplicate id (the same prompt
+and sample in two runs) keeps the newest row by default. Columns are the union over the runs (a column a
+run lacks is null), so TRL loads the result like any run's preferences/.
+
+Preference drift: with --half-life-days D every row gets `weight = 0.5 ** (age_days / D)`, the age measured
+from the row's latest judgement (reviewed_at when an expert reviewed it, else created_at) to --now (default:
+the newest row in the merge, so the same inputs always give the same weights). A row D days older than the
+newest weighs 0.5. TRL's trainers ignore extra columns; use `weight` in a weighted sampler or loss, or to
+filter (ds.filter(lambda r: r["weight"] > 0.25)).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import store
+from .errors import UserError
+
+
+def _when(row: dict) -> datetime:
+    ts = row.get("reviewed_at") or row.get("created_at")
+    try:
+        t = datetime.fromisoformat(ts)
+    except (TypeError, ValueError):
+        raise UserError(f"row {row.get('id')!r}: created_at {ts!r} is not an ISO time") from None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def read(run_dir: Path) -> tuple[Path, list[dict]]:
+    """The rows one run contributes, and the file they came from."""
+    run_dir = Path(run_dir)
+    f = run_dir / "reviewed" / "preferences.jsonl"
+    if not f.is_file():
+        f = run_dir / "preferences.jsonl"
+    if not f.is_file():
+        raise UserError(f"{run_dir}: not a finished cai_gen run dir (no preferences.jsonl)")
+    rows = []
+    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{f}:{n}: not valid JSON ({e})") from None
+        if not isinstance(row, dict) or "id" not in row:
+            raise UserError(f"{f}:{n}: not a preference row (no id)")
+        rows.append(row)
+    return f, rows
+
+
+def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> datetime:
+    """Add `weight` to every row in place; returns the reference time used."""
+    ref = now or max(_when(r) for r in rows)
+    for r in rows:
+        age = max(0.0, (ref - _when(r)).total_seconds() / 86400)
+        r["weight"] = round(0.5 ** (age / half_life_days), 6)
+    return ref
+
+
+def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: float | None = None,
+          now: datetime | None = None) -> tuple[list[dict], dict]:
+    by_id: dict[str, dict] = {}
+    sources, dropped = [], 0
+    for d in run_dirs:
+        f, rows = read(d)
+        sources.append({"run": str(d), "file": str(f), "rows": len(rows)})
+        for r in rows:
+            old = by_id.get(r["id"])
+            if old is None:
+                by_id[r["id"]] = r
+                continue
+            if duplicates == "error":
+                raise UserError(f"{f}: id {r['id']!r} is also in an earlier run dir (--duplicates newest|first to pick)")
+            dropped += 1
+            if duplicates == "newest" and _when(r) > _when(old):
+                by_id[r["id"]] = r
+    rows = list(by_id.values())
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
+    rows = [{k: r.get(k) for k in columns} for r in rows]
+    if "expert_reviewed" in columns:  # a run nobody reviewed: its rows were not expert-reviewed (not unknown)
+        for r in rows:
+            r["expert_reviewed"] = bool(r["expert_reviewed"])
+    info = {"sources": sources, "rows": len(rows), "duplicates_dropped": dropped, "duplicates": duplicates}
+    if half_life_days and rows:
+        ref = weights(rows, half_life_days, now)
+        info |= {"half_life_days": half_life_days, "weights_relative_to": ref.isoformat(timespec="seconds")}
+    return rows, info
+
+
+def write(out: Path, rows: list[dict], info: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    kto = []
+    for r in rows:
+        extra = {"weight": r["weight"]} if "weight" in r else {}
+        kto += [{**k, **extra} for k in store.kto_rows(r)]
+    store.write_jsonl(out / "preferences.jsonl", rows)
+    store.write_jsonl(out / "kto.jsonl", kto)
+    store.save_dataset(out / "preferences", rows, list(rows[0]) if rows else store.PREF_COLUMNS)
+    store.save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
+    store.atomic_write(out / "merge.json", json.dumps(info, indent=2) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m cai_gen.merge", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run dirs (shards, or runs from different times)")
+    p.add_argument("--out", type=Path, required=True, help="where the merged dataset goes")
+    p.add_argument("--duplicates", choices=["newest", "first", "error"], default="newest",
+                   help="a duplicate id keeps the newest row (default), the first run's, or is an error")
+    p.add_argument("--half-life-days", type=float, help="add a weight column halving every this many days")
+    p.add_argument("--now", help="reference time for weights (ISO); default: the newest row")
+    a = p.parse_args(argv)
+    try:
+        if a.half_life_days is not None and a.half_life_days <= 0:
+            raise UserError(f"--half-life-days: must be > 0, got {a.half_life_days}")
+        now = None
+        if a.now:
+            try:
+                now = datetime.fromisoformat(a.now)
+            except ValueError:
+                raise UserError(f"--now: {a.now!r} is not an ISO time (e.g. 2026-11-23T12:00:00+00:00)") from None
+            now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        if a.out.resolve() in {Path(r).resolve() for r in a.runs}:
+            raise UserError(f"--out: {a.out} is one of the inputs; pick a new dir")
+        rows, info = merge(a.runs, a.duplicates, a.half_life_days, now)
+        write(a.out, rows, info)
+    except UserError as e:
+        print(f"cai_gen.merge: error: {e}", file=sys.stderr)
+        return 2
+    print(f"cai_gen.merge: {info['rows']} rows from {len(a.runs)} run dirs into {a.out} "
+          f"({info['duplicates_dropped']} duplicate ids dropped)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

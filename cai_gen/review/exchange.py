@@ -1,0 +1,132 @@
+"""Export review items (with any verdicts so far) to JSONL or CSV, and import verdicts made elsewhere.
+
+For teams that already annotate in another tool (Label Studio, Argilla, a spreadsheet): export, annotate
+the `reviewer`, `verdict`, `chosen` (edits) and `comment` columns, import. The other columns are context and
+are ignored on import. An import is checked in full before anything is stored (one bad row stores nothing),
+and importing the same file twice adds nothing: a row equal to that reviewer's current verdict is skipped.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from ..store import atomic_write
+from . import db
+
+VERDICT_FIELDS = ["reviewer", "verdict", "chosen", "comment", "reviewed_at"]
+CSV_FIELDS = ["id", "domain", "routed_by", "system", "prompt", "original", "revision", "principles", "critiques",
+              *VERDICT_FIELDS]
+
+
+def _fmt(path: Path, fmt: str | None) -> str:
+    fmt = fmt or path.suffix.lstrip(".").lower()
+    if fmt not in ("jsonl", "csv"):
+        raise UserError(f"{path}: say the format with --format jsonl|csv (or name the file .jsonl / .csv)")
+    return fmt
+
+
+def rows(conn) -> list[dict]:
+    """One row per (item, reviewer) current verdict; an item nobody reviewed yet gets one row with blanks."""
+    cur = db.current(conn)
+    out = []
+    for it in db.items(conn):
+        votes = cur.get(it["id"]) or {None: None}
+        for reviewer, v in votes.items():
+            out.append({"item": it, "reviewer": reviewer, "verdict": v and v["verdict"], "chosen": v and v["chosen"],
+                        "comment": v and v["comment"], "reviewed_at": v and v["at"]})
+    return out
+
+
+def flat(r: dict) -> dict:
+    it = r["item"]
+    system = next((m["content"] for m in it["prompt"] if m["role"] == "system"), "")
+    return {"id": it["id"], "domain": it.get("domain") or "", "routed_by": ",".join(it["routed_by"]),
+            "system": system, "prompt": it["prompt"][-1]["content"], "original": it["original"],
+            "revision": it["revision"], "principles": ",".join(x["principle"] for x in it["rounds"]),
+            "critiques": "\n\n".join(x["critique"] for x in it["rounds"]),
+            **{k: r[k] or "" for k in VERDICT_FIELDS}}
+
+
+def export(conn, path: Path, fmt: str | None = None) -> int:
+    fmt, rs = _fmt(path, fmt), rows(conn)
+    if fmt == "jsonl":
+        atomic_write(path, "".join(json.dumps({"id": r["item"]["id"], **{k: r[k] for k in VERDICT_FIELDS},
+                                               "item": r["item"]}, ensure_ascii=False) + "\n" for r in rs))
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(flat(r) for r in rs)
+        atomic_write(path, buf.getvalue())
+    return len(rs)
+
+
+def _read(path: Path, fmt: str) -> list[tuple[str, dict]]:
+    """[(where, record)] with `where` = 'FILE:LINE' for error messages."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(raw, newline=""))
+        missing = {"id", "verdict"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} in the header")
+        try:
+            return [(f"{path}:{reader.line_num}", rec) for rec in reader]
+        except csv.Error as e:
+            raise UserError(f"{path}:{reader.line_num}: {e}") from None
+    out = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object per line")
+        out.append((f"{path}:{n}", rec))
+    return out
+
+
+def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) -> dict:
+    """Import verdicts. Returns {"imported", "unchanged", "blank"} counts."""
+    path = Path(path)
+    recs = _read(path, _fmt(path, fmt))
+    cur = db.current(conn)
+    todo, unchanged, blank = [], 0, 0
+    for where, rec in recs:
+        get = lambda k: (rec.get(k) if rec.get(k) not in ("", None) else None)  # noqa: E731  (CSV blanks = unset)
+        if get("verdict") is None:
+            blank += 1  # not annotated (yet)
+            continue
+        item_id, who = get("id"), get("reviewer") or reviewer
+        if item_id is None:
+            raise UserError(f"{where}: id: missing")
+        if who is None:
+            raise UserError(f"{where}: reviewer: missing (fill the column or pass --reviewer NAME)")
+        v = {k: get(k) for k in ("verdict", "chosen", "comment")}
+        try:
+            db.check_verdict(conn, str(item_id), str(who), str(v["verdict"]).strip().lower(), v["chosen"])
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        v["verdict"] = str(v["verdict"]).strip().lower()
+        old = cur.get(str(item_id), {}).get(str(who))
+        if old and all(old[k] == (v[k] if k != "chosen" or v["verdict"] == "edit" else None)
+                       for k in ("verdict", "chosen", "comment")):
+            unchanged += 1
+            continue
+        todo.append((str(item_id), str(who), v, get("reviewed_at")))
+    with db._tx(conn):  # all rows or none
+        for item_id, who, v, at in todo:
+            conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source) "
+                         "VALUES (?, ?, ?, ?, ?, ?, 'import')",
+                         (item_id, who, v["verdict"], v["chosen"] if v["verdict"] == "edit" else None,
+                          v["comment"], str(at) if at else db.now()))
+    return {"imported": len(todo), "unchanged": unchanged, "blank": blank}

@@ -1,0 +1,135 @@
+"""Apply expert verdicts to a run's pairs and measure how much the experts agree.
+
+`python -m cai_gen.review merge RUN_DIR` writes RUN_DIR/reviewed/: the final dataset (same columns as
+preferences/ plus expert_reviewed, reviewer, reviewed_at, verdict), its KTO rows, the pairs experts dropped,
+the items they disagree on, and review.json with the counts and agreement that the card and summary show.
+
+Several reviewers on one item: each reviewer's latest verdict is a vote, the majority verdict applies. A tie
+is not guessed: the item is `disputed`, left out of the dataset and listed in disputed.jsonl until another
+reviewer breaks it. An item whose stored text no longer matches the run's pair (the run was redone with
+another config) is `stale`: its verdicts are not applied to text the expert never saw.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from itertools import combinations
+from pathlib import Path
+
+from .. import store
+from ..errors import UserError
+from ..stats import read_jsonl
+from . import db
+from .route import text
+
+COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict"]
+
+
+def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
+    """(verdict, reviewers who gave it, their latest vote) by majority; None on a tie."""
+    counts = Counter(v["verdict"] for v in votes.values()).most_common()
+    if len(counts) > 1 and counts[0][1] == counts[1][1]:
+        return None
+    verdict = counts[0][0]
+    who = sorted(r for r, v in votes.items() if v["verdict"] == verdict)
+    last = max((votes[r] for r in who), key=lambda v: v["at"])
+    return verdict, who, last
+
+
+def kappa(a: list[str], b: list[str]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items; None when chance agreement is total (pe = 1)."""
+    n = len(a)
+    po = sum(x == y for x, y in zip(a, b)) / n
+    ca, cb = Counter(a), Counter(b)
+    pe = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    return None if pe == 1 else round((po - pe) / (1 - pe), 4)
+
+
+def agreement(cur: dict[str, dict[str, dict]]) -> dict:
+    """Percent agreement and Cohen's kappa for every pair of reviewers who saw the same items; overall: the
+    share of agreeing (item, reviewer pair) comparisons and the mean pairwise kappa (Light's kappa)."""
+    reviewers = sorted({r for votes in cur.values() for r in votes})
+    pairs, same, total = [], 0, 0
+    for ra, rb in combinations(reviewers, 2):
+        shared = [i for i, votes in cur.items() if ra in votes and rb in votes]
+        if not shared:
+            continue
+        la = [cur[i][ra]["verdict"] for i in shared]
+        lb = [cur[i][rb]["verdict"] for i in shared]
+        agree = sum(x == y for x, y in zip(la, lb))
+        same, total = same + agree, total + len(shared)
+        pairs.append({"a": ra, "b": rb, "items": len(shared), "agreement": round(agree / len(shared), 4),
+                      "kappa": kappa(la, lb)})
+    ks = [p["kappa"] for p in pairs if p["kappa"] is not None]
+    return {"reviewers": reviewers, "items_multi": sum(len(v) > 1 for v in cur.values()), "comparisons": total,
+            "agreement": round(same / total, 4) if total else None,
+            "kappa": round(sum(ks) / len(ks), 4) if ks else None, "pairs": pairs}
+
+
+def _unreviewed(pref: dict) -> dict:
+    return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None}
+
+
+def apply(run_dir: Path) -> dict:
+    """Write RUN_DIR/reviewed/ and return its review.json numbers."""
+    run_dir = Path(run_dir)
+    conn = db.open_run(run_dir, create=False)
+    try:
+        items = {it["id"]: it for it in db.items(conn)}
+        cur = db.current(conn)
+        n_verdicts = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
+    finally:
+        conn.close()
+    try:
+        prefs = read_jsonl(run_dir / "preferences.jsonl")
+    except ValueError as e:
+        raise UserError(f"{run_dir / 'preferences.jsonl'}: damaged ({e})") from None
+    rows, dropped, disputed = [], [], []
+    status = Counter()
+    for pref in prefs:
+        it, votes = items.get(pref["id"]), cur.get(pref["id"])
+        if it is None:
+            rows.append(_unreviewed(pref))
+            continue
+        chosen, rejected = text(pref["chosen"]), text(pref["rejected"])
+        if {chosen, rejected} != {it["original"], it["revision"]}:
+            status["stale"] += 1
+            rows.append(_unreviewed(pref))
+            continue
+        if not votes:
+            status["pending"] += 1
+            rows.append(_unreviewed(pref))
+            continue
+        decision = decide(votes)
+        if decision is None:
+            status["disputed"] += 1
+            disputed.append({"id": pref["id"], "votes": votes, "item": it})
+            continue
+        verdict, who, last = decision
+        status[verdict] += 1
+        mark = {"expert_reviewed": True, "reviewer": ",".join(who), "reviewed_at": last["at"], "verdict": verdict}
+        if verdict == "reject":
+            dropped.append({"id": pref["id"], **mark, "votes": votes, "item": it})
+            continue
+        answer = {"accept": (it["revision"], it["original"]), "swap": (it["original"], it["revision"]),
+                  "edit": (last["chosen"], it["original"])}[verdict]
+        rows.append({**pref, "chosen": [{"role": "assistant", "content": answer[0]}],
+                     "rejected": [{"role": "assistant", "content": answer[1]}], **mark})
+    orphans = sorted(set(cur) - {p["id"] for p in prefs})
+    out = run_dir / "reviewed"
+    out.mkdir(exist_ok=True)
+    kto = [k for r in rows for k in store.kto_rows(r)]
+    store.write_jsonl(out / "preferences.jsonl", rows)
+    store.write_jsonl(out / "kto.jsonl", kto)
+    store.write_jsonl(out / "dropped.jsonl", dropped)
+    store.write_jsonl(out / "disputed.jsonl", disputed)
+    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    if cfg.get("output", {}).get("save_dataset", True):
+        store.save_dataset(out / "preferences", rows, store.PREF_COLUMNS + COLUMNS)
+        store.save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
+    summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
+               "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
+               "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
+               "orphaned": len(orphans), "agreement": agreement(cur)}
+    store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,124 @@
+"""python -m cai_gen.merge: run dirs into one dataset with unique ids, reviewed data preferred, half-life weights."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cai_gen import merge, pipeline
+from cai_gen.backends.fake import FakeBackend
+from cai_gen.review import db
+from cai_gen.review.__main__ import main as review_main
+
+from .conftest import make_cfg
+
+
+def jl(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def restamp(run: Path, when: str) -> None:
+    """Pretend the run was collected at `when` (its rows' created_at)."""
+    f = run / "preferences.jsonl"
+    f.write_text("".join(json.dumps({**r, "created_at": when}) + "\n" for r in jl(f)))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two runs over overlapping prompts (limit 4 and limit 6): ids of the first 4 prompts are in both."""
+    out = []
+    for limit in (4, 6):
+        cfg = make_cfg("backend=fake", f"limit={limit}", "review.sample_rate=1.0")
+        d = tmp_path_factory.mktemp(f"run{limit}")
+        pipeline.run(cfg, d, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+        out.append(d)
+    return out[0], out[1]
+
+
+@pytest.fixture
+def old_new(runs, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(runs[0], old)
+    shutil.copytree(runs[1], new)
+    restamp(old, "2026-01-01T00:00:00+00:00")
+    restamp(new, "2026-03-02T00:00:00+00:00")  # 60 days later
+    return old, new
+
+
+def test_duplicate_ids_keep_the_newest_and_weights_halve_per_half_life(old_new, tmp_path):
+    old, new = old_new
+    out = tmp_path / "merged"
+    assert merge.main([str(old), str(new), "--out", str(out), "--half-life-days", "30"]) == 0
+    rows = jl(out / "preferences.jsonl")
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == len({r["id"] for r in jl(new / "preferences.jsonl")} |
+                                            {r["id"] for r in jl(old / "preferences.jsonl")})
+    assert {r["created_at"] for r in rows} == {"2026-03-02T00:00:00+00:00"}  # the newer copy of every shared id
+    assert {r["weight"] for r in rows} == {1.0}
+    info = json.loads((out / "merge.json").read_text())
+    assert info["duplicates_dropped"] == len(jl(old / "preferences.jsonl"))
+
+    # only the old run's rows: 60 days before --now is two half-lives
+    out2 = tmp_path / "m2"
+    assert merge.main([str(old), "--out", str(out2), "--half-life-days", "30", "--now", "2026-03-02T00:00:00Z"]) == 0
+    assert {r["weight"] for r in jl(out2 / "preferences.jsonl")} == {0.25}
+    kto = jl(out2 / "kto.jsonl")
+    assert {k["weight"] for k in kto} == {0.25} and len(kto) == 2 * len(jl(out2 / "preferences.jsonl"))
+    import datasets
+    ds = datasets.load_from_disk(str(out2 / "preferences"))
+    assert "weight" in ds.column_names and len(ds) == len(kto) // 2
+
+
+def test_first_policy_and_error_policy(old_new, tmp_path, capsys):
+    old, new = old_new
+    assert merge.main([str(old), str(new), "--out", str(tmp_path / "f"), "--duplicates", "first"]) == 0
+    rows = {r["id"]: r for r in jl(tmp_path / "f" / "preferences.jsonl")}
+    assert all(rows[r["id"]]["created_at"].startswith("2026-01-01") for r in jl(old / "preferences.jsonl"))
+    assert merge.main([str(old), str(new), "--out", str(tmp_path / "e"), "--duplicates", "error"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is also in an earlier run dir" in err[0]
+    assert not (tmp_path / "e").exists()
+
+
+def test_reviewed_data_is_used_and_columns_are_the_union(old_new, tmp_path):
+    old, new = old_new
+    conn = db.open_run(old)
+    first = db.items(conn)[0]
+    db.record(conn, first["id"], "ann", "swap", at="2026-04-01T00:00:00+00:00")
+    conn.close()
+    assert review_main(["merge", str(old)]) == 0
+    out = tmp_path / "m"
+    assert merge.main([str(new), str(old), "--out", str(out), "--half-life-days", "30"]) == 0
+    rows = {r["id"]: r for r in jl(out / "preferences.jsonl")}
+    r = rows[first["id"]]  # the expert's judgement (newest by reviewed_at) wins over the new run's copy
+    assert r["verdict"] == "swap" and r["chosen"][0]["content"] == first["original"] and r["weight"] == 1.0
+    others = [x for i, x in rows.items() if i != first["id"]]
+    assert all(set(x) == set(r) for x in others)           # the same columns on every row
+    assert all(x["expert_reviewed"] is False for x in others)
+    assert min(x["weight"] for x in others) == 0.5         # 2026-03-02 is 30 days before the review
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["{missing}"], "not a finished cai_gen run dir"),
+    (["{old}", "--half-life-days", "0"], "--half-life-days: must be > 0"),
+    (["{old}", "--now", "yesterday"], "--now: 'yesterday' is not an ISO time"),
+    (["{old}", "--out", "{old}"], "is one of the inputs"),
+])
+def test_bad_input_is_one_line(old_new, tmp_path, capsys, args, msg):
+    old, _ = old_new
+    fill = {"missing": str(tmp_path / "nope"), "old": str(old)}
+    argv = [a.format(**fill) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "o")]
+    assert merge.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0]
+
+
+def test_a_damaged_line_is_named(old_new, tmp_path, capsys):
+    old, _ = old_new
+    with (old / "preferences.jsonl").open("a") as f:
+        f.write("{not json\n")
+    assert merge.main([str(old), "--out", str(tmp_path / "o")]) == 2
+    n = len((old / "preferences.jsonl").read_text().splitlines())
+    assert f"preferences.jsonl:{n}: not valid JSON" in capsys.readouterr().err

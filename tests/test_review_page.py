@@ -1,0 +1,136 @@
+"""The review page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium):
+review items with keys and clicks, reload, switch reviewer, and check the database and the merge.
+
+`bash setup.sh --test` installs the browser; CI sets CAI_GEN_REQUIRE_BROWSER=1 so a missing browser fails
+instead of skipping."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cai_gen import pipeline
+from cai_gen.backends.fake import FakeBackend
+from cai_gen.review import db
+from cai_gen.review.__main__ import main as review_main
+from cai_gen.review.server import ReviewServer
+
+from .conftest import make_cfg
+
+CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER))
+                       and not os.environ.get("CAI_GEN_REQUIRE_BROWSER"),
+                       reason="no chromium/chromedriver: run `bash setup.sh --test`"),
+]
+HTML_PROMPT = "Is <b>this</b> bold? <img src=x onerror=\"document.title='pwned'\"> {{ 7*7 }}"
+
+
+@pytest.fixture
+def page(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p, "domain": "billing"}) + "\n" for i, p in
+                               enumerate([HTML_PROMPT, "Why was I charged twice?", "Cancel my plan."])))
+    cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "review.domains=[billing]")
+    run = tmp_path / "run"
+    pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    srv = ReviewServer(run, port=0)
+    srv.start()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--user-data-dir={tmp_path / 'chrome'}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        yield driver, srv, run
+    finally:
+        driver.quit()
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver, srv, run = page
+    items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
+    ids = [it["id"] for it in items]
+    assert len(ids) >= 5
+    el = lambda i: driver.find_element(By.ID, i)  # noqa: E731
+    wait = lambda f: WebDriverWait(driver, 15).until(lambda d: f())  # noqa: E731
+    keys = lambda k: ActionChains(driver).send_keys(k).perform()  # noqa: E731
+    shown = lambda: el("item-id").text  # noqa: E731
+    progress = lambda: el("progress-text").text  # noqa: E731
+
+    driver.get(srv.url + "?reviewer=alice")
+    wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
+    # model and prompt text is data: shown verbatim, never parsed as HTML or a template
+    assert el("prompt").text == HTML_PROMPT
+    assert driver.execute_script("return document.querySelectorAll('#prompt b, #prompt img').length") == 0
+    assert driver.title == "cai_gen review"
+    assert el("original").text == items[0]["original"] and el("revision").text == items[0]["revision"]
+
+    keys("a")                                      # accept by key; the page moves to the next item
+    wait(lambda: progress().startswith("1 /") and shown() == ids[1])
+    el("b-swap").click()                           # swap by click
+    wait(lambda: progress().startswith("2 /") and shown() == ids[2])
+    keys("e")                                      # edit: the box opens with the revision to start from
+    wait(lambda: el("edit-box").is_displayed())
+    box = el("edit-text")
+    assert box.get_attribute("value") == items[2]["revision"]
+    box.clear()
+    box.send_keys("The expert's answer, line 1.", Keys.SHIFT, Keys.ENTER, Keys.SHIFT, "Line 2.")
+    box.send_keys(Keys.CONTROL, Keys.ENTER)
+    wait(lambda: progress().startswith("3 /") and shown() == ids[3])
+    comment = el("comment")
+    comment.click()
+    comment.send_keys("a sarcastic tone")          # letters typed in a text box are not shortcuts
+    assert progress().startswith("3 /")
+    el("b-reject").click()
+    wait(lambda: progress().startswith("4 /"))
+
+    driver.refresh()                               # a closed or reloaded browser loses nothing
+    wait(lambda: progress() == f"4 / {len(ids)} reviewed by alice" and shown() == ids[4])
+    marks = [b.get_attribute("data-verdict") for b in el("list").find_elements(By.TAG_NAME, "button")]
+    assert marks[:5] == ["accept", "swap", "edit", "reject", None]
+    keys("k")                                      # back to the rejected item: its verdict and comment show
+    wait(lambda: shown() == ids[3])
+    wait(lambda: "your verdict: reject" in el("status").text)
+    assert el("comment").get_attribute("value") == "a sarcastic tone"
+
+    who = el("reviewer")                           # a second reviewer on the same page
+    who.clear()
+    who.send_keys("bob", Keys.TAB)
+    wait(lambda: progress() == f"0 / {len(ids)} reviewed by bob" and shown() == ids[0])
+    driver.find_element(By.TAG_NAME, "body").click()
+    keys("a")                                      # agrees with alice on item 0
+    wait(lambda: progress().startswith("1 /") and shown() == ids[1])
+    keys("r")                                      # disagrees on item 1 (alice: swap)
+    wait(lambda: progress().startswith("2 /"))
+
+    conn = db.connect(srv.db_path)
+    cur = db.current(conn)
+    assert {i: {r: v["verdict"] for r, v in cur[i].items()} for i in ids[:4]} == {
+        ids[0]: {"alice": "accept", "bob": "accept"}, ids[1]: {"alice": "swap", "bob": "reject"},
+        ids[2]: {"alice": "edit"}, ids[3]: {"alice": "reject"}}
+    assert cur[ids[2]]["alice"]["chosen"] == "The expert's answer, line 1.\nLine 2."
+    assert cur[ids[3]]["alice"]["comment"] == "a sarcastic tone"
+
+    assert review_main(["merge", str(run)]) == 0
+    out = {p["id"]: p for p in (json.loads(x) for x in (run / "reviewed" / "preferences.jsonl").read_text().splitlines())}
+    assert out[ids[0]]["reviewer"] == "alice,bob" and out[ids[0]]["verdict"] == "accept"
+    assert ids[1] not in out and ids[3] not in out               # disputed, rejected
+    assert out[ids[2]]["chosen"][0]["content"] == "The expert's answer, line 1.\nLine 2."
+    assert out[ids[4]]["expert_reviewed"] is False
+    review = json.loads((run / "summary.json").read_text())["review"]
+    assert review["agreement"]["comparisons"] == 2 and review["agreement"]["agreement"] == 0.5
