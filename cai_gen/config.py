@@ -30,7 +30,7 @@ class ModelCfg(Strict):
 
 
 class BackendCfg(Strict):
-    kind: Literal["vllm", "transformers", "fake"]
+    kind: Literal["vllm", "transformers", "fake", "openai"]
     # vllm
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     enforce_eager: bool | None = None  # None: eager on the CPU build, compiled on GPUs
@@ -39,6 +39,18 @@ class BackendCfg(Strict):
     # transformers
     batch_size: int = Field(16, gt=0)
     device: str = "auto"
+    # openai (any OpenAI-compatible endpoint)
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    served_model: str | None = None
+    concurrency: int = Field(64, gt=0)
+    max_retries: int = Field(8, ge=0)
+    timeout: float = Field(600.0, gt=0)
+    backoff: float = Field(1.0, ge=0)
+    backoff_max: float = Field(60.0, ge=0)
+    choices_via: Literal["structured_outputs", "guided_choice", "none"] = "structured_outputs"
+    count_tokens: Literal["tokenizer", "none"] = "tokenizer"
+    extra_body: dict = Field(default_factory=dict)
     # fake
     mode: Literal["good", "echo", "preface"] = "good"
     delay: float = Field(0.0, ge=0)
@@ -55,6 +67,12 @@ class BackendCfg(Strict):
         if self.kind == "transformers":
             return dict(dtype=model.dtype, max_model_len=model.max_model_len, batch_size=self.batch_size,
                         device=self.device, trust_remote_code=model.trust_remote_code)
+        if self.kind == "openai":
+            return dict(base_url=self.base_url, max_model_len=self.max_model_len or model.max_model_len,
+                        served_model=self.served_model, api_key_env=self.api_key_env, concurrency=self.concurrency,
+                        max_retries=self.max_retries, timeout=self.timeout, backoff=self.backoff,
+                        backoff_max=self.backoff_max, choices_via=self.choices_via, count_tokens=self.count_tokens,
+                        extra_body=self.extra_body, trust_remote_code=model.trust_remote_code)
         return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay,
                     judge=self.judge)
 
@@ -138,6 +156,25 @@ class ReviewCfg(Strict):
     flags: list[str] = Field(default_factory=list)
 
 
+class ShardCfg(Strict):
+    index: int = Field(0, ge=0)
+    count: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _in_range(self):
+        if self.index >= self.count:
+            raise ValueError(f"index must be < count ({self.count}), got {self.index}")
+        return self
+
+
+class ExecutorCfg(Strict):
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None       # ray.init address; null: RAY_ADDRESS, else a new local Ray instance
+    replicas: int | None = Field(None, gt=0)  # null: the cluster's GPUs / tensor_parallel_size (1 without GPUs)
+    batch_size: int = Field(64, gt=0)
+    cpus_per_replica: float = Field(1.0, gt=0)
+
+
 class OutputCfg(Strict):
     save_dataset: bool = True
     trace: bool = True
@@ -162,7 +199,18 @@ class RunConfig(Strict):
     judge: JudgeCfg = JudgeCfg()
     reward: RewardCfg = RewardCfg()
     review: ReviewCfg = ReviewCfg()
+    shard: ShardCfg = ShardCfg()
+    executor: ExecutorCfg = ExecutorCfg()
     output: OutputCfg = OutputCfg()
+
+    @model_validator(mode="after")
+    def _executor(self):
+        if self.executor.kind == "ray" and self.judge.enabled and self.judge.model is not None:
+            raise ValueError("executor=ray judges with the generating model only (judge=self); for a separate judge "
+                             "model rerun the finished run dir with executor.kind=local")
+        if self.executor.kind == "ray" and self.backend.kind == "transformers":
+            raise ValueError("executor=ray runs vllm, openai or fake replicas, not backend=transformers")
+        return self
 
 
 def validate(raw: dict) -> RunConfig:

@@ -10,9 +10,11 @@ from .store import atomic_write
 
 # knobs that do not change what is generated: a resume may change them freely
 # (judge and reward run after generation and are redone on every run; judge requests have their own ledger keys)
-FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review"}
+FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review", "executor"}
 FREE_FLAT = {"backend.delay", "backend.enforce_eager", "backend.gpu_memory_utilization", "backend.max_num_seqs",
-             "backend.batch_size", "backend.device", "backend.judge"}
+             "backend.batch_size", "backend.device", "backend.judge", "backend.base_url", "backend.api_key_env",
+             "backend.served_model", "backend.concurrency", "backend.max_retries", "backend.timeout",
+             "backend.backoff", "backend.backoff_max", "backend.extra_body"}
 
 
 def _flat(d: dict, pre: str = "") -> dict:

@@ -24,23 +24,35 @@ def request_key(model: str, conv: Conversation, params: Params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def _read(path: Path, done: dict[str, Generation]) -> int:
+    """Load one ledger file into `done`; returns the length of its whole lines (a torn tail is ignored)."""
+    data = path.read_bytes()
+    good = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
+    for line in data[:good].splitlines():
+        try:
+            rec = json.loads(line)
+            done[rec["key"]] = Generation(**rec["gen"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a damaged line costs one regeneration, not the run
+    return good
+
+
 class Ledger:
+    """Writes to `path`; also reads every `generations-*.jsonl` segment beside it (written by the replicas of
+    executor=ray, one file each so they never share a file), so any executor resumes any other's work."""
+
     def __init__(self, path: Path, fsync_every: int = 64):
         self.path, self.fsync_every, self.pending = path, fsync_every, 0
         self.done: dict[str, Generation] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
+        for seg in sorted(path.parent.glob("generations-*.jsonl")):
+            if seg != path:
+                _read(seg, self.done)
         if path.exists():
-            data = path.read_bytes()
-            good = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped, then overwritten
-            for line in data[:good].splitlines():
-                try:
-                    rec = json.loads(line)
-                    self.done[rec["key"]] = Generation(**rec["gen"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a damaged line costs one regeneration, not the run
-            if good != len(data):
+            good = _read(path, self.done)
+            if good != path.stat().st_size:
                 with open(path, "r+b") as f:
-                    f.truncate(good)
+                    f.truncate(good)  # then overwritten by the next line
         self.f = open(path, "a", encoding="utf-8")
 
     def get(self, key: str) -> Generation | None:

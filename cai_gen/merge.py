@@ -1,6 +1,9 @@
 """Merge run dirs (shards of one run, or runs collected at different times) into one dataset.
 
   python -m cai_gen.merge RUN_DIR... --out DIR [--duplicates newest|first|error] [--half-life-days D] [--now ISO]
+                          [--partial]
+
+Shards of one run (shard.index / shard.count) are checked to be the same run with every shard present.
 
 Each run contributes its expert-reviewed dataset (RUN_DIR/reviewed/, from `python -m cai_gen.review merge`)
 when it has one, else its preferences.jsonl. Ids are unique in the result: a duplicate id (the same prompt
@@ -65,8 +68,41 @@ def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> da
     return ref
 
 
+def shards(run_dirs: list[Path], partial: bool) -> dict | None:
+    """Shards of one run (shard.count > 1) must share every generation setting but shard.index, and all must
+    be there unless `partial`: a forgotten array task would otherwise pass silently as a smaller dataset."""
+    recs = []
+    for d in run_dirs:
+        f = Path(d) / "work" / "run.json"  # the generation settings the run was fingerprinted with
+        try:
+            recs.append((str(d), json.loads(f.read_text()) if f.is_file() else {}))
+        except ValueError:
+            raise UserError(f"{f}: damaged run record") from None
+    sharded = [(d, r) for d, r in recs if r.get("shard.count", 1) > 1]
+    if not sharded:
+        return None
+    if len(sharded) != len(recs):
+        others = [d for d, r in recs if r.get("shard.count", 1) == 1]
+        raise UserError(f"mixing shards with other runs: {', '.join(others)} is not a shard")
+    strip = lambda r: {k: v for k, v in r.items() if k != "shard.index"}  # noqa: E731
+    ref_dir, ref = sharded[0]
+    for d, r in sharded:
+        diff = sorted(k for k in set(strip(r)) | set(strip(ref)) if r.get(k) != ref.get(k))
+        if diff:
+            raise UserError(f"{d}: not a shard of the same run as {ref_dir} (differs in {', '.join(diff[:5])})")
+    count = ref["shard.count"]
+    have = sorted(r["shard.index"] for _, r in sharded)
+    if len(set(have)) != len(have):
+        raise UserError(f"the same shard given twice: shard.index values {have}")
+    missing = sorted(set(range(count)) - set(have))
+    if missing and not partial:
+        raise UserError(f"shard(s) {', '.join(map(str, missing))} of {count} missing (--partial merges what is there)")
+    return {"count": count, "indices": have, "missing": missing}
+
+
 def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: float | None = None,
-          now: datetime | None = None) -> tuple[list[dict], dict]:
+          now: datetime | None = None, partial: bool = False) -> tuple[list[dict], dict]:
+    shard_info = shards(run_dirs, partial)
     by_id: dict[str, dict] = {}
     sources, dropped = [], 0
     for d in run_dirs:
@@ -88,7 +124,8 @@ def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: floa
     if "expert_reviewed" in columns:  # a run nobody reviewed: its rows were not expert-reviewed (not unknown)
         for r in rows:
             r["expert_reviewed"] = bool(r["expert_reviewed"])
-    info = {"sources": sources, "rows": len(rows), "duplicates_dropped": dropped, "duplicates": duplicates}
+    info = {"sources": sources, "rows": len(rows), "duplicates_dropped": dropped, "duplicates": duplicates,
+            **({"shards": shard_info} if shard_info else {})}
     if half_life_days and rows:
         ref = weights(rows, half_life_days, now)
         info |= {"half_life_days": half_life_days, "weights_relative_to": ref.isoformat(timespec="seconds")}
@@ -116,6 +153,7 @@ def main(argv: list[str]) -> int:
                    help="a duplicate id keeps the newest row (default), the first run's, or is an error")
     p.add_argument("--half-life-days", type=float, help="add a weight column halving every this many days")
     p.add_argument("--now", help="reference time for weights (ISO); default: the newest row")
+    p.add_argument("--partial", action="store_true", help="merge the shards that are there (default: all or error)")
     a = p.parse_args(argv)
     try:
         if a.half_life_days is not None and a.half_life_days <= 0:
@@ -129,7 +167,7 @@ def main(argv: list[str]) -> int:
             now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
         if a.out.resolve() in {Path(r).resolve() for r in a.runs}:
             raise UserError(f"--out: {a.out} is one of the inputs; pick a new dir")
-        rows, info = merge(a.runs, a.duplicates, a.half_life_days, now)
+        rows, info = merge(a.runs, a.duplicates, a.half_life_days, now, a.partial)
         write(a.out, rows, info)
     except UserError as e:
         print(f"cai_gen.merge: error: {e}", file=sys.stderr)

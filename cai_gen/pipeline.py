@@ -271,56 +271,81 @@ def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: boo
         judge_backend.close()
 
 
+def open_backend(cfg: RunConfig, tracker: Tracker) -> Backend:
+    """Load the configured engine (or connect to the endpoint) for the generating model."""
+    # the fake engine loads nothing, so it needs no checkpoint (and no conversion); nor does a server's client
+    # that counts no tokens
+    remote = cfg.backend.kind == "fake" or (cfg.backend.kind == "openai" and cfg.backend.count_tokens == "none")
+    path = (cfg.model.path or cfg.model.name) if remote else resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir)
+    t = time.perf_counter()
+    tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading {cfg.model.name} ...")
+    backend = make_backend(cfg.backend.kind, path, cfg.model.name, cfg.backend.options(cfg.model, cfg.seed))
+    tracker.console.print(f"[bold]engine[/]: up in {time.perf_counter() - t:.0f}s")
+    return backend
+
+
+def generate(job: Run, rows: list[Row]) -> list[Row]:
+    """respond -> (critique -> revise) x rounds -> pair on job.backend; returns the kept rows. Each chunk goes
+    through every stage; the default chunk (null) is the whole run. Also what each executor=ray replica runs."""
+    cfg, kept = job.cfg, []
+    size = cfg.chunk_size or len(rows) or 1
+    pipelined = cfg.pipelined and hasattr(job.backend, "submit")
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        if pipelined:
+            kept += flow.pipelined(job, chunk)   # each row moves on as soon as its request finishes
+            continue
+        live = job.run_stage("respond", 0, chunk)  # one engine batch per stage, a barrier between stages
+        for rnd in range(1, cfg.rounds + 1):
+            live = job.run_stage("critique", rnd, live)
+            live = job.run_stage("revise", rnd, live)
+        kept += job.pair(live)
+    return kept
+
+
 def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: Tracker | None = None) -> dict:
     """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process)."""
     t0 = time.perf_counter()
     const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path)
     p = cfg.prompts
     recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit)
+    recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
     tracker = tracker or Tracker()
     fingerprint.check(out_dir, cfg, const)
     if cfg.reward.model:
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
-    own = backend is None
-    if own:
-        # the fake engine loads nothing, so it needs no checkpoint (and no conversion)
-        path = (cfg.model.path or cfg.model.name) if cfg.backend.kind == "fake" else \
-            resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir)
-        t = time.perf_counter()
-        tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading {cfg.model.name} ...")
-        backend = make_backend(cfg.backend.kind, path, cfg.model.name, cfg.backend.options(cfg.model, cfg.seed))
-        tracker.console.print(f"[bold]engine[/]: up in {time.perf_counter() - t:.0f}s")
-    ledger = Ledger(out_dir / "work" / "generations.jsonl")
-    try:
-        job = Run(cfg, backend, const, tracker, ledger)
-        rows = build_rows(cfg, recs, const)
-        kept: list[Row] = []
-        size = cfg.chunk_size or len(rows) or 1
-        pipelined = cfg.pipelined and hasattr(backend, "submit")
-        # Each chunk goes through every stage; the default chunk (null) is the whole run.
-        for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
-            if pipelined:
-                kept += flow.pipelined(job, chunk)   # each row moves on as soon as its request finishes
-                continue
-            live = job.run_stage("respond", 0, chunk)  # one engine batch per stage, a barrier between stages
-            for rnd in range(1, cfg.rounds + 1):
-                live = job.run_stage("critique", rnd, live)
-                live = job.run_stage("revise", rnd, live)
-            kept += job.pair(live)
-        if cfg.judge.enabled and kept:
-            kept = _judge(job, cfg, kept, backend, own, tracker)
-    finally:
-        ledger.close()
-        if own and backend is not None:
-            backend.close()
+    rows = build_rows(cfg, recs, const)
+    if cfg.executor.kind == "ray" and backend is None:
+        from .executors import ray as ray_exec
+        # every replica runs generate() (and the judge) on its batches; rows come back with their results
+        rows = ray_exec.generate(cfg, out_dir, rows, const, tracker)
+        job = Run(cfg, None, const, tracker, None)
+        job.rejected = [r for r in rows if r.reason is not None]
+        kept = [r for r in rows if r.reason is None]
+    else:
+        own = backend is None
+        if own:
+            backend = open_backend(cfg, tracker)
+        ledger = Ledger(out_dir / "work" / "generations.jsonl")
+        try:
+            job = Run(cfg, backend, const, tracker, ledger)
+            kept = generate(job, rows)
+            if cfg.judge.enabled and kept:
+                kept = _judge(job, cfg, kept, backend, own, tracker)
+        finally:
+            ledger.close()
+            if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
+                tracker.console.print(f"[bold]backend[/]: {backend.retries} request tries failed and were retried")
+            if own and backend is not None:
+                backend.close()
     if cfg.reward.model and kept:
         kept = job.reward(kept)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished in
     kept.sort(key=lambda r: pos[r.id])
     job.rejected.sort(key=lambda r: pos[r.id])
+    rows.sort(key=lambda r: pos[r.id])
     summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, created)
     summary.update(prompts=len(recs), seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1),

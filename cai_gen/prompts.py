@@ -120,3 +120,13 @@ def load(name: str | None, path: str | None, dataset: str | None, split: str = "
     else:
         raise UserError("prompts: set prompts=<name>, prompts.path=FILE.jsonl or prompts.dataset=NAME")
     return recs[:limit] if limit else recs
+
+
+def shard(recs: list[PromptRecord], index: int, count: int) -> list[PromptRecord]:
+    """This shard's prompts: a hash of the prompt id picks the shard, so a prompt's shard never depends on
+    the order, the other prompts or how many there are (a grown prompt set keeps old prompts where they were).
+    Every row's randomness is keyed by its prompt id, so the shards together equal the unsharded run."""
+    if count == 1:
+        return recs
+    pick = lambda r: int.from_bytes(hashlib.sha256(r.id.encode()).digest()[:8], "big") % count  # noqa: E731
+    return [r for r in recs if pick(r) == index]

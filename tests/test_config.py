@@ -77,7 +77,7 @@ def test_cli_help_is_fast_and_lists_groups():
 
 
 @pytest.mark.parametrize("arg,msg", [
-    ("backend=nope", "backend=nope: unknown option (have: fake, transformers, vllm)"),
+    ("backend=nope", "backend=nope: unknown option (have: fake, openai, transformers, vllm)"),
     ("model=nope", "model=nope: unknown option"),
     ("constitution=nope", "constitution=nope: unknown option (have: customer_service"),
 ])

@@ -62,5 +62,8 @@ def make_backend(kind: str, model_path: str, model_name: str, opts: dict) -> Bac
     if kind == "fake":
         from .fake import FakeBackend
         return FakeBackend(model_path, model_name, **opts)
+    if kind == "openai":
+        from .openai import OpenAIBackend
+        return OpenAIBackend(model_path, model_name, **opts)
     from ..errors import UserError
-    raise UserError(f"backend.kind: unknown backend {kind!r} (use vllm, transformers or fake)")
+    raise UserError(f"backend.kind: unknown backend {kind!r} (use vllm, transformers, openai or fake)")

@@ -1,0 +1,169 @@
+"""Any OpenAI-compatible chat endpoint: a fleet of `vllm serve` behind a load balancer, or a hosted API.
+
+The pipeline gives this backend the same batches (and the pipelined flow the same submit/poll calls) as the
+local vLLM engine; here each request becomes one POST /chat/completions, at most `concurrency` in flight.
+A 429, a 5xx, a timeout or a refused connection (a server restarting) is retried with exponential backoff and
+jitter (Retry-After honoured), up to `max_retries`; anything else (a 400, a wrong model name, a bad key) fails
+at once with the server's message. Every finished request is committed to the run's ledger as it arrives, so
+a run that gives up resumes from where it stopped. Ledger keys use the model name, not the URL: a run begun
+on a local engine can be finished on a server of the same model, and the other way round.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from ..errors import UserError
+from . import Conversation, Generation, OnDone, Params
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class BackendError(UserError):
+    """The endpoint failed a request for good; finished requests are in the ledger (rerun to resume)."""
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model_path: str, model_name: str, *, base_url: str, max_model_len: int,
+                 served_model: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                 concurrency: int = 64, max_retries: int = 8, timeout: float = 600.0, backoff: float = 1.0,
+                 backoff_max: float = 60.0, choices_via: str = "structured_outputs", count_tokens: str = "tokenizer",
+                 extra_body: dict | None = None, trust_remote_code: bool = False):
+        import httpx
+
+        self.model, self.max_model_len = model_name, max_model_len
+        self.served = served_model or model_name
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.max_retries, self.backoff, self.backoff_max = max_retries, backoff, backoff_max
+        self.choices_via, self.extra = choices_via, dict(extra_body or {})
+        key = os.environ.get(api_key_env) if api_key_env else None
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout, connect=10.0),
+                                   headers={"Authorization": f"Bearer {key}"} if key else {},
+                                   limits=httpx.Limits(max_connections=concurrency,
+                                                       max_keepalive_connections=concurrency))
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cai_gen-openai")
+        self.futures: dict[Future, int] = {}
+        self.next, self.retries = 0, 0
+        self.failed: BaseException | None = None  # a request failed for good: raised once the answers in hand are out
+        self.lock = threading.Lock()
+        self.stop = threading.Event()  # set by close(): retry loops give up at once, so exit never waits on them
+        self.tok = None
+        if count_tokens == "tokenizer":
+            # the context check needs the prompt length before sending; only the tokenizer files are read
+            from transformers import AutoTokenizer
+            self.tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+
+    # --- the Backend protocol ---------------------------------------------------------------------------
+    def count_tokens(self, convs: list[Conversation]) -> list[int]:
+        if self.tok is None:
+            return [0] * len(convs)  # count_tokens=none: the server is the judge of its context
+        return [len(self.tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)) for c in convs]
+
+    def submit(self, convs: list[Conversation], params: list[Params]) -> list[int]:
+        handles = []
+        for conv, p in zip(convs, params):
+            h, self.next = self.next, self.next + 1
+            self.futures[self.pool.submit(self._request, conv, p)] = h
+            handles.append(h)
+        return handles
+
+    def busy(self) -> bool:
+        return bool(self.futures)
+
+    def poll(self) -> list[tuple[int, Generation]]:
+        """Wait (briefly) for finished requests; a request that failed for good raises here."""
+        if not self.futures:
+            return []
+        if self.failed is not None and not any(f.done() and not f.exception() for f in self.futures):
+            raise self.failed  # the run stops; every answer that came back before is in the ledger
+        done, _ = wait(list(self.futures), timeout=0.5, return_when=FIRST_COMPLETED)
+        out = []
+        for f in done:
+            if f.exception() is not None:
+                self.failed = self.failed or f.exception()
+                self.futures.pop(f)
+                continue
+            out.append((self.futures.pop(f), f.result()))
+        if not out and self.failed is not None:
+            raise self.failed
+        return out
+
+    def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
+        first = self.next
+        self.submit(convs, params)
+        out: list[Generation | None] = [None] * len(convs)
+        while self.futures:
+            for h, g in self.poll():
+                out[h - first] = g
+                if on_done:
+                    on_done(h - first, g)
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    # --- one request ------------------------------------------------------------------------------------
+    def body(self, conv: Conversation, p: Params) -> dict:
+        b = {"model": self.served, "messages": conv, "temperature": p.temperature, "top_p": p.top_p,
+             "max_tokens": p.max_tokens, "seed": p.seed, "n": 1, **self.extra}
+        if p.choices:
+            if self.choices_via == "structured_outputs":      # vLLM >= 0.11
+                b["structured_outputs"] = {"choice": list(p.choices)}
+            elif self.choices_via == "guided_choice":          # older vLLM servers
+                b["guided_choice"] = list(p.choices)
+            # "none": a hosted API without constraints; the judge parses the text (unparsed when off-list)
+        return b
+
+    def _request(self, conv: Conversation, p: Params) -> Generation:
+        import httpx
+
+        body = self.body(conv, p)
+        for attempt in range(self.max_retries + 1):
+            if self.stop.is_set():
+                raise BackendError("backend: closed")
+            wait_s = None
+            try:
+                r = self.client.post(self.url, json=body)
+                if r.status_code == 200:
+                    return self._parse(r.json())
+                if r.status_code not in RETRY_STATUS:
+                    raise BackendError(f"backend: {self.url} answered {r.status_code}: {_message(r)}")
+                why = f"{r.status_code} {_message(r)}"
+                ra = r.headers.get("retry-after")
+                wait_s = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+            except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
+                why = f"{type(e).__name__}: {e}"
+            if attempt == self.max_retries:
+                raise BackendError(f"backend: {self.url} failed {attempt + 1} times (last: {why}); finished "
+                                   "requests are saved, rerun the same command to resume")
+            with self.lock:
+                self.retries += 1
+            self.stop.wait(wait_s if wait_s is not None else
+                           min(self.backoff_max, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _parse(data: dict) -> Generation:
+        ch = data["choices"][0]
+        usage = data.get("usage") or {}
+        cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
+        return Generation(text=ch["message"].get("content") or "",
+                          finish_reason="length" if ch.get("finish_reason") == "length" else "stop",
+                          prompt_tokens=usage.get("prompt_tokens", 0),
+                          completion_tokens=usage.get("completion_tokens", 0), cached_tokens=cached)
+
+
+def _message(r) -> str:
+    try:
+        err = r.json()
+        err = err.get("error", err) if isinstance(err, dict) else err
+        msg = err.get("message", err) if isinstance(err, dict) else err
+    except ValueError:
+        msg = r.text
+    return " ".join(str(msg).split())[:300]

@@ -1,0 +1,153 @@
+"""executor=ray: the generation stages on Ray Data, one engine replica per GPU of a Ray cluster.
+
+The rows go into a Ray Dataset; `map_batches` hands each batch to a replica, an actor that loaded its engine
+once and takes the batch through every stage with the same code as a local run (pipeline.generate: the
+pipelined respond -> critique -> revise -> pair, then the judge when judge=self). So the requests, seeds and
+ledger keys are exactly the local run's, and so are the output files. Each replica writes its own ledger
+segment (work/generations-<id>.jsonl) into the run dir, which must be on a filesystem every node sees (NFS,
+Lustre): a killed job resumes on either executor. The driver shows progress and writes the outputs.
+The only module that imports ray.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import time
+import uuid
+from pathlib import Path
+
+from rich.console import Console
+
+from ..errors import UserError
+
+
+class Replica:
+    """One engine, many batches. Ray constructs it once per actor (map_batches with a callable class)."""
+
+    def __init__(self, cfg_blob: bytes, out_dir: str, const_blob: bytes):
+        from .. import pipeline
+        from ..progress import Tracker
+
+        self.cfg, self.const = pickle.loads(cfg_blob), pickle.loads(const_blob)
+        self.tracker = Tracker(console=Console(file=io.StringIO()))  # the driver shows progress
+        self.backend = pipeline.open_backend(self.cfg, self.tracker)
+        work = Path(out_dir) / "work"
+        self.ledger_path = work / f"generations-{uuid.uuid4().hex[:12]}.jsonl"
+        self.work = work
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        from .. import pipeline
+        from ..ledger import Ledger
+
+        rows = [pickle.loads(b) for b in batch["row"]]
+        # a fresh Ledger per batch also reads the segments other replicas wrote since (they all resume)
+        ledger = Ledger(self.ledger_path)
+        before = {k: vars(v).copy() for k, v in self.tracker.stages.items()}
+        try:
+            job = pipeline.Run(self.cfg, self.backend, self.const, self.tracker, ledger)
+            kept = pipeline.generate(job, rows)
+            if self.cfg.judge.enabled and kept:
+                job.judge(kept, self.backend)
+        except UserError as e:  # the endpoint gave up, a bad input: the driver says it in one line
+            # (returned, not raised: Ray's wrappers would bury the message in a stack of its own)
+            return {"row": np.array([b""], dtype=object), "stats": np.array([b""], dtype=object),
+                    "error": np.array([str(e)], dtype=object)}
+        finally:
+            ledger.close()
+        if self.ledger_path.exists() and self.ledger_path.stat().st_size == 0:
+            self.ledger_path.unlink()  # nothing generated here (a resumed batch): no empty segment left behind
+        stats = {k: {f: v - before.get(k, {}).get(f, 0) for f, v in vars(st).items()}
+                 for k, st in self.tracker.stages.items()}
+        return {"row": np.array([pickle.dumps(r) for r in rows], dtype=object),
+                "stats": np.array([pickle.dumps(stats)] + [b""] * (len(rows) - 1), dtype=object),
+                "error": np.array([""] * len(rows), dtype=object)}
+
+
+def _root(e: BaseException) -> BaseException:
+    """The replica's own exception inside Ray's wrappers (RayTaskError -> UserCodeException -> it)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return e
+        nxt = getattr(e, "cause", None) or e.__cause__ or e.__context__
+        if nxt is None:
+            return e
+        e = nxt
+    return e
+
+
+def _replicas(cfg, ray) -> tuple[int, float]:
+    """(replicas, GPUs per replica): one replica per tensor-parallel group of the cluster's GPUs."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    per = cfg.model.tensor_parallel_size if gpus and cfg.backend.kind == "vllm" else 0
+    n = cfg.executor.replicas or (max(1, gpus // per) if per else 1)
+    if per and n * per > gpus:
+        raise UserError(f"executor.replicas: {n} replicas x {per} GPUs need {n * per} GPUs; the cluster has {gpus}")
+    return n, per
+
+
+def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
+    """Every row through the stages on the cluster; returns the rows with their results, in any order."""
+    from ..backends import Generation
+    from ..progress import StageStats
+
+    try:
+        import ray
+    except ImportError:
+        raise UserError("executor=ray needs Ray: pip install -e '.[ray]'") from None
+    if not rows:
+        return rows
+    address = cfg.executor.address or os.environ.get("RAY_ADDRESS")
+    t0 = time.perf_counter()
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=True)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # per-dataset INFO lines would bury our progress
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # ours is below (rows, tok/s, ETA)
+    ctx.verbose_progress = False
+    n, gpus = _replicas(cfg, ray)
+    tracker.console.print(f"[bold]executor[/]: ray ({'local' if not address else address}) with {n} "
+                          f"{cfg.backend.kind} replica(s){f' x {gpus} GPU' if gpus else ''}, up in "
+                          f"{time.perf_counter() - t0:.0f}s")
+    size = min(cfg.executor.batch_size, max(1, -(-len(rows) // n)))  # enough batches to keep every replica busy
+    ds = ray.data.from_items([{"row": pickle.dumps(r)} for r in rows], override_num_blocks=-(-len(rows) // size))
+    out = ds.map_batches(Replica, fn_constructor_kwargs={"cfg_blob": pickle.dumps(cfg), "const_blob": pickle.dumps(const),
+                                                          "out_dir": str(Path(out_dir).resolve())},
+                         batch_size=size, compute=ray.data.ActorPoolStrategy(size=n), num_gpus=gpus, num_cpus=cfg.executor.cpus_per_replica,
+                         batch_format="numpy")
+    done: list = []
+    t1 = time.perf_counter()
+    with tracker.stage("ray", len(rows)) as on_done:
+        try:
+            for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+                err = next((m for m in batch["error"] if m), None)
+                if err:
+                    raise UserError(f"executor=ray: {err}")
+                for b in batch["stats"]:
+                    if b:
+                        for name, st in pickle.loads(b).items():
+                            agg = tracker.stages.setdefault(name, StageStats())
+                            for f, v in st.items():
+                                setattr(agg, f, getattr(agg, f) + v)
+                for b in batch["row"]:
+                    r = pickle.loads(b)
+                    done.append(r)
+                    toks = sum(s.get("completion_tokens", 0) for s in r.trace if "output" in s)
+                    on_done(len(done) - 1, Generation("", "stop", 0, toks))
+        except Exception as e:  # noqa: BLE001  (a replica died: say so in one line; its finished work is saved)
+            if isinstance(e, UserError):
+                raise
+            root = _root(e)
+            if isinstance(root, UserError):
+                raise UserError(f"executor=ray: {str(root).strip().splitlines()[-1]}") from None
+            last = str(root).strip().splitlines()[-1] if str(root).strip() else ""
+            raise UserError(f"executor=ray: a replica failed ({type(root).__name__}: {last[:300]}); finished "
+                            "requests are saved in the run dir, rerun the same command to resume") from None
+    tracker.stages.pop("ray", None)  # the per-stage stats above are the real ones; keep the wall time
+    tracker.console.print(f"[bold]executor[/]: {len(done)} rows in {time.perf_counter() - t1:.0f}s")
+    return done

@@ -1,0 +1,132 @@
+"""backend=openai against an in-process OpenAI-compatible stub (fast): the same output as the fake engine,
+the concurrency bound, retries with backoff, giving up cleanly, and resuming. The real vLLM API server,
+killed and restarted mid-run, is in test_openai_server.py."""
+import json
+from pathlib import Path
+
+import pytest
+
+from cai_gen import pipeline
+from cai_gen.backends import Params, make_backend
+from cai_gen.backends.fake import FakeBackend
+from cai_gen.errors import UserError
+
+from .conftest import make_cfg
+from .openai_stub import Stub
+
+NAME = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture
+def stub():
+    s = Stub(NAME)
+    yield s
+    s.close()
+
+
+def cfg_for(stub, *overrides):
+    return make_cfg("backend=openai", f"backend.base_url={stub.url}", "backend.count_tokens=none",
+                    "backend.backoff=0.01", "backend.max_model_len=2048", "limit=6", *overrides)
+
+
+def backend_for(cfg):
+    return make_backend("openai", "unused", cfg.model.name, cfg.backend.options(cfg.model, cfg.seed))
+
+
+def files(d: Path) -> dict:
+    """The run's data files, row by row, without the run's timestamp."""
+    return {f: [{k: v for k, v in json.loads(line).items() if k != "created_at"}
+                for line in (d / f).read_text().splitlines()]
+            for f in ("preferences.jsonl", "rejected.jsonl", "kto.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory):
+    """The reference: the same config on the fake engine in-process."""
+    cfg = make_cfg("backend=fake", "limit=6", "judge=self")
+    out = tmp_path_factory.mktemp("fake")
+    pipeline.run(cfg, out, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    return files(out)
+
+
+@pytest.mark.parametrize("pipelined", ["true", "false"])
+def test_same_output_as_the_engine_it_serves(stub, tmp_path, fake_run, pipelined):
+    cfg = cfg_for(stub, "judge=self", f"pipelined={pipelined}")
+    pipeline.run(cfg, tmp_path)  # the CLI path: pipeline builds the backend from the config
+    assert files(tmp_path) == fake_run
+    assert any("structured_outputs" in r for r in stub.requests)  # the judge's choices were forced
+    assert {r["model"] for r in stub.requests} == {NAME}
+
+
+def test_concurrency_is_bounded(tmp_path):
+    stub = Stub(NAME, delay=0.03)
+    try:
+        pipeline.run(cfg_for(stub, "backend.concurrency=3", "limit=8"), tmp_path)
+    finally:
+        stub.close()
+    assert stub.max_inflight == 3  # requests overlap, never more than the bound
+
+
+def test_429_5xx_and_dropped_connections_are_retried(stub, tmp_path, fake_run):
+    stub.script = ["503", "429:0", "500", "drop", "502", "429:0"]
+    cfg = cfg_for(stub, "judge=self")
+    be = backend_for(cfg)
+    try:
+        pipeline.run(cfg, tmp_path, backend=be)
+    finally:
+        be.close()
+    assert be.retries == 6
+    assert files(tmp_path) == fake_run  # retried requests came back the same: nothing lost, nothing doubled
+
+
+def test_gives_up_with_one_line_then_resumes_where_it_stopped(stub, tmp_path, fake_run):
+    cfg = cfg_for(stub, "judge=self", "backend.max_retries=2")
+    stub.script = [None] * 10  # ten answers, then the server is down for good
+    stub.down = True
+    with pytest.raises(UserError, match=r"failed 3 times \(last: 503 scripted 503\).*rerun the same command"):
+        pipeline.run(cfg, tmp_path)
+    kept = len((tmp_path / "work" / "generations.jsonl").read_text().splitlines())
+    assert 1 <= kept <= stub.completed == 10  # the answers in hand when it gave up are kept
+    stub.down, before = False, stub.completed
+    pipeline.run(cfg, tmp_path)
+    assert files(tmp_path) == fake_run
+    total = len((tmp_path / "work" / "generations.jsonl").read_text().splitlines())
+    assert stub.completed - before == total - kept  # only the missing requests were sent again
+
+
+def test_client_errors_fail_at_once_with_the_servers_message(stub, tmp_path):
+    cfg = cfg_for(stub, "backend.served_model=no-such-model")
+    with pytest.raises(UserError, match=r"answered 404: The model `no-such-model` does not exist"):
+        pipeline.run(cfg, tmp_path)
+    sent = [json.dumps([r["messages"], r["seed"]]) for r in stub.requests]
+    assert len(set(sent)) == len(sent)  # no request was retried
+
+
+def test_request_body_key_and_choice_modes(stub, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    p = Params(0.7, 0.9, 12, 42, ("A", "B"))
+    for via, check in (("structured_outputs", lambda b: b["structured_outputs"] == {"choice": ["A", "B"]}),
+                       ("guided_choice", lambda b: b["guided_choice"] == ["A", "B"]),
+                       ("none", lambda b: "guided_choice" not in b and "structured_outputs" not in b)):
+        cfg = cfg_for(stub, "backend.api_key_env=MY_KEY", f"backend.choices_via={via}", "+backend.extra_body.top_k=5")
+        be = backend_for(cfg)
+        try:
+            be.generate([[{"role": "user", "content": "Pick {{ one }}"}]], [p])
+        finally:
+            be.close()
+        body = stub.requests[-1]
+        assert check(body) and body["top_k"] == 5
+        assert (body["temperature"], body["top_p"], body["max_tokens"], body["seed"]) == (0.7, 0.9, 12, 42)
+        assert body["messages"][0]["content"] == "Pick {{ one }}"
+    assert set(stub.auth) == {"Bearer sk-test"}
+
+
+def test_url_and_retry_knobs_are_free_on_resume(stub, tmp_path):
+    pipeline.run(cfg_for(stub), tmp_path)
+    n = len(stub.requests)
+    other = Stub(NAME)
+    try:  # the same run moved to another server with other knobs: nothing regenerated
+        pipeline.run(cfg_for(other, "backend.concurrency=2", "backend.max_retries=1"), tmp_path)
+        assert other.requests == [] and len(stub.requests) == n
+    finally:
+        other.close()
