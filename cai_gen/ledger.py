@@ -53,25 +53,33 @@ class Ledger:
             if good != path.stat().st_size:
                 with open(path, "r+b") as f:
                     f.truncate(good)  # then overwritten by the next line
-        self.f = open(path, "a", encoding="utf-8")
+        self.f = None  # opened at the first new generation: a fully resumed run leaves no empty file
+
+    def _file(self):
+        if self.f is None:
+            self.f = open(self.path, "a", encoding="utf-8")
+        return self.f
 
     def get(self, key: str) -> Generation | None:
         return self.done.get(key)
 
     def add(self, key: str, gen: Generation) -> None:
         self.done[key] = gen
-        self.f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
-        self.f.flush()
+        f = self._file()
+        f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
+        f.flush()
         self.pending += 1
         if self.pending >= self.fsync_every:
             self.sync()
 
     def sync(self) -> None:
+        if self.f is None or self.f.closed:
+            return
         self.f.flush()
         os.fsync(self.f.fileno())
         self.pending = 0
 
     def close(self) -> None:
-        if not self.f.closed:
+        if self.f is not None and not self.f.closed:
             self.sync()
             self.f.close()
