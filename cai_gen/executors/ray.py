@@ -102,6 +102,7 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
     if not rows:
         return rows
     address = cfg.executor.address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a data job
     t0 = time.perf_counter()
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING,
              log_to_driver=True)
