@@ -368,6 +368,7 @@ def test_export_annotate_import_round_trip(run_dir, tmp_path, fmt):
     ({"verdict": "accept"}, r":2: reviewer: missing"),
     ({"verdict": "edit", "reviewer": "x"}, r":2: chosen: an edit verdict needs"),
     ({"verdict": "great", "reviewer": "x"}, r":2: verdict: 'great'"),
+    ({"verdict": "swap", "reviewer": "x", "reviewed_at": "last tuesday"}, r":2: reviewed_at: 'last tuesday'"),
 ])
 def test_bad_import_rows_name_the_line_and_store_nothing(run_dir, tmp_path, bad, msg):
     conn = db.open_run(run_dir)

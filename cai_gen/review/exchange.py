@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from datetime import datetime
 from pathlib import Path
 
 from ..errors import UserError
@@ -117,6 +118,12 @@ def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) 
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
         v["verdict"] = str(v["verdict"]).strip().lower()
+        at = get("reviewed_at")
+        if at is not None:
+            try:
+                datetime.fromisoformat(str(at))
+            except ValueError:
+                raise UserError(f"{where}: reviewed_at: {at!r} is not an ISO time (e.g. 2026-11-23T12:00:00+00:00)") from None
         old = cur.get(str(item_id), {}).get(str(who))
         if old and all(old[k] == (v[k] if k != "chosen" or v["verdict"] == "edit" else None)
                        for k in ("verdict", "chosen", "comment")):
