@@ -19,6 +19,6 @@ if [ "${1:-}" = "--test" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chro
   # tests/test_review_page.py drives the review page in a real headless browser; Debian packages it
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver >/dev/null
 fi
 python -c "import cai_gen, vllm, trl; print('cai_gen setup ok: vllm', vllm.__version__, '| trl', trl.__version__)"
