@@ -116,10 +116,10 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
                           f"{time.perf_counter() - t0:.0f}s")
     size = min(cfg.executor.batch_size, max(1, -(-len(rows) // n)))  # enough batches to keep every replica busy
     ds = ray.data.from_items([{"row": pickle.dumps(r)} for r in rows], override_num_blocks=-(-len(rows) // size))
-    out = ds.map_batches(Replica, fn_constructor_kwargs={"cfg_blob": pickle.dumps(cfg), "const_blob": pickle.dumps(const),
-                                                          "out_dir": str(Path(out_dir).resolve())},
-                         batch_size=size, compute=ray.data.ActorPoolStrategy(size=n), num_gpus=gpus, num_cpus=cfg.executor.cpus_per_replica,
-                         batch_format="numpy")
+    kwargs = {"cfg_blob": pickle.dumps(cfg), "const_blob": pickle.dumps(const), "out_dir": str(Path(out_dir).resolve())}
+    out = ds.map_batches(Replica, fn_constructor_kwargs=kwargs, batch_size=size, batch_format="numpy",
+                         compute=ray.data.ActorPoolStrategy(size=n), num_gpus=gpus,
+                         num_cpus=cfg.executor.cpus_per_replica)
     done: list = []
     starts: list[float] = []  # each replica's engine start (inside the pass, but not generation)
     t1 = time.perf_counter()
