@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import store
 from .errors import UserError
+from .yamlio import read_jsonl
 
 
 def _when(row: dict) -> datetime:
@@ -46,14 +47,8 @@ def read(run_dir: Path) -> tuple[Path, list[dict]]:
     if not f.is_file():
         raise UserError(f"{run_dir}: not a finished cai_gen run dir (no preferences.jsonl)")
     rows = []
-    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise UserError(f"{f}:{n}: not valid JSON ({e})") from None
-        if not isinstance(row, dict) or "id" not in row:
+    for n, row in read_jsonl(f):
+        if "id" not in row:
             raise UserError(f"{f}:{n}: not a preference row (no id)")
         rows.append(row)
     return f, rows

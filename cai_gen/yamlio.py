@@ -1,6 +1,7 @@
 """Safe YAML/JSONL reading with one-line errors that name the file and line."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,22 @@ def load_yaml(path: Path):
         raise UserError(f"{path}{where}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+
+
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a bad line is one error naming it."""
+    out = []
+    for n, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object per line")
+        out.append((n, rec))
+    return out
 
 
 def pydantic_msg(err: dict, data) -> str:

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend

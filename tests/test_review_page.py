@@ -6,7 +6,6 @@ instead of skipping."""
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 

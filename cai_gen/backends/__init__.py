@@ -52,6 +52,23 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def generate_queued(backend, convs: list[Conversation], params: list[Params],
+                    on_done: OnDone | None = None) -> list[Generation]:
+    """generate() for a backend with submit/poll: queue the whole batch at once, report each request as it
+    finishes (vLLM steps its engine inside poll; the openai client waits on its requests there)."""
+    index = {h: i for i, h in enumerate(backend.submit(convs, params))}
+    out: list[Generation | None] = [None] * len(convs)
+    left = len(index)
+    while left:
+        for h, gen in backend.poll():
+            i = index[h]
+            out[i] = gen
+            left -= 1
+            if on_done:
+                on_done(i, gen)
+    return out  # type: ignore[return-value]
+
+
 def make_backend(kind: str, model_path: str, model_name: str, opts: dict) -> Backend:
     if kind == "vllm":
         from .vllm import VLLMBackend

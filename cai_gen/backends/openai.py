@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from ..errors import UserError
-from . import Conversation, Generation, OnDone, Params
+from . import Conversation, Generation, OnDone, Params, generate_queued
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -71,9 +71,6 @@ class OpenAIBackend:
             handles.append(h)
         return handles
 
-    def busy(self) -> bool:
-        return bool(self.futures)
-
     def poll(self) -> list[tuple[int, Generation]]:
         """Wait (briefly) for finished requests; a request that failed for good raises here."""
         if not self.futures:
@@ -93,15 +90,7 @@ class OpenAIBackend:
         return out
 
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
-        first = self.next
-        self.submit(convs, params)
-        out: list[Generation | None] = [None] * len(convs)
-        while self.futures:
-            for h, g in self.poll():
-                out[h - first] = g
-                if on_done:
-                    on_done(h - first, g)
-        return out  # type: ignore[return-value]
+        return generate_queued(self, convs, params, on_done)
 
     def close(self) -> None:
         self.stop.set()

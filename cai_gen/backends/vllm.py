@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import Conversation, Generation, OnDone, Params
+from . import Conversation, Generation, OnDone, Params, generate_queued
 
 
 def _cpu_threads() -> None:
@@ -96,9 +96,6 @@ class VLLMBackend:
             self._names[h] = (str(base + k), rid)
         return handles
 
-    def busy(self) -> bool:
-        return self.llm.llm_engine.has_unfinished_requests()
-
     def poll(self) -> list[tuple[int, Generation]]:
         """One engine step; the requests that finished in it."""
         done = []
@@ -116,16 +113,7 @@ class VLLMBackend:
 
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
         """One batch: queue everything at once, step the engine, report each request as it finishes."""
-        handles = self.submit(convs, params)
-        index = {h: i for i, h in enumerate(handles)}
-        out: list[Generation | None] = [None] * len(convs)
-        while self.busy():
-            for h, gen in self.poll():
-                i = index[h]
-                out[i] = gen
-                if on_done:
-                    on_done(i, gen)
-        return out  # type: ignore[return-value]
+        return generate_queued(self, convs, params, on_done)
 
     def close(self) -> None:
         # Free the engine (and its worker process) so a sweep can load the next model in the same process.

@@ -67,12 +67,10 @@ class Replica:
 
 
 def _root(e: BaseException) -> BaseException:
-    """The replica's own exception inside Ray's wrappers (RayTaskError -> UserCodeException -> it)."""
+    """The innermost exception Ray kept inside its wrappers (RayTaskError -> UserCodeException -> ...)."""
     seen = set()
     while id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, UserError):
-            return e
         nxt = getattr(e, "cause", None) or e.__cause__ or e.__context__
         if nxt is None:
             return e
@@ -144,11 +142,9 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
                     toks = sum(s.get("completion_tokens", 0) for s in r.trace if "output" in s)
                     on_done(len(done) - 1, Generation("", "stop", 0, toks))
         except Exception as e:  # noqa: BLE001  (a replica died: say so in one line; its finished work is saved)
-            if isinstance(e, UserError):
+            if isinstance(e, UserError):  # a replica's own error, returned as data (see Replica.__call__)
                 raise
             root = _root(e)
-            if isinstance(root, UserError):
-                raise UserError(f"executor=ray: {str(root).strip().splitlines()[-1]}") from None
             last = str(root).strip().splitlines()[-1] if str(root).strip() else ""
             raise UserError(f"executor=ray: a replica failed ({type(root).__name__}: {last[:300]}); finished "
                             "requests are saved in the run dir, rerun the same command to resume") from None

@@ -135,16 +135,30 @@ def check_verdict(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict
         raise UserError(f"item: unknown item {item_id!r} (not routed to review in this run)")
 
 
+ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source")
+
+
+def verdict_row(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
+                comment: str | None = None, source: str = "web", at: str | None = None) -> dict:
+    """A checked verdict, as stored: chosen text only for edits, blanks as None."""
+    check_verdict(conn, item_id, reviewer, verdict, chosen)
+    return dict(zip(ROW, (item_id, reviewer.strip(), verdict, chosen if verdict == "edit" else None,
+                          comment or None, at or now(), source)))
+
+
+def insert(conn: sqlite3.Connection, rows: list[dict]) -> None:
+    """Append verdicts to the history in one transaction: all of them or none."""
+    with _tx(conn):
+        conn.executemany("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", [tuple(r[k] for k in ROW) for r in rows])
+
+
 def record(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
            comment: str | None = None, source: str = "web", at: str | None = None) -> dict:
     """Store one verdict (a new history entry; the reviewer's latest verdict is the one that counts)."""
-    check_verdict(conn, item_id, reviewer, verdict, chosen)
-    row = (item_id, reviewer.strip(), verdict, chosen if verdict == "edit" else None, comment or None,
-           at or now(), source)
-    with _tx(conn):
-        conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)", row)
-    return dict(zip(("item", "reviewer", "verdict", "chosen", "comment", "at", "source"), row))
+    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at)
+    insert(conn, [row])
+    return row
 
 
 def items(conn: sqlite3.Connection) -> list[dict]:
@@ -168,8 +182,7 @@ def history(conn: sqlite3.Connection, item_id: str | None = None) -> list[dict]:
     args: tuple = ()
     if item_id is not None:
         q, args = q + " WHERE item_id = ?", (item_id,)
-    keys = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source")
-    return [dict(zip(keys, r)) for r in conn.execute(q + " ORDER BY seq", args)]
+    return [dict(zip(ROW, r)) for r in conn.execute(q + " ORDER BY seq", args)]
 
 
 def open_run(run_dir: Path, create: bool = True) -> sqlite3.Connection:

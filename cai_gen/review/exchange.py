@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..store import atomic_write
+from ..yamlio import read_jsonl, read_text
 from . import db
 
 VERDICT_FIELDS = ["reviewer", "verdict", "chosen", "comment", "reviewed_at"]
@@ -67,33 +68,16 @@ def export(conn, path: Path, fmt: str | None = None) -> int:
 
 def _read(path: Path, fmt: str) -> list[tuple[str, dict]]:
     """[(where, record)] with `where` = 'FILE:LINE' for error messages."""
+    if fmt == "jsonl":
+        return [(f"{path}:{n}", rec) for n, rec in read_jsonl(path)]
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    missing = {"id", "verdict"} - set(reader.fieldnames or [])
+    if missing:
+        raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} in the header")
     try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(raw, newline=""))
-        missing = {"id", "verdict"} - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} in the header")
-        try:
-            return [(f"{path}:{reader.line_num}", rec) for rec in reader]
-        except csv.Error as e:
-            raise UserError(f"{path}:{reader.line_num}: {e}") from None
-    out = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(rec, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object per line")
-        out.append((f"{path}:{n}", rec))
-    return out
+        return [(f"{path}:{reader.line_num}", rec) for rec in reader]
+    except csv.Error as e:
+        raise UserError(f"{path}:{reader.line_num}: {e}") from None
 
 
 def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) -> dict:
@@ -112,28 +96,21 @@ def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) 
             raise UserError(f"{where}: id: missing")
         if who is None:
             raise UserError(f"{where}: reviewer: missing (fill the column or pass --reviewer NAME)")
-        v = {k: get(k) for k in ("verdict", "chosen", "comment")}
-        try:
-            db.check_verdict(conn, str(item_id), str(who), str(v["verdict"]).strip().lower(), v["chosen"])
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-        v["verdict"] = str(v["verdict"]).strip().lower()
         at = get("reviewed_at")
         if at is not None:
             try:
                 datetime.fromisoformat(str(at))
             except ValueError:
                 raise UserError(f"{where}: reviewed_at: {at!r} is not an ISO time (e.g. 2026-11-23T12:00:00+00:00)") from None
-        old = cur.get(str(item_id), {}).get(str(who))
-        if old and all(old[k] == (v[k] if k != "chosen" or v["verdict"] == "edit" else None)
-                       for k in ("verdict", "chosen", "comment")):
+        try:
+            row = db.verdict_row(conn, str(item_id), str(who), str(get("verdict")).strip().lower(), get("chosen"),
+                                 get("comment"), "import", str(at) if at else None)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+        old = cur.get(row["item"], {}).get(row["reviewer"])
+        if old and all(old[k] == row[k] for k in ("verdict", "chosen", "comment")):
             unchanged += 1
             continue
-        todo.append((str(item_id), str(who), v, get("reviewed_at")))
-    with db._tx(conn):  # all rows or none
-        for item_id, who, v, at in todo:
-            conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source) "
-                         "VALUES (?, ?, ?, ?, ?, ?, 'import')",
-                         (item_id, who, v["verdict"], v["chosen"] if v["verdict"] == "edit" else None,
-                          v["comment"], str(at) if at else db.now()))
+        todo.append(row)
+    db.insert(conn, todo)  # all rows or none
     return {"imported": len(todo), "unchanged": unchanged, "blank": blank}
