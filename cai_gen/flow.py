@@ -1,72 +1,152 @@
-"""Pipelined schedule: every row moves to its next stage the moment its request finishes.
+"""The schedules: how a list of stages (stages.py) runs over rows on one backend.
 
-The staged schedule (one engine batch per stage) leaves the engine half empty at the end of every stage while
-the last long answers finish: critique cannot start until every answer is in. Here all rows share one engine
-queue instead: a finished answer's critique request is queued at once, so the engine's batch stays full and the
-tail of one stage overlaps the start of the next. Requests, seeds, ledger keys and per-row checks are exactly the
-staged schedule's (Run.request / Run.accept), so the two schedules make the same requests and resume each other.
+pipelined: every row moves to its next stage the moment its request finishes. The staged schedule (one engine
+batch per stage) leaves the engine half empty at the end of every stage while the last long answers finish:
+critique cannot start until every answer is in. Here all rows share one engine queue instead: a finished
+answer's critique request is queued at once, so the engine's batch stays full and the tail of one stage
+overlaps the start of the next.
+staged: every live row's requests for a stage in one engine batch, a barrier between stages (backends without
+submit/poll, and pipelined=false).
+Both build requests and accept generations through the same stage objects, so they make the same requests
+(same ledger keys) and resume each other. Requests the ledger already holds never reach the engine.
 """
 from __future__ import annotations
 
 from collections import deque
 
-from .ledger import request_key
-from .progress import label
+
+def _engine_steps(stages: list) -> list[int]:
+    return [k for k, st in enumerate(stages) if st.engine]
 
 
-def pipelined(job, rows: list) -> list:
-    """Take rows through respond -> (critique -> revise) x rounds -> pair; returns the kept rows."""
-    cfg, backend, ledger = job.cfg, job.backend, job.ledger
-    steps = [("respond", 0)] + [(n, r) for r in range(1, cfg.rounds + 1) for n in ("critique", "revise")]
-    labels = [label(n, r) for n, r in steps]
+def pipelined(job, rows: list, stages: list, backend) -> list:
+    """Take rows through the stages; returns the rows that came through all of them."""
+    ledger = job.ledger
     kept: list = []
-    pending: dict[int, tuple] = {}    # engine handle -> (row, step, ledger key, conversation, params)
+    pending: dict[int, tuple] = {}  # engine handle -> (row, step, request index)
+    waiting: dict[int, list] = {}    # id(row) -> [requests, keys, generations, still missing]
     ready = deque((row, 0) for row in rows)
-    reused = [0] * len(steps)
+    reused = [0] * len(stages)
+    bars = [(st.label, len(rows) * st.per_row) if st.engine else None for st in stages]
 
-    with job.tracker.flow(labels, len(rows)) as (on_done, dropped):
-        def finish(row, k: int, conv, p, g) -> None:
-            name, rnd = steps[k]
-            job.record(row, name, rnd, conv, p, g)
-            if job.accept(row, name, rnd, g):
+    with job.tracker.flow(bars) as (on_done, left):
+        def leave(k: int, row) -> None:  # the row left at step k: later stages will see one row fewer
+            for j in range(k + 1, len(stages)):
+                left(j, stages[j].per_row)
+
+        def finish(row, k: int, reqs: list, gens: list) -> None:
+            st = stages[k]
+            for r, g in zip(reqs, gens):
+                job.record(row, st, r, g)
+            if st.accept(job, row, gens):
                 ready.append((row, k + 1))
             else:
-                dropped(k)
+                leave(k, row)
 
         while ready or pending:
             batch = []  # everything that became ready goes to the engine in one submit
             while ready:
                 row, k = ready.popleft()
-                if k == len(steps):
-                    if job.pair_one(row):
-                        kept.append(row)
+                if k == len(stages):
+                    kept.append(row)
                     continue
-                name, rnd = steps[k]
-                conv, p, max_tokens = job.request(row, name, rnd)
-                n = backend.count_tokens([conv])[0]
-                if n + max_tokens > backend.max_model_len:
-                    job.overflow(row, name, rnd, n)
-                    dropped(k)
+                st = stages[k]
+                reqs = st.requests(job, row)
+                if reqs is None:  # the row skips this stage (its rounds are over)
+                    if st.engine:
+                        left(k, st.per_row)
+                    ready.append((row, k + 1))
                     continue
-                key = request_key(backend.model, conv, p)
-                g = ledger.get(key)
-                if g is not None:  # finished in an earlier (killed) run
-                    reused[k] += 1
-                    on_done(k, g, reused=True)
-                    finish(row, k, conv, p, g)
+                if not reqs:
+                    finish(row, k, [], [])
                     continue
-                batch.append((row, k, key, conv, p))
+                found = job.lookup(row, st, reqs, backend)
+                if found is None:  # did not fit the context
+                    if row.reason is None:
+                        left(k, st.per_row)
+                        ready.append((row, k + 1))
+                    else:
+                        leave(k - 1, row)
+                    continue
+                keys, gens = found
+                miss = [j for j, g in enumerate(gens) if g is None]
+                for j, g in enumerate(gens):
+                    if g is not None:  # finished in an earlier run
+                        reused[k] += 1
+                        on_done(k, g, reused=True)
+                if not miss:
+                    finish(row, k, reqs, gens)
+                    continue
+                waiting[id(row)] = [reqs, keys, gens, len(miss)]
+                batch += [(row, k, j) for j in miss]
             if batch:
-                for h, item in zip(backend.submit([b[3] for b in batch], [b[4] for b in batch]), batch):
+                reqs_of = [waiting[id(row)][0][j] for row, _, j in batch]
+                hs = backend.submit([r.conv for r in reqs_of], [r.params for r in reqs_of])
+                for h, item in zip(hs, batch):
                     pending[h] = item
             if pending:
                 for h, g in backend.poll():
-                    row, k, key, conv, p = pending.pop(h)
-                    ledger.add(key, g)
+                    row, k, j = pending.pop(h)
+                    w = waiting[id(row)]
+                    ledger.add(w[1][j], g)
                     on_done(k, g)
-                    finish(row, k, conv, p, g)
+                    w[2][j] = g
+                    w[3] -= 1
+                    if w[3] == 0:
+                        del waiting[id(row)]
+                        finish(row, k, w[0], w[2])
     ledger.sync()
-    for name, n in zip(labels, reused):
+    for st, n in zip(stages, reused):
         if n:
-            job.tracker.console.print(f"{name}: {n} rows reused from an earlier run")
+            job.tracker.console.print(f"{st.label}: {n} requests reused from an earlier run")
     return kept
+
+
+def staged(job, rows: list, stages: list, backend) -> list:
+    """One engine batch per stage (only the requests the ledger lacks), a barrier between stages."""
+    live = rows
+    for st in stages:
+        live = _stage(job, st, live, backend)
+    return live
+
+
+def _stage(job, st, rows: list, backend) -> list:
+    todo = []    # (row, requests, keys, generations)
+    passed = {}  # id(row) -> True: skipped the stage or kept its last revision on overflow
+    for row in rows:
+        reqs = st.requests(job, row)
+        if reqs is None:
+            passed[id(row)] = True
+            continue
+        if not reqs:
+            todo.append((row, [], [], []))
+            continue
+        found = job.lookup(row, st, reqs, backend)
+        if found is None:
+            if row.reason is None:
+                passed[id(row)] = True
+            continue
+        todo.append((row, reqs, *found))
+    flat = [(i, j) for i, (_, _, _, gens) in enumerate(todo) for j, g in enumerate(gens) if g is None]
+    n_reused = sum(len(t[3]) for t in todo) - len(flat)
+    if n_reused:
+        job.tracker.console.print(f"{st.label}: {n_reused} requests reused from an earlier run")
+    if st.engine:
+        with job.tracker.stage(st.label, len(flat)) as on_done:
+            def commit(n: int, g) -> None:
+                i, j = flat[n]
+                job.ledger.add(todo[i][2][j], g)
+                on_done(n, g)
+            if flat:
+                new = backend.generate([todo[i][1][j].conv for i, j in flat],
+                                       [todo[i][1][j].params for i, j in flat], commit)
+                for (i, j), g in zip(flat, new):
+                    todo[i][3][j] = g
+        job.ledger.sync()
+    accepted = set()
+    for row, reqs, _, gens in todo:
+        for r, g in zip(reqs, gens):
+            job.record(row, st, r, g)
+        if st.accept(job, row, gens):
+            accepted.add(id(row))
+    return [row for row in rows if id(row) in passed or id(row) in accepted]

@@ -1,8 +1,8 @@
-"""Stage orchestration only: respond -> (critique -> revise) x rounds -> pair -> write.
+"""A run: rows, what the stages share (Run), and the run from config to files.
 
-Every stage sends all of its live rows to the engine in one call (vLLM schedules them as one batch and its
-prefix cache shares the few-shot turns); rows that fail a check leave the flow with a reason and are written
-to rejected.jsonl, never silently lost.
+respond -> (critique -> gate -> revise) x rounds -> pair [-> judge] [-> reward] -> write. The stages are objects
+(stages.py), the schedules run a list of them (flow.py). Rows that fail a check leave the flow with a reason
+(rejected.jsonl), rows the gate finds nothing wrong with end early (no_violation.jsonl): never silently lost.
 """
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import fingerprint, flow, judge as judge_mod, quality, report, store, turns
-from .backends import Backend, Conversation, Generation, Params, make_backend
+from . import fingerprint, flow, quality, report, stages as stages_mod, store, turns
+from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued
 from .config import RunConfig
 from .ledger import Ledger, request_key
 from .models import resolve
-from . import progress
 from .progress import Tracker
 from .prompts import PromptRecord
 
@@ -36,9 +35,13 @@ class Row:
     history: list[dict] = field(default_factory=list)  # turns after the user prompt
     original: str = ""
     critiques: list[str] = field(default_factory=list)
-    revisions: list[str] = field(default_factory=list)
+    revisions: list[str] = field(default_factory=list)  # accepted revisions, one per round that revised
+    draft: str | None = None           # the last revision generated (accepted or not): rejected.jsonl shows it
+    gate: list[dict] = field(default_factory=list)  # per gated round: principle, P(YES), answer
+    open: bool = True                  # more rounds may revise; False once a round kept the last revision
     flags: list[str] = field(default_factory=list)
-    reason: str | None = None
+    reason: str | None = None          # why the row was dropped
+    end: str | None = None             # why the row ended early without a pair ("no_violation")
     stage: str | None = None
     similarity: float | None = None
     judge: dict | None = None          # {outcome, verdicts per order, model, action} when the judge ran
@@ -70,169 +73,79 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
 
 
 class Run:
+    """What the stages share for one run: config, constitution, filters, ledger, the dropped and ended rows.
+    The stage objects (stages.py) build requests and accept generations; flow.py schedules them."""
+
     def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger):
         self.cfg, self.backend, self.const, self.tracker, self.ledger = cfg, backend, const, tracker, ledger
-        self.fs = turns.few_shot_turns(const, cfg.few_shot)
+        self.style = cfg.revision_style or const.revision_style
+        self.fs = turns.few_shot_turns(const, cfg.few_shot, self.style)
+        self.filters = quality.Filters(cfg.filters, const)
+        self.stages = stages_mod.build(cfg)
         self.rejected: list[Row] = []
+        self.ended: list[Row] = []
 
-    def reject(self, row: Row, stage: str, reason: str) -> None:
-        if row.reason is not None:
-            return  # already rejected (a judged row appears once per order)
-        row.reason, row.stage = reason, stage
-        self.rejected.append(row)
+    def seed(self, *key) -> int:
+        return _seed(self.cfg.seed, *key)
+
+    def reject(self, row: Row, stage: str, reason: str) -> bool:
+        """Drop the row with its reason (written to rejected.jsonl). Returns False: the row leaves the flow."""
+        if row.reason is None:
+            row.reason, row.stage = reason, stage
+            self.rejected.append(row)
+        return False
+
+    def end(self, row: Row, stage: str, why: str) -> bool:
+        """End the row early without a pair (not a filter failure: the gate found nothing to fix)."""
+        row.end, row.stage = why, stage
+        self.ended.append(row)
+        return False
+
+    def fail(self, row: Row, stage, why: str, where: str | None = None) -> bool:
+        """A check failed at this stage. In a later round the last accepted revision stays the answer (flag
+        round_failed_rN, the row goes on to pair); in round 1 the row is dropped with the reason."""
+        if stage.rnd > 1 and row.revisions:
+            row.open = False
+            row.flags.append(f"round_failed_r{stage.rnd}")
+            row.trace.append({"stage": stage.name, "round": stage.rnd, "failed": why})
+            return True
+        return self.reject(row, where or stage.label, why)
+
+    def overflow(self, row: Row, stage, n: int) -> bool:
+        why = "prompt_too_long" if stage.name == "respond" else "context_overflow"
+        row.trace.append({"stage": stage.name, "round": stage.rnd, "skipped": why, "prompt_tokens": n})
+        return self.fail(row, stage, why, where=stage.name)
 
     def conv(self, row: Row, with_few_shot: bool) -> Conversation:
         return turns.head(row.prompt.system, self.fs if with_few_shot else [], row.prompt.prompt) + row.history
 
-    def stage(self, name: str, rnd: int, rows: list[Row], convs: list[Conversation], params: list[Params],
-              max_tokens: int, backend: Backend | None = None,
-              tags: list[str] | None = None) -> list[tuple[int, Row, Generation]]:
-        """Context check, then one batched engine call for the stage; returns (input index, row, generation)
-        for the requests that fit the context. `tags` label requests in the trace (the judge's order)."""
-        backend = backend or self.backend
-        lens = backend.count_tokens(convs)
-        live = []
-        for i, (row, conv, p, n) in enumerate(zip(rows, convs, params, lens)):
-            if n + max_tokens > backend.max_model_len:
-                self.overflow(row, name, rnd, n)
-            else:
-                live.append((row, conv, p, i))
-        label = progress.label(name, rnd)
-        # Reuse every generation the ledger already holds (a resumed run); send only the rest, as one batch.
-        keys = [request_key(backend.model, c, p) for _, c, p, _ in live]
-        gens: list[Generation | None] = [self.ledger.get(k) for k in keys]
-        todo = [i for i, g in enumerate(gens) if g is None]
-        if len(todo) < len(live):
-            self.tracker.console.print(f"{label}: {len(live) - len(todo)} rows reused from an earlier run")
-        with self.tracker.stage(label, len(todo)) as on_done:
-            def commit(j: int, g: Generation) -> None:
-                self.ledger.add(keys[todo[j]], g)
-                on_done(j, g)
-            if todo:
-                new = backend.generate([live[i][1] for i in todo], [live[i][2] for i in todo], commit)
-                for i, g in zip(todo, new):
-                    gens[i] = g
-        self.ledger.sync()
-        out = []
-        for (row, conv, p, i), g in zip(live, gens):
-            self.record(row, name, rnd, conv, p, g, tags[i] if tags else None)
-            out.append((i, row, g))
-        return out
-
-    def overflow(self, row: Row, name: str, rnd: int, n: int) -> None:
-        why = "prompt_too_long" if name == "respond" else "context_overflow"
-        row.trace.append({"stage": name, "round": rnd, "skipped": why, "prompt_tokens": n})
-        self.reject(row, name, why)
-
-    def record(self, row: Row, name: str, rnd: int, conv: Conversation, p: Params, g: Generation,
-               tag: str | None = None) -> None:
+    def record(self, row: Row, stage, req, g: Generation) -> None:
         """The row's trace entry for one request (the few-shot prefix is counted, not copied)."""
-        skip = len(self.fs) if name in ("critique", "revise") else 0
-        head = 1 if row.prompt.system and name != "judge" else 0
-        row.trace.append({"stage": name, "round": rnd, **({"tag": tag} if tag else {}),
+        skip = len(self.fs) if stage.few_shot else 0
+        head = 1 if row.prompt.system and skip else 0
+        conv, p = req.conv, req.params
+        row.trace.append({"stage": stage.name, "round": stage.rnd, **({"tag": req.tag} if req.tag else {}),
                           "input": conv[:head] + conv[head + skip:],
                           "few_shot_turns": skip, "output": g.text, "finish_reason": g.finish_reason,
                           "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                           "params": {"temperature": p.temperature, "top_p": p.top_p, "seed": p.seed,
-                                     "max_tokens": p.max_tokens}})
+                                     "max_tokens": p.max_tokens},
+                          **({"probs": g.probs} if g.probs else {})})
 
-    # Per-row steps, shared by the staged schedule (run_stage) and the pipelined one (flow.py).
-    def request(self, row: Row, name: str, rnd: int) -> tuple[Conversation, Params, int]:
-        """The row's request for a stage: (conversation, sampling, max tokens). Extends the row's history."""
-        mt = self.cfg.sampling.max_tokens
-        if name == "respond":
-            return self.conv(row, False), row.params, mt.respond
-        turn = turns.critique_turn if name == "critique" else turns.revision_turn
-        row.history.append(turn(self.const, row.principles[rnd - 1], rnd))
-        m = mt.critique if name == "critique" else mt.revise
-        return self.conv(row, True), self._params(row, name, rnd, m), m
-
-    def accept(self, row: Row, name: str, rnd: int, g: Generation) -> bool:
-        """Take a stage's output into the row; False (and the row rejected with a reason) when it fails a check."""
-        f = self.cfg.filters
-        if name == "respond":
-            row.original = g.text.strip()
-            why = quality.check_text(row.original, g.finish_reason, "original", f.min_chars, f.drop_truncated)
-            if why:
-                self.reject(row, "respond", why)
-                return False
-            row.history = [{"role": "assistant", "content": row.original}]
-            return True
-        if name == "critique":
-            text = g.text.strip()
-            if len(text) < f.min_chars:
-                self.reject(row, f"critique r{rnd}", "empty_critique")
-                return False
-            row.critiques.append(text)
-            row.history.append({"role": "assistant", "content": text})
-            return True
-        text, stripped = quality.strip_preface(g.text) if f.strip_preface else (g.text.strip(), False)
-        why = quality.check_text(text, g.finish_reason, "revision", f.min_chars, f.drop_truncated)
-        if why == "empty_revision" and (stripped or quality.PREFACE.match(g.text.strip())):
-            why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
-        elif not why and not f.strip_preface and quality.PREFACE.match(text):
-            why = "revision_preface"
-        why = why or quality.check_revision(text, row.critiques[-1], f.max_critique_similarity)
-        if stripped:
-            row.flags.append(f"preface_stripped_r{rnd}")
-        row.revisions.append(text)
-        if why:
-            self.reject(row, f"revise r{rnd}", why)
-            return False
-        row.history.append({"role": "assistant", "content": text})
-        return True
-
-    def run_stage(self, name: str, rnd: int, rows: list[Row]) -> list[Row]:
-        """Staged schedule: every live row's request for this stage in one engine batch."""
-        reqs = [self.request(r, name, rnd) for r in rows]
-        if not reqs:
-            return []
-        res = self.stage(name, rnd, rows, [c for c, _, _ in reqs], [p for _, p, _ in reqs], reqs[0][2])
-        return [row for _, row, g in res if self.accept(row, name, rnd, g)]
-
-    def _params(self, row: Row, stage: str, rnd: int, max_tokens: int) -> Params:
-        s = self.cfg.sampling
-        return Params(s.critique_temperature, s.critique_top_p, max_tokens, _seed(self.cfg.seed, row.id, stage, rnd))
-
-    def pair_one(self, row: Row) -> bool:
-        why, row.similarity = quality.check_pair(row.revisions[-1], row.original, self.cfg.filters.max_similarity)
-        if why:
-            self.reject(row, "pair", why)
-        return not why
-
-    def pair(self, rows: list[Row]) -> list[Row]:
-        return [row for row in rows if self.pair_one(row)]
-
-    def judge(self, rows: list[Row], backend: Backend) -> list[Row]:
-        """Both orders of every kept pair in one engine batch; outcome and action per pair."""
-        jc = self.cfg.judge
-        pairs = [(r, o) for o in judge_mod.ORDERS for r in rows]
-        convs = [judge_mod.conversation(self.const, r, o, jc.rubric) for r, o in pairs]
-        params = [Params(jc.temperature, 1.0, jc.max_tokens, _seed(self.cfg.seed, r.id, "judge", o),
-                         judge_mod.CHOICES) for r, o in pairs]
-        res = self.stage("judge", 0, [r for r, _ in pairs], convs, params, jc.max_tokens, backend,
-                         tags=[o for _, o in pairs])
-        verdicts: dict[str, dict] = {}
-        for i, row, g in res:
-            verdicts.setdefault(row.id, {})[pairs[i][1]] = g.text.strip()
-        kept = []
-        for row in rows:
-            if row.reason is not None:  # a judge request did not fit the judge's context
-                continue
-            v = verdicts[row.id]
-            out = judge_mod.outcome(v["original_first"], v["revision_first"])
-            act = judge_mod.action(out, jc)
-            row.judge = {"outcome": out, "verdicts": v, "model": backend.model, "action": act}
-            if act == "drop":
-                self.reject(row, "judge", out)
-                continue
-            if act == "swap":
-                row.swapped = True
-                row.flags.append("judge_swapped")
-            elif out != "judge_agrees":
-                row.flags.append(out if out.startswith("judge_") else f"judge_{out}")
-            kept.append(row)
-        return kept
+    def lookup(self, row: Row, stage, reqs: list, backend: Backend):
+        """Ledger keys and generations already finished (a resumed or re-filtered run) for a row's requests;
+        the context check for the rest (which is what opens a lazy engine). None when a request does not fit:
+        the row failed (or, in a later round, kept its last revision: row.reason stays None)."""
+        keys = [request_key(backend.model, r.conv, r.params) for r in reqs]
+        gens = [self.ledger.get(k) for k in keys]
+        miss = [j for j, g in enumerate(gens) if g is None]
+        if miss:
+            lens = backend.count_tokens([reqs[j].conv for j in miss])
+            mt = max(reqs[j].params.max_tokens for j in miss)
+            if max(lens) + mt > backend.max_model_len:
+                self.overflow(row, stage, max(lens))
+                return None
+        return keys, gens
 
     def reward(self, rows: list[Row]) -> list[Row]:
         """Score chosen and rejected with a reward model; a margin under the threshold is flagged or dropped."""
@@ -255,18 +168,35 @@ class Run:
         return kept
 
 
-def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: bool, tracker: Tracker) -> list[Row]:
-    """Judge with the generating engine, or close it and load the judge model (two engines rarely fit)."""
+def schedule(job: Run, rows: list[Row], stage_list: list, backend: Backend) -> list[Row]:
+    """Run rows through a list of stages on one backend: pipelined where the backend takes queued requests
+    (and cfg.pipelined), else one engine batch per stage. Returns the rows that came through."""
+    if job.cfg.pipelined and queued(backend):
+        return flow.pipelined(job, rows, stage_list, backend)
+    return flow.staged(job, rows, stage_list, backend)
+
+
+def judge(job: Run, rows: list[Row], backend: Backend) -> list[Row]:
+    """The judge pass over kept pairs (both orders of every pair) on the generating or the judge engine."""
+    return schedule(job, rows, [stages_mod.Judge(backend.model)], backend)
+
+
+def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, tracker: Tracker) -> list[Row]:
+    """Judge with the generating engine, or close it and load the judge model (two engines rarely fit); the
+    judge engine, too, opens only when a verdict is missing from the ledger."""
     jm = cfg.judge.model
     if jm is None:
-        return job.judge(kept, backend)
-    if own:
-        backend.close()
-    path = resolve(jm.source, jm.path, jm.cache_dir)
-    tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading judge {jm.name} ...")
-    judge_backend = make_backend(cfg.backend.kind, path, jm.name, cfg.backend.options(jm, cfg.seed))
+        return judge(job, kept, backend)
+    backend.close()
+
+    def load() -> Backend:
+        path = resolve(jm.source, jm.path, jm.cache_dir)
+        tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading judge {jm.name} ...")
+        return make_backend(cfg.backend.kind, path, jm.name, cfg.backend.options(jm, cfg.seed))
+
+    judge_backend = Lazy(jm.name, cfg.backend.kind != "transformers", load)
     try:
-        return job.judge(kept, judge_backend)
+        return judge(job, kept, judge_backend)
     finally:
         judge_backend.close()
 
@@ -285,21 +215,12 @@ def open_backend(cfg: RunConfig, tracker: Tracker) -> Backend:
 
 
 def generate(job: Run, rows: list[Row]) -> list[Row]:
-    """respond -> (critique -> revise) x rounds -> pair on job.backend; returns the kept rows. Each chunk goes
-    through every stage; the default chunk (null) is the whole run. Also what each executor=ray replica runs."""
-    cfg, kept = job.cfg, []
-    size = cfg.chunk_size or len(rows) or 1
-    pipelined = cfg.pipelined and hasattr(job.backend, "submit")
+    """Every chunk of rows through the generation stages (job.stages) on job.backend; returns the kept rows.
+    The default chunk (null) is the whole run. Also what each executor=ray replica runs."""
+    size = job.cfg.chunk_size or len(rows) or 1
+    kept = []
     for start in range(0, len(rows), size):
-        chunk = rows[start:start + size]
-        if pipelined:
-            kept += flow.pipelined(job, chunk)   # each row moves on as soon as its request finishes
-            continue
-        live = job.run_stage("respond", 0, chunk)  # one engine batch per stage, a barrier between stages
-        for rnd in range(1, cfg.rounds + 1):
-            live = job.run_stage("critique", rnd, live)
-            live = job.run_stage("revise", rnd, live)
-        kept += job.pair(live)
+        kept += schedule(job, rows[start:start + size], job.stages, job.backend)
     return kept
 
 
@@ -316,39 +237,41 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
     rows = build_rows(cfg, recs, const)
+    started = None  # whether this run started an engine (a re-filter of a finished run dir does not)
     if cfg.executor.kind == "ray" and backend is None:
         from .executors import ray as ray_exec
         # every replica runs generate() (and the judge) on its batches; rows come back with their results
         rows = ray_exec.generate(cfg, out_dir, rows, const, tracker)
         job = Run(cfg, None, const, tracker, None)
         job.rejected = [r for r in rows if r.reason is not None]
-        kept = [r for r in rows if r.reason is None]
+        job.ended = [r for r in rows if r.end is not None]
+        kept = [r for r in rows if r.reason is None and r.end is None]
     else:
         own = backend is None
-        if own:
-            backend = open_backend(cfg, tracker)
+        if own:  # opened at the first request the ledger does not hold
+            backend = Lazy(cfg.model.name, cfg.backend.kind != "transformers", lambda: open_backend(cfg, tracker))
         ledger = Ledger(out_dir / "work" / "generations.jsonl")
         try:
             job = Run(cfg, backend, const, tracker, ledger)
             kept = generate(job, rows)
             if cfg.judge.enabled and kept:
-                kept = _judge(job, cfg, kept, backend, own, tracker)
+                kept = _judge(job, cfg, kept, backend, tracker)
         finally:
             ledger.close()
             if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
                 tracker.console.print(f"[bold]backend[/]: {backend.retries} request tries failed and were retried")
-            if own and backend is not None:
+            if own:
+                started = backend.opened
                 backend.close()
     if cfg.reward.model and kept:
         kept = job.reward(kept)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished in
-    kept.sort(key=lambda r: pos[r.id])
-    job.rejected.sort(key=lambda r: pos[r.id])
-    rows.sort(key=lambda r: pos[r.id])
-    summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, created)
+    for part in (kept, job.rejected, job.ended, rows):
+        part.sort(key=lambda r: pos[r.id])
+    summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, job.ended, created)
     summary.update(prompts=len(recs), seconds=round(time.perf_counter() - t0, 1),
-                   generation_seconds=round(tracker.gen_seconds, 1),
+                   generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})
     store.write_summary(out_dir, summary)
     # card, plots and statistics come from the files just written (constitution.json is the one used here)

@@ -87,7 +87,33 @@ def reward(st: dict, d: Path) -> str | None:
     return _save(fig, d / "reward_margin.png")
 
 
-ALL = [("Length: chosen vs rejected", lengths), ("Similarity", similarity), ("Principles", principles),
+def edit_ratio(st: dict, d: Path) -> str | None:
+    e = st["_series"]["edit_ratio"]
+    if not e:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(e, bins=[i / 20 for i in range(21)])
+    ax.set(xlabel="edit ratio (0 = same words, 1 = all new)", ylabel="pairs",
+           title="How much each revision changed its original")
+    return _save(fig, d / "edit_ratio.png")
+
+
+def gate(st: dict, d: Path) -> str | None:
+    p = st["_series"]["p_yes"]
+    if not p:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(p, bins=[i / 20 for i in range(21)])
+    ax.axvline(st["gate"]["threshold"], color="k", lw=0.8)
+    ax.set(xlabel="P(YES): the answer violates the principle", ylabel="gated critiques",
+           title="Gate: P(YES) per critique (line: threshold)")
+    return _save(fig, d / "gate.png")
+
+
+ALL = [("Length: chosen vs rejected", lengths), ("Similarity", similarity), ("Edit ratio", edit_ratio),
+       ("Gate", gate), ("Principles", principles),
        ("Filter reasons", filters), ("Judge outcomes", judge), ("Reward margin", reward)]
 
 

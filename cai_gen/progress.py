@@ -45,18 +45,20 @@ class Tracker:
         st.completion_tokens += g.completion_tokens
 
     @contextmanager
-    def flow(self, labels: list[str], rows: int):
-        """Progress for the pipelined schedule: one bar per stage, all moving at once. Yields
-        on_done(step, gen, reused=False) and dropped(step) (a row left at that step: later totals shrink)."""
-        sts = [self.stages.setdefault(label, StageStats()) for label in labels]
+    def flow(self, bars: list[tuple[str, int] | None]):
+        """Progress for the pipelined schedule: one bar per engine stage ((label, requests) per step, None for a
+        step without engine requests), all moving at once. Yields on_done(step, gen, reused=False) and
+        left(step, n) (n fewer requests will come to that step: a row left the flow or skips it)."""
+        steps = [k for k, b in enumerate(bars) if b is not None]
+        sts = {k: self.stages.setdefault(bars[k][0], StageStats()) for k in steps}
         t0 = time.perf_counter()
-        first: list[float | None] = [None] * len(labels)
-        last = [t0] * len(labels)
-        toks = [0] * len(labels)
+        first: dict[int, float | None] = dict.fromkeys(steps)
+        last = dict.fromkeys(steps, t0)
+        toks = dict.fromkeys(steps, 0)
         with Progress(*self._columns(), console=self.console, transient=False,
                       disable=not sys.stderr.isatty()) as bar:
-            tasks = [bar.add_task(label, total=rows, tps=0.0) for label in labels]
-            totals = [rows] * len(labels)
+            tasks = {k: bar.add_task(bars[k][0], total=bars[k][1], tps=0.0) for k in steps}
+            totals = {k: bars[k][1] for k in steps}
 
             def on_done(k: int, g: Generation, reused: bool = False) -> None:
                 now = time.perf_counter()
@@ -67,22 +69,23 @@ class Tracker:
                     last[k] = now
                 bar.update(tasks[k], advance=1, tps=toks[k] / max(now - (first[k] or t0), 1e-6))
 
-            def dropped(k: int) -> None:
-                for j in range(k + 1, len(labels)):
-                    totals[j] -= 1
-                    bar.update(tasks[j], total=totals[j])
+            def left(k: int, n: int = 1) -> None:
+                if k in tasks:
+                    totals[k] -= n
+                    bar.update(tasks[k], total=totals[k])
 
-            yield on_done, dropped
+            yield on_done, left
         dt = time.perf_counter() - t0
         self.gen_seconds += dt
-        for k, label in enumerate(labels):
+        for k in steps:
             # a stage's seconds: from the flow's start to its last finished request (stages overlap)
             sts[k].seconds += (last[k] - t0) if first[k] else 0.0
             if not sys.stderr.isatty():
-                self.console.print(f"{label}: {sts[k].rows} rows, {toks[k]} tokens "
+                self.console.print(f"{bars[k][0]}: {sts[k].rows} requests, {toks[k]} tokens "
                                    f"(pipelined: done {last[k] - t0:.1f}s after start)")
         if not sys.stderr.isatty():
-            self.console.print(f"pipelined: {sum(toks)} tokens in {dt:.1f}s ({sum(toks) / max(dt, 1e-6):.0f} tok/s)")
+            total = sum(toks.values())
+            self.console.print(f"pipelined: {total} tokens in {dt:.1f}s ({total / max(dt, 1e-6):.0f} tok/s)")
 
     @contextmanager
     def stage(self, name: str, total: int, generating: bool = True):

@@ -1,8 +1,10 @@
 """Quality filters. Each check returns a reason string (the row is dropped and logged with it) or None.
 
-Small models often fail at revision in recognisable ways (see ENVIRONMENT.md): they repeat the critique,
-talk *about* the revision ("The revised response is more polite..."), or preface the answer with
-"Here is a revised response:". Prefaces are stripped when a clean answer remains; the rest are dropped.
+Small models fail at critique and revision in ways a reader spots at once (ENVIRONMENT.md, issue 12): they
+repeat the critique, talk *about* the answer or the customer instead of *to* the customer ("The customer's
+request was ambiguous, but the assistant's last response asked..."), paste text from the few-shot examples,
+repeat the revision request's own words, sign off as their model or vendor, or preface the answer with "Here
+is a revised response:". Prefaces are stripped when a clean answer remains; the rest are dropped.
 """
 from __future__ import annotations
 
@@ -20,15 +22,51 @@ PREFACE = re.compile(
     r")\s*[:.!]?(?:\*\*)?[ \t]*(?:\n+|$|:\s*)",
     re.IGNORECASE,
 )
-# Text that discusses the response or the critique rather than answering the user.
-META = re.compile(
-    r"^\s*(?:the|this|my|your)\s+(?:original\s+|previous\s+|revised\s+|rewritten\s+|assistant'?s?\s+|ai'?s?\s+)?"
-    r"(?:response|answer|revision|critique)\b"
-    r"|\b(?:the|my)\s+(?:last\s+|original\s+|previous\s+|revised\s+|rewritten\s+)?response\b"
-    r"|\bthe critique\b"
-    r"|^\s*(?:you(?:'re| are) (?:right|correct)|i agree|thank you for (?:the|your) (?:feedback|critique))\b",
+
+_QUAL = r"(?:(?:original|previous|revised|rewritten|last|above|initial|first|new|assistant'?s?|ai'?s?|model'?s?)\s+)"
+_VERB = (r"(?:is|was|does|did|doesn't|didn't|has|had|should|could|would|can|may|needs?|fails?|failed|now|"
+         r"addresse[sd]|provides?|provided|contains?|includes?|makes?|made|seems?|mentions?|asks?|asked|"
+         r"acknowledges?|lacks?|suggests?|correctly|appropriately|effectively|clearly|already|also|itself)")
+# An opening that discusses an answer (its own or another's) or talks about the customer in the third person,
+# instead of answering. Narrow on purpose: "The answer is 42", "Your answer will reach billing today", "You are
+# right to be worried" and "This response time is usually 2 days." are answers and must pass.
+META_OPENING = re.compile(
+    r"^\W*(?:"
+    rf"(?:the|this|my|your|that)\s+{_QUAL}*(?:response|revision|critique|reply)\b(?:'s)?\s+{_VERB}\b"
+    rf"|(?:the|this|my|that)\s+{_QUAL}+answer\b"
+    r"|(?:the|this)\s+(?:customer|user|client|buyer|person|requester)(?:'s)?\b"
+    r"(?!\s+(?:service|support|care|portal|account|center|centre|team|id|number|agreement|experience)\b)"
+    r"|(?:the|this)\s+(?:ai\s+)?assistant(?:'s)?\b"
+    rf"|in\s+(?:the|this|my|your)\s+{_QUAL}*(?:response|answer|revision)\b"
+    r"|(?:you(?:'re| are)\s+(?:right|correct)|i agree)\s*[,.!]"
+    r"|thank(?:s| you)\s+for\s+(?:the|your)\s+(?:feedback|critique)"
+    r")",
     re.IGNORECASE,
 )
+# The same discussion anywhere near the start: "..., but the assistant's last response asked ...".
+META_ANYWHERE = re.compile(
+    r"\b(?:the|my)\s+(?:assistant'?s?\s+)?(?:last|original|previous|initial|above|revised|rewritten)\s+"
+    r"(?:response|answer|reply)\b"
+    r"|\bthe\s+(?:ai\s+)?assistant\b"
+    r"|\bthe\s+(?:previous|above|earlier)\s+example\b"
+    r"|\bthe critique\b"
+    r"|\bthe\s+(?:customer|user)(?:'s)?\s+(?:is|was|wants|wanted|asks|asked|has|had|needs|seems|requested|"
+    r"may|might|would|should|did|does|mentioned|explicitly|clearly|request|question|concern)\b"
+    r"|\b(?:the|your)\s+(?:revision|critique)\s+request\b",
+    re.IGNORECASE,
+)
+# Model or vendor names that have no place in a reply (a "- SmolLM, by Hugging Face" sign-off).
+SELF_NAMES = re.compile(
+    r"\b(?:smol\s*lm\w*|hugging\s*face|huggingface|open\s*ai|chat\s*gpt|gpt-?[345]\w*|llama\s*\d*|"
+    r"anthropic|claude|qwen\w*|mistral|gemini|language model|ai model)\b",
+    re.IGNORECASE,
+)
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word tokens (punctuation dropped), the unit of every span and edit measure here."""
+    return _WORD.findall(text.lower())
 
 
 def similarity(a: str, b: str) -> float:
@@ -37,6 +75,21 @@ def similarity(a: str, b: str) -> float:
     if not wa and not wb:
         return 1.0
     return SequenceMatcher(None, wa, wb, autojunk=False).ratio()
+
+
+def edit_ratio(revision: str, original: str) -> float:
+    """Word-level edit share: 0 = identical words, 1 = all new (1 - similarity)."""
+    return round(1.0 - similarity(revision, original), 4)
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = words(text)
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def shares_span(text: str, spans: set[tuple[str, ...]], n: int) -> bool:
+    """Does `text` contain any n consecutive words of the given n-gram set?"""
+    return bool(spans) and n > 0 and not ngrams(text, n).isdisjoint(spans)
 
 
 def strip_preface(text: str) -> tuple[str, bool]:
@@ -48,6 +101,15 @@ def strip_preface(text: str) -> tuple[str, bool]:
             break
         out, changed = out[m.end():].strip().strip('"').strip(), True
     return out, changed
+
+
+def trim(text: str) -> str:
+    """A text cut by max tokens, back to its last complete sentence or line (the cut fragment removed)."""
+    # a sentence end: . ! or ? after a word (not "2." opening a list item), then space or the end
+    ends = [m.end() for m in re.finditer(r"(?<=[^\d\s])[.!?](?:[\"')\]]*)(?=\s|$)", text)]
+    line = text.rfind("\n")
+    cut = max(ends[-1] if ends else 0, line if line > 0 else 0)
+    return text[:cut].rstrip()
 
 
 def check_text(text: str, finish: str, what: str, min_chars: int, drop_truncated: bool) -> str | None:
@@ -65,20 +127,72 @@ def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
     return len(grams) >= 12 and len(set(grams)) / len(grams) < min_unique
 
 
+def is_meta(text: str) -> bool:
+    head = text[:300]
+    return bool(META_OPENING.match(head) or META_ANYWHERE.search(head))
+
+
+def self_reference(text: str, prompt: str) -> bool:
+    """Names a model or vendor that the user's prompt did not bring up."""
+    return any(m.group(0).lower() not in prompt.lower() for m in SELF_NAMES.finditer(text))
+
+
 def check_revision(revision: str, critique: str, max_critique_similarity: float) -> str | None:
+    """The checks every revision gets whatever the run's constitution (see Filters for the ones that need it)."""
     if repetitive(revision):
         return "repetitive_revision"
-    if META.search(revision[:300]):
-        return "revision_is_meta"  # talks about the response/critique instead of answering
+    if is_meta(revision):
+        return "revision_is_meta"  # talks about the response/critique/customer instead of answering
     if similarity(revision, critique) > max_critique_similarity:
         return "revision_echoes_critique"
     return None
 
 
-def check_pair(chosen: str, rejected: str, max_similarity: float) -> tuple[str | None, float]:
+def check_pair(chosen: str, rejected: str, min_edit: float, max_edit: float = 1.0) -> tuple[str | None, float]:
+    """Pair-level checks; returns (reason or None, similarity)."""
     sim = similarity(chosen, rejected)
     if chosen.strip() == rejected.strip():
         return "identical", sim
-    if sim > max_similarity:
+    if 1.0 - sim < min_edit:
         return "too_similar", sim
+    if 1.0 - sim > max_edit:
+        return "too_different", sim
     return None, sim
+
+
+class Filters:
+    """The run's filters with what they need from the constitution precomputed: the few-shot examples' word
+    spans and each principle's revision-request spans."""
+
+    def __init__(self, cfg, const):
+        self.cfg = cfg
+        n, m = cfg.few_shot_span, cfg.instruction_span
+        self.few_shot: set[tuple[str, ...]] = set()
+        if n:
+            for ex in const.few_shot:
+                for t in (ex.response, ex.critique, ex.revision):
+                    self.few_shot |= ngrams(t, n)
+        # "Reply with the rewritten response only" is the template's own line: also an instruction
+        self.instruction = {p.id: ngrams(p.revision + "\nReply with the rewritten response only, written directly "
+                                         "to the user. Change only what the critique asks for.", m) if m else set()
+                            for p in const.principles}
+
+    def critique(self, text: str) -> str | None:
+        if len(text) < self.cfg.min_chars:
+            return "empty_critique"
+        if shares_span(text, self.few_shot, self.cfg.few_shot_span):
+            return "copies_few_shot"
+        return None
+
+    def revision(self, text: str, critique: str, principle: str, prompt: str) -> str | None:
+        why = check_revision(text, critique, self.cfg.max_critique_similarity)
+        if why:
+            return why
+        if shares_span(text, self.few_shot, self.cfg.few_shot_span):
+            return "copies_few_shot"
+        if shares_span(text, self.instruction.get(principle, set()), self.cfg.instruction_span) or \
+                re.match(r"^\W*rewrite\b", text, re.IGNORECASE):
+            return "leaked_instruction"
+        if self.cfg.self_reference and self_reference(text, prompt):
+            return "self_reference"
+        return None

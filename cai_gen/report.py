@@ -29,6 +29,10 @@ def table(summary: dict) -> Table:
     t.add_row("prompts", str(summary.get("prompts", "")))
     t.add_row("rows (prompt x sample)", str(summary["rows"]))
     t.add_row("[green]pairs kept", f"[green]{summary['kept']}")
+    if rep.get("gate"):
+        g = rep["gate"]
+        t.add_row("gate YES / NO (critiques)", f"{g['yes']} / {g['no']}")
+        t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0)))
     for reason, n in summary["reasons"].items():
         t.add_row(f"[red]filtered: {reason}", f"[red]{n}")
     for flag, n in summary["flags"].items():
@@ -42,6 +46,8 @@ def table(summary: dict) -> Table:
         t.add_row("expert-reviewed pairs", str(r["expert_reviewed"]))
         if r["agreement"]["comparisons"]:
             t.add_row("reviewer agreement / kappa", f"{_pct(r['agreement']['agreement'])} / {r['agreement']['kappa']}")
+    if rep.get("gate") and rep["gate"]["warning"]:
+        t.add_row("[yellow]gate warning", f"[yellow]{rep['gate']['warning']}")
     if rep.get("length_words"):
         lw = rep["length_words"]
         t.add_row("mean words chosen / rejected", f"{lw['chosen']['mean']} / {lw['rejected']['mean']}")
@@ -80,10 +86,19 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
          "# TRL: DPOTrainer(model, args, train_dataset=ds, processing_class=tok)  (ORPO, KTO: see kto.jsonl)", "```", "",
          "## Counts", ""]
     rows = [["prompts", summary.get("prompts", "")], ["rows (prompt x sample)", summary["rows"]],
-            ["pairs kept", st["kept"]], ["rows filtered", st["filtered"]]]
+            ["pairs kept", st["kept"]], ["no violation (gate said NO; original kept as SFT and KTO desirable)",
+                                         st["no_violation"]], ["rows filtered", st["filtered"]]]
     rows += [[f"filtered: {k}", v] for k, v in st["reasons"].items()]
     rows += [[f"kept, flagged: {k}", v] for k, v in st["flags"].items()]
     L += _md_table(["what", "count"], rows)
+    if st.get("gate"):
+        L += gate_section(st["gate"])
+    e = st["edit_ratio"]
+    if e["n"]:
+        L += ["", "## Edit ratio", "", "Word-level share of each revision that is new (0 = the original's words, 1 = all "
+              f"new); revision style `{cfg.get('revision_style') or const.get('revision_style', 'free')}`. "
+              f"Mean {e['mean']}, median {e['median']}, p10 {e['p10']}, p90 {e['p90']}.", ""]
+        L += _md_table(["bin"] + [f"{a:.1f}-{b:.1f}" for a, b in zip(e["bins"], e["bins"][1:])], [["pairs"] + e["hist"]])
     if st["judge"]:
         j = st["judge"]
         L += ["", "## Judge", "", f"Each kept pair was judged twice by `{cfg['judge'].get('model') and cfg['judge']['model']['name'] or summary['model']}`, "
@@ -120,10 +135,26 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
           "- `preferences/`, `preferences.jsonl`: prompt / chosen / rejected (conversational) + provenance",
           "- `kto/`, `kto.jsonl`: unpaired prompt / completion / label", "- `trace.jsonl`: every stage's input and output per row",
           "- `rejected.jsonl`: filtered pairs with the reason", "- `plots/`: the figures above",
+          "- `no_violation.jsonl`: rows the gate found nothing to fix in (original, critique, P(YES))",
+          "- `sft.jsonl`: `messages` = prompt + final revision, and the no-violation originals",
           "- `review_queue.jsonl`: pairs routed to expert review; `review.sqlite`, `reviewed/`: verdicts and the merged dataset",
           "- `summary.json` (counts and these statistics), `config.json`, `constitution.json`, `.hydra/`: the exact setup", "",
           "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     return "\n".join(L)
+
+
+def gate_section(g: dict) -> list[str]:
+    L = ["", "## Gate", "", "After each critique the model was asked, as a forced YES/NO choice, whether its answer "
+         f"violates the principle; YES when P(YES) >= {g['threshold']}. NO ends the row without a revision: its "
+         "original stands (an SFT row and a KTO desirable row). A small model's gate can be close to chance or "
+         "one-sided; the counts below say how this one behaved.", ""]
+    if g["warning"]:
+        L += [f"**Warning: {g['warning']}.**", ""]
+    p = g["p_yes"]
+    L += [f"YES {g['yes']}, NO {g['no']} (NO share {_pct(g['share_no'])}). P(YES): median {p['median']}, "
+          f"p10 {p['p10']}, p90 {p['p90']} over {p['n']} critiques.", ""]
+    L += _md_table(["principle", "YES", "NO"], [[k, v["YES"], v["NO"]] for k, v in g["per_principle"].items()])
+    return L
 
 
 def review_section(r: dict) -> list[str]:

@@ -40,9 +40,38 @@ def histogram(xs: list[float], bins: list[float]) -> list[int]:
     return counts
 
 
+def gate_stats(records: list[dict], threshold: float | None) -> dict | None:
+    """YES/NO per principle over every gated critique (kept, filtered and no-violation rows), and a plain warning
+    when the gate is one-sided: a weak model's gate can say YES (or NO) to nearly everything."""
+    per: dict[str, Counter] = {}
+    ps = []
+    for g in (g for r in records for g in r.get("gate") or []):
+        per.setdefault(g["principle"], Counter())[g["answer"]] += 1
+        if g.get("p_yes") is not None:
+            ps.append(g["p_yes"])
+    if not per:
+        return None
+    yes = sum(c["YES"] for c in per.values())
+    no = sum(c["NO"] for c in per.values())
+    share_no = no / (yes + no)
+    warn = None
+    if yes + no >= 10 and share_no < 0.05:
+        warn = (f"the gate said YES to {100 * (1 - share_no):.0f}% of answers: on this model it barely filters, "
+                "so nearly every answer is revised as if the gate were off")
+    elif yes + no >= 10 and share_no > 0.95:
+        warn = f"the gate said NO to {100 * share_no:.0f}% of answers: few pairs come out; check gate.threshold"
+    return {"yes": yes, "no": no, "share_no": round(share_no, 4), "threshold": threshold,
+            "per_principle": {k: {"YES": c["YES"], "NO": c["NO"]} for k, c in sorted(per.items())},
+            "p_yes": describe(ps), "warning": warn, "_p": ps}
+
+
 def compute(out: Path) -> dict:
     prefs = read_jsonl(out / "preferences.jsonl")
     rejected = read_jsonl(out / "rejected.jsonl")
+    unpaired = read_jsonl(out / "no_violation.jsonl")
+    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+    gate = gate_stats(prefs + rejected + unpaired, (cfg.get("gate") or {}).get("threshold"))
+    edits = [p["edit_ratio"] for p in prefs if p.get("edit_ratio") is not None]
     chosen = [text(p["chosen"]) for p in prefs]
     rej = [text(p["rejected"]) for p in prefs]
     cw, rw = [len(t.split()) for t in chosen], [len(t.split()) for t in rej]
@@ -55,6 +84,9 @@ def compute(out: Path) -> dict:
     return {
         "kept": len(prefs),
         "filtered": len(rejected),
+        "no_violation": len(unpaired),
+        "gate": {k: v for k, v in gate.items() if k != "_p"} if gate else None,
+        "edit_ratio": {**describe(edits), "hist": histogram(edits, SIM_BINS), "bins": SIM_BINS},
         "reasons": dict(Counter(r["reason"] for r in rejected).most_common()),
         "flags": dict(Counter(re.sub(r"_r\d+$", "", f) for p in prefs for f in p.get("flags", [])).most_common()),
         "principles": dict(Counter(pid for p in prefs for pid in p["principle_ids"]).most_common()),
@@ -75,5 +107,5 @@ def compute(out: Path) -> dict:
         "review": json.loads((out / "reviewed" / "review.json").read_text()) if (out / "reviewed" / "review.json").is_file()
         else None,
         "_series": {"chosen_words": cw, "rejected_words": rw, "sims_kept": sims_kept, "sims_dropped": sims_dropped,
-                    "margins": margins},
+                    "margins": margins, "edit_ratio": edits, "p_yes": gate["_p"] if gate else []},
     }

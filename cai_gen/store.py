@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .review import route
 
-PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "domain", "source",
-                "created_at", "model", "constitution", "sampling", "similarity", "flags"]
+PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
+                "source", "created_at", "model", "constitution", "sampling", "similarity", "flags"]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -74,6 +74,8 @@ def preference(row, cfg, const, created: str) -> dict:
         "id": row.id,
         "principle_ids": row.principles[: len(row.critiques)],
         "critiques": row.critiques,
+        "gate": row.gate,
+        "edit_ratio": round(1.0 - row.similarity, 4) if row.similarity is not None else None,
         "domain": row.prompt.domain,
         "source": row.prompt.source,
         "created_at": created,
@@ -97,27 +99,49 @@ def kto_rows(pref: dict) -> list[dict]:
 def rejected_row(row) -> dict:
     return {"id": row.id, "stage": row.stage, "reason": row.reason, "prompt": prompt_messages(row),
             "original": row.original or None, "principle_ids": row.principles[: max(len(row.critiques), 1)],
-            "critiques": row.critiques, "revision": row.revisions[-1] if row.revisions else None,
+            "critiques": row.critiques, "gate": row.gate, "revision": row.draft,
             "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain,
             **({"judge": row.judge} if row.judge else {}), **({"reward": row.reward} if row.reward else {})}
 
 
-def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created: str) -> dict:
+def no_violation_row(row, created: str) -> dict:
+    """A row the gate found nothing to fix in: its original stands (KTO desirable, SFT row), no pair."""
+    return {"id": row.id, "prompt": prompt_messages(row), "original": row.original,
+            "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
+            "flags": row.flags, "domain": row.prompt.domain, "created_at": created}
+
+
+def sft_rows(prefs: list[dict], unpaired: list[dict]) -> list[dict]:
+    """SFT rows (SL-CAI trains on the revisions): prompt turns + final revision, and the gate's no-violation
+    originals as they are."""
+    out = [{"messages": p["prompt"] + p["chosen"], "id": p["id"], "domain": p["domain"], "origin": "revision",
+            "created_at": p["created_at"]} for p in prefs]
+    out += [{"messages": u["prompt"] + [{"role": "assistant", "content": u["original"]}], "id": u["id"],
+             "domain": u["domain"], "origin": "no_violation", "created_at": u["created_at"]} for u in unpaired]
+    return out
+
+
+def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, ended: list, created: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     prefs = [preference(r, cfg, const, created) for r in kept]
+    unpaired = [no_violation_row(r, created) for r in ended]
     kto = [k for p in prefs for k in kto_rows(p)]
+    kto += [{"prompt": u["prompt"], "id": u["id"], "domain": u["domain"], "created_at": u["created_at"],
+             "completion": [{"role": "assistant", "content": u["original"]}], "label": True} for u in unpaired]
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
     atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
                                                        indent=2, ensure_ascii=False) + "\n")
     write_jsonl(out / "preferences.jsonl", prefs)
     write_jsonl(out / "kto.jsonl", kto)
     write_jsonl(out / "rejected.jsonl", [rejected_row(r) for r in rejected])
+    write_jsonl(out / "no_violation.jsonl", unpaired)
+    write_jsonl(out / "sft.jsonl", sft_rows(prefs, unpaired))
     # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
     write_jsonl(out / "review_queue.jsonl", route.queue(prefs, cfg.review, cfg.seed, const))
     if cfg.output.trace:
         write_jsonl(out / "trace.jsonl", [{"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
                                           "principle_ids": r.principles, "stages": r.trace,
-                                          "outcome": "kept" if r.reason is None else r.reason} for r in rows])
+                                          "outcome": r.reason or r.end or "kept"} for r in rows])
     if cfg.output.save_dataset:
         save_dataset(out / "preferences", prefs, PREF_COLUMNS)
         save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
@@ -125,6 +149,7 @@ def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, created
         "rows": len(rows),
         "kept": len(prefs),
         "rejected": len(rejected),
+        "no_violation": len(unpaired),
         "model": cfg.model.name,
         "constitution": const.ref,
         "created_at": created,

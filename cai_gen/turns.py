@@ -32,11 +32,17 @@ def critique_turn(c: Constitution, pid: str, rnd: int) -> dict:
     return {"role": "user", "content": render("critique", request=c.principle(pid).critique, principle_id=pid, round=rnd)}
 
 
-def revision_turn(c: Constitution, pid: str, rnd: int) -> dict:
-    return {"role": "user", "content": render("revision", request=c.principle(pid).revision, principle_id=pid, round=rnd)}
+def revision_turn(c: Constitution, pid: str, rnd: int, style: str = "free") -> dict:
+    return {"role": "user", "content": render("revision", request=c.principle(pid).revision, principle_id=pid,
+                                              round=rnd, minimal=style == "minimal")}
 
 
-def few_shot_turns(c: Constitution, k: int) -> list[dict]:
+def gate_turn(c: Constitution, pid: str) -> dict:
+    """The gate's question after a critique (a side request: never part of the row's history)."""
+    return {"role": "user", "content": render("gate", request=c.principle(pid).critique.strip(), principle_id=pid)}
+
+
+def few_shot_turns(c: Constitution, k: int, style: str = "free") -> list[dict]:
     """The first k few-shot examples as whole CAI conversations. Fixed for the run (not per row), so every
     critique/revision request shares this prefix and vLLM's prefix cache computes it once."""
     turns: list[dict] = []
@@ -46,7 +52,7 @@ def few_shot_turns(c: Constitution, k: int) -> list[dict]:
             {"role": "assistant", "content": ex.response},
             critique_turn(c, ex.principle, 1),
             {"role": "assistant", "content": ex.critique},
-            revision_turn(c, ex.principle, 1),
+            revision_turn(c, ex.principle, 1, style),
             {"role": "assistant", "content": ex.revision},
         ]
     return turns

@@ -50,7 +50,7 @@ def test_every_config_knob_is_commented():
 
 @pytest.mark.parametrize("override,field", [
     ("samples=0", "samples"), ("rounds=-1", "rounds"), ("limit=0", "limit"),
-    ("sampling.temperature=[1.0,0.5]", "sampling.temperature"), ("filters.max_similarity=2", "filters.max_similarity"),
+    ("sampling.temperature=[1.0,0.5]", "sampling.temperature"), ("filters.min_edit=2", "filters.min_edit"),
     ("+typo_knob=3", "typo_knob"),
 ])
 def test_bad_values_name_the_field(override, field):

@@ -38,7 +38,7 @@ def test_real_pipeline_shares_few_shot_prefix_and_keeps_text_as_data(vllm_backen
         ["What is {{ 7*7 }} in my invoice total {% if x %}?", "Where is my order #{{ order }}?"])) + "\n")
     cfg = make_cfg("backend.enforce_eager=true", f"prompts.path={f}", "samples=2",
                    "sampling.max_tokens.respond=48", "sampling.max_tokens.critique=32",
-                   "sampling.max_tokens.revise=48", "filters.drop_truncated=false")
+                   "sampling.max_tokens.revise=48", "filters.truncated_original=keep", "filters.truncated_revision=keep")
     s = pipeline.run(cfg, tmp_path / "out", backend=vllm_backend)
     assert s["rows"] == 4
     trace = [json.loads(l) for l in (tmp_path / "out" / "trace.jsonl").read_text().splitlines()]
@@ -50,7 +50,7 @@ def test_real_pipeline_shares_few_shot_prefix_and_keeps_text_as_data(vllm_backen
 
 def test_same_seed_same_choices_on_real_engine(vllm_backend, tmp_path):
     cfg = make_cfg("limit=2", "samples=2", "sampling.max_tokens.respond=32", "sampling.max_tokens.critique=24",
-                   "sampling.max_tokens.revise=32", "filters.drop_truncated=false")
+                   "sampling.max_tokens.revise=32", "filters.truncated_original=keep", "filters.truncated_revision=keep")
     rows = []
     for k in "ab":
         pipeline.run(cfg, tmp_path / k, backend=vllm_backend)
@@ -83,7 +83,7 @@ def test_real_judge_pass_uses_structured_outputs(vllm_backend, tmp_path):
     from cai_gen.judge import CHOICES, OUTCOMES
 
     cfg = make_cfg("judge=self", "limit=3", "samples=2", "sampling.max_tokens.respond=48",
-                   "sampling.max_tokens.critique=32", "sampling.max_tokens.revise=48", "filters.drop_truncated=false")
+                   "sampling.max_tokens.critique=32", "sampling.max_tokens.revise=48", "filters.truncated_original=keep", "filters.truncated_revision=keep")
     s = pipeline.run(cfg, tmp_path, backend=vllm_backend)
     prefs = [json.loads(l) for l in (tmp_path / "preferences.jsonl").read_text().splitlines()]
     rej = [json.loads(l) for l in (tmp_path / "rejected.jsonl").read_text().splitlines()]
@@ -94,3 +94,21 @@ def test_real_judge_pass_uses_structured_outputs(vllm_backend, tmp_path):
         assert set(v) == {"original_first", "revision_first"} and set(v.values()) <= set(CHOICES)
         assert r["judge"]["outcome"] in OUTCOMES and r["judge"]["outcome"] != "unparsed"
     assert s["report"]["judge"]["judged"] == len(judged) == s["stages"]["judge"]["rows"] // 2
+
+
+def test_gate_is_a_forced_choice_with_p_yes(vllm_backend):
+    """The gate's request on the real engine: the answer is exactly YES or NO (structured outputs), and the first
+    token's log-probs give P(YES) + P(NO) = 1, with the greedy answer the more likely one."""
+    from cai_gen import constitution, turns
+
+    c = constitution.load("customer_service")
+    conv = [{"role": "user", "content": "Can you promise my package arrives before Friday?"},
+            {"role": "assistant", "content": "Yes, I guarantee it will arrive on Thursday, no matter what."},
+            turns.critique_turn(c, "no_false_promises", 1),
+            {"role": "assistant", "content": "The response guarantees a delivery date that support cannot control."},
+            turns.gate_turn(c, "no_false_promises")]
+    gens = vllm_backend.generate([conv] * 2, [Params(0.0, 1.0, 4, i, ("YES", "NO")) for i in range(2)])
+    for g in gens:
+        assert g.text in ("YES", "NO") and g.probs is not None
+        assert abs(g.probs["YES"] + g.probs["NO"] - 1) < 1e-6
+        assert (g.probs["YES"] >= 0.5) == (g.text == "YES")

@@ -20,6 +20,86 @@ def test_real_answers_are_left_alone(text):
     assert quality.strip_preface(text) == (text, False)
 
 
+# Revisions SmolLM2-135M wrote in the default run (issue 12's blind read), and answers that must pass.
+META = [
+    "The customer's request was ambiguous, but the assistant's last response asked a specific question that should help.",
+    "The customer wants to know what they can do to stay ahead, and what they have options to choose from.",
+    "The assistant's last response aimed to address the most likely meaning of an ambiguous or missing detail",
+    "The assistant can only provide what they have to disclose that they have made exceptions",
+    "The point is that the assistant can also stand behind what it does not know.",
+    "I understand, the user wants a refund but also wants to keep the item.",
+    "The revised response is more polite.",
+    "In the revised response, I removed the guarantee.",
+    "You're right, I should not promise that.",
+]
+NOT_META = [
+    "The answer is 42 because the order total includes shipping.",
+    "Your answer will reach billing today, and they reply within two working days.",
+    "You are right to be worried: an unknown charge should be checked.",
+    "This response time is usually 2 days.",
+    "The customer service team can look at this: open a ticket from your order page.",
+    "I'm sorry your refund hasn't shown up yet. Refunds usually take 5-10 business days to reach your card.",
+]
+
+
+@pytest.mark.parametrize("text", META)
+def test_meta_revisions_are_caught(text):
+    assert quality.check_revision(text, "unrelated critique words here", 0.6) == "revision_is_meta"
+
+
+@pytest.mark.parametrize("text", NOT_META)
+def test_answers_are_not_meta(text):
+    assert quality.check_revision(text, "unrelated critique words here", 0.6) is None
+
+
+@pytest.fixture(scope="module")
+def filters():
+    from cai_gen import constitution
+    from cai_gen.config import FiltersCfg
+    return quality.Filters(FiltersCfg(), constitution.load("customer_service"))
+
+
+def test_few_shot_copies_are_caught_in_revision_and_critique(filters):
+    pasted = ("You can cancel any time under Account > Subscriptions > Cancel subscription; you keep access until "
+              "the end of the current billing period. If you prefer next-day shipping, choose it at checkout.")
+    assert filters.revision(pasted, "crit", "clarify_ambiguity", "I want the cheapest shipping") == "copies_few_shot"
+    crit = ("The response guarantees a same-day refund and says refunds are \"always\" processed within hours, "
+            "which is wrong here.")
+    assert filters.critique(crit) == "copies_few_shot"
+    # short shared phrases are normal language, not copies
+    own = "You can cancel any time from your account page; tell me which plan you mean."
+    assert filters.revision(own, "crit", "clarify_ambiguity", "Cancel my plan") is None
+    assert filters.critique("The response guarantees a refund it cannot promise and skips the claim steps.") is None
+
+
+def test_leaked_instruction_and_self_reference(filters):
+    leak = "Sure thing. It only commits to what support can actually do, and describes the rest as the next step."
+    assert filters.revision(leak, "crit", "no_false_promises", "Where is my refund?") == "leaked_instruction"
+    assert filters.revision("Rewrite: your order ships tomorrow.", "crit", "no_false_promises", "Where?") \
+        == "leaked_instruction"
+    fine = "I can't promise a date, but the order page shows each update as it happens."
+    assert filters.revision(fine, "crit", "no_false_promises", "Where is my refund?") is None
+    signed = "Your refund is on its way; the order page shows each step.\n\nBest, SmolLM (Hugging Face)"
+    assert filters.revision(signed, "crit", "tone_and_empathy", "Where is my refund?") == "self_reference"
+    # a name the user brought up is not a self-reference
+    assert filters.revision("Yes, we support exports for OpenAI tools.", "crit", "tone_and_empathy",
+                            "Can I export my data to OpenAI tools?") is None
+
+
+def test_trim_cuts_back_to_the_last_whole_sentence_or_line():
+    assert quality.trim("Open Settings. Then choose Orders. Then tap the") == "Open Settings. Then choose Orders."
+    assert quality.trim("Steps:\n1. Open Settings\n2. Choose") == "Steps:\n1. Open Settings"
+    assert quality.trim("no sentence end at all") == ""
+
+
+def test_edit_ratio():
+    assert quality.edit_ratio("a b c d", "a b c d") == 0.0
+    assert quality.edit_ratio("x y z", "a b c") == 1.0
+    assert quality.check_pair("a b c d e f g h i j", "a b c d e f g h i k", 0.05, 1.0)[0] is None
+    assert quality.check_pair("a b c d e f g h i j", "a b c d e f g h i k", 0.2, 1.0)[0] == "too_similar"
+    assert quality.check_pair("x y z w", "a b c d", 0.05, 0.8)[0] == "too_different"
+
+
 def test_revision_checks():
     crit = "The response is rude and promises a refund it cannot guarantee."
     assert quality.check_revision("The revised response is more polite.", crit, 0.6) == "revision_is_meta"
@@ -33,8 +113,8 @@ def test_revision_checks():
 
 def test_pair_and_text_checks():
     assert quality.check_pair("same words", "same words", 0.95)[0] == "identical"
-    assert quality.check_pair("a b c d e f g h i j k l m n o p q r s t u", "a b c d e f g h i j k l m n o p q r s t v", 0.95)[0] == "too_similar"
-    assert quality.check_pair("totally new answer", "the old one", 0.95) == (None, 0.0)
+    assert quality.check_pair("a b c d e f g h i j k l m n o p q r s t u", "a b c d e f g h i j k l m n o p q r s t v", 0.05)[0] == "too_similar"
+    assert quality.check_pair("totally new answer", "the old one", 0.05) == (None, 0.0)
     assert quality.check_text("  ", "stop", "revision", 8, True) == "empty_revision"
     assert quality.check_text("long enough text", "length", "original", 8, True) == "truncated_original"
     assert quality.check_text("long enough text", "length", "original", 8, False) is None

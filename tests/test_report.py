@@ -48,7 +48,7 @@ def check_card_matches_files(out: Path) -> None:
 
 
 def test_card_and_plots_match_the_files(tmp_path):
-    cfg = make_cfg("backend=fake", "judge=self", "limit=6", "samples=3", "filters.max_similarity=0.2")
+    cfg = make_cfg("backend=fake", "judge=self", "limit=6", "samples=3", "filters.min_edit=0.8")
     s = pipeline.run(cfg, tmp_path, backend=FakeBackend("fake", cfg.model.name, judge="first"))
     assert s["reasons"].get("too_similar")  # some pairs filtered, so the filter table and plot have content
     check_card_matches_files(tmp_path)
@@ -84,7 +84,7 @@ def test_report_cli_bad_input_is_one_line(tmp_path, damage):
 
 
 def test_empty_run_still_gets_a_card(tmp_path):
-    cfg = make_cfg("backend=fake", "limit=2", "filters.max_similarity=0.0")
+    cfg = make_cfg("backend=fake", "limit=2", "filters.min_edit=1.0")
     s = pipeline.run(cfg, tmp_path, backend=FakeBackend("fake", cfg.model.name))
     assert s["kept"] == 0
     check_card_matches_files(tmp_path)

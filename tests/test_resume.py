@@ -51,7 +51,7 @@ def test_ledger_reuses_everything_on_rerun(tmp_path):
     assert be2.calls == [] and content(tmp_path) == first  # nothing regenerated, same rows
 
 
-# respond ~1 s, critique ~1 s, revise ~1 s (20 rows x 0.05 s each), then writing
+# respond ~1 s, critique ~1 s, gate ~1 s, revise ~1 s (20 rows x 0.05 s each), then writing
 @pytest.mark.parametrize("kill_after", [0.3, 1.6, 2.6, 3.4])
 def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, kill_after):
     out = tmp_path / "run"
@@ -68,11 +68,11 @@ def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, kill_after):
     assert r.returncode == 0, r.stderr
     got = content(out)
     assert got == clean and len({g[0] for g in got}) == len(got)
-    print(f"killed after {kill_after}s: {done_before} of 60 generations committed")
+    print(f"killed after {kill_after}s: {done_before} of 80 generations committed")
     assert done_before > 0
     # the finished generations were reused, not redone: the ledger holds each request once
     keys = [json.loads(l)["key"] for l in (out / "work" / "generations.jsonl").read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 60
+    assert len(keys) == len(set(keys)) == 80
 
 
 def test_torn_ledger_line_is_dropped(tmp_path):
@@ -80,10 +80,10 @@ def test_torn_ledger_line_is_dropped(tmp_path):
     pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
     led = tmp_path / "work" / "generations.jsonl"
     led.write_bytes(led.read_bytes()[:-25])  # kill -9 in the middle of a write
-    assert len(Ledger(led).done) == 59
+    assert len(Ledger(led).done) == 79
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
-    assert sum(be.calls) == 1 and len(led.read_text().splitlines()) == 60
+    assert sum(be.calls) == 1 and len(led.read_text().splitlines()) == 80
 
 
 def test_changed_config_is_refused_unless_restart(tmp_path):
@@ -97,7 +97,7 @@ def test_changed_config_is_refused_unless_restart(tmp_path):
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(make_cfg("backend=fake", "limit=12", "samples=3", "restart=true", "pipelined=false"), tmp_path,
                  backend=be)
-    assert be.calls == [6, 6, 6]
+    assert be.calls == [6, 6, 6, 6]  # respond, critique, gate, revise for the 2 new prompts x 3
 
 
 def test_resume_knob_continues_a_named_dir(tmp_path):
@@ -114,7 +114,7 @@ def test_kill_9_real_vllm_run_then_resume(tmp_path):
     """The real engine: kill -9 once the first answers are committed (mid-critique), rerun, nothing lost or doubled."""
     out = tmp_path / "run"
     args = ["limit=3", "samples=2", "backend.enforce_eager=true", "sampling.max_tokens.respond=64",
-            "sampling.max_tokens.critique=48", "sampling.max_tokens.revise=64", "filters.drop_truncated=false",
+            "sampling.max_tokens.critique=48", "sampling.max_tokens.revise=64", "filters.truncated_original=keep", "filters.truncated_revision=keep",
             f"hydra.run.dir={out}"]
     cmd = [sys.executable, "-m", "cai_gen", *args]
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -130,7 +130,7 @@ def test_kill_9_real_vllm_run_then_resume(tmp_path):
     assert len(before) >= 6 and not (out / "preferences.jsonl").exists()
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "respond: 6 rows reused" in r.stderr  # pipelined: the rerun reports reuse per stage
+    assert "respond: 6 requests reused" in r.stderr  # pipelined: the rerun reports reuse per stage
     ids = [json.loads(l)["id"] for f in ("preferences.jsonl", "rejected.jsonl") for l in (out / f).read_text().splitlines()]
     assert sorted(ids) == sorted(f"{p}-s{s}" for p in ("acct-1", "acct-2", "acct-3") for s in (0, 1))
     after = [json.loads(l)["key"] for l in led.read_text().splitlines()]

@@ -31,6 +31,9 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens served from the prefix cache, where the engine says
+    # for a request with `choices`: the probability of each choice, where the backend can tell (vLLM log-probs of
+    # the first token, the transformers backend's likelihoods); None otherwise
+    probs: dict[str, float] | None = None
 
 
 OnDone = Callable[[int, Generation], None]
@@ -67,6 +70,71 @@ def generate_queued(backend, convs: list[Conversation], params: list[Params],
             if on_done:
                 on_done(i, gen)
     return out  # type: ignore[return-value]
+
+
+def queued(backend) -> bool:
+    """Can the backend take requests without waiting (submit/poll), so the pipelined schedule can run on it?"""
+    return getattr(backend, "queued", hasattr(backend, "submit"))
+
+
+def choice_probs(first: dict[str, float], choices: tuple[str, ...]) -> dict[str, float] | None:
+    """Each choice's probability from the first generated token's top log-probs ({decoded token: logprob}):
+    a token counts for the one choice it begins (case-insensitive). None when a token begins several choices
+    (the judge's "A HIGH"/"A LOW") or none of the mass fell on a choice."""
+    import math
+
+    mass = dict.fromkeys(choices, 0.0)
+    for tok, lp in first.items():
+        t = tok.strip().upper()
+        hits = [c for c in choices if t and c.upper().startswith(t)]
+        if len(hits) > 1:
+            return None
+        if hits:
+            mass[hits[0]] += math.exp(lp)
+    total = sum(mass.values())
+    return {c: m / total for c, m in mass.items()} if total > 0 else None
+
+
+class Lazy:
+    """A backend that opens its engine on first use: rerunning a finished run dir with other filters, gate or
+    judge actions takes everything from the ledger and never pays for an engine start."""
+
+    def __init__(self, model: str, queued_: bool, open_: Callable[[], Backend]):
+        self.model, self.queued, self._open, self.backend = model, queued_, open_, None
+
+    def _get(self) -> Backend:
+        if self.backend is None:
+            self.backend = self._open()
+        return self.backend
+
+    @property
+    def opened(self) -> bool:
+        return self.backend is not None
+
+    @property
+    def max_model_len(self) -> int:
+        return self._get().max_model_len
+
+    @property
+    def retries(self) -> int:
+        return getattr(self.backend, "retries", 0)
+
+    def count_tokens(self, convs):
+        return self._get().count_tokens(convs)
+
+    def generate(self, convs, params, on_done=None):
+        return self._get().generate(convs, params, on_done)
+
+    def submit(self, convs, params):
+        return self._get().submit(convs, params)
+
+    def poll(self):
+        return self._get().poll()
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
 
 def make_backend(kind: str, model_path: str, model_name: str, opts: dict) -> Backend:

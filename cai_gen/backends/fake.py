@@ -25,9 +25,9 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self, model_path: str, model_name: str, *, mode: str = "good", max_model_len: int = 2048,
-                 delay: float = 0.0, judge: str = "revision"):
+                 delay: float = 0.0, judge: str = "revision", gate: str = "yes"):
         self.model, self.mode, self.max_model_len, self.delay = model_name, mode, max_model_len, delay
-        self.judge = judge
+        self.judge, self.gate = judge, gate
         self.calls: list[int] = []  # batch size of each generate/submit call (tests check stages are batched)
         self.queue: list[tuple[int, Conversation, Params]] = []
         self._next = 0
@@ -46,7 +46,15 @@ class FakeBackend:
                 "tie": "TIE HIGH"}[self.judge]
         return pick if pick in choices else choices[0]
 
+    def _p_yes(self, conv: Conversation) -> float:
+        """The gate: always YES, always NO, or P(YES) from a hash of the conversation (about half NO)."""
+        if self.gate != "mixed":
+            return 1.0 if self.gate == "yes" else 0.0
+        return hashlib.sha256(repr(conv).encode()).digest()[0] / 255
+
     def _text(self, conv: Conversation, p: Params) -> str:
+        if p.choices == ("YES", "NO"):
+            return "YES" if self._p_yes(conv) >= 0.5 else "NO"
         if p.choices:
             return self._verdict(conv, p.choices)
         key = repr(conv) + f"|{p.temperature}|{p.top_p}|{p.seed}"
@@ -75,8 +83,12 @@ class FakeBackend:
     def _one(self, conv: Conversation, p: Params) -> Generation:
         words = self._text(conv, p).split(" ")
         finish = "length" if len(words) > p.max_tokens else "stop"
+        probs = None
+        if p.choices == ("YES", "NO"):
+            y = self._p_yes(conv)
+            probs = {"YES": y, "NO": 1 - y}
         return Generation(" ".join(words[: p.max_tokens]), finish, self.count_tokens([conv])[0],
-                          min(len(words), p.max_tokens))
+                          min(len(words), p.max_tokens), probs=probs)
 
     def submit(self, convs: list[Conversation], params: list[Params]) -> list[int]:
         self.calls.append(len(convs))

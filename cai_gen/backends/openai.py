@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from ..errors import UserError
-from . import Conversation, Generation, OnDone, Params, generate_queued
+from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -107,6 +107,7 @@ class OpenAIBackend:
             elif self.choices_via == "guided_choice":          # older vLLM servers
                 b["guided_choice"] = list(p.choices)
             # "none": a hosted API without constraints; the judge parses the text (unparsed when off-list)
+            b["logprobs"], b["top_logprobs"] = True, 20  # the first token's top log-probs: P(YES) for the gate
         return b
 
     def _request(self, conv: Conversation, p: Params) -> Generation:
@@ -120,7 +121,7 @@ class OpenAIBackend:
             try:
                 r = self.client.post(self.url, json=body)
                 if r.status_code == 200:
-                    return self._parse(r.json())
+                    return self._parse(r.json(), p.choices)
                 if r.status_code not in RETRY_STATUS:
                     raise BackendError(f"backend: {self.url} answered {r.status_code}: {_message(r)}")
                 why = f"{r.status_code} {_message(r)}"
@@ -138,14 +139,17 @@ class OpenAIBackend:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _parse(data: dict) -> Generation:
+    def _parse(data: dict, choices: tuple[str, ...] | None = None) -> Generation:
         ch = data["choices"][0]
+        first = ((ch.get("logprobs") or {}).get("content") or [None])[0]
+        probs = choice_probs({t["token"]: t["logprob"] for t in first.get("top_logprobs") or []}, choices) \
+            if choices and first else None
         usage = data.get("usage") or {}
         cached = ((usage.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0
         return Generation(text=ch["message"].get("content") or "",
                           finish_reason="length" if ch.get("finish_reason") == "length" else "stop",
                           prompt_tokens=usage.get("prompt_tokens", 0),
-                          completion_tokens=usage.get("completion_tokens", 0), cached_tokens=cached)
+                          completion_tokens=usage.get("completion_tokens", 0), cached_tokens=cached, probs=probs)
 
 
 def _message(r) -> str:

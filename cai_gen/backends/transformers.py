@@ -7,6 +7,7 @@ from . import Conversation, Generation, OnDone, Params
 
 class HFBackend:
     name = "transformers"
+    queued = False  # no submit/poll: the staged schedule runs it
 
     def __init__(self, model_path: str, model_name: str, *, dtype: str = "auto", max_model_len: int = 4096,
                  batch_size: int = 16, device: str = "auto", trust_remote_code: bool = False):
@@ -46,7 +47,9 @@ class HFBackend:
             logp = self.lm(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits.log_softmax(-1)
         scores = [sum(float(logp[k, len(prompt) + t - 1, tok]) for t, tok in enumerate(o)) for k, o in enumerate(outs)]
         best = max(range(len(choices)), key=scores.__getitem__)
-        return Generation(choices[best], "stop", len(prompt), len(outs[best]))
+        probs = torch.tensor(scores).softmax(0).tolist()  # each choice's share of the choices' total likelihood
+        return Generation(choices[best], "stop", len(prompt), len(outs[best]),
+                          probs={c: round(q, 6) for c, q in zip(choices, probs)})
 
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
         torch = self.torch

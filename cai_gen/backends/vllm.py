@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from . import Conversation, Generation, OnDone, Params, generate_queued
+from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
 
 
 def _cpu_threads() -> None:
@@ -57,6 +57,7 @@ class VLLMBackend:
         self._tokenized: dict[int, tuple[Conversation, list[int]]] = {}
         self._handle: dict[str, int] = {}            # engine request id (external or internal) -> handle
         self._names: dict[int, tuple[str, str]] = {}  # handle -> both engine ids, to forget them when done
+        self._choices: dict[int, tuple[str, ...]] = {}  # handle -> the choices of a forced-choice request
         self._next = 0
 
     def _ids(self, conv: Conversation) -> list[int]:
@@ -83,8 +84,10 @@ class VLLMBackend:
         for c in convs:
             hit = self._tokenized.pop(id(c), None)
             prompts.append({"prompt_token_ids": hit[1] if hit is not None and hit[0] is c else self._ids(c)})
+        # a forced choice also asks for the first token's top log-probs: P(YES) for the gate's threshold
         sps = [SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens, seed=p.seed,
-                              structured_outputs=StructuredOutputsParams(choice=list(p.choices)) if p.choices else None)
+                              structured_outputs=StructuredOutputsParams(choice=list(p.choices)) if p.choices else None,
+                              logprobs=20 if p.choices else None)
                for p in params]
         base = self.llm.request_counter.counter
         ids = self.llm.enqueue(prompts, sps, use_tqdm=False)
@@ -94,6 +97,8 @@ class VLLMBackend:
         for k, (h, rid) in enumerate(zip(handles, ids)):
             self._handle[str(base + k)] = self._handle[rid] = h
             self._names[h] = (str(base + k), rid)
+            if params[k].choices:
+                self._choices[h] = params[k].choices
         return handles
 
     def poll(self) -> list[tuple[int, Generation]]:
@@ -106,9 +111,12 @@ class VLLMBackend:
             h = self._handle[ro.request_id]
             for name in self._names.pop(h):
                 self._handle.pop(name, None)
+            choices, probs = self._choices.pop(h, None), None
+            if choices and c.logprobs:
+                probs = choice_probs({lp.decoded_token or "": lp.logprob for lp in c.logprobs[0].values()}, choices)
             done.append((h, Generation(text=c.text, finish_reason="length" if c.finish_reason == "length" else "stop",
                                        prompt_tokens=len(ro.prompt_token_ids or []), completion_tokens=len(c.token_ids),
-                                       cached_tokens=ro.num_cached_tokens or 0)))
+                                       cached_tokens=ro.num_cached_tokens or 0, probs=probs)))
         return done
 
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:

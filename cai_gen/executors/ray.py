@@ -2,7 +2,7 @@
 
 The rows go into a Ray Dataset; `map_batches` hands each batch to a replica, an actor that loaded its engine
 once and takes the batch through every stage with the same code as a local run (pipeline.generate: the
-pipelined respond -> critique -> revise -> pair, then the judge when judge=self). So the requests, seeds and
+pipelined respond -> critique -> gate -> revise -> pair, then the judge when judge=self). So the requests, seeds and
 ledger keys are exactly the local run's, and so are the output files. Each replica writes its own ledger
 segment (work/generations-<id>.jsonl) into the run dir, which must be on a filesystem every node sees (NFS,
 Lustre): a killed job resumes on either executor. The driver shows progress and writes the outputs.
@@ -50,7 +50,7 @@ class Replica:
             job = pipeline.Run(self.cfg, self.backend, self.const, self.tracker, self.ledger)
             kept = pipeline.generate(job, rows)
             if self.cfg.judge.enabled and kept:
-                job.judge(kept, self.backend)
+                pipeline.judge(job, kept, self.backend)
         except UserError as e:  # the endpoint gave up, a bad input: the driver says it in one line
             # (returned, not raised: Ray's wrappers would bury the message in a stack of its own)
             return {"row": np.array([b""], dtype=object), "stats": np.array([b""], dtype=object),
