@@ -13,8 +13,10 @@ so its peak RSS (the whole process tree, sampled every 0.2 s) is its own:
            the peer is distilabel's supported vLLM route: its Pipeline of three ChatGeneration steps with
            ClientvLLM against `vllm serve` of the same model on localhost.
 
-Pairs = rows taken through respond, critique and revise (quality filters off for the count: drop_truncated=false,
-so every system does the same work per row); cai_gen's kept pairs after its filters are shown too.
+Pairs = rows taken through respond, critique and revise (quality filters and gate off for the count: truncated
+answers kept, so every system does the same work per row); cai_gen's kept pairs after its filters are shown too.
+Then, on the same engine, cai_gen with its default filters, gate on and gate off: kept pairs and generated
+tokens per kept pair (`cai_gen tokens per kept pair, gate on of gate off: X`).
 Prints a table, the lines `cai_gen vs naive: X` (pairs/min ratio) and `cai_gen tok/s of raw: Y`, then JSON.
 
     .venv/bin/python bench/throughput.py --quick      # < 15 min on 2 CPU cores (eager engine, short answers)
@@ -53,10 +55,13 @@ def write_prompts(n: int, path: Path) -> None:
             f.write(json.dumps({"id": f"{r.id}-x{i // len(base)}", "prompt": r.prompt, "domain": r.domain}) + "\n")
 
 
-def overrides(a, prompts: Path) -> list[str]:
-    return [f"prompts.path={prompts}", f"samples={a.samples}", "filters.truncated_original=keep", "filters.truncated_revision=keep",
-            f"sampling.max_tokens.respond={a.respond}", f"sampling.max_tokens.critique={a.critique}",
-            f"sampling.max_tokens.revise={a.revise}"]
+def overrides(a, prompts: Path, same_work: bool = True) -> list[str]:
+    """same_work: filters relaxed and no gate, so every system takes every row through the same three stages;
+    otherwise cai_gen's defaults (filters, gate), for what a kept pair costs."""
+    common = [f"prompts.path={prompts}", f"samples={a.samples}", f"sampling.max_tokens.respond={a.respond}",
+              f"sampling.max_tokens.critique={a.critique}", f"sampling.max_tokens.revise={a.revise}"]
+    return common + (["filters.truncated_original=keep", "filters.truncated_revision=keep", "gate.enabled=false"]
+                     if same_work else [])
 
 
 # ---------------------------------------------------------------- systems (each runs in a subprocess)
@@ -70,9 +75,14 @@ def sys_engine(a, prompts: Path) -> dict:
     rec, start = start_engine(cfg, a.eager)
     cg = cai_gen_pass(cfg, rec)
     raw = raw_pass(rec, rec.calls)
+    # what a kept pair costs with cai_gen's defaults, gate on and off, on the same engine (own run dirs: no reuse)
+    cost = {}
+    for gate in ("true", "false"):
+        r = cai_gen_pass(compose(*overrides(a, prompts, same_work=False), f"gate.enabled={gate}"), rec)
+        cost[f"gate_{'on' if gate == 'true' else 'off'}"] = r
     rec.inner.close()
     raw["pairs_made"] = cg["pairs_made"]  # the same requests: the same rows through all three stages
-    return {"cai_gen": cg | {"engine_start_s": start}, "raw": raw | {"engine_start_s": start}}
+    return {"cai_gen": cg | {"engine_start_s": start}, "raw": raw | {"engine_start_s": start}, "cost": cost}
 
 
 def sys_naive(a, prompts: Path) -> dict:
@@ -211,6 +221,17 @@ def report(res: dict) -> None:
             print(f"cai_gen vs peer: {cg['pairs_per_min'] / res['peer']['pairs_per_min']:.2f}x pairs/min")
         if "tok_per_s" in res.get("raw", {}):
             print(f"cai_gen tok/s of raw: {cg['tok_per_s'] / res['raw']['tok_per_s']:.2f}")
+    cost = res.get("cost")
+    if cost:
+        print("\ncai_gen with its default filters (what a kept pair costs)   gate on    gate off")
+        on, off = cost["gate_on"], cost["gate_off"]
+        for label, f in (("kept pairs", lambda r: f"{r['pairs']}"), ("generated tokens", lambda r: f"{r['tokens']}"),
+                         ("generated tokens per kept pair", lambda r: f"{r['tokens'] / max(r['pairs'], 1):.0f}"),
+                         ("kept pairs per minute", lambda r: f"{r['pairs'] / r['seconds'] * 60:.2f}")):
+            print(f"{label:58}{f(on):>9}{f(off):>12}")
+        if on["pairs"] and off["pairs"]:
+            print(f"cai_gen tokens per kept pair, gate on of gate off: "
+                  f"{(on['tokens'] / on['pairs']) / (off['tokens'] / off['pairs']):.2f}")
 
 
 def main() -> None:

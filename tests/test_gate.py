@@ -158,3 +158,23 @@ def test_choice_probs_from_first_token_logprobs():
     assert abs(got["YES"] - 0.7 / 0.9) < 1e-9 and abs(got["NO"] - 0.2 / 0.9) < 1e-9
     assert choice_probs({"A": 0.0}, ("A HIGH", "A LOW")) is None  # ambiguous first token
     assert choice_probs({"maybe": 0.0}, ("YES", "NO")) is None
+
+
+def test_revision_style_from_constitution_with_run_override(tmp_path):
+    c = tmp_path / "mine.yaml"
+    base = Path(__file__).resolve().parent.parent / "constitutions" / "customer_service.yaml"
+    c.write_text(f"include: {base}\nname: mine\nrevision_style: minimal\n")
+    line = "Change only what the critique asks for"
+
+    def revise_input(out: Path) -> str:
+        st = next(s for s in jl(out / "trace.jsonl")[0]["stages"] if s["stage"] == "revise")
+        return st["input"][-1]["content"]
+
+    run(tmp_path / "a", f"constitution.path={c}", "limit=1", "samples=1")
+    assert line in revise_input(tmp_path / "a")  # include-merged, the local key wins over the base's free
+    run(tmp_path / "b", f"constitution.path={c}", "revision_style=free", "limit=1", "samples=1")
+    assert line not in revise_input(tmp_path / "b")
+    run(tmp_path / "c", "revision_style=minimal", "limit=1", "samples=1")
+    assert line in revise_input(tmp_path / "c")
+    prefs = jl(tmp_path / "c" / "preferences.jsonl")
+    assert all(0 < p["edit_ratio"] <= 1 and abs(p["edit_ratio"] + p["similarity"] - 1) < 1e-3 for p in prefs)

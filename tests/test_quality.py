@@ -31,6 +31,8 @@ META = [
     "The revised response is more polite.",
     "In the revised response, I removed the guarantee.",
     "You're right, I should not promise that.",
+    "The response treats every promise as a promise and ignores it as a guarantee.",
+    "The key to effective response is to make sure that there's an opportunity for the user to understand it.",
 ]
 NOT_META = [
     "The answer is 42 because the order total includes shipping.",
@@ -39,6 +41,7 @@ NOT_META = [
     "This response time is usually 2 days.",
     "The customer service team can look at this: open a ticket from your order page.",
     "I'm sorry your refund hasn't shown up yet. Refunds usually take 5-10 business days to reach your card.",
+    "The response team replies within a day; the user manual also covers this under Settings.",
 ]
 
 
@@ -108,6 +111,11 @@ def test_revision_checks():
     assert quality.check_revision("It is rude and promises a refund it cannot guarantee today.", crit, 0.6) \
         == "revision_echoes_critique"
     assert quality.check_revision("It's not supported. " * 10, crit, 0.6) == "repetitive_revision"
+    filler = ("I can help you with your request. I'm here to help. If you need assistance, just let me know. "
+              "I'm here to help. If you're dealing with a problem, tell me what's going on. I'm here to help.")
+    assert quality.check_revision(filler, crit, 0.6) == "repetitive_revision"  # SmolLM2's filler, said 3 times
+    twice = "I'm here to help. Open Settings, then Orders, then pick the order. I'm here to help."
+    assert quality.check_revision(twice, crit, 0.6) is None
     assert quality.check_revision("Open a claim from your order page; we will update you there.", crit, 0.6) is None
 
 
