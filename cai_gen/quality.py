@@ -12,6 +12,8 @@ import re
 from collections import Counter
 from difflib import SequenceMatcher
 
+from .turns import render
+
 # A leading line that announces a revision instead of being one. Stripped when what follows is a real answer.
 PREFACE = re.compile(
     r"^\s*(?:\*\*)?(?:"
@@ -175,10 +177,9 @@ class Filters:
             for ex in const.few_shot:
                 for t in (ex.response, ex.critique, ex.revision):
                     self.few_shot |= ngrams(t, n)
-        # "Reply with the rewritten response only" is the template's own line: also an instruction
-        self.instruction = {p.id: ngrams(p.revision + "\nReply with the rewritten response only, written directly "
-                                         "to the user. Change only what the critique asks for.", m) if m else set()
-                            for p in const.principles}
+        # the whole revision turn as sent (principle request + the template's own lines, minimal style included)
+        self.instruction = {p.id: ngrams(render("revision", request=p.revision, principle_id=p.id, round=1,
+                                                minimal=True), m) if m else set() for p in const.principles}
 
     def critique(self, text: str) -> str | None:
         if len(text) < self.cfg.min_chars:
@@ -199,3 +200,19 @@ class Filters:
         if self.cfg.self_reference and self_reference(text, prompt):
             return "self_reference"
         return None
+
+
+def length_balance(pairs: list[tuple[str, int, int]], seed: int, band: float = 0.05) -> set[str]:
+    """Ids to drop so the share of pairs whose chosen answer is longer (words) lands within 0.5 +- band:
+    the fewest pairs of the majority side go, picked by a seeded hash of the id (the same pairs on every rerun).
+    `pairs`: (id, chosen words, rejected words)."""
+    import hashlib
+
+    longer = [i for i, c, r in pairs if c > r]
+    other = [i for i, c, r in pairs if c <= r]
+    big, small = (longer, other) if len(longer) > len(other) else (other, longer)
+    keep = int((0.5 + band) / (0.5 - band) * len(small))  # the most of the majority the band allows
+    if len(big) <= keep:
+        return set()
+    order = sorted(big, key=lambda i: hashlib.sha256(f"{seed}:balance:{i}".encode()).hexdigest())
+    return set(order[: len(big) - keep])

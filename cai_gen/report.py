@@ -82,8 +82,9 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
          + (" (swapped where the judge preferred the original)." if cfg.get("judge", {}).get("on_disagrees") == "swap"
             and cfg["judge"].get("enabled") else "."), "",
          "## Load it", "", "```python", "from datasets import load_from_disk",
-         "ds = load_from_disk('preferences')  # or load_dataset('json', data_files='preferences.jsonl')",
-         "# TRL: DPOTrainer(model, args, train_dataset=ds, processing_class=tok)  (ORPO, KTO: see kto.jsonl)", "```", "",
+         "ds = load_from_disk('preferences')  # train_prefs, test_prefs, train_sft, test_sft (prompt-disjoint)",
+         "# TRL: DPOTrainer(model, args, train_dataset=ds['train_prefs'], eval_dataset=ds['test_prefs'], processing_class=tok)",
+         "# SFTTrainer: ds['train_sft']; KTOTrainer: load_from_disk('kto')['train']", "```", "",
          "## Counts", ""]
     rows = [["prompts", summary.get("prompts", "")], ["rows (prompt x sample)", summary["rows"]],
             ["pairs kept", st["kept"]], ["no violation (gate said NO; original kept as SFT and KTO desirable)",
@@ -114,10 +115,15 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
               f"{st['reward']['below_threshold']} pairs under the threshold."]
     if st.get("review"):
         L += review_section(st["review"])
+    if st.get("eval"):
+        L += eval_section(st["eval"])
     L += ["", "## Length (length bias is a known DPO failure)", ""]
     L += _md_table(["", "mean words", "median words", "p90 words", "mean chars"],
                    [[k, lw[k]["mean"], lw[k]["median"], lw[k]["p90"], lc[k]["mean"]] for k in ("chosen", "rejected")])
-    L += ["", f"Chosen is longer than rejected in {_pct(st['chosen_longer'])} of pairs.", "",
+    L += ["", f"Chosen is longer than rejected in {_pct(st['chosen_longer'])} of pairs; \"the longer answer is "
+          f"chosen\" alone scores {_pct(st['length_only_accuracy'])} accuracy; Cohen's d of chosen vs rejected length "
+          f"(words) {st['cohen_d']}. Near 50% and near 0 mean length cannot stand in for content "
+          "(`output.length_balance=match` subsamples to that).", "",
           "## Similarity of revision to original", ""]
     s = st["similarity"]
     L += _md_table(["", "pairs", "mean", "median", "p10", "p90"],
@@ -141,6 +147,28 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
           "- `summary.json` (counts and these statistics), `config.json`, `constitution.json`, `.hydra/`: the exact setup", "",
           "## Config", "", "```json", json.dumps(cfg, indent=2), "```", ""]
     return "\n".join(L)
+
+
+def eval_section(e: dict) -> list[str]:
+    L = ["", "## Does it teach?", "", f"`python -m cai_gen.evaluate` trained DPO from `{e['model']}` on `train_prefs` "
+         f"({e['n_train']} pairs) and tested on the prompt-disjoint `test_prefs` ({e['n_test']} pairs).", "",
+         f"**Verdict: {e['verdict']}.**", ""]
+    if "accuracy" not in e:
+        return L
+    c = e["controls"]
+    rows = [["DPO on this data", e["accuracy"], e["accuracy_ci"], e["margin"]],
+            ["reference model, summed log-prob", c["reference"]["accuracy"], "", ""],
+            ["reference model, per-token log-prob", c["reference"]["accuracy_per_token"], "", ""],
+            ["length only (longer is chosen)", c["length_only"]["accuracy"], "", ""]]
+    if "shuffled" in c:
+        rows.append(["DPO on shuffled labels", c["shuffled"]["accuracy"], "", c["shuffled"]["margin"]])
+    L += _md_table(["", "preference accuracy", "95% CI", "mean reward margin"], rows)
+    cf = e["config"]
+    L += ["", f"Training: {cf['steps']} steps, lr {cf['lr']}, beta {cf['beta']}, loss `{cf['loss_type']}`, "
+          f"{'LoRA r=' + str(cf['lora_r']) if cf['lora'] else 'full fine-tune'}, {cf['dtype']} on {cf['device']}; "
+          f"{e['timing']['total_s']} s in all. Accuracy CI by bootstrap over test pairs; a control is beaten when "
+          "the CI's lower end is above it.", "", "![Does it teach?](eval/eval.png)"]
+    return L
 
 
 def gate_section(g: dict) -> list[str]:

@@ -28,6 +28,14 @@ def describe(xs: list[float]) -> dict:
             "p10": q(0.1), "p90": q(0.9)}
 
 
+def cohen_d(a: list[float], b: list[float]) -> float | None:
+    """(mean a - mean b) / pooled standard deviation; None when it is undefined."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    sd = ((statistics.variance(a) * (len(a) - 1) + statistics.variance(b) * (len(b) - 1)) / (len(a) + len(b) - 2)) ** 0.5
+    return round((statistics.fmean(a) - statistics.fmean(b)) / sd, 3) if sd else None
+
+
 def text(msgs: list[dict]) -> str:
     return msgs[-1]["content"] if msgs else ""
 
@@ -95,6 +103,10 @@ def compute(out: Path) -> dict:
         "length_chars": {"chosen": describe([len(t) for t in chosen]), "rejected": describe([len(t) for t in rej])},
         # length bias check: DPO learns "longer is better" when chosen is systematically longer
         "chosen_longer": round(sum(c > r for c, r in zip(cw, rw)) / len(prefs), 4) if prefs else None,
+        # what "the longer answer is chosen" alone scores (ties half), and the length gap in pooled SDs
+        "length_only_accuracy": round(sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(cw, rw))
+                                      / len(prefs), 4) if prefs else None,
+        "cohen_d": cohen_d(cw, rw),
         "similarity": {"kept": describe(sims_kept), "filtered": describe(sims_dropped),
                        "bins": SIM_BINS, "hist_kept": histogram(sims_kept, SIM_BINS),
                        "hist_filtered": histogram(sims_dropped, SIM_BINS)},
@@ -103,6 +115,8 @@ def compute(out: Path) -> dict:
                                                                         if "reward_margin_low" in p.get("flags", [])
                                                                         or p.get("reason") == "reward_margin_low")}
         if margins else None,
+        # written by `python -m cai_gen.evaluate` (does DPO on the data beat the controls?)
+        "eval": json.loads((out / "eval" / "eval.json").read_text()) if (out / "eval" / "eval.json").is_file() else None,
         # written by `python -m cai_gen.review merge` (counts and agreement of the expert verdicts)
         "review": json.loads((out / "reviewed" / "review.json").read_text()) if (out / "reviewed" / "review.json").is_file()
         else None,

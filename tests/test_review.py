@@ -308,8 +308,9 @@ def test_merge_applies_each_verdict(run_dir):
     card = (run_dir / "README.md").read_text()
     assert "## Expert review" in card and "**25.0%**" in card and f"Cohen's kappa {ag['kappa']}" in card
     import datasets
-    ds = datasets.load_from_disk(str(run_dir / "reviewed" / "preferences"))
-    assert len(ds) == len(out) and {"expert_reviewed", "reviewer", "reviewed_at", "verdict"} <= set(ds.column_names)
+    d = datasets.load_from_disk(str(run_dir / "reviewed" / "preferences"))
+    assert len(d["train_prefs"]) + len(d["test_prefs"]) == len(out)
+    assert {"expert_reviewed", "reviewer", "reviewed_at", "verdict"} <= set(d["train_prefs"].column_names)
 
 
 def test_verdicts_on_changed_text_are_not_applied(run_dir):

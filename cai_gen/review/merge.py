@@ -25,6 +25,10 @@ from .route import text
 COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict"]
 
 
+def cfg_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+
+
 def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
     """(verdict, reviewers who gave it, their latest vote) by majority; None on a tie."""
     counts = Counter(v["verdict"] for v in votes.values()).most_common()
@@ -118,15 +122,16 @@ def apply(run_dir: Path) -> dict:
     orphans = sorted(set(cur) - {p["id"] for p in prefs})
     out = run_dir / "reviewed"
     out.mkdir(exist_ok=True)
+    rows = store.with_splits(rows, (cfg_of(run_dir).get("output") or {}).get("test_size", 0.1))
     kto = [k for r in rows for k in store.kto_rows(r)]
+    sft = store.sft_rows(rows, [])
     store.write_jsonl(out / "preferences.jsonl", rows)
     store.write_jsonl(out / "kto.jsonl", kto)
     store.write_jsonl(out / "dropped.jsonl", dropped)
     store.write_jsonl(out / "disputed.jsonl", disputed)
-    cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-    if cfg.get("output", {}).get("save_dataset", True):
-        store.save_dataset(out / "preferences", rows, store.PREF_COLUMNS + COLUMNS)
-        store.save_dataset(out / "kto", kto, ["prompt", "completion", "label", "id", "domain", "created_at"])
+    store.write_jsonl(out / "sft.jsonl", sft)
+    if cfg_of(run_dir).get("output", {}).get("save_dataset", True):
+        store.save_splits(out, rows, sft, kto, store.PREF_COLUMNS + COLUMNS)
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},

@@ -1,0 +1,290 @@
+"""Does the data teach? Train DPO on a run's train_prefs, test on its (prompt-disjoint) test_prefs, against controls.
+
+    python -m cai_gen.evaluate RUN_DIR [--steps 40] [--lr 5e-6] [--beta 0.1] [--loss-type sigmoid] [--lora] ...
+    python -m cai_gen.evaluate RUN_DIR --preset gpu_8b_lora          # an 8B model on a GPU: LoRA (peft), bf16
+
+The model starts as the run's own generator (config.json), or --model DIR. On test_prefs it reports preference
+accuracy (the implicit reward beta * (log pi - log pi_ref) of chosen above rejected's) and the mean reward margin,
+each with a bootstrap 95% CI, against three controls:
+  reference   the model before training ranking the pair by its own log-probs (summed, and per token)
+  length_only "the longer answer is chosen" (DPO learns length when it can: SimPO, LD-DPO exist because of it)
+  shuffled    the same training on labels swapped for a random half of the pairs (should stay near 50%)
+Writes RUN_DIR/eval/eval.json and eval.png, and the card's "Does it teach?" section. Exit 2 on bad input or
+too few test pairs (with how many are needed), 0 otherwise whatever the verdict.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+PRESETS = {
+    # the default model on a CPU: full fine-tune, a few minutes for a default-size run
+    "cpu_small": dict(steps=40, lr=5e-6, beta=0.1, batch_size=4, max_length=512, lora=False, dtype="float32"),
+    # an 8B model on one GPU: LoRA adapters (peft), bf16; the reference is the base with adapters off
+    "gpu_8b_lora": dict(steps=200, lr=5e-5, beta=0.1, batch_size=8, max_length=1024, lora=True, dtype="bfloat16"),
+}
+MIN_TEST = 10
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + error over two)
+        print(f"cai_gen.evaluate: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = Parser(prog="python -m cai_gen.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="a finished run dir (with preferences/)")
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu_small", help="knob defaults (cpu_small)")
+    p.add_argument("--model", help="model dir or hub id to start from (default: the run's own model)")
+    p.add_argument("--steps", type=int, help="DPO optimizer steps")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--beta", type=float, help="DPO beta (also scales the implicit reward)")
+    p.add_argument("--loss-type", default="sigmoid", help="TRL DPO loss_type: sigmoid, ipo, apo_zero, ...")
+    p.add_argument("--batch-size", type=int, help="pairs per step")
+    p.add_argument("--max-length", type=int, help="tokens per prompt + answer")
+    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None, help="train LoRA adapters (peft)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="training dtype")
+    p.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0, help="seeds training, the label shuffle and the bootstrap")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--min-test", type=int, default=MIN_TEST, help="fewest test pairs for a verdict")
+    p.add_argument("--test-size", type=float,
+                   help="re-split by prompt-id hash with this test share (prompt-disjoint) instead of the run's split")
+    p.add_argument("--no-shuffled", dest="shuffled", action="store_false", help="skip the shuffled-label control")
+    a = p.parse_args(argv)
+    for k, v in PRESETS[a.preset].items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    for k in ("steps", "batch_size", "max_length", "bootstrap", "min_test", "lora_r"):
+        if getattr(a, k) <= 0:
+            p.error(f"--{k.replace('_', '-')}: must be > 0, got {getattr(a, k)}")
+    if a.test_size is not None and not 0 < a.test_size < 1:
+        p.error(f"--test-size: must be between 0 and 1, got {a.test_size}")
+    return a
+
+
+def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dict]]:
+    """(train, test) preference rows of a run dir, prompt-disjoint."""
+    from . import store
+
+    f = run / "preferences.jsonl"
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run dir")
+    if not f.is_file() or not (run / "preferences").is_dir():
+        raise UserError(f"{run}: no preferences (not a finished cai_gen run dir)")
+    from .yamlio import read_jsonl
+
+    rows = [r for _, r in read_jsonl(f)]
+    if test_size is not None:
+        rows = [{**r, "split": store.row_split({"id": r["id"]}, test_size)} for r in rows]
+    else:
+        rows = store.with_splits(rows, 0.1)
+    return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "test"]
+
+
+def run_model(run: Path, explicit: str | None) -> tuple[str, str]:
+    """(path to load, name) of the model to start from: --model, else the run's own generator."""
+    from .models import resolve
+
+    if explicit:
+        return explicit, explicit
+    try:
+        m = json.loads((run / "config.json").read_text())["model"]
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{run}/config.json: cannot tell the run's model; pass --model DIR") from None
+    try:
+        return resolve(m.get("source"), m.get("path"), m.get("cache_dir")), m["name"]
+    except UserError as e:
+        raise UserError(f"{run}: the run's model {m.get('name')!r} is not available here ({e}); pass --model DIR") \
+            from None
+
+
+def text(msgs: list[dict]) -> str:
+    return msgs[-1]["content"]
+
+
+def bootstrap(xs: list[float], n: int, seed: int) -> tuple[float, list[float]]:
+    """Mean and percentile 95% CI of the mean over n resamples."""
+    import numpy as np
+
+    a = np.asarray(xs, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = a[rng.integers(0, len(a), size=(n, len(a)))].mean(axis=1)
+    return float(a.mean()), [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
+def logps(model, tok, rows: list[dict], max_length: int, device: str) -> list[tuple[float, int, float, int]]:
+    """Per pair: (sum log p(chosen), chosen tokens, sum log p(rejected), rejected tokens) under `model`."""
+    import torch
+
+    out = []
+    model.eval()
+    with torch.no_grad():
+        for r in rows:
+            res = []
+            for side in ("chosen", "rejected"):
+                p_ids = tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False)
+                ids = tok.apply_chat_template(r["prompt"] + r[side], tokenize=True, return_dict=False)[:max_length]
+                n = max(len(ids) - len(p_ids), 1)
+                x = torch.tensor([ids], device=device)
+                lp = model(input_ids=x).logits[0, :-1].float().log_softmax(-1)
+                tgt = x[0, 1:]
+                tok_lp = lp.gather(1, tgt[:, None])[:, 0][len(p_ids) - 1:]
+                res += [float(tok_lp.sum()), n]
+            out.append(tuple(res))
+    return out
+
+
+def train(a, model_path: str, rows: list[dict], out_dir: Path, shuffle: bool):
+    """DPO with TRL on `rows` (labels swapped on a seeded random half when shuffle); returns the trained model."""
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    rng = random.Random(a.seed)
+    data = []
+    for r in rows:
+        c, j = r["chosen"], r["rejected"]
+        if shuffle and rng.random() < 0.5:
+            c, j = j, c
+        data.append({"prompt": r["prompt"], "chosen": c, "rejected": j})
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, a.dtype))
+    peft = None
+    if a.lora:
+        from peft import LoraConfig
+        peft = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                          target_modules="all-linear")
+    args = DPOConfig(output_dir=str(out_dir), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
+                     learning_rate=a.lr, beta=a.beta, loss_type=a.loss_type, max_length=a.max_length,
+                     use_cpu=a.device == "cpu", report_to="none", save_strategy="no", logging_steps=max(1, a.steps // 5),
+                     seed=a.seed, bf16=a.dtype == "bfloat16" and a.device != "cpu")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
+                         peft_config=peft)
+    trainer.train()
+    return trainer.model, tok
+
+
+def evaluate(a) -> dict:
+    try:
+        import trl  # noqa: F401
+        if a.lora:
+            import peft  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"evaluate needs TRL{' and peft' if a.lora else ''} ({e.name} is missing): "
+                        "pip install -e '.[eval]'") from None
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    train_rows, test_rows = load_pairs(a.run, a.test_size)
+    model_path, model_name = run_model(a.run, a.model)
+    n_test, n_train = len(test_rows), len(train_rows)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    a.device = device
+    cfg = {k: getattr(a, k) for k in ("preset", "steps", "lr", "beta", "loss_type", "batch_size", "max_length", "lora",
+                                      "lora_r", "dtype", "device", "seed", "bootstrap", "min_test", "test_size")}
+    res = {"model": model_name, "n_train": n_train, "n_test": n_test, "config": cfg}
+    if n_test < a.min_test or n_train < 1:
+        res["verdict"] = f"too few test pairs: {n_test}, need {a.min_test}" if n_test < a.min_test else \
+            "no training pairs"
+        return res
+    ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
+    res["test_ids"] = ids(test_rows)
+    # controls that need no training
+    lw = [(len(text(r["chosen"]).split()), len(text(r["rejected"]).split())) for r in test_rows]
+    length = [1.0 if c > j else 0.5 if c == j else 0.0 for c, j in lw]
+    ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, a.dtype)).to(device)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_path)
+    t = time.perf_counter()
+    ref = logps(ref_model, tok, test_rows, a.max_length, device)
+    del ref_model
+    timing = {"reference_s": round(time.perf_counter() - t, 1)}
+    ref_sum = [float(c > j) for c, _, j, _ in ref]
+    ref_norm = [float(c / nc > j / nj) for c, nc, j, nj in ref]
+
+    def trained(shuffle: bool) -> tuple[list[float], list[float]]:
+        t1 = time.perf_counter()
+        model, _ = train(a, model_path, train_rows, a.run / "eval" / ("shuffled" if shuffle else "dpo"), shuffle)
+        model.to(device)
+        pol = logps(model, tok, test_rows, a.max_length, device)
+        timing["shuffled_s" if shuffle else "train_s"] = round(time.perf_counter() - t1, 1)
+        margins = [a.beta * ((pc - rc) - (pj - rj)) for (pc, _, pj, _), (rc, _, rj, _) in zip(pol, ref)]
+        return [float(m > 0) for m in margins], margins
+
+    acc, margins = trained(False)
+    res["accuracy"], res["accuracy_ci"] = bootstrap(acc, a.bootstrap, a.seed)
+    res["margin"], res["margin_ci"] = bootstrap(margins, a.bootstrap, a.seed)
+    controls = {"reference": {"accuracy": round(sum(ref_sum) / n_test, 4),
+                              "accuracy_per_token": round(sum(ref_norm) / n_test, 4)},
+                "length_only": {"accuracy": round(sum(length) / n_test, 4)}}
+    if a.shuffled:
+        sacc, smargins = trained(True)
+        controls["shuffled"] = {"accuracy": round(sum(sacc) / n_test, 4), "margin": round(sum(smargins) / n_test, 4)}
+    res["controls"] = controls
+    res["verdict"] = verdict(res)
+    res["accuracy"], res["margin"] = round(res["accuracy"], 4), round(res["margin"], 4)
+    res["timing"] = timing | {"total_s": round(time.perf_counter() - t0, 1)}
+    return res
+
+
+def verdict(res: dict) -> str:
+    """Beats a control when the accuracy CI's lower end is above the control's accuracy."""
+    lo, c = res["accuracy_ci"][0], res["controls"]
+    ref = max(c["reference"]["accuracy"], c["reference"]["accuracy_per_token"])
+    if lo <= c["length_only"]["accuracy"]:
+        return "does not beat the length-only predictor"
+    if lo <= ref:
+        return "does not beat the reference model's own ranking"
+    if "shuffled" in c and lo <= c["shuffled"]["accuracy"]:
+        return "does not beat training on shuffled labels"
+    return "beats every control"
+
+
+def write(run: Path, res: dict) -> None:
+    from . import plots, report
+    from .store import atomic_write
+
+    out = run / "eval"
+    out.mkdir(exist_ok=True)
+    if "accuracy" in res:
+        res["plot"] = plots.evaluation(res, out)
+    atomic_write(out / "eval.json", json.dumps(res, indent=2) + "\n")
+    if (run / "summary.json").is_file():
+        report.build(run)  # the card gains its "Does it teach?" section from eval/eval.json
+
+
+def main(argv: list[str]) -> int:
+    a = parse(argv)
+    try:
+        res = evaluate(a)
+        write(a.run, res)
+    except UserError as e:
+        print(f"cai_gen.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cai_gen.evaluate: interrupted", file=sys.stderr)
+        return 130
+    if "accuracy" not in res:
+        print(f"cai_gen.evaluate: {a.run}: {res['verdict']} (test_prefs has {res['n_test']}; a bigger run, or "
+              f"--test-size to re-split by prompt)", file=sys.stderr)
+        return 2
+    c = res["controls"]
+    print(f"cai_gen.evaluate: {res['verdict']}: accuracy {res['accuracy']:.3f} {res['accuracy_ci']} on {res['n_test']} "
+          f"test pairs (reference {c['reference']['accuracy']:.3f}, length-only {c['length_only']['accuracy']:.3f}"
+          + (f", shuffled {c['shuffled']['accuracy']:.3f}" if "shuffled" in c else "") + f"); {a.run / 'eval'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

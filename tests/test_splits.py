@@ -1,0 +1,84 @@
+"""Prompt-disjoint train/test splits by a hash of the prompt id (fake backend)."""
+import json
+from pathlib import Path
+
+import datasets
+
+from cai_gen import merge, pipeline, store
+from cai_gen.backends.fake import FakeBackend
+
+from .conftest import make_cfg
+
+
+def run(out: Path, *overrides: str, gate: str = "mixed"):
+    cfg = make_cfg("backend=fake", *overrides)
+    return pipeline.run(cfg, out, backend=FakeBackend("fake", cfg.model.name, gate=gate))
+
+
+def jl(p: Path) -> list[dict]:
+    return [json.loads(line) for line in p.read_text().splitlines()]
+
+
+def prompt_of(row_id: str) -> str:
+    return row_id.rsplit("-s", 1)[0]
+
+
+def test_splits_are_prompt_disjoint_and_cover_every_file(tmp_path):
+    run(tmp_path, "samples=3", "output.test_size=0.3")
+    prefs, sft, kto = (jl(tmp_path / f) for f in ("preferences.jsonl", "sft.jsonl", "kto.jsonl"))
+    nv = jl(tmp_path / "no_violation.jsonl")
+    side: dict[str, str] = {}
+    for r in prefs + sft + kto + nv:
+        assert side.setdefault(prompt_of(r["id"]), r["split"]) == r["split"]  # every sample of a prompt: one side
+    assert set(side.values()) == {"train", "test"}
+    d = datasets.load_from_disk(str(tmp_path / "preferences"))
+    assert sorted(d["train_prefs"]["id"]) == sorted(r["id"] for r in prefs if r["split"] == "train")
+    assert sorted(d["test_prefs"]["id"]) == sorted(r["id"] for r in prefs if r["split"] == "test")
+    assert len(d["train_sft"]) + len(d["test_sft"]) == len(prefs) + len(nv)
+    k = datasets.load_from_disk(str(tmp_path / "kto"))
+    assert len(k["train"]) + len(k["test"]) == len(kto) and set(k["test"]["split"]) <= {"test"}
+
+
+def test_a_prompt_keeps_its_side_as_the_set_grows(tmp_path):
+    run(tmp_path / "small", "limit=20", "output.test_size=0.3", gate="yes")
+    run(tmp_path / "big", "output.test_size=0.3", gate="yes")
+    small = {r["id"]: r["split"] for r in jl(tmp_path / "small" / "preferences.jsonl")}
+    big = {r["id"]: r["split"] for r in jl(tmp_path / "big" / "preferences.jsonl")}
+    assert small and all(big[i] == s for i, s in small.items())
+    assert store.split_of("acct-1", 0.0) == "train"  # test_size 0: everything trains
+
+
+def test_shards_merge_into_the_unsharded_split(tmp_path):
+    run(tmp_path / "whole", "output.test_size=0.3", gate="yes")
+    for i in range(2):
+        run(tmp_path / f"s{i}", "output.test_size=0.3", f"shard.index={i}", "shard.count=2", gate="yes")
+    assert merge.main([str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
+    whole = {r["id"]: r["split"] for r in jl(tmp_path / "whole" / "preferences.jsonl")}
+    merged = {r["id"]: r["split"] for r in jl(tmp_path / "m" / "preferences.jsonl")}
+    assert merged == whole
+    d = datasets.load_from_disk(str(tmp_path / "m" / "preferences"))
+    assert sorted(d["test_prefs"]["id"]) == sorted(i for i, s in whole.items() if s == "test")
+
+
+def test_rows_without_a_split_get_it_from_their_prompt_id():
+    rows = store.with_splits([{"id": "acct-1-s0"}, {"id": "acct-1-s1", "split": "test"}], 0.5)
+    assert rows[0]["split"] == store.split_of("acct-1", 0.5) and rows[1]["split"] == "test"
+
+
+def test_length_balance_match_brings_chosen_longer_to_half(tmp_path):
+    from cai_gen import quality
+
+    pairs = [(f"p{i}-s0", 30, 10) for i in range(30)] + [(f"q{i}-s0", 10, 30) for i in range(10)]
+    drop = quality.length_balance(pairs, seed=0)
+    left = [p for p in pairs if p[0] not in drop]
+    share = sum(c > r for _, c, r in left) / len(left)
+    assert 0.45 <= share <= 0.55 and all(i.startswith("p") for i in drop)
+    assert quality.length_balance(pairs, seed=0) == drop and quality.length_balance(pairs, seed=1) != drop
+    assert quality.length_balance(pairs[:10] + pairs[30:40], seed=0) == set()  # already 50%: nothing goes
+    # in a run: the fake revisions are always shorter than their originals, so balancing leaves no pair
+    s = run(tmp_path, "limit=3", "output.length_balance=match", gate="yes")
+    assert s["kept"] == 0 and s["reasons"] == {"length_balance": 6}
+    s = run(tmp_path / "b", "limit=3", gate="yes")
+    assert s["report"]["length_only_accuracy"] == 0.0 and s["report"]["cohen_d"] is None  # constant lengths
+    from cai_gen.stats import cohen_d
+    assert cohen_d([10, 12, 14], [4, 6, 8]) == 3.0 and cohen_d([1, 2], [1, 2]) == 0.0
