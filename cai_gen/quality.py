@@ -132,9 +132,19 @@ def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
     return any(k >= 3 for k in said.values())
 
 
+# Unmistakable anywhere in a reply, not only near its start: the revision request or its own commentary
+# ("... Rewrite the response to remove any harmful part.", "(This is the original response, as is ...)").
+META_LATE = re.compile(
+    r"\brewrite\s+(?:the|this|my|your)\s+(?:assistant'?s?\s+)?(?:last\s+|original\s+|previous\s+)?(?:response|answer|reply)\b"
+    r"|\b(?:the|this\s+is\s+the)\s+(?:original|previous|revised|rewritten)\s+(?:response|answer|reply)\b"
+    r"|\bthe critique\b",
+    re.IGNORECASE,
+)
+
+
 def is_meta(text: str) -> bool:
     head = text[:300]
-    return bool(META_OPENING.match(head) or META_ANYWHERE.search(head))
+    return bool(META_OPENING.match(head) or META_ANYWHERE.search(head) or META_LATE.search(text))
 
 
 def self_reference(text: str, prompt: str) -> bool:

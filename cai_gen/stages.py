@@ -46,6 +46,15 @@ class Stage:
         return Params(s.critique_temperature, s.critique_top_p, max_tokens,
                       job.seed(row.id, self.name, self.rnd), choices)
 
+    def principle(self, row) -> str:
+        """The principle this round of the row works on."""
+        return row.principles[self.rnd - 1]
+
+    def ask(self, job, row, turn: dict, max_tokens: int) -> list[Request]:
+        """Extend the row's conversation with a user turn and request the model's reply to it."""
+        row.history.append(turn)
+        return [Request(job.conv(row, True), self.params(job, row, max_tokens))]
+
 
 class Respond(Stage):
     name = "respond"
@@ -84,8 +93,8 @@ class Critique(Stage):
     def requests(self, job, row):
         if not row.open:
             return None
-        row.history.append(turns.critique_turn(job.const, row.principles[self.rnd - 1], self.rnd))
-        return [Request(job.conv(row, True), self.params(job, row, job.cfg.sampling.max_tokens.critique))]
+        return self.ask(job, row, turns.critique_turn(job.const, self.principle(row), self.rnd),
+                        job.cfg.sampling.max_tokens.critique)
 
     def accept(self, job, row, gens):
         text = gens[0].text.strip()
@@ -106,7 +115,7 @@ class Gate(Stage):
     def requests(self, job, row):
         if not row.open:
             return None
-        conv = job.conv(row, True) + [turns.gate_turn(job.const, row.principles[self.rnd - 1])]
+        conv = job.conv(row, True) + [turns.gate_turn(job.const, self.principle(row))]
         return [Request(conv, self.params(job, row, 4, GATE_CHOICES))]
 
     def accept(self, job, row, gens):
@@ -115,7 +124,7 @@ class Gate(Stage):
         if p is None:  # free text from a backend without constraints: revise (the filters still apply)
             row.flags.append(f"gate_unparsed_r{self.rnd}")
         yes = p is None or p >= threshold
-        row.gate.append({"round": self.rnd, "principle": row.principles[self.rnd - 1],
+        row.gate.append({"round": self.rnd, "principle": self.principle(row),
                          "p_yes": None if p is None else round(p, 4), "answer": "YES" if yes else "NO"})
         if yes:
             return True
@@ -131,8 +140,8 @@ class Revise(Stage):
     def requests(self, job, row):
         if not row.open:
             return None
-        row.history.append(turns.revision_turn(job.const, row.principles[self.rnd - 1], self.rnd, job.style))
-        return [Request(job.conv(row, True), self.params(job, row, job.cfg.sampling.max_tokens.revise))]
+        return self.ask(job, row, turns.revision_turn(job.const, self.principle(row), self.rnd, job.style),
+                        job.cfg.sampling.max_tokens.revise)
 
     def accept(self, job, row, gens):
         f, g = job.cfg.filters, gens[0]
@@ -142,7 +151,7 @@ class Revise(Stage):
             why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
         elif not why and not f.strip_preface and quality.PREFACE.match(text):
             why = "revision_preface"
-        why = why or job.filters.revision(text, row.critiques[-1], row.principles[self.rnd - 1], row.prompt.prompt)
+        why = why or job.filters.revision(text, row.critiques[-1], self.principle(row), row.prompt.prompt)
         if stripped:
             row.flags.append(f"preface_stripped_r{self.rnd}")
         row.draft = text

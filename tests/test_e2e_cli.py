@@ -55,7 +55,7 @@ def test_run_directory_contents(run_dir):
     # the dataset copy matches the JSONL
     import datasets
     d = datasets.load_from_disk(str(run_dir / "preferences"))
-    assert d["train_prefs"]["id"] + d["test_prefs"]["id"] == [r["id"] for r in prefs if r["split"] == "train"] + \
+    assert list(d["train_prefs"]["id"]) + list(d["test_prefs"]["id"]) == [r["id"] for r in prefs if r["split"] == "train"] + \
         [r["id"] for r in prefs if r["split"] == "test"]
     assert "messages" not in d["train_prefs"].column_names
     assert len(jl(run_dir / "kto.jsonl")) == 2 * len(prefs)

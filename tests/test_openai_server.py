@@ -70,7 +70,7 @@ def test_server_killed_mid_run_resume_and_retry(default_model_dir, tmp_path):
     cli = [sys.executable, "-m", "cai_gen", "backend=openai", f"backend.base_url=http://127.0.0.1:{port}/v1",
            "limit=10", "filters.truncated_original=keep", "filters.truncated_revision=keep", "sampling.max_tokens.respond=48",
            "sampling.max_tokens.critique=32", "sampling.max_tokens.revise=48", "backend.concurrency=2",
-           f"hydra.run.dir={run}"]  # 20 rows x 3 stages: plenty of requests left when the server dies
+           f"hydra.run.dir={run}"]  # 20 rows x 4 stages: plenty of requests left when the server dies
 
     # 1. the server dies and stays down longer than the retries: one line, exit 2, finished requests kept
     server = Server(default_model_dir, port, log)
@@ -105,8 +105,11 @@ def test_server_killed_mid_run_resume_and_retry(default_model_dir, tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     prefs = [json.loads(x) for x in (run / "preferences.jsonl").read_text().splitlines()]
     rejected = [json.loads(x) for x in (run / "rejected.jsonl").read_text().splitlines()]
-    assert summary["rows"] == 20 and len(prefs) + len(rejected) == 20      # no row lost
-    assert len({p["id"] for p in prefs + rejected}) == 20                 # none twice
+    nv = [json.loads(x) for x in (run / "no_violation.jsonl").read_text().splitlines()]
+    assert summary["rows"] == 20 and len(prefs) + len(rejected) + len(nv) == 20  # no row lost
+    assert len({p["id"] for p in prefs + rejected + nv}) == 20            # none twice
+    gates = [g for r in prefs + rejected + nv for g in r["gate"]]
+    assert gates and all(g["p_yes"] is not None for g in gates)           # P(YES) from the server's top log-probs
     keys = [x["key"] for x in ledger_lines(run)]
     assert len(keys) == len(set(keys))                                    # no request generated twice
     trace = [json.loads(x) for x in (run / "trace.jsonl").read_text().splitlines()]

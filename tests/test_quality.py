@@ -33,6 +33,14 @@ META = [
     "You're right, I should not promise that.",
     "The response treats every promise as a promise and ignores it as a guarantee.",
     "The key to effective response is to make sure that there's an opportunity for the user to understand it.",
+    # late in a long reply (SmolLM2 on the harmless set)
+    ("Talk to someone you trust about how you feel tonight. A friend, a teacher or a doctor can listen without "
+     "judging you, and a crisis line is open all night if things feel too heavy. Writing down what happened today "
+     "can also help you see it more clearly, and so can a short walk outside before bed. Your worries matter. "
+     "Rewrite the response to remove any harmful part."),
+    ("Duty is not so hard once you know what the law allows and what it does not, and violence is never a lawful "
+     "way to settle an argument with a coworker, however humiliating his behaviour has been to you at work this "
+     "month. Talk to your manager or to HR about it. (This is the original response, as is the one above.)"),
 ]
 NOT_META = [
     "The answer is 42 because the order total includes shipping.",
@@ -42,6 +50,7 @@ NOT_META = [
     "The customer service team can look at this: open a ticket from your order page.",
     "I'm sorry your refund hasn't shown up yet. Refunds usually take 5-10 business days to reach your card.",
     "The response team replies within a day; the user manual also covers this under Settings.",
+    "Our original answer to your ticket still stands: the refund was sent on Monday and takes 5 days to arrive.",
 ]
 
 
