@@ -73,9 +73,10 @@ def test_real_cpu_engine_in_a_ray_replica(tmp_path, default_model_dir):
                    "backend.enforce_eager=true", "sampling.max_tokens.respond=48", "sampling.max_tokens.critique=32",
                    "sampling.max_tokens.revise=48")
     s = pipeline.run(cfg, tmp_path)
-    assert s["rows"] == 4 and s["kept"] + len(files(tmp_path)["rejected.jsonl"]) == 4
+    nv = len((tmp_path / "no_violation.jsonl").read_text().splitlines())
+    assert s["rows"] == 4 and s["kept"] + len(files(tmp_path)["rejected.jsonl"]) + nv == 4
     segs = segments(tmp_path)
-    assert len(segs) == 1 and sum(segs.values()) == s["stages"]["respond"]["rows"] + \
-        s["stages"]["critique r1"]["rows"] + s["stages"]["revise r1"]["rows"]
+    assert len(segs) == 1 and sum(segs.values()) == sum(s["stages"][k]["rows"] for k in
+                                                        ("respond", "critique r1", "gate r1", "revise r1"))
     trace = files(tmp_path)["trace.jsonl"]
     assert all(st["output"].strip() for t in trace for st in t["stages"] if "output" in st)  # real text came back
