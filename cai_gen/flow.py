@@ -30,7 +30,7 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
     bars = [(st.label, len(rows) * st.per_row) if st.engine else None for st in stages]
 
     with job.tracker.flow(bars) as (on_done, left):
-        def leave(k: int, row) -> None:  # the row left at step k: later stages will see one row fewer
+        def leave(k: int) -> None:  # a row left after step k: later stages will see one row fewer
             for j in range(k + 1, len(stages)):
                 left(j, stages[j].per_row)
 
@@ -41,7 +41,7 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
             if st.accept(job, row, gens):
                 ready.append((row, k + 1))
             else:
-                leave(k, row)
+                leave(k)
 
         while ready or pending:
             batch = []  # everything that became ready goes to the engine in one submit
@@ -66,7 +66,7 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                         left(k, st.per_row)
                         ready.append((row, k + 1))
                     else:
-                        leave(k - 1, row)
+                        leave(k - 1)
                     continue
                 keys, gens = found
                 miss = [j for j, g in enumerate(gens) if g is None]
@@ -112,11 +112,11 @@ def staged(job, rows: list, stages: list, backend) -> list:
 
 def _stage(job, st, rows: list, backend) -> list:
     todo = []    # (row, requests, keys, generations)
-    passed = {}  # id(row) -> True: skipped the stage or kept its last revision on overflow
+    passed: set[int] = set()  # id(row): skipped the stage, or kept its last revision on a later-round overflow
     for row in rows:
         reqs = st.requests(job, row)
         if reqs is None:
-            passed[id(row)] = True
+            passed.add(id(row))
             continue
         if not reqs:
             todo.append((row, [], [], []))
@@ -124,7 +124,7 @@ def _stage(job, st, rows: list, backend) -> list:
         found = job.lookup(row, st, reqs, backend)
         if found is None:
             if row.reason is None:
-                passed[id(row)] = True
+                passed.add(id(row))
             continue
         todo.append((row, reqs, *found))
     flat = [(i, j) for i, (_, _, _, gens) in enumerate(todo) for j, g in enumerate(gens) if g is None]
