@@ -193,13 +193,15 @@ def judge(job: Run, rows: list[Row], backend: Backend) -> list[Row]:
     return schedule(job, rows, [stages_mod.Judge(backend.model)], backend)
 
 
-def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, tracker: Tracker) -> list[Row]:
-    """Judge with the generating engine, or close it and load the judge model (two engines rarely fit); the
-    judge engine, too, opens only when a verdict is missing from the ledger."""
+def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: bool, tracker: Tracker) -> list[Row]:
+    """Judge with the generating engine, or close it (when this run opened it: a caller's engine stays theirs)
+    and load the judge model (two engines rarely fit); the judge engine, too, opens only when a verdict is
+    missing from the ledger."""
     jm = cfg.judge.model
     if jm is None:
         return judge(job, kept, backend)
-    backend.close()
+    if own:
+        backend.close()
 
     def load() -> Backend:
         path = resolve(jm.source, jm.path, jm.cache_dir)
@@ -268,7 +270,7 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
             job = Run(cfg, backend, const, tracker, ledger)
             kept = generate(job, rows)
             if cfg.judge.enabled and kept:
-                kept = _judge(job, cfg, kept, backend, tracker)
+                kept = _judge(job, cfg, kept, backend, own, tracker)
         finally:
             ledger.close()
             if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)

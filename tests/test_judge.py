@@ -115,3 +115,17 @@ def test_judge_can_be_added_to_a_finished_run_and_resumes(tmp_path):
     assert be2.calls == [12] and s["report"]["judge"]["judged"] == 6
     be3, _ = run(tmp_path, "limit=3")       # and a rerun reuses the judge verdicts too
     assert be3.calls == []
+
+
+def test_a_separate_judge_model_leaves_the_callers_engine_open(tmp_path):
+    """A caller that passes its own engine (tests, sweeps in one process) keeps it open across a separate judge;
+    only an engine the run opened itself is closed to make room for the judge model."""
+    closed = []
+
+    class Mine(FakeBackend):
+        def close(self):
+            closed.append(self.model)
+
+    cfg = make_cfg("backend=fake", "judge=qwen25_7b", "limit=2")
+    s = pipeline.run(cfg, tmp_path, backend=Mine("fake", cfg.model.name, max_model_len=2048))
+    assert closed == [] and s["report"]["judge"]["judged"] == s["kept"] > 0
