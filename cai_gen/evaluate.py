@@ -87,18 +87,19 @@ def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dic
     if test_size is not None:
         rows = [{**r, "split": store.row_split({"id": r["id"]}, test_size)} for r in rows]
     else:
-        rows = store.with_splits(rows, 0.1)
+        rows = store.with_splits(rows, store.run_test_size(run))
     return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "test"]
 
 
 def run_model(run: Path, explicit: str | None) -> tuple[str, str]:
     """(path to load, name) of the model to start from: --model, else the run's own generator."""
     from .models import resolve
+    from .store import run_config
 
     if explicit:
         return explicit, explicit
     try:
-        m = json.loads((run / "config.json").read_text())["model"]
+        m = run_config(run)["model"]
     except (OSError, ValueError, KeyError):
         raise UserError(f"{run}/config.json: cannot tell the run's model; pass --model DIR") from None
     try:

@@ -53,9 +53,7 @@ def read(run_dir: Path) -> tuple[Path, list[dict]]:
             raise UserError(f"{f}:{n}: not a preference row (no id)")
         rows.append(row)
     # rows keep their split; a run written before splits existed gets its rows' splits from the prompt ids
-    cfg = run_dir / "config.json"
-    test_size = (json.loads(cfg.read_text()).get("output") or {}).get("test_size", 0.1) if cfg.is_file() else 0.1
-    return f, store.with_splits(rows, test_size)
+    return f, store.with_splits(rows, store.run_test_size(run_dir))
 
 
 def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> datetime:

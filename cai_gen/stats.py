@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import judge as judge_mod
+from .store import run_config
 
 SIM_BINS = [i / 10 for i in range(11)]
 
@@ -77,8 +78,7 @@ def compute(out: Path) -> dict:
     prefs = read_jsonl(out / "preferences.jsonl")
     rejected = read_jsonl(out / "rejected.jsonl")
     unpaired = read_jsonl(out / "no_violation.jsonl")
-    cfg = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
-    gate = gate_stats(prefs + rejected + unpaired, (cfg.get("gate") or {}).get("threshold"))
+    gate = gate_stats(prefs + rejected + unpaired, (run_config(out).get("gate") or {}).get("threshold"))
     edits = [p["edit_ratio"] for p in prefs if p.get("edit_ratio") is not None]
     chosen = [text(p["chosen"]) for p in prefs]
     rej = [text(p["rejected"]) for p in prefs]

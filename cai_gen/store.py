@@ -139,6 +139,17 @@ def kto_desirable(u: dict) -> dict:
             "split": u["split"], "completion": [{"role": "assistant", "content": u["original"]}], "label": True}
 
 
+def run_config(run_dir: Path) -> dict:
+    """A run dir's validated config as written (config.json); {} for a dir without one."""
+    f = Path(run_dir) / "config.json"
+    return json.loads(f.read_text()) if f.is_file() else {}
+
+
+def run_test_size(run_dir: Path) -> float:
+    """The test share a run dir was split with (0.1, the default, for runs written before splits existed)."""
+    return (run_config(run_dir).get("output") or {}).get("test_size", 0.1)
+
+
 def with_splits(rows: list[dict], test_size: float) -> list[dict]:
     """Rows read back from files (merges) with their split filled in where an older run had none."""
     return [r if r.get("split") else {**r, "split": row_split(r, test_size)} for r in rows]

@@ -25,10 +25,6 @@ from .route import text
 COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict"]
 
 
-def cfg_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
-
-
 def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
     """(verdict, reviewers who gave it, their latest vote) by majority; None on a tie."""
     counts = Counter(v["verdict"] for v in votes.values()).most_common()
@@ -122,7 +118,7 @@ def apply(run_dir: Path) -> dict:
     orphans = sorted(set(cur) - {p["id"] for p in prefs})
     out = run_dir / "reviewed"
     out.mkdir(exist_ok=True)
-    rows = store.with_splits(rows, (cfg_of(run_dir).get("output") or {}).get("test_size", 0.1))
+    rows = store.with_splits(rows, store.run_test_size(run_dir))
     kto = [k for r in rows for k in store.kto_rows(r)]
     sft = store.sft_rows(rows, [])
     store.write_jsonl(out / "preferences.jsonl", rows)
@@ -130,7 +126,7 @@ def apply(run_dir: Path) -> dict:
     store.write_jsonl(out / "dropped.jsonl", dropped)
     store.write_jsonl(out / "disputed.jsonl", disputed)
     store.write_jsonl(out / "sft.jsonl", sft)
-    if cfg_of(run_dir).get("output", {}).get("save_dataset", True):
+    if store.run_config(run_dir).get("output", {}).get("save_dataset", True):
         store.save_splits(out, rows, sft, kto, store.PREF_COLUMNS + COLUMNS)
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
