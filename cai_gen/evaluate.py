@@ -109,10 +109,6 @@ def run_model(run: Path, explicit: str | None) -> tuple[str, str]:
             from None
 
 
-def text(msgs: list[dict]) -> str:
-    return msgs[-1]["content"]
-
-
 def bootstrap(xs: list[float], n: int, seed: int) -> tuple[float, list[float]]:
     """Mean and percentile 95% CI of the mean over n resamples."""
     import numpy as np
@@ -175,7 +171,7 @@ def train(a, model_path: str, rows: list[dict], out_dir: Path, shuffle: bool):
     trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
                          peft_config=peft)
     trainer.train()
-    return trainer.model, tok
+    return trainer.model
 
 
 def evaluate(a) -> dict:
@@ -187,7 +183,9 @@ def evaluate(a) -> dict:
         raise UserError(f"evaluate needs TRL{' and peft' if a.lora else ''} ({e.name} is missing): "
                         "pip install -e '.[eval]'") from None
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .stats import longer_chosen, text
 
     t0 = time.perf_counter()
     train_rows, test_rows = load_pairs(a.run, a.test_size)
@@ -202,13 +200,8 @@ def evaluate(a) -> dict:
         res["verdict"] = f"too few test pairs: {n_test}, need {a.min_test}" if n_test < a.min_test else \
             "no training pairs"
         return res
-    ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
-    res["test_ids"] = ids(test_rows)
-    # controls that need no training
-    lw = [(len(text(r["chosen"]).split()), len(text(r["rejected"]).split())) for r in test_rows]
-    length = [1.0 if c > j else 0.5 if c == j else 0.0 for c, j in lw]
+    res["test_ids"] = [r["id"] for r in test_rows]
     ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, a.dtype)).to(device)
-    from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model_path)
     t = time.perf_counter()
     ref = logps(ref_model, tok, test_rows, a.max_length, device)
@@ -219,7 +212,7 @@ def evaluate(a) -> dict:
 
     def trained(shuffle: bool) -> tuple[list[float], list[float]]:
         t1 = time.perf_counter()
-        model, _ = train(a, model_path, train_rows, a.run / "eval" / ("shuffled" if shuffle else "dpo"), shuffle)
+        model = train(a, model_path, train_rows, a.run / "eval" / ("shuffled" if shuffle else "dpo"), shuffle)
         model.to(device)
         pol = logps(model, tok, test_rows, a.max_length, device)
         timing["shuffled_s" if shuffle else "train_s"] = round(time.perf_counter() - t1, 1)
@@ -231,7 +224,8 @@ def evaluate(a) -> dict:
     res["margin"], res["margin_ci"] = bootstrap(margins, a.bootstrap, a.seed)
     controls = {"reference": {"accuracy": round(sum(ref_sum) / n_test, 4),
                               "accuracy_per_token": round(sum(ref_norm) / n_test, 4)},
-                "length_only": {"accuracy": round(sum(length) / n_test, 4)}}
+                "length_only": {"accuracy": longer_chosen([len(text(r["chosen"]).split()) for r in test_rows],
+                                                          [len(text(r["rejected"]).split()) for r in test_rows])}}
     if a.shuffled:
         sacc, smargins = trained(True)
         controls["shuffled"] = {"accuracy": round(sum(sacc) / n_test, 4), "margin": round(sum(smargins) / n_test, 4)}

@@ -76,40 +76,33 @@ def judge(st: dict, d: Path) -> str | None:
 
 
 def reward(st: dict, d: Path) -> str | None:
-    m = st["_series"]["margins"]
-    if not m:
+    return _hist(st["_series"]["margins"], 20, 0, d / "reward_margin.png", xlabel="reward(chosen) - reward(rejected)",
+                 ylabel="pairs", title="Reward-model margin")
+
+
+def _hist(xs: list[float], bins, line: float | None, path: Path, **labels) -> str | None:
+    """One histogram (None when there is nothing to plot), with an optional vertical reference line."""
+    if not xs:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(m, bins=20)
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="reward(chosen) - reward(rejected)", ylabel="pairs", title="Reward-model margin")
-    return _save(fig, d / "reward_margin.png")
+    ax.hist(xs, bins=bins)
+    if line is not None:
+        ax.axvline(line, color="k", lw=0.8)
+    ax.set(**labels)
+    return _save(fig, path)
 
 
 def edit_ratio(st: dict, d: Path) -> str | None:
-    e = st["_series"]["edit_ratio"]
-    if not e:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(e, bins=[i / 20 for i in range(21)])
-    ax.set(xlabel="edit ratio (0 = same words, 1 = all new)", ylabel="pairs",
-           title="How much each revision changed its original")
-    return _save(fig, d / "edit_ratio.png")
+    return _hist(st["_series"]["edit_ratio"], [i / 20 for i in range(21)], None, d / "edit_ratio.png",
+                 xlabel="edit ratio (0 = same words, 1 = all new)", ylabel="pairs",
+                 title="How much each revision changed its original")
 
 
 def gate(st: dict, d: Path) -> str | None:
-    p = st["_series"]["p_yes"]
-    if not p:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.hist(p, bins=[i / 20 for i in range(21)])
-    ax.axvline(st["gate"]["threshold"], color="k", lw=0.8)
-    ax.set(xlabel="P(YES): the answer violates the principle", ylabel="gated critiques",
-           title="Gate: P(YES) per critique (line: threshold)")
-    return _save(fig, d / "gate.png")
+    return _hist(st["_series"]["p_yes"], [i / 20 for i in range(21)], st["gate"] and st["gate"]["threshold"],
+                 d / "gate.png", xlabel="P(YES): the answer violates the principle", ylabel="gated critiques",
+                 title="Gate: P(YES) per critique (line: threshold)")
 
 
 def evaluation(res: dict, d: Path) -> str:
@@ -129,9 +122,7 @@ def evaluation(res: dict, d: Path) -> str:
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
     ax.set(ylim=(0, 1), ylabel=f"preference accuracy ({res['n_test']} test pairs)", title=res["verdict"])
     ax.tick_params(axis="x", labelsize=7)
-    path = d / "eval.png"
-    _save(fig, path)
-    return "eval/eval.png"
+    return _save(fig, d / "eval.png")  # "eval/eval.png", relative to the run dir like the card's other plots
 
 
 ALL = [("Length: chosen vs rejected", lengths), ("Similarity", similarity), ("Edit ratio", edit_ratio),

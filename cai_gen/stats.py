@@ -37,6 +37,13 @@ def cohen_d(a: list[float], b: list[float]) -> float | None:
     return round((statistics.fmean(a) - statistics.fmean(b)) / sd, 3) if sd else None
 
 
+def longer_chosen(cw: list[int], rw: list[int]) -> float | None:
+    """What "the longer answer is chosen" alone scores on (chosen, rejected) word counts; ties count half."""
+    if not cw:
+        return None
+    return round(sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(cw, rw)) / len(cw), 4)
+
+
 def text(msgs: list[dict]) -> str:
     return msgs[-1]["content"] if msgs else ""
 
@@ -104,8 +111,7 @@ def compute(out: Path) -> dict:
         # length bias check: DPO learns "longer is better" when chosen is systematically longer
         "chosen_longer": round(sum(c > r for c, r in zip(cw, rw)) / len(prefs), 4) if prefs else None,
         # what "the longer answer is chosen" alone scores (ties half), and the length gap in pooled SDs
-        "length_only_accuracy": round(sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(cw, rw))
-                                      / len(prefs), 4) if prefs else None,
+        "length_only_accuracy": longer_chosen(cw, rw),
         "cohen_d": cohen_d(cw, rw),
         "similarity": {"kept": describe(sims_kept), "filtered": describe(sims_dropped),
                        "bins": SIM_BINS, "hist_kept": histogram(sims_kept, SIM_BINS),
