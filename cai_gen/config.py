@@ -160,6 +160,7 @@ class JudgeCfg(Strict):
     on_tie: Literal["drop", "keep"] = "keep"
     on_inconsistent: Literal["drop", "keep"] = "keep"
     on_low_confidence: Literal["drop", "keep"] = "keep"
+    on_unparsed: Literal["drop", "keep"] = "keep"
 
 
 class RewardCfg(Strict):

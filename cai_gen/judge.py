@@ -47,22 +47,24 @@ def winner(raw: str, order: str) -> tuple[str, str] | None:
 
 
 def outcome(raw_original_first: str, raw_revision_first: str) -> str:
-    """Position bias first (the orders disagree), then confidence, then who won."""
+    """Consistency first (the orders disagree: position bias), then who won, then confidence. Confidence only
+    qualifies a revision win: an original that won both orders is `judge_disagrees` however unsure the judge
+    was, so a LOW never lets a losing revision through as chosen."""
     w1, w2 = winner(raw_original_first, "original_first"), winner(raw_revision_first, "revision_first")
     if w1 is None or w2 is None:
         return "unparsed"
     if w1[0] != w2[0]:
         return "inconsistent"
-    if "LOW" in (w1[1], w2[1]):
-        return "low_confidence"
-    return {"revision": "judge_agrees", "original": "judge_disagrees", "tie": "judge_tie"}[w1[0]]
+    if w1[0] != "revision":
+        return {"original": "judge_disagrees", "tie": "judge_tie"}[w1[0]]
+    return "low_confidence" if "LOW" in (w1[1], w2[1]) else "judge_agrees"
 
 
 def action(outcome_: str, cfg) -> str:
     """'keep', 'drop' or 'swap' for an outcome under the judge config."""
     return {"judge_agrees": "keep", "judge_disagrees": cfg.on_disagrees, "judge_tie": cfg.on_tie,
             "inconsistent": cfg.on_inconsistent, "low_confidence": cfg.on_low_confidence,
-            "unparsed": cfg.on_inconsistent}[outcome_]
+            "unparsed": cfg.on_unparsed}[outcome_]
 
 
 def rates(outcomes: list[str]) -> dict:

@@ -49,6 +49,9 @@ class Handler(BaseHTTPRequestHandler):
                 code = int(action.split(":")[0])
                 hdr = {"Retry-After": action.split(":")[1]} if ":" in action else {}
                 return self._reply(code, {"error": {"message": f"scripted {code}"}}, hdr)
+            words = sum(len(m["content"].split()) for m in body["messages"])
+            if words > s.context_words:  # what vLLM's server answers to a prompt over its context
+                return self._reply(400, {"error": {"message": "This model's maximum context length is exceeded"}})
             if body["model"] != s.served:
                 return self._reply(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
             choices = (body.get("structured_outputs") or {}).get("choice") or body.get("guided_choice")
@@ -79,6 +82,7 @@ class Stub(ThreadingHTTPServer):
         self.auth: list[str | None] = []
         self.script: list[str] = []
         self.down = False
+        self.context_words = 10**9  # prompts over this many words get vLLM's 400 (context length)
         self.inflight = self.max_inflight = self.completed = 0
         threading.Thread(target=self.serve_forever, daemon=True).start()
 

@@ -27,7 +27,10 @@ def jl(p: Path) -> list[dict]:
     ("A HIGH", "B HIGH", "judge_disagrees"),      # original won in both
     ("A HIGH", "A HIGH", "inconsistent"),         # always the first answer: position bias
     ("B HIGH", "B LOW", "inconsistent"),          # always the second answer
-    ("B HIGH", "A LOW", "low_confidence"),
+    ("B HIGH", "A LOW", "low_confidence"),       # the revision won both, one verdict unsure
+    ("A HIGH", "B LOW", "judge_disagrees"),      # the original won both: a LOW does not hide who won
+    ("A LOW", "B LOW", "judge_disagrees"),
+    ("TIE LOW", "TIE HIGH", "judge_tie"),
     ("TIE HIGH", "TIE HIGH", "judge_tie"),
     ("TIE HIGH", "A HIGH", "inconsistent"),
     ("B HIGH", "the first one", "unparsed"),      # only a backend without constraints can say this
@@ -91,6 +94,22 @@ def test_low_confidence_and_ties(tmp_path):
     assert s["flags"] == s["report"]["flags"] == {"judge_low_confidence": 10} and s["kept"] == 10
     _, s = run(tmp_path / "tie", "judge.on_tie=drop", verdicts="tie")
     assert s["reasons"] == {"judge_tie": 10}
+
+
+def test_a_low_verdict_does_not_hide_that_the_original_won(tmp_path):
+    """Regression: ('A HIGH', 'B LOW') with the original winning both orders used to come out low_confidence and
+    be kept as chosen = revision under the default on_low_confidence=keep; it is judge_disagrees (dropped)."""
+    _, s = run(tmp_path / "drop", verdicts="original_low")
+    assert s["kept"] == 0 and s["reasons"] == {"judge_disagrees": 10}
+    _, s = run(tmp_path / "swap", "judge.on_disagrees=swap", verdicts="original_low")
+    assert s["kept"] == 10 and s["flags"].get("judge_swapped") == 10
+
+
+def test_unparsed_verdicts_have_their_own_action(tmp_path):
+    _, s = run(tmp_path / "keep", verdicts="prose")
+    assert s["kept"] == 10 and s["report"]["judge"]["counts"] == {"unparsed": 10}
+    _, s = run(tmp_path / "drop", "judge.on_unparsed=drop", "judge.on_inconsistent=keep", verdicts="prose")
+    assert s["kept"] == 0 and s["reasons"] == {"unparsed": 10}
 
 
 def test_judge_sees_principles_and_keeps_text_as_data(tmp_path):

@@ -79,6 +79,21 @@ def test_429_5xx_and_dropped_connections_are_retried(stub, tmp_path, fake_run):
     assert files(tmp_path) == fake_run  # retried requests came back the same: nothing lost, nothing doubled
 
 
+def test_retry_after_is_capped(stub, tmp_path):
+    """A server asking to wait a day is waited on for at most backoff_max."""
+    stub.script = ["429:86400"]
+    cfg = cfg_for(stub, "backend.backoff_max=0.05", "limit=1", "samples=1")
+    be = backend_for(cfg)
+    waits = []
+    real = be.stop.wait
+    be.stop.wait = lambda t=None: (waits.append(t), real(0))[1]
+    try:
+        be.generate([[{"role": "user", "content": "hi"}]], [Params(0.7, 0.9, 12, 1, None)])
+    finally:
+        be.close()
+    assert waits == [0.05] and be.retries == 1
+
+
 def test_gives_up_with_one_line_then_resumes_where_it_stopped(stub, tmp_path, fake_run):
     cfg = cfg_for(stub, "judge=self", "backend.max_retries=2")
     stub.script = [None] * 10  # ten answers, then the server is down for good
@@ -130,3 +145,27 @@ def test_url_and_retry_knobs_are_free_on_resume(stub, tmp_path):
         assert other.requests == [] and len(stub.requests) == n
     finally:
         other.close()
+
+
+def test_context_check_counts_real_tokens_and_skips_an_overlong_prompt(stub, tmp_path, default_model_dir):
+    """Regression: count_tokens took len() of transformers 5's BatchEncoding (2 for every conversation), so an
+    over-long prompt went to the server, got a 400 and stopped the whole run. Now it is skipped as
+    prompt_too_long before sending, and the rest of the run goes on."""
+    f = tmp_path / "p.jsonl"
+    rows = [{"id": "long", "prompt": "Please summarise this: " + "the order arrived late again " * 500},
+            {"id": "short", "prompt": "Where is my order?"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    stub.context_words = 1500
+    cfg = make_cfg("backend=openai", f"backend.base_url={stub.url}", "backend.count_tokens=tokenizer",
+                   "backend.backoff=0.01", "backend.max_model_len=2048", f"prompts.path={f}", "samples=1")
+    be = make_backend("openai", default_model_dir, cfg.model.name, cfg.backend.options(cfg.model, cfg.seed))
+    try:
+        n = be.count_tokens([[{"role": "user", "content": rows[0]["prompt"]}]])[0]
+        assert n > 2048
+        s = pipeline.run(cfg, tmp_path / "out", backend=be)
+    finally:
+        be.close()
+    assert s["reasons"].get("prompt_too_long") == 1
+    assert not any("the order arrived late again" in r["messages"][-1]["content"] for r in stub.requests)
+    prefs = [json.loads(x) for x in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in prefs] == ["short-s0"]

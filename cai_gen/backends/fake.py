@@ -37,14 +37,16 @@ class FakeBackend:
 
     def _verdict(self, conv: Conversation, choices: tuple[str, ...]) -> str:
         """A judge with a known behaviour: prefers the revision (fake revisions start 'Thanks'), the original,
-        always answer A (position bias), the revision with LOW confidence, or TIE."""
+        always answer A (position bias), the revision with LOW confidence, the original with one LOW verdict,
+        TIE, or prose off the choices (a server without constrained decoding)."""
         text = conv[-1]["content"]
         a = text.split("[Answer A]", 1)[-1].split("[Answer B]", 1)[0].strip()
         rev = "A" if a.startswith("Thanks") else "B"
         orig = "B" if rev == "A" else "A"
         pick = {"revision": f"{rev} HIGH", "original": f"{orig} HIGH", "first": "A HIGH", "low": f"{rev} LOW",
-                "tie": "TIE HIGH"}[self.judge]
-        return pick if pick in choices else choices[0]
+                "original_low": f"{orig} {'LOW' if rev == 'A' else 'HIGH'}", "tie": "TIE HIGH",
+                "prose": "I prefer the first one"}[self.judge]
+        return pick if pick in choices or self.judge == "prose" else choices[0]
 
     def _p_yes(self, conv: Conversation) -> float:
         """The gate: always YES, always NO, or P(YES) from a hash of the conversation (about half NO)."""

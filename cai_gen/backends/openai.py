@@ -3,7 +3,7 @@
 The pipeline gives this backend the same batches (and the pipelined flow the same submit/poll calls) as the
 local vLLM engine; here each request becomes one POST /chat/completions, at most `concurrency` in flight.
 A 429, a 5xx, a timeout or a refused connection (a server restarting) is retried with exponential backoff and
-jitter (Retry-After honoured), up to `max_retries`; anything else (a 400, a wrong model name, a bad key) fails
+jitter (Retry-After honoured, capped at backoff_max), up to `max_retries`; anything else (a 400, a wrong model name, a bad key) fails
 at once with the server's message. Every finished request is committed to the run's ledger as it arrives, so
 a run that gives up resumes from where it stopped. Ledger keys use the model name, not the URL: a run begun
 on a local engine can be finished on a server of the same model, and the other way round.
@@ -61,7 +61,9 @@ class OpenAIBackend:
     def count_tokens(self, convs: list[Conversation]) -> list[int]:
         if self.tok is None:
             return [0] * len(convs)  # count_tokens=none: the server is the judge of its context
-        return [len(self.tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)) for c in convs]
+        # return_dict=False: transformers 5 returns a BatchEncoding by default, whose len() is its 2 keys
+        return [len(self.tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False))
+                for c in convs]
 
     def submit(self, convs: list[Conversation], params: list[Params]) -> list[int]:
         handles = []
@@ -126,7 +128,8 @@ class OpenAIBackend:
                     raise BackendError(f"backend: {self.url} answered {r.status_code}: {_message(r)}")
                 why = f"{r.status_code} {_message(r)}"
                 ra = r.headers.get("retry-after")
-                wait_s = float(ra) if ra and ra.replace(".", "", 1).isdigit() else None
+                # capped: a server (or a proxy) asking for an hour must not stall the run past backoff_max
+                wait_s = min(float(ra), self.backoff_max) if ra and ra.replace(".", "", 1).isdigit() else None
             except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
                 why = f"{type(e).__name__}: {e}"
             if attempt == self.max_retries:
