@@ -69,7 +69,7 @@ class BackendCfg(Strict):
     mode: Literal["good", "echo", "preface"] = "good"
     gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
     delay: float = Field(0.0, ge=0)
-    judge: Literal["revision", "original", "first", "low", "tie"] = "revision"
+    judge: Literal["revision", "original", "first", "low", "original_low", "tie", "prose"] = "revision"
     max_model_len: int | None = Field(None, gt=0)
 
     def options(self, model: ModelCfg, seed: int) -> dict:

@@ -17,10 +17,23 @@ from .store import atomic_write
 # ledger holds every request needed). Judge and gate requests have their own ledger keys.
 FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review", "executor",
         "filters", "gate"}
-FREE_FLAT = {"backend.delay", "backend.enforce_eager", "backend.gpu_memory_utilization", "backend.max_num_seqs",
-             "backend.batch_size", "backend.device", "backend.judge", "backend.base_url", "backend.api_key_env",
-             "backend.served_model", "backend.concurrency", "backend.max_retries", "backend.timeout",
-             "backend.backoff", "backend.backoff_max", "backend.extra_body"}
+# How the model is run is not what it generates: the ledger keys hold the model name, the conversation and the
+# sampling params, never the engine. So a run moves freely between the local vLLM engine, a server of the same
+# model (backend=openai) and the transformers backend; only the fake engine (tests, dry runs) is its own kind,
+# and its scripted behaviour (mode, gate, judge) is part of what it "generates".
+ENGINES = {"vllm": "model", "openai": "model", "transformers": "model", "fake": "fake"}
+KEPT_FLAT = {"backend.kind", "backend.mode", "backend.gate", "backend.judge"}
+
+
+def _identity(flat: dict) -> dict:
+    """The keys that make a run dir what it is, from a flat config (today's, or one read back from run.json)."""
+    out = {k: v for k, v in flat.items() if not k.startswith("backend.") or k in KEPT_FLAT}
+    if "backend.kind" in out:
+        out["backend.kind"] = ENGINES.get(out["backend.kind"], out["backend.kind"])
+    if out.get("backend.kind") != "fake":
+        for k in ("backend.mode", "backend.gate", "backend.judge"):
+            out.pop(k, None)
+    return out
 
 
 def _flat(d: dict, pre: str = "") -> dict:
@@ -37,11 +50,11 @@ def check(out: Path, cfg, const) -> None:
     now = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in FREE}
     now["constitution_ref"] = const.ref
     # JSON round trip so tuples compare equal to the lists read back from run.json
-    now = {k: v for k, v in json.loads(json.dumps(_flat(now))).items() if k not in FREE_FLAT}
+    now = _identity(json.loads(json.dumps(_flat(now))))
     f = out / "work" / "run.json"
     if f.exists():
         try:
-            old = json.loads(f.read_text())
+            old = _identity(json.loads(f.read_text()))  # a record written by an older version compares too
         except ValueError:
             raise UserError(f"{f}: damaged run record; use a new run dir or restart=true") from None
         changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))

@@ -38,14 +38,15 @@ def _read(path: Path, done: dict[str, Generation]) -> int:
 
 
 class Ledger:
-    """Writes to `path`; also reads every `generations-*.jsonl` segment beside it (written by the replicas of
-    executor=ray, one file each so they never share a file), so any executor resumes any other's work."""
+    """Writes to `path`; also reads every other `generations*.jsonl` beside it: the local executor's
+    `generations.jsonl` and the `generations-<id>.jsonl` segments of executor=ray's replicas (one file each, so
+    they never share a file). So any executor resumes any other's work, in both directions."""
 
     def __init__(self, path: Path, fsync_every: int = 64):
         self.path, self.fsync_every, self.pending = path, fsync_every, 0
         self.done: dict[str, Generation] = {}
         path.parent.mkdir(parents=True, exist_ok=True)
-        for seg in sorted(path.parent.glob("generations-*.jsonl")):
+        for seg in sorted(path.parent.glob("generations*.jsonl")):
             if seg != path:
                 _read(seg, self.done)
         if path.exists():

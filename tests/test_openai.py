@@ -169,3 +169,23 @@ def test_context_check_counts_real_tokens_and_skips_an_overlong_prompt(stub, tmp
     assert not any("the order arrived late again" in r["messages"][-1]["content"] for r in stub.requests)
     prefs = [json.loads(x) for x in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
     assert [p["id"] for p in prefs] == ["short-s0"]
+
+
+def test_a_run_moves_between_a_local_engine_and_a_server(stub, tmp_path):
+    """Regression: backend.kind (and the engines' own knobs) were in the run dir's fingerprint, so a run begun on
+    the local vLLM engine could not be resumed on a server of the same model, or the other way round. The
+    ledger keys hold the model name, not the engine: moving reuses every finished request in both directions."""
+    # local engine -> server: the vLLM config (its generations come from a stand-in engine object)
+    a = tmp_path / "a"
+    vcfg = make_cfg("backend=vllm", "limit=3", "backend.max_num_seqs=8")
+    pipeline.run(vcfg, a, backend=FakeBackend("fake", vcfg.model.name, max_model_len=2048))
+    before = files(a)
+    s = pipeline.run(cfg_for(stub, "limit=3"), a)
+    assert stub.requests == [] and files(a) == before and s["engine_started"] is False
+    s = pipeline.run(cfg_for(stub, "limit=6"), a)        # and the server finishes the rest of the run
+    assert len(stub.requests) > 0 and s["rows"] == 12
+    # server -> local engine: everything is in the ledger, so the vLLM engine never even starts
+    b = tmp_path / "b"
+    pipeline.run(cfg_for(stub, "limit=3"), b)
+    s = pipeline.run(make_cfg("backend=vllm", "limit=3"), b)
+    assert s["engine_started"] is False and files(b) == before

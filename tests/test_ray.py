@@ -51,6 +51,18 @@ def test_ray_equals_local_and_resumes_across_executors(tmp_path):
     assert be.calls == [] and files(run) == files(local)
 
 
+def test_ray_resumes_a_local_run(tmp_path):
+    """Regression: replicas read only the other replicas' segments, never the local executor's
+    generations.jsonl, so moving a run from local to ray regenerated everything."""
+    common = ("backend=fake", "limit=6", "judge=self")
+    pipeline.run(make_cfg(*common), tmp_path)
+    before = segments(tmp_path)
+    local = files(tmp_path)
+    pipeline.run(make_cfg(*common, "executor.kind=ray", "executor.replicas=2", "executor.batch_size=4"), tmp_path)
+    assert segments(tmp_path) == before == {"generations.jsonl": before["generations.jsonl"]}  # nothing generated
+    assert files(tmp_path) == local
+
+
 def test_a_failing_replica_is_one_line(tmp_path):
     cfg = make_cfg("backend=openai", "backend.base_url=http://127.0.0.1:9/v1", "backend.count_tokens=none",
                    "backend.max_retries=0", "limit=2", "executor.kind=ray", "executor.replicas=1")

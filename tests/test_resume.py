@@ -136,3 +136,14 @@ def test_kill_9_real_vllm_run_then_resume(tmp_path):
     after = [json.loads(l)["key"] for l in led.read_text().splitlines()]
     assert len(after) == len(set(after))  # no request generated twice
     assert [b["key"] for b in before] == after[: len(before)]
+
+
+def test_the_fake_engine_is_its_own_kind(tmp_path):
+    """Engines of one model are interchangeable on resume (test_openai.py); the fake engine's text is not the
+    model's, so a dry-run dir is never continued by a real engine, nor is a fake run with another script."""
+    cfg = make_cfg(*ARGS)
+    pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    with pytest.raises(UserError, match=r"changed: [a-z., ]*backend.kind"):
+        pipeline.run(make_cfg("backend=vllm", *ARGS[1:]), tmp_path)
+    with pytest.raises(UserError, match=r"changed: backend.gate\)"):
+        pipeline.run(make_cfg(*ARGS, "backend.gate=no"), tmp_path)
