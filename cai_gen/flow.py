@@ -88,7 +88,7 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                 for h, g in backend.poll():
                     row, k, j = pending.pop(h)
                     w = waiting[id(row)]
-                    ledger.add(w[1][j], g)
+                    g = ledger.add(w[1][j], g)
                     on_done(k, g)
                     w[2][j] = g
                     w[3] -= 1
@@ -135,13 +135,14 @@ def _stage(job, st, rows: list, backend) -> list:
         with job.tracker.stage(st.label, len(flat)) as on_done:
             def commit(n: int, g) -> None:
                 i, j = flat[n]
-                job.ledger.add(todo[i][2][j], g)
+                todo[i][3][j] = job.ledger.add(todo[i][2][j], g)  # the stamped generation
                 on_done(n, g)
             if flat:
                 new = backend.generate([todo[i][1][j].conv for i, j in flat],
                                        [todo[i][1][j].params for i, j in flat], commit)
                 for (i, j), g in zip(flat, new):
-                    todo[i][3][j] = g
+                    if todo[i][3][j] is None:  # a backend that returned it without the callback
+                        todo[i][3][j] = job.ledger.add(todo[i][2][j], g)
         job.ledger.sync()
     accepted = set()
     for row, reqs, _, gens in todo:

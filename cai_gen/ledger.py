@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .backends import Conversation, Generation, Params
@@ -64,7 +65,11 @@ class Ledger:
     def get(self, key: str) -> Generation | None:
         return self.done.get(key)
 
-    def add(self, key: str, gen: Generation) -> None:
+    def add(self, key: str, gen: Generation) -> Generation:
+        """Commit a finished generation, stamped with the time it finished; returns the stamped one (the flows
+        keep that, so a fresh run and its rerun from the ledger write the same created_at)."""
+        if gen.done_at is None:
+            gen = replace(gen, done_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.done[key] = gen
         f = self._file()
         f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
@@ -72,6 +77,7 @@ class Ledger:
         self.pending += 1
         if self.pending >= self.fsync_every:
             self.sync()
+        return gen
 
     def sync(self) -> None:
         if self.f is None or self.f.closed:

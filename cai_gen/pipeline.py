@@ -47,6 +47,7 @@ class Row:
     judge: dict | None = None          # {outcome, verdicts per order, model, action} when the judge ran
     reward: dict | None = None         # {chosen, rejected, margin, model} when a reward model scored the pair
     swapped: bool = False              # the judge preferred the original and on_disagrees=swap
+    done_at: str | None = None         # when its last generation finished (judge verdicts aside): created_at
     trace: list[dict] = field(default_factory=list)
 
 
@@ -124,6 +125,8 @@ class Run:
         skip = len(self.fs) if stage.few_shot else 0
         head = 1 if row.prompt.system and skip else 0
         conv, p = req.conv, req.params
+        if stage.name != "judge" and g.done_at and (row.done_at is None or g.done_at > row.done_at):
+            row.done_at = g.done_at  # a judgement of the data is not when the data was made
         row.trace.append({"stage": stage.name, "round": stage.rnd, **({"tag": req.tag} if req.tag else {}),
                           "input": conv[:head] + conv[head + skip:],
                           "few_shot_turns": skip, "output": g.text, "finish_reason": g.finish_reason,

@@ -113,7 +113,7 @@ def preference(row, cfg, const, created: str) -> dict:
         "edit_ratio": round(1.0 - row.similarity, 4) if row.similarity is not None else None,
         "domain": row.prompt.domain,
         "source": row.prompt.source,
-        "created_at": created,
+        "created_at": row.done_at or created,  # its last generation's time; a ledger too old to say: this run's
         "model": cfg.model.name,
         "constitution": const.ref,
         "sampling": {"temperature": row.params.temperature, "top_p": row.params.top_p, "seed": row.params.seed,
@@ -167,7 +167,7 @@ def no_violation_row(row, created: str, test_size: float) -> dict:
     """A row the gate found nothing to fix in: its original stands (KTO desirable, SFT row), no pair."""
     return {"id": row.id, "prompt": prompt_messages(row), "original": row.original,
             "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
-            "flags": row.flags, "domain": row.prompt.domain, "created_at": created,
+            "flags": row.flags, "domain": row.prompt.domain, "created_at": row.done_at or created,
             "split": split_of(row.prompt.id, test_size)}
 
 

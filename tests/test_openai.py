@@ -34,7 +34,8 @@ def backend_for(cfg):
 
 
 def files(d: Path) -> dict:
-    """The run's data files, row by row, without the run's timestamp."""
+    """The run's data files, row by row, without created_at (when each generation finished), the one thing two
+    independent runs differ in; reruns of one dir are compared byte for byte (test_resume.py)."""
     return {f: [{k: v for k, v in json.loads(line).items() if k != "created_at"}
                 for line in (d / f).read_text().splitlines()]
             for f in ("preferences.jsonl", "rejected.jsonl", "kto.jsonl")}
@@ -179,9 +180,9 @@ def test_a_run_moves_between_a_local_engine_and_a_server(stub, tmp_path):
     a = tmp_path / "a"
     vcfg = make_cfg("backend=vllm", "limit=3", "backend.max_num_seqs=8")
     pipeline.run(vcfg, a, backend=FakeBackend("fake", vcfg.model.name, max_model_len=2048))
-    before = files(a)
+    before, first = files(a), (a / "preferences.jsonl").read_bytes()
     s = pipeline.run(cfg_for(stub, "limit=3"), a)
-    assert stub.requests == [] and files(a) == before and s["engine_started"] is False
+    assert stub.requests == [] and (a / "preferences.jsonl").read_bytes() == first and s["engine_started"] is False
     s = pipeline.run(cfg_for(stub, "limit=6"), a)        # and the server finishes the rest of the run
     assert len(stub.requests) > 0 and s["rows"] == 12
     # server -> local engine: everything is in the ledger, so the vLLM engine never even starts

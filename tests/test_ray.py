@@ -22,9 +22,15 @@ def local_ray():
 
 
 def files(d: Path) -> dict:
+    """Rows of two independent runs, which differ only in created_at (when each generation finished);
+    reruns of one dir are compared byte for byte (raw())."""
     return {f: [{k: v for k, v in json.loads(x).items() if k != "created_at"}
                 for x in (d / f).read_text().splitlines()]
             for f in ("preferences.jsonl", "rejected.jsonl", "kto.jsonl", "trace.jsonl")}
+
+
+def raw(d: Path) -> dict:
+    return {f: (d / f).read_bytes() for f in ("preferences.jsonl", "rejected.jsonl", "kto.jsonl", "trace.jsonl")}
 
 
 def segments(d: Path) -> dict[str, int]:
@@ -44,11 +50,12 @@ def test_ray_equals_local_and_resumes_across_executors(tmp_path):
     assert sum(segs.values()) == sum(segments(local).values())
     assert s["stages"]["respond"]["rows"] == 20 and s["stages"]["judge"]["rows"] == 2 * s["kept"]
 
+    first = raw(run)
     pipeline.run(ray_cfg, run)                   # rerun on ray: everything reused, nothing written
-    assert segments(run) == segs
+    assert segments(run) == segs and raw(run) == first
     be = FakeBackend("fake", ray_cfg.model.name, max_model_len=2048)
     pipeline.run(make_cfg(*common), run, backend=be)   # and the local executor resumes the replicas' work
-    assert be.calls == [] and files(run) == files(local)
+    assert be.calls == [] and raw(run) == first
 
 
 def test_ray_resumes_a_local_run(tmp_path):
@@ -57,10 +64,10 @@ def test_ray_resumes_a_local_run(tmp_path):
     common = ("backend=fake", "limit=6", "judge=self")
     pipeline.run(make_cfg(*common), tmp_path)
     before = segments(tmp_path)
-    local = files(tmp_path)
+    local = raw(tmp_path)
     pipeline.run(make_cfg(*common, "executor.kind=ray", "executor.replicas=2", "executor.batch_size=4"), tmp_path)
     assert segments(tmp_path) == before == {"generations.jsonl": before["generations.jsonl"]}  # nothing generated
-    assert files(tmp_path) == local
+    assert raw(tmp_path) == local
 
 
 def test_a_failing_replica_is_one_line(tmp_path):

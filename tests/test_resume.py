@@ -147,3 +147,33 @@ def test_the_fake_engine_is_its_own_kind(tmp_path):
         pipeline.run(make_cfg("backend=vllm", *ARGS[1:]), tmp_path)
     with pytest.raises(UserError, match=r"changed: backend.gate\)"):
         pipeline.run(make_cfg(*ARGS, "backend.gate=no"), tmp_path)
+
+
+def test_created_at_is_when_the_rows_last_generation_finished(tmp_path):
+    """Regression: created_at was the time the files were written, so every rerun (a re-filter, a resume, adding
+    the judge) made old rows look new to `merge --duplicates newest` and half-life weights. It is now the time
+    the row's last generation was committed to the ledger, and a rerun writes byte-identical files."""
+    cfg = make_cfg(*ARGS, "judge=self")
+    pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    files = ("preferences.jsonl", "kto.jsonl", "sft.jsonl", "no_violation.jsonl")
+    first = {f: (tmp_path / f).read_bytes() for f in files}
+    time.sleep(1.1)  # created_at has one-second resolution: a rerun a second later must not move it
+    be = FakeBackend("f", cfg.model.name)
+    pipeline.run(cfg, tmp_path, backend=be)
+    assert be.calls == [] and {f: (tmp_path / f).read_bytes() for f in files} == first
+    # date the ledger back to January, one second per line in commit order; the rows follow their generations
+    led = tmp_path / "work" / "generations.jsonl"
+    recs = [json.loads(x) for x in led.read_text().splitlines()]
+    for i, r in enumerate(recs):
+        r["gen"]["done_at"] = f"2026-01-01T00:{i // 60:02d}:{i % 60:02d}+00:00"
+    led.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    be = FakeBackend("f", cfg.model.name)
+    pipeline.run(make_cfg(*ARGS, "judge=self", "filters.min_chars=1"), tmp_path, backend=be)  # a re-filter
+    assert be.calls == []
+    stamp = {r["gen"]["text"].strip(): r["gen"]["done_at"] for r in recs}
+    prefs = rows(tmp_path)
+    assert len(prefs) == 20
+    for p in prefs:  # the revision is the row's last generation (the judge's verdicts came later and do not count)
+        assert p["created_at"] == stamp[p["chosen"][0]["content"]], p["id"]
+    sft = {r["id"]: r["created_at"] for r in map(json.loads, (tmp_path / "sft.jsonl").read_text().splitlines())}
+    assert all(sft[p["id"]] == p["created_at"] for p in prefs)

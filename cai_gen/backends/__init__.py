@@ -34,6 +34,9 @@ class Generation:
     # for a request with `choices`: the probability of each choice, where the backend can tell (vLLM log-probs of
     # the first token, the transformers backend's likelihoods); None otherwise
     probs: dict[str, float] | None = None
+    # when the generation finished (ISO UTC, stamped as the ledger commits it): a row's created_at is its last
+    # generation's, so a rerun or re-filter does not make old data look new
+    done_at: str | None = None
 
 
 OnDone = Callable[[int, Generation], None]
