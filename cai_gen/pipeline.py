@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import fingerprint, flow, quality, report, stages as stages_mod, store, turns
+from . import fingerprint, flow, models, quality, report, stages as stages_mod, store, turns
 from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued
 from .config import RunConfig
 from .ledger import Ledger, request_key
@@ -209,13 +209,40 @@ def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: boo
     def load() -> Backend:
         path = resolve(jm.source, jm.path, jm.cache_dir)
         tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading judge {jm.name} ...")
-        return make_backend(cfg.backend.kind, path, jm.name, cfg.backend.options(jm, cfg.seed))
+        return make_backend(cfg.backend.kind, path, jm.name, judge_options(cfg))
 
     judge_backend = Lazy(jm.name, cfg.backend.kind != "transformers", load)
     try:
         return judge(job, kept, judge_backend)
     finally:
         judge_backend.close()
+
+
+def judge_options(cfg: RunConfig) -> dict:
+    """The judge engine's options: the backend's, for the judge model; over openai its own endpoint and name
+    (the generator's served_model and base_url are the generator's, not the judge's)."""
+    j, opts = cfg.judge, cfg.backend.options(cfg.judge.model, cfg.seed)
+    if cfg.backend.kind == "openai":
+        opts |= dict(base_url=j.base_url or cfg.backend.base_url, served_model=j.served_model or j.model.name,
+                     max_model_len=j.model.max_model_len)
+    return opts
+
+
+def preflight(cfg: RunConfig, own_engine: bool) -> None:
+    """Before any generation: every model this run will load exists, and a judge endpoint serves the judge.
+    A typo then costs seconds, not a finished generation pass (the judge loads only after it)."""
+    if own_engine and cfg.backend.kind in ("vllm", "transformers"):
+        models.check(cfg.model.source, cfg.model.path, "model")
+    jm = cfg.judge.model if cfg.judge.enabled else None
+    if jm is None:
+        return
+    if cfg.backend.kind == "openai":
+        from .backends.openai import check_served
+
+        o = judge_options(cfg)
+        check_served(o["base_url"], o["served_model"], cfg.backend.api_key_env, "judge")
+    elif cfg.backend.kind != "fake":
+        models.check(jm.source, jm.path, "judge.model")
 
 
 def open_backend(cfg: RunConfig, tracker: Tracker) -> Backend:
@@ -250,6 +277,7 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
     recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
     tracker = tracker or Tracker()
     fingerprint.check(out_dir, cfg, const)
+    preflight(cfg, own_engine=backend is None)
     if cfg.reward.model:
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)

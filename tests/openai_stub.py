@@ -30,6 +30,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_GET(self):
+        if self.path.rstrip("/").endswith("/models"):
+            return self._reply(200, {"object": "list", "data": [{"id": self.server.served, "object": "model"}]})
+        self._reply(404, {"error": {"message": "not found"}})
+
     def do_POST(self):
         s = self.server
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -85,13 +85,30 @@ def test_cli_help_is_fast_and_lists_groups():
 ])
 def test_cli_unknown_group_option_is_one_line(arg, msg, tmp_path):
     r = run_cli(arg, f"hydra.run.dir={tmp_path}")
-    assert r.returncode == 2 and r.stderr.strip() == f"cai_gen: error: {msg}" or msg in r.stderr.strip().splitlines()[-1]
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2  # (was `A and B or C`: the exit code was never enforced)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"cai_gen: error: {msg}")
 
 
 def test_cli_missing_model_dir(tmp_path):
     r = run_cli("model.source=path", f"model.path={tmp_path}/nope", "limit=1", f"hydra.run.dir={tmp_path}/out")
     assert r.returncode == 2 and f"model.path: directory {tmp_path}/nope does not exist" in r.stderr
+
+
+@pytest.mark.parametrize("args,msg", [
+    (("model.source=hub", "model.path=Qwen//not a repo"), "model.path: 'Qwen//not a repo' is neither a directory nor a hub id"),
+    (("model.dtype=float8",), "config: model.dtype: Input should be 'auto'"),
+    (("reward.dtype=fp16",), "config: reward.dtype: Input should be 'auto'"),
+    # a separate judge that cannot load fails before any generation, not after it
+    (("backend=transformers", "judge=qwen25_7b", "judge.model.source=path", "judge.model.path=/nope"),
+     "judge.model.path: directory /nope does not exist"),
+    (("backend=transformers", "judge=qwen25_7b", "judge.model.path=Qwen/Qwen 2.5"), "judge.model.path: 'Qwen/Qwen 2.5' is neither"),
+])
+def test_models_that_cannot_load_are_one_line_before_any_generation(args, msg, tmp_path):
+    r = run_cli(*args, "limit=1", f"hydra.run.dir={tmp_path}/out")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith(f"cai_gen: error: {msg}"), r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (tmp_path / "out" / "work" / "generations.jsonl").exists()
 
 
 def test_default_model_package_missing_says_how_to_install(monkeypatch):

@@ -190,3 +190,25 @@ def test_a_run_moves_between_a_local_engine_and_a_server(stub, tmp_path):
     pipeline.run(cfg_for(stub, "limit=3"), b)
     s = pipeline.run(make_cfg("backend=vllm", "limit=3"), b)
     assert s["engine_started"] is False and files(b) == before
+
+
+def test_a_separate_judge_goes_to_its_own_server_and_is_checked_first(stub, tmp_path):
+    """Regression: a separate judge over backend=openai was sent to the generator's base_url (and served_model),
+    and nothing checked it before generation, so a typo cost the whole run and ended in a traceback."""
+    jstub = Stub("qwen-judge", judge="revision")
+    try:
+        args = ("judge=qwen25_7b", f"judge.base_url={jstub.url}", "judge.served_model=qwen-judge", "limit=3")
+        s = pipeline.run(cfg_for(stub, *args), tmp_path / "ok")
+        asks_judge = lambda r: "[Answer A]" in r["messages"][-1]["content"]  # noqa: E731
+        assert len(jstub.requests) == 2 * s["kept"] > 0 and all(map(asks_judge, jstub.requests))
+        assert {r["model"] for r in jstub.requests} == {"qwen-judge"}
+        assert not any(map(asks_judge, stub.requests))  # the generator's server judged nothing
+        # a typo'd judge name or an endpoint that is down: one line at the start, nothing generated
+        n = len(stub.requests)
+        with pytest.raises(UserError, match=r"^judge: .* does not serve 'qwen-jugde' \(it serves: qwen-judge\)$"):
+            pipeline.run(cfg_for(stub, *args[:2], "judge.served_model=qwen-jugde", "limit=3"), tmp_path / "typo")
+        with pytest.raises(UserError, match=r"^judge: http://127.0.0.1:9/v1/models unreachable"):
+            pipeline.run(cfg_for(stub, "judge=qwen25_7b", "judge.base_url=http://127.0.0.1:9/v1"), tmp_path / "down")
+        assert len(stub.requests) == n
+    finally:
+        jstub.close()

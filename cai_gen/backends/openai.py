@@ -155,6 +155,27 @@ class OpenAIBackend:
                           completion_tokens=usage.get("completion_tokens", 0), cached_tokens=cached, probs=probs)
 
 
+def check_served(base_url: str, served: str, api_key_env: str | None, field: str) -> None:
+    """Pre-flight: the endpoint answers GET /models and serves `served`. A typo'd model name or URL for a
+    judge that would only be asked after hours of generation fails the run at its start, in one line."""
+    import httpx
+
+    key = os.environ.get(api_key_env) if api_key_env else None
+    url = base_url.rstrip("/") + "/models"
+    try:
+        r = httpx.get(url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
+    except httpx.HTTPError as e:
+        raise UserError(f"{field}: {url} unreachable ({type(e).__name__}); start the server first") from None
+    if r.status_code != 200:
+        raise UserError(f"{field}: {url} answered {r.status_code}: {_message(r)}")
+    try:
+        names = [m.get("id") for m in r.json().get("data", [])]
+    except (ValueError, AttributeError):
+        return  # not a model list: a hosted API may not have one; the first request will say
+    if served not in names:
+        raise UserError(f"{field}: {base_url} does not serve {served!r} (it serves: {', '.join(map(str, names[:5]))})")
+
+
 def _message(r) -> str:
     try:
         err = r.json()
