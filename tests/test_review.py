@@ -4,6 +4,7 @@ browser in test_review_page.py."""
 import hashlib
 import json
 import shutil
+import socket
 import sqlite3
 import threading
 import urllib.error
@@ -144,15 +145,47 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn = sqlite3.connect(path, isolation_level=None)
     conn.executescript(db.MIGRATIONS[0])
     conn.execute("PRAGMA user_version = 1")
-    conn.execute("INSERT INTO items VALUES ('x-s0', ?, '2026-01-01T00:00:00+00:00')",
-                 (json.dumps({"id": "x-s0", "original": "o", "revision": "r"}),))
+    old = {"id": "x-s0", "original": "o", "revision": "r"}
+    conn.execute("INSERT INTO items VALUES ('x-s0', ?, '2026-01-01T00:00:00+00:00')", (json.dumps(old),))
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 3
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
-                                         "comment": None, "at": "t", "source": "web"}]
-    assert len(db.items(conn)) == 1 + len(jl(run_dir / "review_queue.jsonl"))
+                                         "comment": None, "at": "t", "source": "web",
+                                         "hash": db.content_hash(old)}]
+    # x-s0 is not in this run's queue: retired, not deleted
+    assert [it["id"] for it in db.items(conn)] == [it["id"] for it in jl(run_dir / "review_queue.jsonl")]
+    assert db.retired(conn) == ["x-s0"] and db.version(conn, "x-s0", db.content_hash(old)) == old
+
+
+def v2_database(path: Path, items: list[dict], verdicts: list[tuple[str, str, str]]) -> None:
+    """A review.sqlite as the schema-v2 code wrote it (INSERT OR IGNORE kept each item's first text)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(db.MIGRATIONS[0] + db.MIGRATIONS[1])
+    conn.execute("PRAGMA user_version = 2")
+    conn.executemany("INSERT INTO items VALUES (?, ?, 't0')", [(it["id"], json.dumps(it)) for it in items])
+    conn.executemany("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES (?, ?, ?, 't1')",
+                     verdicts)
+    conn.close()
+
+
+def test_v2_database_from_before_a_rerun_is_migrated_and_refreshed(run_dir):
+    queue = jl(run_dir / "review_queue.jsonl")
+    same, changed = queue[0], {**queue[1], "revision": "the revision an earlier run made"}
+    v2_database(run_dir / db.FILE, [same, changed], [(same["id"], "ann", "reject"), (changed["id"], "ann", "swap")])
+    conn = db.open_run(run_dir)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    stored = {it["id"]: it for it in db.items(conn)}
+    assert stored[changed["id"]] == queue[1]  # the current run's text, not the one the old code kept
+    cur = db.current(conn)
+    assert cur[same["id"]]["ann"]["verdict"] == "reject"  # given on the text still shown: still counts
+    assert changed["id"] not in cur
+    assert [h["verdict"] for h in db.history(conn, changed["id"])] == ["swap"]
+    assert db.version(conn, changed["id"], db.history(conn, changed["id"])[0]["hash"]) == changed
+    conn.close()
+    s = merge.apply(run_dir)
+    assert s["decisions"]["swap"] == 0 and s["decisions"]["stale"] == 1 and s["decisions"]["reject"] == 1
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "newer"])
@@ -246,6 +279,71 @@ def test_two_reviewers_writing_at_once_lose_nothing(server):
     assert len(db.history(conn)) == 90
 
 
+def raw_post(srv, head: bytes, body: bytes = b"") -> tuple[int, dict]:
+    """POST /api/verdict over a plain socket, with whatever headers a hostile client sends. The socket timeout
+    turns a server that waits forever into a failed test (socket.timeout), not a hung one."""
+    host, port = srv.server_address[:2]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"POST /api/verdict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     + head + b"\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status, _, rest = data.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1."), f"no HTTP response, got {data[:200]!r}"
+    return int(status.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("length, code", [
+    (b"-1", 400),                   # was rfile.read(-1): waited for the client to close
+    (b"-5", 400),
+    (b"abc", 400),                  # was int("abc"): a traceback and no response
+    (b"1_0", 400),                  # int() accepts these two; a length does not
+    (b" +10", 400),
+    (b"10, 11", 400),               # was a traceback too
+    (b"2000000", 413),
+    pytest.param(b"9" * 5000, 413, id="5000-digits"),  # longer than int() converts
+    (None, 411),
+])
+def test_bad_content_length_is_answered_at_once(server, capfd, length, code):
+    # no body: the server answers without reading one, and unread bytes would make its close a reset
+    got, r = raw_post(server, b"" if length is None else b"Content-Length: " + length + b"\r\n")
+    assert got == code and r["error"]
+    assert call(server, "/api/state")[0] == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_two_different_content_lengths_are_refused(server):
+    got, r = raw_post(server, b"Content-Length: 2\r\nContent-Length: 13\r\n")
+    assert got == 400 and "Content-Length" in r["error"]
+
+
+def test_a_client_that_stops_sending_is_dropped(run_dir):
+    srv = ReviewServer(run_dir, port=0, client_timeout=0.5)
+    srv.start()
+    try:
+        host, port = srv.server_address[:2]
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"POST /api/verdict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{}")
+            assert sock.recv(65536) == b""  # the server closed the connection instead of waiting for 98 bytes
+        assert call(srv, "/api/state")[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("kind", ["deep", "comment", "hash"])
+def test_hostile_bodies_are_400_not_500(server, capfd, kind):
+    item = call(server, "/api/state")[1]["items"][0]["id"]
+    body = {"deep": b"[" * 5000,  # nested past json's recursion limit (sys.getrecursionlimit())
+            "comment": json.dumps({"item": item, "reviewer": "al", "verdict": "accept", "comment": {"a": 1}}).encode(),
+            "hash": json.dumps({"item": item, "reviewer": "al", "verdict": "accept", "hash": 7}).encode()}[kind]
+    got, r = raw_post(server, b"Content-Length: %d\r\n" % len(body), body)
+    assert got == 400 and r["error"]
+    assert "Traceback" not in capfd.readouterr().err
+    assert db.history(db.connect(server.db_path)) == []
+
+
 # ---- merge and agreement -------------------------------------------------------------------------------
 
 def test_kappa_matches_the_textbook_example():
@@ -329,6 +427,118 @@ def test_verdicts_on_changed_text_are_not_applied(run_dir):
     assert row["expert_reviewed"] is False and row["chosen"][0]["content"].startswith("a different")
 
 
+def rerun_changes(run_dir: Path, item_id: str, revision: str) -> None:
+    """What a rerun that regenerates one pair's revision writes: the pair and its review item, both changed."""
+    prefs, queue = jl(run_dir / "preferences.jsonl"), jl(run_dir / "review_queue.jsonl")
+    for p in prefs:
+        if p["id"] == item_id:
+            assert "judge_swapped" not in p["flags"]  # the revision is the chosen answer
+            p["chosen"][0]["content"] = revision
+    for it in queue:
+        if it["id"] == item_id:
+            it["revision"] = revision
+    (run_dir / "preferences.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prefs))
+    (run_dir / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
+
+
+def test_rerun_that_changes_a_pair_refreshes_the_item_and_old_verdicts_stop_counting(run_dir):
+    conn = db.open_run(run_dir)
+    first, other = db.items(conn)[:2]
+    db.record(conn, first["id"], "alice", "swap", comment="the original reads better")
+    db.record(conn, other["id"], "alice", "accept")
+    conn.close()
+    rerun_changes(run_dir, first["id"], "A new revision from the rerun.")
+    queue = jl(run_dir / "review_queue.jsonl")  # the rerun also routed `other` by another rule, same text
+    for it in queue:
+        if it["id"] == other["id"]:
+            it["routed_by"] = ["flag:reward_margin_low"]
+    (run_dir / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
+
+    srv = ReviewServer(run_dir, port=0)  # `serve` after the rerun
+    srv.start()
+    try:
+        assert srv.changes == {"added": 0, "refreshed": 1, "retired": 0, "restored": 0}
+        code, shown = call(srv, f"/api/item/{first['id']}?reviewer=alice")
+        assert code == 200 and shown["item"]["revision"] == "A new revision from the rerun."
+        assert shown["mine"] is None and shown["reviews"] == 0  # alice judged the old text, not this one
+        code, _ = call(srv, "/api/verdict", {"item": first["id"], "reviewer": "bob", "verdict": "accept",
+                                             "hash": shown["hash"]})
+        assert code == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+    s = merge.apply(run_dir)
+    out = {p["id"]: p for p in jl(run_dir / "reviewed" / "preferences.jsonl")}
+    row = out[first["id"]]
+    # bob's verdict on the new text applies alone: alice's swap on the old text is neither a vote nor a tie
+    assert (row["verdict"], row["reviewer"]) == ("accept", "bob")
+    assert row["chosen"][0]["content"] == "A new revision from the rerun."
+    assert out[other["id"]]["verdict"] == "accept" and out[other["id"]]["reviewer"] == "alice"  # routing only
+    assert s["decisions"]["swap"] == 0 and s["decisions"]["disputed"] == 0 and s["decisions"]["accept"] == 2
+    conn = db.connect(run_dir / db.FILE)
+    old = db.history(conn, first["id"])[0]
+    assert (old["reviewer"], old["verdict"], old["comment"]) == ("alice", "swap", "the original reads better")
+    assert db.version(conn, first["id"], old["hash"])["revision"] == first["revision"]  # what alice saw
+
+
+def test_a_verdict_on_text_replaced_since_the_page_loaded_is_refused(run_dir):
+    srv = ReviewServer(run_dir, port=0)
+    srv.start()
+    try:
+        item_id = call(srv, "/api/state")[1]["items"][0]["id"]
+        seen = call(srv, f"/api/item/{item_id}")[1]["hash"]
+        rerun_changes(run_dir, item_id, "Rewritten while the page was open.")
+        db.open_run(run_dir).close()  # a `merge`/`status`/restart syncs the queue while the page stays open
+        code, r = call(srv, "/api/verdict", {"item": item_id, "reviewer": "alice", "verdict": "swap", "hash": seen})
+        assert code == 409 and "changed since this page loaded it" in r["error"]
+        assert db.history(db.connect(srv.db_path)) == []
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_unrouted_item_is_retired_keeping_its_verdicts_and_comes_back_when_routed_again(run_dir):
+    conn = db.open_run(run_dir)
+    sampled = next(it for it in db.items(conn) if it["routed_by"] == ["sample"])  # routed only by the sample
+    db.record(conn, sampled["id"], "alice", "swap")
+    conn.close()
+    narrow = make_cfg("backend=fake", "limit=12", "review.domains=[billing]", "review.sample_rate=0")
+    pipeline.run(narrow, run_dir, backend=FakeBackend("fake", narrow.model.name, max_model_len=2048))
+
+    conn = db.open_run(run_dir)
+    assert sampled["id"] not in {it["id"] for it in db.items(conn)}
+    assert sampled["id"] in db.retired(conn)
+    assert [h["verdict"] for h in db.history(conn, sampled["id"])] == ["swap"]  # not deleted
+    with pytest.raises(UserError, match="unknown item"):
+        db.record(conn, sampled["id"], "bob", "accept")
+    conn.close()
+    s = merge.apply(run_dir)
+    row = next(p for p in jl(run_dir / "reviewed" / "preferences.jsonl") if p["id"] == sampled["id"])
+    assert row["expert_reviewed"] is False and row["verdict"] is None  # the retired verdict is not merged
+    assert s["decisions"]["swap"] == 0 and s["orphaned"] == 1 and s["retired"] >= 1
+
+    wide = make_cfg(*OVERRIDES)  # the first routing again: same text, so alice's verdict counts again
+    pipeline.run(wide, run_dir, backend=FakeBackend("fake", wide.model.name, max_model_len=2048))
+    conn = db.open_run(run_dir)
+    assert db.current(conn)[sampled["id"]]["alice"]["verdict"] == "swap" and db.retired(conn) == []
+
+
+def test_import_of_verdicts_made_before_a_rerun_keeps_them_unapplied(run_dir, tmp_path):
+    conn = db.open_run(run_dir)
+    f = tmp_path / "out.jsonl"
+    exchange.export(conn, f)
+    conn.close()
+    recs = jl(f)
+    recs[0].update(reviewer="carol", verdict="swap")
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rerun_changes(run_dir, recs[0]["id"], "Changed while the file was out for annotation.")
+    conn = db.open_run(run_dir)
+    assert exchange.load(conn, f) == {"imported": 1, "unchanged": 0, "blank": len(recs) - 1, "stale": 1}
+    assert recs[0]["id"] not in db.current(conn) and db.history(conn)[0]["reviewer"] == "carol"
+    assert exchange.load(conn, f)["imported"] == 0  # the same file twice adds nothing, stale rows included
+
+
 # ---- export / import -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
@@ -359,7 +569,8 @@ def test_export_annotate_import_round_trip(run_dir, tmp_path, fmt):
                                   "comment": "tone", "source": "import"}
     assert cur[ids[2]]["carol"]["verdict"] == "reject"
     n = len(db.history(conn))
-    assert exchange.load(conn, f, reviewer="carol") == {"imported": 0, "unchanged": 3, "blank": len(recs) - 3}
+    assert exchange.load(conn, f, reviewer="carol") == {"imported": 0, "unchanged": 3, "blank": len(recs) - 3,
+                                                       "stale": 0}
     assert len(db.history(conn)) == n  # importing the same file twice adds nothing
 
 

@@ -38,6 +38,10 @@ def _serve(a) -> None:
     from .server import ReviewServer
 
     srv = ReviewServer(a.run_dir, a.host, a.port)
+    c = srv.changes
+    if c.get("refreshed") or c.get("retired"):  # why a reviewer's progress went down after a rerun
+        print(f"cai_gen review: the run changed: {c['refreshed']} item(s) show new text (verdicts on the old text "
+              f"are kept but no longer count), {c['retired']} no longer routed (hidden, verdicts kept)")
     print(f"cai_gen review: {srv.url}  (run {a.run_dir}; Ctrl-C stops; every verdict is saved as it is given)",
           flush=True)
     try:
@@ -94,7 +98,10 @@ def _exchange(a) -> None:
             print(f"exported {n} rows to {a.file}")
         else:
             r = exchange.load(conn, a.file, a.format, a.reviewer)
-            print(f"imported {r['imported']} verdicts ({r['unchanged']} unchanged, {r['blank']} rows without a verdict)")
+            print(f"imported {r['imported']} verdicts ({r['unchanged']} unchanged, "
+                  f"{r['blank']} rows without a verdict)")
+            if r["stale"]:
+                print(f"  {r['stale']} of them on text a rerun has since changed: kept in the history, not applied")
     finally:
         conn.close()
 

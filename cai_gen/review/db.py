@@ -5,9 +5,15 @@ killed server loses nothing: each verdict is its own committed transaction (WAL 
 Verdicts are never updated in place: a reviewer's current verdict on an item is their latest one, and the
 history stays. The schema version lives in PRAGMA user_version and MIGRATIONS upgrade old files in order.
 A file that is not a readable review database is refused and never written to.
+
+A rerun can change a routed pair's text or stop routing it. Each verdict records the content hash of the text
+it was given on; an item whose text changed is refreshed to the new text (the old one stays in item_versions)
+and only verdicts on its current hash count, so a verdict never applies to text its reviewer did not see. An
+item no longer routed is retired: hidden from the queue and from merge, never deleted with its verdicts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -19,6 +25,42 @@ from ..errors import UserError
 FILE = "review.sqlite"
 VERDICTS = ("accept", "swap", "reject", "edit")  # revision better | original better | neither usable | expert's text
 NAME = re.compile(r"^[\w][\w .@-]{0,63}$")
+
+CONTENT = ("prompt", "original", "revision", "rounds")  # what the reviewer judges; routing and judge are context
+
+
+def content_hash(item: dict) -> str:
+    """Hash of the text a verdict is about. routed_by, flags, judge, created_at are left out: a rerun with other
+    routing rules (a free knob) must not void the verdicts already given on unchanged text."""
+    blob = json.dumps({k: item.get(k) for k in CONTENT}, ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str, decl: str) -> None:
+    # "if missing": a file partly upgraded by hand or by another build must still migrate
+    if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def _v3(conn: sqlite3.Connection) -> None:
+    _add_column(conn, "items", "content_hash", "TEXT")
+    _add_column(conn, "items", "updated_at", "TEXT")
+    _add_column(conn, "items", "retired_at", "TEXT")  # NULL: in the queue
+    _add_column(conn, "verdicts", "content_hash", "TEXT")
+    conn.execute("CREATE TABLE IF NOT EXISTS item_versions (item_id TEXT NOT NULL REFERENCES items(id), "
+                 "content_hash TEXT NOT NULL, payload TEXT NOT NULL, added_at TEXT NOT NULL, "
+                 "PRIMARY KEY (item_id, content_hash))")
+    for item_id, payload, added in conn.execute("SELECT id, payload, added_at FROM items").fetchall():
+        try:
+            h = content_hash(json.loads(payload))
+        except (ValueError, AttributeError):  # not JSON, or not an object
+            h = "unreadable"  # never equal to a real hash: the next queue sync refreshes the item
+        conn.execute("UPDATE items SET content_hash = ? WHERE id = ?", (h, item_id))
+        conn.execute("INSERT OR IGNORE INTO item_versions VALUES (?, ?, ?, ?)", (item_id, h, payload, added))
+    # before v3 an item's stored text never changed (INSERT OR IGNORE), so every old verdict was given on it
+    conn.execute("UPDATE verdicts SET content_hash = (SELECT content_hash FROM items WHERE items.id = item_id) "
+                 "WHERE content_hash IS NULL")
+
 
 MIGRATIONS = [
     # v1: the items shown to reviewers (payload = route.item JSON) and the append-only verdict history
@@ -45,6 +87,8 @@ MIGRATIONS = [
     ALTER TABLE verdicts ADD COLUMN source TEXT NOT NULL DEFAULT 'web';
     CREATE INDEX verdicts_item_reviewer ON verdicts(item_id, reviewer, seq);
     """,
+    # v3: content hashes (refresh changed items, verdicts tied to the text they judged), retired items
+    _v3,
 ]
 VERSION = len(MIGRATIONS)
 
@@ -92,9 +136,12 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
     for v in range(version, VERSION):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in MIGRATIONS[v].split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            if callable(MIGRATIONS[v]):
+                MIGRATIONS[v](conn)
+            else:
+                for stmt in MIGRATIONS[v].split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {v + 1}")
             conn.execute("COMMIT")
         except BaseException:
@@ -102,13 +149,34 @@ def migrate(conn: sqlite3.Connection, version: int) -> None:
             raise
 
 
-def add_items(conn: sqlite3.Connection, items: list[dict]) -> int:
-    """Add new items; an item already in the database keeps its stored text (verdicts were given on it)."""
+def sync(conn: sqlite3.Connection, queue: list[dict]) -> dict[str, int]:
+    """Make the stored items the run's current review queue, in one transaction. New items are added; an item
+    whose text changed is refreshed (its old verdicts stay, tied to the old hash, and stop counting); one whose
+    routing or judge notes changed gets the new payload and keeps its verdicts; one no longer routed is retired;
+    a retired one routed again comes back (with its verdicts if its text is the one they were given on)."""
+    n = dict.fromkeys(("added", "refreshed", "retired", "restored"), 0)
+    at = now()
     with _tx(conn):
-        before = conn.total_changes
-        conn.executemany("INSERT OR IGNORE INTO items(id, payload, added_at) VALUES (?, ?, ?)",
-                         [(it["id"], json.dumps(it, ensure_ascii=False), now()) for it in items])
-        return conn.total_changes - before
+        have = {i: (p, h, r) for i, p, h, r in conn.execute("SELECT id, payload, content_hash, retired_at FROM items")}
+        seen = {it["id"]: it for it in queue}  # an id listed twice (a hand-edited queue): the last one
+        for item_id, it in seen.items():
+            payload, h = json.dumps(it, ensure_ascii=False), content_hash(it)
+            old = have.get(item_id)
+            if old is None:
+                conn.execute("INSERT INTO items(id, payload, added_at, content_hash) VALUES (?, ?, ?, ?)",
+                             (item_id, payload, at, h))
+                n["added"] += 1
+            elif old != (payload, h, None):
+                conn.execute("UPDATE items SET payload = ?, content_hash = ?, updated_at = ?, retired_at = NULL "
+                             "WHERE id = ?", (payload, h, at, item_id))
+                n["refreshed"] += old[1] != h
+                n["restored"] += old[2] is not None
+            if old is None or old[1] != h:  # the text as shown, for reading a stale verdict later
+                conn.execute("INSERT OR IGNORE INTO item_versions VALUES (?, ?, ?, ?)", (item_id, h, payload, at))
+        gone = [(at, i) for i, (_, _, r) in have.items() if i not in seen and r is None]
+        conn.executemany("UPDATE items SET retired_at = ? WHERE id = ?", gone)
+        n["retired"] = len(gone)
+    return n
 
 
 class _tx:
@@ -124,78 +192,119 @@ class _tx:
         self.conn.execute("ROLLBACK" if kind else "COMMIT")
 
 
-def check_verdict(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None) -> None:
+def check_verdict(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None,
+                  comment: str | None = None) -> None:
     if not isinstance(reviewer, str) or not NAME.match(reviewer):
         raise UserError(f"reviewer: {reviewer!r} is not a name (1-64 letters, digits, space . @ - _)")
     if verdict not in VERDICTS:
         raise UserError(f"verdict: {verdict!r} is not one of {', '.join(VERDICTS)}")
     if verdict == "edit" and not (isinstance(chosen, str) and chosen.strip()):
         raise UserError("chosen: an edit verdict needs the expert's answer text")
-    if conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
+    if comment is not None and not isinstance(comment, str):
+        raise UserError("comment: must be text")
+    if item_hash(conn, item_id) is None:
         raise UserError(f"item: unknown item {item_id!r} (not routed to review in this run)")
 
 
-ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source")
+def item_hash(conn: sqlite3.Connection, item_id: str) -> str | None:
+    """The content hash of a queued item's current text; None for an unknown or retired item."""
+    row = conn.execute("SELECT content_hash FROM items WHERE id = ? AND retired_at IS NULL", (item_id,)).fetchone()
+    return row and row[0]
+
+
+ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source", "hash")
 
 
 def verdict_row(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
-                comment: str | None = None, source: str = "web", at: str | None = None) -> dict:
-    """A checked verdict, as stored: chosen text only for edits, blanks as None."""
-    check_verdict(conn, item_id, reviewer, verdict, chosen)
+                comment: str | None = None, source: str = "web", at: str | None = None,
+                text_hash: str | None = None) -> dict:
+    """A checked verdict, as stored: chosen text only for edits, blanks as None. `text_hash`: the content hash of
+    the text the reviewer saw (an imported file made before a rerun); default: the item's current text."""
+    check_verdict(conn, item_id, reviewer, verdict, chosen, comment)
+    if text_hash is not None and not isinstance(text_hash, str):
+        raise UserError("hash: must be text")
     return dict(zip(ROW, (item_id, reviewer.strip(), verdict, chosen if verdict == "edit" else None,
-                          comment or None, at or now(), source)))
+                          comment or None, at or now(), source, text_hash or item_hash(conn, item_id))))
 
 
 def insert(conn: sqlite3.Connection, rows: list[dict]) -> None:
     """Append verdicts to the history in one transaction: all of them or none."""
     with _tx(conn):
-        conn.executemany("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)", [tuple(r[k] for k in ROW) for r in rows])
+        conn.executemany("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source, "
+                         "content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [tuple(r[k] for k in ROW) for r in rows])
 
 
 def record(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
-           comment: str | None = None, source: str = "web", at: str | None = None) -> dict:
+           comment: str | None = None, source: str = "web", at: str | None = None,
+           text_hash: str | None = None) -> dict:
     """Store one verdict (a new history entry; the reviewer's latest verdict is the one that counts)."""
-    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at)
+    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at, text_hash)
     insert(conn, [row])
     return row
 
 
 def items(conn: sqlite3.Connection) -> list[dict]:
-    return [json.loads(p) for (p,) in conn.execute("SELECT payload FROM items ORDER BY rowid")]
+    """The queued items (retired ones are kept in the file but not listed)."""
+    return [json.loads(p) for (p,) in conn.execute("SELECT payload FROM items WHERE retired_at IS NULL ORDER BY rowid")]
+
+
+def retired(conn: sqlite3.Connection) -> list[str]:
+    return [i for (i,) in conn.execute("SELECT id FROM items WHERE retired_at IS NOT NULL ORDER BY rowid")]
+
+
+# a verdict counts while its item is queued and it was given on the item's current text
+_COUNTS = "JOIN items i ON i.id = v.item_id AND i.retired_at IS NULL AND v.content_hash = i.content_hash"
 
 
 def current(conn: sqlite3.Connection) -> dict[str, dict[str, dict]]:
-    """{item id: {reviewer: their latest verdict}}."""
+    """{item id: {reviewer: their latest verdict on the item's current text}}."""
     out: dict[str, dict[str, dict]] = {}
     q = ("SELECT v.item_id, v.reviewer, v.verdict, v.chosen, v.comment, v.created_at, v.source FROM verdicts v "
-         "JOIN (SELECT item_id, reviewer, max(seq) AS seq FROM verdicts GROUP BY item_id, reviewer) last "
-         "ON v.seq = last.seq ORDER BY v.seq")
+         f"JOIN (SELECT v.item_id, v.reviewer, max(v.seq) AS seq FROM verdicts v {_COUNTS} "
+         "GROUP BY v.item_id, v.reviewer) last ON v.seq = last.seq ORDER BY v.seq")
     for item_id, reviewer, verdict, chosen, comment, at, source in conn.execute(q):
         out.setdefault(item_id, {})[reviewer] = {"verdict": verdict, "chosen": chosen, "comment": comment,
                                                  "at": at, "source": source}
     return out
 
 
+def outdated(conn: sqlite3.Connection) -> set[str]:
+    """Queued items with verdicts given only on text a rerun has since changed (they need a new review)."""
+    q = ("SELECT DISTINCT v.item_id FROM verdicts v JOIN items i ON i.id = v.item_id AND i.retired_at IS NULL "
+         "AND v.content_hash IS NOT i.content_hash")
+    return {i for (i,) in conn.execute(q)} - set(current(conn))
+
+
 def history(conn: sqlite3.Connection, item_id: str | None = None) -> list[dict]:
-    q = "SELECT item_id, reviewer, verdict, chosen, comment, created_at, source FROM verdicts"
+    """Every verdict ever given, stale and retired ones included; `hash` names the text it was given on."""
+    q = "SELECT item_id, reviewer, verdict, chosen, comment, created_at, source, content_hash FROM verdicts"
     args: tuple = ()
     if item_id is not None:
         q, args = q + " WHERE item_id = ?", (item_id,)
     return [dict(zip(ROW, r)) for r in conn.execute(q + " ORDER BY seq", args)]
 
 
-def open_run(run_dir: Path, create: bool = True) -> sqlite3.Connection:
-    """The run's database with the run's current review queue added (new routed pairs appear on reload)."""
+def version(conn: sqlite3.Connection, item_id: str, text_hash: str) -> dict | None:
+    """The item as it was shown with content hash `text_hash` (what a stale verdict was given on)."""
+    row = conn.execute("SELECT payload FROM item_versions WHERE item_id = ? AND content_hash = ?",
+                       (item_id, text_hash)).fetchone()
+    return row and json.loads(row[0])
+
+
+def open_run(run_dir: Path, create: bool = True, changes: dict | None = None) -> sqlite3.Connection:
+    """The run's database synced to the run's current review queue (see sync; `changes` gets its counts). No
+    review_queue.jsonl (a run made before routing existed) says nothing about what is routed: nothing retired."""
     from ..stats import read_jsonl
 
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         raise UserError(f"{run_dir}: not a finished cai_gen run dir (no summary.json)")
     conn = connect(run_dir / FILE, create=create)
+    queue = run_dir / "review_queue.jsonl"
     try:
-        add_items(conn, read_jsonl(run_dir / "review_queue.jsonl"))
-    except ValueError as e:
+        if queue.is_file():
+            (changes if changes is not None else {}).update(sync(conn, read_jsonl(queue)))
+    except (ValueError, KeyError, TypeError) as e:
         conn.close()
         raise UserError(f"{run_dir / 'review_queue.jsonl'}: damaged ({e})") from None
     return conn

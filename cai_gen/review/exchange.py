@@ -2,8 +2,11 @@
 
 For teams that already annotate in another tool (Label Studio, Argilla, a spreadsheet): export, annotate
 the `reviewer`, `verdict`, `chosen` (edits) and `comment` columns, import. The other columns are context and
-are ignored on import. An import is checked in full before anything is stored (one bad row stores nothing),
-and importing the same file twice adds nothing: a row equal to that reviewer's current verdict is skipped.
+are ignored on import, except `hash`: the content hash of the text as exported. A row whose hash is not the
+item's current text (a rerun changed the pair while it was out for annotation) is stored tied to the old text,
+kept in the history and not applied. An import is checked in full before anything is stored (one bad row
+stores nothing), and importing the same file twice adds nothing: a row equal to that reviewer's latest verdict
+on the same text is skipped.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ from ..yamlio import read_jsonl, read_text
 from . import db
 
 VERDICT_FIELDS = ["reviewer", "verdict", "chosen", "comment", "reviewed_at"]
-CSV_FIELDS = ["id", "domain", "routed_by", "system", "prompt", "original", "revision", "principles", "critiques",
-              *VERDICT_FIELDS]
+CSV_FIELDS = ["id", "hash", "domain", "routed_by", "system", "prompt", "original", "revision", "principles",
+              "critiques", *VERDICT_FIELDS]
 
 
 def _fmt(path: Path, fmt: str | None) -> str:
@@ -37,7 +40,8 @@ def rows(conn) -> list[dict]:
     for it in db.items(conn):
         votes = cur.get(it["id"]) or {None: None}
         for reviewer, v in votes.items():
-            out.append({"item": it, "reviewer": reviewer, "verdict": v and v["verdict"], "chosen": v and v["chosen"],
+            out.append({"item": it, "hash": db.item_hash(conn, it["id"]), "reviewer": reviewer,
+                        "verdict": v and v["verdict"], "chosen": v and v["chosen"],
                         "comment": v and v["comment"], "reviewed_at": v and v["at"]})
     return out
 
@@ -45,9 +49,10 @@ def rows(conn) -> list[dict]:
 def flat(r: dict) -> dict:
     it = r["item"]
     system = next((m["content"] for m in it["prompt"] if m["role"] == "system"), "")
-    return {"id": it["id"], "domain": it.get("domain") or "", "routed_by": ",".join(it["routed_by"]),
-            "system": system, "prompt": it["prompt"][-1]["content"], "original": it["original"],
-            "revision": it["revision"], "principles": ",".join(x["principle"] for x in it["rounds"]),
+    return {"id": it["id"], "hash": r["hash"], "domain": it.get("domain") or "",
+            "routed_by": ",".join(it["routed_by"]), "system": system,
+            "prompt": it["prompt"][-1]["content"], "original": it["original"], "revision": it["revision"],
+            "principles": ",".join(x["principle"] for x in it["rounds"]),
             "critiques": "\n\n".join(x["critique"] for x in it["rounds"]),
             **{k: r[k] or "" for k in VERDICT_FIELDS}}
 
@@ -55,7 +60,8 @@ def flat(r: dict) -> dict:
 def export(conn, path: Path, fmt: str | None = None) -> int:
     fmt, rs = _fmt(path, fmt), rows(conn)
     if fmt == "jsonl":
-        atomic_write(path, "".join(json.dumps({"id": r["item"]["id"], **{k: r[k] for k in VERDICT_FIELDS},
+        atomic_write(path, "".join(json.dumps({"id": r["item"]["id"], "hash": r["hash"],
+                                               **{k: r[k] for k in VERDICT_FIELDS},
                                                "item": r["item"]}, ensure_ascii=False) + "\n" for r in rs))
     else:
         buf = io.StringIO()
@@ -81,11 +87,12 @@ def _read(path: Path, fmt: str) -> list[tuple[str, dict]]:
 
 
 def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) -> dict:
-    """Import verdicts. Returns {"imported", "unchanged", "blank"} counts."""
+    """Import verdicts. Returns {"imported", "unchanged", "blank", "stale"} counts (stale: imported rows given on
+    text a rerun has since changed)."""
     path = Path(path)
     recs = _read(path, _fmt(path, fmt))
-    cur = db.current(conn)
-    todo, unchanged, blank = [], 0, 0
+    latest = {(h["item"], h["reviewer"], h["hash"]): h for h in db.history(conn)}  # history is in seq order
+    todo, unchanged, blank, stale = [], 0, 0, 0
     for where, rec in recs:
         get = lambda k: (rec.get(k) if rec.get(k) not in ("", None) else None)  # noqa: E731  (CSV blanks = unset)
         if get("verdict") is None:
@@ -104,13 +111,15 @@ def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) 
                 raise UserError(f"{where}: reviewed_at: {at!r} is not an ISO time (e.g. 2026-11-23T12:00:00+00:00)") from None
         try:
             row = db.verdict_row(conn, str(item_id), str(who), str(get("verdict")).strip().lower(), get("chosen"),
-                                 get("comment"), "import", str(at) if at else None)
+                                 get("comment"), "import", str(at) if at else None,
+                                 str(get("hash")) if get("hash") is not None else None)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        old = cur.get(row["item"], {}).get(row["reviewer"])
+        old = latest.get((row["item"], row["reviewer"], row["hash"]))
         if old and all(old[k] == row[k] for k in ("verdict", "chosen", "comment")):
             unchanged += 1
             continue
         todo.append(row)
+        stale += row["hash"] != db.item_hash(conn, row["item"])
     db.insert(conn, todo)  # all rows or none
-    return {"imported": len(todo), "unchanged": unchanged, "blank": blank}
+    return {"imported": len(todo), "unchanged": unchanged, "blank": blank, "stale": stale}

@@ -6,8 +6,10 @@ the items they disagree on, and review.json with the counts and agreement that t
 
 Several reviewers on one item: each reviewer's latest verdict is a vote, the majority verdict applies. A tie
 is not guessed: the item is `disputed`, left out of the dataset and listed in disputed.jsonl until another
-reviewer breaks it. An item whose stored text no longer matches the run's pair (the run was redone with
-another config) is `stale`: its verdicts are not applied to text the expert never saw.
+reviewer breaks it. A verdict counts only on the text it was given on (db.current): an item whose text a rerun
+changed, with verdicts only on the old text, is `stale` and merged unreviewed until someone reviews the new
+text, and so is an item whose stored text does not match the run's pair. Verdicts on retired items (no longer
+routed) stay in review.sqlite and are not applied.
 """
 from __future__ import annotations
 
@@ -76,7 +78,10 @@ def apply(run_dir: Path) -> dict:
     conn = db.open_run(run_dir, create=False)
     try:
         items = {it["id"]: it for it in db.items(conn)}
-        cur = db.current(conn)
+        cur = db.current(conn)  # only verdicts on each queued item's current text
+        outdated = db.outdated(conn)
+        retired = db.retired(conn)
+        orphans = {i for (i,) in conn.execute("SELECT DISTINCT item_id FROM verdicts")} & set(retired)
         n_verdicts = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
     finally:
         conn.close()
@@ -97,7 +102,7 @@ def apply(run_dir: Path) -> dict:
             rows.append(_unreviewed(pref))
             continue
         if not votes:
-            status["pending"] += 1
+            status["stale" if pref["id"] in outdated else "pending"] += 1
             rows.append(_unreviewed(pref))
             continue
         decision = decide(votes)
@@ -115,7 +120,6 @@ def apply(run_dir: Path) -> dict:
                   "edit": (last["chosen"], it["original"])}[verdict]
         rows.append({**pref, "chosen": [{"role": "assistant", "content": answer[0]}],
                      "rejected": [{"role": "assistant", "content": answer[1]}], **mark})
-    orphans = sorted(set(cur) - {p["id"] for p in prefs})
     out = run_dir / "reviewed"
     out.mkdir(exist_ok=True)
     rows = store.with_splits(rows, store.run_test_size(run_dir))
@@ -131,6 +135,6 @@ def apply(run_dir: Path) -> dict:
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
-               "orphaned": len(orphans), "agreement": agreement(cur)}
+               "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur)}
     store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
     return summary
