@@ -14,9 +14,10 @@ from .store import atomic_write
 
 # knobs that do not change what is generated, or only decide what is kept of it: a resume may change them
 # freely and only the cheap part reruns (filters, gate and judge actions, review rules: no engine start when the
-# ledger holds every request needed). Judge and gate requests have their own ledger keys.
-FREE = {"output", "resume", "restart", "limit", "chunk_size", "pipelined", "judge", "reward", "review", "executor",
-        "filters", "gate"}
+# ledger holds every request needed). Judge and gate requests have their own ledger keys. include_path only says
+# where files are found: the constitution's content is checked through its ref (a hash).
+FREE = {"output", "resume", "restart", "include_path", "limit", "chunk_size", "pipelined", "judge", "reward", "review",
+        "executor", "filters", "gate"}
 FREE_FLAT = {"backend.delay", "backend.enforce_eager", "backend.gpu_memory_utilization", "backend.max_num_seqs",
              "backend.batch_size", "backend.device", "backend.judge", "backend.base_url", "backend.api_key_env",
              "backend.served_model", "backend.concurrency", "backend.max_retries", "backend.timeout",
