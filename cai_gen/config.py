@@ -230,6 +230,7 @@ class RunConfig(Strict):
     pipelined: bool = True
     resume: str | None = None
     restart: bool = False
+    include_path: list[str] = Field(default_factory=list)  # folders with constitutions/, prompts/ (cai_gen/paths.py)
     filters: FiltersCfg = FiltersCfg()
     gate: GateCfg = GateCfg()
     judge: JudgeCfg = JudgeCfg()
@@ -238,6 +239,12 @@ class RunConfig(Strict):
     shard: ShardCfg = ShardCfg()
     executor: ExecutorCfg = ExecutorCfg()
     output: OutputCfg = OutputCfg()
+
+    @field_validator("include_path", mode="before")
+    @classmethod
+    def _one_dir(cls, v):
+        # include_path=DIR means [DIR] and null means [], as cai_gen.paths reads the command line
+        return [v] if isinstance(v, str) else [] if v is None else v
 
     @model_validator(mode="after")
     def _max_tokens(self):
@@ -275,9 +282,10 @@ def compose(*overrides: str) -> RunConfig:
     from hydra import compose as hydra_compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from .__main__ import CONF, register_groups
+    from . import paths
+    from .__main__ import register_groups
 
-    register_groups()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    register_groups(paths.from_overrides(overrides))
+    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
     return validate(OmegaConf.to_container(cfg, resolve=True))

@@ -2,22 +2,23 @@
 
 Merge rule for `include:`: scalar keys, local wins; `principles` merge by id (a local principle replaces the
 base's principle of the same id, new ids are appended); `few_shot` local examples come first, then the base's.
+`include: FILE` is read relative to the including file; when there is no such file, from the constitution folders
+on the search path (cai_gen/paths.py), so a user's constitution anywhere can include the built-in `_base.yaml`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import paths
 from .errors import UserError
 from .yamlio import load_yaml, pydantic_msg
-
-ROOT = Path(__file__).resolve().parent.parent
-CONSTITUTIONS = ROOT / "constitutions"
 
 
 class Principle(BaseModel):
@@ -93,12 +94,13 @@ class Constitution(BaseModel):
         return out
 
 
-def available() -> list[str]:
-    """Names selectable as constitution=<name>: every constitutions/*.yaml not starting with '_' (bases)."""
-    return sorted(p.stem for p in CONSTITUTIONS.glob("*.yaml") if not p.name.startswith("_"))
+def available(include: Iterable[str] = ()) -> list[str]:
+    """Names selectable as constitution=<name>: every constitutions/*.yaml on the search path not starting with
+    '_' (bases)."""
+    return paths.names("constitutions", include)
 
 
-def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _raw(path: Path, seen: tuple[Path, ...] = (), bases: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise UserError(f"{path}: include cycle ({' -> '.join(p.name for p in seen + (path,))})")
@@ -110,7 +112,9 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(inc, str):
         raise UserError(f"{path}: include: must be a file name, got {inc!r}")
-    base = _raw(path.parent / inc, seen + (path,))
+    near = path.parent / inc
+    file = next((f for f in (near, *(b / inc for b in bases)) if f.is_file()), near)  # none: "file not found" names it
+    base = _raw(file, seen + (path,), bases)
     merged = {**base, **{k: v for k, v in data.items() if k not in ("principles", "few_shot")}}
     local = data.get("principles") or []
     if not isinstance(local, list):
@@ -123,17 +127,19 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return merged
 
 
-def load(name: str | None = None, path: str | None = None) -> Constitution:
+def load(name: str | None = None, path: str | None = None, include: Iterable[str] = ()) -> Constitution:
+    """constitution.path=FILE, else the first constitutions/<name>.yaml on the search path (include dirs first)."""
+    bases = tuple(paths.folders("constitutions", include))
     if path:
         file = Path(path).expanduser()
     elif name:
-        file = CONSTITUTIONS / f"{name}.yaml"
-        if not file.is_file():
-            raise UserError(f"constitution: no constitution named {name!r} in {CONSTITUTIONS} "
-                            f"(have: {', '.join(available())}); or set constitution.path=FILE")
+        file = paths.find("constitutions", name, include)
+        if file is None:
+            raise UserError(f"constitution: no constitution named {name!r} in {', '.join(map(str, bases))} "
+                            f"(have: {', '.join(available(include))}); or set constitution.path=FILE")
     else:
         raise UserError("constitution: set constitution=<name> or constitution.path=FILE")
-    data = _raw(file)
+    data = _raw(file, bases=bases)
     try:
         return Constitution.model_validate(data)
     except ValidationError as e:

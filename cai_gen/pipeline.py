@@ -271,9 +271,10 @@ def generate(job: Run, rows: list[Row]) -> list[Row]:
 def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: Tracker | None = None) -> dict:
     """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process)."""
     t0 = time.perf_counter()
-    const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path)
+    const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path, cfg.include_path)
     p = cfg.prompts
-    recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit)
+    recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit,
+                            cfg.include_path)
     recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
     tracker = tracker or Tracker()
     fingerprint.check(out_dir, cfg, const)

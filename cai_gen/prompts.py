@@ -4,13 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 
+from . import paths
 from .errors import UserError
 from .yamlio import load_yaml, read_text
-
-ROOT = Path(__file__).resolve().parent.parent
-PROMPT_SETS = ROOT / "prompts"
 
 
 @dataclass(frozen=True)
@@ -22,8 +21,9 @@ class PromptRecord:
     system: str | None = None
 
 
-def available() -> list[str]:
-    return sorted(p.stem for p in PROMPT_SETS.glob("*.yaml") if not p.name.startswith("_"))
+def available(include: Iterable[str] = ()) -> list[str]:
+    """Names selectable as prompts=<name>: every prompts/*.yaml on the search path (cai_gen/paths.py)."""
+    return paths.names("prompts", include)
 
 
 def _auto_id(text: str) -> str:
@@ -57,10 +57,12 @@ def _dedupe(recs: list[PromptRecord], where: str) -> list[PromptRecord]:
     return recs
 
 
-def from_set(name: str) -> list[PromptRecord]:
-    file = PROMPT_SETS / f"{name}.yaml"
-    if not file.is_file():
-        raise UserError(f"prompts: no built-in prompt set {name!r} in {PROMPT_SETS} (have: {', '.join(available())})")
+def from_set(name: str, include: Iterable[str] = ()) -> list[PromptRecord]:
+    """The first prompts/<name>.yaml on the search path: the user's include dirs, then the built-ins."""
+    file = paths.find("prompts", name, include)
+    if file is None:
+        where = ", ".join(map(str, paths.folders("prompts", include)))
+        raise UserError(f"prompts: no prompt set {name!r} in {where} (have: {', '.join(available(include))})")
     data = load_yaml(file)
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
         raise UserError(f"{file}: expected a mapping with a `prompts:` list")
@@ -110,13 +112,14 @@ def from_dataset(name: str, split: str, column: str, id_column: str | None, doma
 
 
 def load(name: str | None, path: str | None, dataset: str | None, split: str = "train", column: str = "prompt",
-         id_column: str | None = None, domain_column: str | None = None, limit: int | None = None) -> list[PromptRecord]:
+         id_column: str | None = None, domain_column: str | None = None, limit: int | None = None,
+         include: Iterable[str] = ()) -> list[PromptRecord]:
     if path:
         recs = from_jsonl(path)
     elif dataset:
         recs = from_dataset(dataset, split, column, id_column, domain_column)
     elif name:
-        recs = from_set(name)
+        recs = from_set(name, include)
     else:
         raise UserError("prompts: set prompts=<name>, prompts.path=FILE.jsonl or prompts.dataset=NAME")
     return recs[:limit] if limit else recs

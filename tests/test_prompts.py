@@ -53,5 +53,5 @@ def test_local_hf_dataset(tmp_path: Path):
 
 
 def test_unknown_set():
-    with pytest.raises(UserError, match="no built-in prompt set 'nope'"):
+    with pytest.raises(UserError, match="no prompt set 'nope'"):
         prompts.load("nope", None, None)

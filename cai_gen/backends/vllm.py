@@ -4,7 +4,35 @@ from __future__ import annotations
 import logging
 import os
 
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from ..errors import UserError
 from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
+
+# The vLLM releases this backend is tested against; pyproject's `gpu` extra pins the same range (a test checks).
+# It drives the engine through LLM.enqueue (vLLM PR #33195, January 2026) and engine internals
+# (llm_engine.step, request_counter) that change between releases, so other versions are refused at start.
+SUPPORTED = ">=0.32,<0.34"
+
+
+def check_version(version: str | None, has_enqueue: bool) -> None:
+    """One-line UserError unless `version` (vllm.__version__, None: not installed) is in SUPPORTED and its LLM
+    has enqueue. Pure, so it is tested without vLLM."""
+    fix = f"pip install 'vllm{SUPPORTED}' (CUDA) or 'cai_gen[cpu]' (CPU)"
+    if version is None:
+        raise UserError(f"backend=vllm: vLLM is not installed; {fix}")
+    try:
+        # pre-releases count (a source build of 0.33 reads 0.33.1.dev3+g...); '<0.34' still refuses 0.34 dev builds
+        ok = SpecifierSet(SUPPORTED).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        ok = False
+    if not ok:
+        raise UserError(f"backend=vllm: installed vLLM {version} is not supported (cai_gen runs vllm{SUPPORTED}); "
+                        f"{fix}")
+    if not has_enqueue:
+        raise UserError(f"backend=vllm: installed vLLM {version} has no LLM.enqueue (vLLM PR #33195, January 2026), "
+                        f"which cai_gen needs; {fix}")
 
 
 def _cpu_threads() -> None:
@@ -33,6 +61,13 @@ class VLLMBackend:
         cpu = not torch.cuda.is_available()
         if cpu:
             _cpu_threads()
+        try:
+            import vllm
+        except ModuleNotFoundError as e:
+            if e.name != "vllm":  # vLLM is there but one of its own imports failed: that message is the useful one
+                raise
+            check_version(None, False)
+        check_version(getattr(vllm, "__version__", None) or "unknown", hasattr(vllm.LLM, "enqueue"))
         from vllm import LLM
 
         if gpu_memory_utilization is None:
