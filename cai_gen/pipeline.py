@@ -20,6 +20,7 @@ from . import fingerprint, flow, models, quality, report, stages as stages_mod, 
 from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued
 from .config import RunConfig
 from .ledger import Ledger, request_key
+from .lock import RunLock
 from .models import resolve
 from .progress import Tracker
 from .prompts import PromptRecord
@@ -269,7 +270,13 @@ def generate(job: Run, rows: list[Row]) -> list[Row]:
 
 
 def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: Tracker | None = None) -> dict:
-    """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process)."""
+    """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process).
+    One run per dir at a time: a second process gets one line naming the holder (cai_gen/lock.py)."""
+    with RunLock(out_dir):
+        return _run(cfg, out_dir, backend, tracker)
+
+
+def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracker | None) -> dict:
     t0 = time.perf_counter()
     const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path, cfg.include_path)
     p = cfg.prompts

@@ -184,6 +184,7 @@ def test_cli_refuses_an_old_vllm_in_one_line(tmp_path: Path):
     stub = tmp_path / "stub" / "vllm"
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text("__version__ = '0.11.0'\n\nclass LLM:\n    pass\n")
+    (tmp_path / "config.json").write_text("{}")  # passes the model pre-flight; the engine start is what is tested
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub.parent), str(ROOT)])}
     r = subprocess.run([sys.executable, "-m", "cai_gen", "backend=vllm", "model.source=path", f"model.path={tmp_path}",
                         "limit=1", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True,

@@ -177,3 +177,38 @@ def test_created_at_is_when_the_rows_last_generation_finished(tmp_path):
         assert p["created_at"] == stamp[p["chosen"][0]["content"]], p["id"]
     sft = {r["id"]: r["created_at"] for r in map(json.loads, (tmp_path / "sft.jsonl").read_text().splitlines())}
     assert all(sft[p["id"]] == p["created_at"] for p in prefs)
+
+
+def test_a_second_run_into_a_busy_dir_refuses_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    """Regression: two processes started into one run dir each generated the same requests and appended to one
+    ledger. The second now refuses in one line naming the holder; after the holder is killed -9, a rerun takes the
+    lock over and finishes with each request generated once."""
+    out = tmp_path / "run"
+    first = cli(out, delay=0.05, wait=False)
+    led = out / "work" / "generations.jsonl"
+    t0 = time.time()
+    while not led.exists() and first.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    second = cli(out)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"in use by another cai_gen run (pid {first.pid} on " in lines[0] and "Traceback" not in second.stderr
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    third = cli(out)
+    assert third.returncode == 0, third.stderr[-2000:]
+    keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 80  # 20 rows x respond, critique, gate, revise: none twice
+
+
+def test_the_lock_is_per_dir_and_released_after_a_run(tmp_path):
+    from cai_gen.lock import RunLock
+
+    with RunLock(tmp_path / "a"):
+        with pytest.raises(UserError, match=rf"in use by another cai_gen run \(pid {os.getpid()} on "):
+            with RunLock(tmp_path / "a"):
+                pass
+        with RunLock(tmp_path / "b"):  # another dir is free
+            pass
+    with RunLock(tmp_path / "a"):  # released on exit
+        pass
