@@ -62,7 +62,15 @@ def main(cfg: DictConfig) -> None:
                 raise UserError(f"resume: {out} is not a cai_gen run dir (no work/run.json)")
         from . import pipeline, report  # heavy-ish imports only once the config is known to be good
 
-        summary = pipeline.run(run_cfg, out)
+        try:
+            summary = pipeline.run(run_cfg, out)
+        except KeyboardInterrupt:
+            # every finished generation is in the ledger (flushed as it came); the same command picks up there
+            from .ledger import saved
+
+            print(f"cai_gen: stopped; {saved(out / 'work')} generations saved; rerun the same command to resume",
+                  file=sys.stderr)
+            sys.exit(130)
         report.print_summary(summary, out)
     except UserError as e:
         print(f"cai_gen: error: {e}", file=sys.stderr)
@@ -79,4 +87,8 @@ if __name__ == "__main__":
         print(f"cai_gen: error: {e}", file=sys.stderr)
         sys.exit(2)
     check_group_choices(sys.argv[1:], include)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before the run started (composing, loading prompts): nothing to save
+        print("cai_gen: stopped", file=sys.stderr)
+        sys.exit(130)

@@ -230,6 +230,7 @@ class RunConfig(Strict):
     pipelined: bool = True
     resume: str | None = None
     restart: bool = False
+    verbose: bool = False  # true: engine logs on the terminal instead of <run dir>/engine.log
     include_path: list[str] = Field(default_factory=list)  # folders with constitutions/, prompts/ (cai_gen/paths.py)
     filters: FiltersCfg = FiltersCfg()
     gate: GateCfg = GateCfg()

@@ -16,8 +16,8 @@ from .store import atomic_write
 # freely and only the cheap part reruns (filters, gate and judge actions, review rules: no engine start when the
 # ledger holds every request needed). Judge and gate requests have their own ledger keys. include_path only says
 # where files are found: the constitution's content is checked through its ref (a hash).
-FREE = {"output", "resume", "restart", "include_path", "limit", "chunk_size", "pipelined", "judge", "reward", "review",
-        "executor", "filters", "gate"}
+FREE = {"output", "resume", "restart", "verbose", "include_path", "limit", "chunk_size", "pipelined", "judge",
+        "reward", "review", "executor", "filters", "gate"}
 # How the model is run is not what it generates: the ledger keys hold the model name, the conversation and the
 # sampling params, never the engine. So a run moves freely between the local vLLM engine, a server of the same
 # model (backend=openai) and the transformers backend; only the fake engine (tests, dry runs) is its own kind,

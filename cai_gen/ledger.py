@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .backends import Conversation, Generation, Params
+from .errors import UserError
 
 
 def request_key(model: str, conv: Conversation, params: Params) -> str:
@@ -38,6 +39,15 @@ def _read(path: Path, done: dict[str, Generation]) -> int:
     return good
 
 
+def saved(work: Path) -> int:
+    """Whole lines in every ledger file of a run's work dir: what a rerun will reuse."""
+    n = 0
+    for f in work.glob("generations*.jsonl"):
+        with open(f, "rb") as fh:
+            n += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    return n
+
+
 class Ledger:
     """Writes to `path`; also reads every other `generations*.jsonl` beside it: the local executor's
     `generations.jsonl` and the `generations-<id>.jsonl` segments of executor=ray's replicas (one file each, so
@@ -56,6 +66,7 @@ class Ledger:
                 with open(path, "r+b") as f:
                     f.truncate(good)  # then overwritten by the next line
         self.f = None  # opened at the first new generation: a fully resumed run leaves no empty file
+        self.broken = False  # a write failed: nothing more is synced (the error was raised once)
 
     def _file(self):
         if self.f is None:
@@ -71,16 +82,21 @@ class Ledger:
         if gen.done_at is None:
             gen = replace(gen, done_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         self.done[key] = gen
-        f = self._file()
-        f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
-        f.flush()
+        try:
+            f = self._file()
+            f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
+            f.flush()
+        except OSError as e:  # disk full, quota, a vanished mount: the lines before this one are safe
+            self.broken = True
+            raise UserError(f"{self.path}: cannot write ({e.strerror or e}); {saved(self.path.parent)} generations "
+                            "saved; free space and rerun the same command to resume") from None
         self.pending += 1
         if self.pending >= self.fsync_every:
             self.sync()
         return gen
 
     def sync(self) -> None:
-        if self.f is None or self.f.closed:
+        if self.f is None or self.f.closed or self.broken:
             return
         self.f.flush()
         os.fsync(self.f.fileno())
@@ -88,5 +104,8 @@ class Ledger:
 
     def close(self) -> None:
         if self.f is not None and not self.f.closed:
-            self.sync()
-            self.f.close()
+            try:
+                self.sync()
+                self.f.close()
+            except OSError:
+                pass  # a broken write already said so; closing must not raise over it

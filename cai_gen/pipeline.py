@@ -10,13 +10,14 @@ import hashlib
 import json
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
-from . import fingerprint, flow, models, quality, report, stages as stages_mod, store, turns
+from . import enginelog, fingerprint, flow, models, quality, report, stages as stages_mod, store, turns
 from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued
 from .config import RunConfig
 from .ledger import Ledger, request_key
@@ -305,18 +306,21 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         if own:  # opened at the first request the ledger does not hold
             backend = Lazy(cfg.model.name, cfg.backend.kind != "transformers", lambda: open_backend(cfg, tracker))
         ledger = Ledger(out_dir / "work" / "generations.jsonl")
-        try:
-            job = Run(cfg, backend, const, tracker, ledger)
-            kept = generate(job, rows)
-            if cfg.judge.enabled and kept:
-                kept = _judge(job, cfg, kept, backend, own, tracker)
-        finally:
-            ledger.close()
-            if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
-                tracker.console.print(f"[bold]backend[/]: {backend.retries} request tries failed and were retried")
-            if own:
-                started = backend.opened
-                backend.close()
+        # engine logs go to engine.log, the terminal shows our progress (a fake engine or a server client is quiet)
+        quiet = own and not cfg.verbose and cfg.backend.kind in ("vllm", "transformers")
+        with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
+            try:
+                job = Run(cfg, backend, const, tracker, ledger)
+                kept = generate(job, rows)
+                if cfg.judge.enabled and kept:
+                    kept = _judge(job, cfg, kept, backend, own, tracker)
+            finally:
+                ledger.close()
+                if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
+                    tracker.console.print(f"[bold]backend[/]: {backend.retries} request tries failed and were retried")
+                if own:
+                    started = backend.opened
+                    backend.close()
     if cfg.reward.model and kept:
         kept = job.reward(kept)
     if cfg.output.length_balance == "match":

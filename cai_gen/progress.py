@@ -56,7 +56,7 @@ class Tracker:
         last = dict.fromkeys(steps, t0)
         toks = dict.fromkeys(steps, 0)
         with Progress(*self._columns(), console=self.console, transient=False,
-                      disable=not sys.stderr.isatty()) as bar:
+                      disable=not self.console.is_terminal) as bar:
             tasks = {k: bar.add_task(bars[k][0], total=bars[k][1], tps=0.0) for k in steps}
             totals = {k: bars[k][1] for k in steps}
 
@@ -80,10 +80,10 @@ class Tracker:
         for k in steps:
             # a stage's seconds: from the flow's start to its last finished request (stages overlap)
             sts[k].seconds += (last[k] - t0) if first[k] else 0.0
-            if not sys.stderr.isatty():
+            if not self.console.is_terminal:
                 self.console.print(f"{bars[k][0]}: {sts[k].rows} requests, {toks[k]} tokens "
                                    f"(pipelined: done {last[k] - t0:.1f}s after start)")
-        if not sys.stderr.isatty():
+        if not self.console.is_terminal:
             total = sum(toks.values())
             self.console.print(f"pipelined: {total} tokens in {dt:.1f}s ({total / max(dt, 1e-6):.0f} tok/s)")
 
@@ -95,7 +95,7 @@ class Tracker:
         cols = self._columns()
         t0 = time.perf_counter()
         # Not a live display when stderr is not a terminal (CI logs, nohup): rich would print nothing useful.
-        with Progress(*cols, console=self.console, transient=False, disable=not sys.stderr.isatty()) as bar:
+        with Progress(*cols, console=self.console, transient=False, disable=not self.console.is_terminal) as bar:
             task = bar.add_task(name, total=total, tps=0.0)
             done_tokens = 0
 
@@ -110,7 +110,7 @@ class Tracker:
         st.seconds += dt
         if generating:
             self.gen_seconds += dt
-        if not sys.stderr.isatty():
+        if not self.console.is_terminal:
             self.console.print(f"{name}: {total} rows, {done_tokens} tokens in {dt:.1f}s "
                                f"({done_tokens / max(dt, 1e-6):.0f} tok/s)")
 

@@ -42,6 +42,13 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
     for key in ("id", "domain", "system"):
         if row.get(key) is not None and not isinstance(row[key], (str, int)):
             raise UserError(f"{where}: field `{key}` must be a string")
+    for key in ("prompt", "id", "domain", "system"):
+        if isinstance(row.get(key), str):
+            try:  # valid JSON can hold a lone surrogate ("\ud800") that no file or tokenizer can encode
+                row[key].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UserError(f"{where}: field `{key}` is not valid Unicode ({e.reason} at character "
+                                f"{e.start})") from None
     pid = str(row["id"]) if row.get("id") is not None else _auto_id(text)
     return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, row.get("system"))
 

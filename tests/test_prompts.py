@@ -33,6 +33,9 @@ def test_jsonl_fields_and_auto_ids(tmp_path: Path):
     (b'\n\n', "no prompts"),
     (b'{"prompt": "caf\xe9"}\n', ":1: not valid UTF-8"),
     (b'[1, 2]\n', ":1: expected an object"),
+    # valid JSON, not encodable: a lone surrogate used to pass here and crash later with a traceback
+    (b'{"prompt": "ok"}\n{"prompt": "bad \\ud800 text"}\n', ":2: field `prompt` is not valid Unicode (surrogates"),
+    (b'{"prompt": "ok", "id": "\\udfff"}\n', ":1: field `id` is not valid Unicode"),
 ])
 def test_bad_jsonl(tmp_path: Path, content, msg):
     f = tmp_path / "bad.jsonl"

@@ -46,7 +46,9 @@ def test_ray_equals_local_and_resumes_across_executors(tmp_path):
     s = pipeline.run(ray_cfg, run)
     assert files(run) == files(local)            # same requests, seeds and checks: the same dataset
     segs = segments(run)
-    assert len(segs) >= 2 and "generations.jsonl" not in segs  # one ledger segment per replica
+    # one ledger segment per replica that got a batch (under load Ray Data may hand every batch to the replica
+    # that started first: a replica with no batch opens no file); never the local executor's file
+    assert 1 <= len(segs) <= 2 and "generations.jsonl" not in segs
     assert sum(segs.values()) == sum(segments(local).values())
     assert s["stages"]["respond"]["rows"] == 20 and s["stages"]["judge"]["rows"] == 2 * s["kept"]
 

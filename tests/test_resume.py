@@ -212,3 +212,45 @@ def test_the_lock_is_per_dir_and_released_after_a_run(tmp_path):
             pass
     with RunLock(tmp_path / "a"):  # released on exit
         pass
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_rerun_finishes(tmp_path):
+    """Ctrl-C mid-run: no traceback, one line saying how many generations are saved (exactly the ledger's
+    lines) and how to resume; the same command then finishes with each request generated once."""
+    out = tmp_path / "run"
+    p = cli(out, delay=0.05, wait=False)
+    led = out / "work" / "generations.jsonl"
+    t0 = time.time()
+    while (not led.exists() or len(led.read_text().splitlines()) < 10) and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    n = len(led.read_text().splitlines())
+    assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"cai_gen: stopped; {n} generations saved; rerun the same command to resume"
+    assert 10 <= n < 80
+    r = cli(out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 80
+
+
+def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_path, monkeypatch):
+    """A real ENOSPC (the kernel's /dev/full) on a ledger write: one line naming the file and what is saved, and
+    the lines written before it stay whole, so the rerun resumes from them."""
+    cfg = make_cfg(*ARGS)
+    real_file = Ledger._file
+    writes = {"n": 0}
+
+    def fill_up(self):
+        writes["n"] += 1
+        return open("/dev/full", "a") if writes["n"] > 30 else real_file(self)
+
+    monkeypatch.setattr(Ledger, "_file", fill_up)
+    with pytest.raises(UserError, match=r"generations.jsonl: cannot write \(No space left on device\); 30 generations "
+                                        r"saved; free space and rerun the same command to resume"):
+        pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    monkeypatch.undo()
+    be = FakeBackend("f", cfg.model.name)
+    pipeline.run(cfg, tmp_path, backend=be)
+    assert sum(be.calls) == 50
