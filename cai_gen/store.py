@@ -60,11 +60,39 @@ def save_dataset(path: Path, rows: list[dict] | dict[str, tuple[list[dict], list
 
     ds = datasets.DatasetDict({k: one(*v) for k, v in rows.items()}) if isinstance(rows, dict) else one(rows, columns)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    ds.save_to_disk(str(tmp))
-    tmp.chmod(0o755)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+    try:
+        ds.save_to_disk(str(tmp))
+        tmp.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the old copy is untouched
+        raise
+    swap_dir(tmp, path)
+
+
+def swap_dir(new: Path, path: Path) -> None:
+    """Put the directory `new` at `path` so that a reader of `path` sees the old copy or the new one, never
+    neither: one renameat2(RENAME_EXCHANGE) on Linux, then the old copy (now at `new`) is removed. Elsewhere
+    (or on filesystems without it) the old copy is moved aside first: a moment without `path`, never a mix."""
+    if not path.exists():
+        os.replace(new, path)
+        return
+    if not _exchange(new, path):
+        aside = new.with_name(new.name + ".old")
+        os.replace(path, aside)
+        os.replace(new, path)
+        new = aside
+    shutil.rmtree(new, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    except (OSError, AttributeError):  # no renameat2 in this libc
+        return False
 
 
 def save_splits(out: Path, prefs: list[dict], sft: list[dict], kto: list[dict], pref_columns: list[str]) -> None:

@@ -2,6 +2,8 @@
 the concurrency bound, retries with backoff, giving up cleanly, and resuming. The real vLLM API server,
 killed and restarted mid-run, is in test_openai_server.py."""
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from cai_gen.backends import Params, make_backend
 from cai_gen.backends.fake import FakeBackend
 from cai_gen.errors import UserError
 
-from .conftest import make_cfg
+from .conftest import ROOT, make_cfg
 from .openai_stub import Stub
 
 NAME = "SmolLM2-135M-Instruct"
@@ -212,3 +214,26 @@ def test_a_separate_judge_goes_to_its_own_server_and_is_checked_first(stub, tmp_
         assert len(stub.requests) == n
     finally:
         jstub.close()
+
+
+HANG = """
+import socket, sys, threading, time
+from cai_gen.backends import Params
+from cai_gen.backends.openai import OpenAIBackend
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(8)
+held = []
+threading.Thread(target=lambda: [held.append(s.accept()) for _ in range(8)], daemon=True).start()
+be = OpenAIBackend("x", "m", base_url=f"http://127.0.0.1:{s.getsockname()[1]}/v1", max_model_len=100,
+                   count_tokens="none")
+be.submit([[{"role": "user", "content": "hi"}]], [Params(0.5, 0.9, 4, 1)])
+time.sleep(0.5)
+be.close()
+"""
+
+
+def test_a_request_stuck_on_a_silent_server_does_not_hold_the_process_open():
+    """Regression: request threads were the stdlib pool's, joined at interpreter exit, so a server that accepted a
+    request and never answered kept a finished run's process (and this test session) alive for the read timeout
+    (600 s by default). Found as a hung pytest exit."""
+    r = subprocess.run([sys.executable, "-c", HANG], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -51,27 +51,36 @@ def test_ledger_reuses_everything_on_rerun(tmp_path):
     assert be2.calls == [] and content(tmp_path) == first  # nothing regenerated, same rows
 
 
-# respond ~1 s, critique ~1 s, gate ~1 s, revise ~1 s (20 rows x 0.05 s each), then writing
-@pytest.mark.parametrize("kill_after", [0.3, 1.6, 2.6, 3.4])
-def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, kill_after):
+STAGES = ["respond", "critique", "gate", "revise"]  # 20 requests each (10 prompts x 2 samples), 0.05 s apiece
+
+
+# staged (pipelined=false): the ledger's line count says which stage was running when the kill landed; pipelined
+# (the default): the kill lands while every stage has requests in flight
+@pytest.mark.parametrize("schedule,stage", [("staged", s) for s in range(4)] + [("pipelined", None)])
+def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, schedule, stage):
     out = tmp_path / "run"
-    p = cli(out, delay=0.05, wait=False)
-    # start the clock once the process is past imports (the ledger exists), so the kill lands mid-stage
+    extra = ("pipelined=false",) if schedule == "staged" else ()
+    p = cli(out, *extra, delay=0.05, wait=False)
+    led = out / "work" / "generations.jsonl"
+    at = 20 * stage + 5 if stage is not None else 30  # a quarter into the stage
     t0 = time.time()
-    while not (out / "work" / "generations.jsonl").exists() and p.poll() is None and time.time() - t0 < 60:
-        time.sleep(0.02)
-    time.sleep(kill_after)
+    while p.poll() is None and time.time() - t0 < 120:
+        if led.exists() and len(led.read_text().splitlines()) >= at:
+            break
+        time.sleep(0.01)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    done_before = len((out / "work" / "generations.jsonl").read_text().splitlines())
-    r = cli(out)
+    done_before = len(led.read_text().splitlines())
+    if stage is not None:  # the kill landed inside the stage under test, not after it
+        assert at <= done_before < 20 * (stage + 1), f"{done_before} generations: not inside {STAGES[stage]}"
+    else:
+        assert at <= done_before < 80
+    r = cli(out, *extra)
     assert r.returncode == 0, r.stderr
     got = content(out)
     assert got == clean and len({g[0] for g in got}) == len(got)
-    print(f"killed after {kill_after}s: {done_before} of 80 generations committed")
-    assert done_before > 0
     # the finished generations were reused, not redone: the ledger holds each request once
-    keys = [json.loads(l)["key"] for l in (out / "work" / "generations.jsonl").read_text().splitlines()]
+    keys = [json.loads(l)["key"] for l in led.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 80
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import random
 import threading
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from ..errors import UserError
 from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
@@ -45,7 +46,7 @@ class OpenAIBackend:
                                    headers={"Authorization": f"Bearer {key}"} if key else {},
                                    limits=httpx.Limits(max_connections=concurrency,
                                                        max_keepalive_connections=concurrency))
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="cai_gen-openai")
+        self.pool = DaemonPool(concurrency)
         self.futures: dict[Future, int] = {}
         self.next, self.retries = 0, 0
         self.failed: BaseException | None = None  # a request failed for good: raised once the answers in hand are out
@@ -96,7 +97,7 @@ class OpenAIBackend:
 
     def close(self) -> None:
         self.stop.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown()
         self.client.close()
 
     # --- one request ------------------------------------------------------------------------------------
@@ -153,6 +154,48 @@ class OpenAIBackend:
                           finish_reason="length" if ch.get("finish_reason") == "length" else "stop",
                           prompt_tokens=usage.get("prompt_tokens", 0),
                           completion_tokens=usage.get("completion_tokens", 0), cached_tokens=cached, probs=probs)
+
+
+class DaemonPool:
+    """ThreadPoolExecutor's submit() on daemon threads. The stdlib pool's threads are joined at interpreter exit,
+    so one request stuck reading from a server that stopped answering (up to `timeout`, 10 minutes by default)
+    held a finished or failed run's process open; daemon threads end with it."""
+
+    def __init__(self, workers: int):
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self.workers = workers
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"cai_gen-openai-{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        f: Future = Future()
+        self.q.put((f, fn, args))
+        return f
+
+    def _work(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            f, fn, args = item
+            if not f.set_running_or_notify_cancel():
+                continue
+            try:
+                f.set_result(fn(*args))
+            except BaseException as e:
+                f.set_exception(e)
+
+    def shutdown(self) -> None:
+        """Cancel what has not started; threads in a request end when it does (or with the process)."""
+        while True:
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in range(self.workers):
+            self.q.put(None)  # each idle worker takes one and ends
 
 
 def check_served(base_url: str, served: str, api_key_env: str | None, field: str) -> None:
