@@ -27,7 +27,9 @@ def register_groups(include: Sequence[str] = ()) -> None:
         cs.store(group="constitution", name=name, node={"name": name, "path": None})
     for name in prompts.available(include):
         cs.store(group="prompts", name=name, node={"name": name, "path": None, "dataset": None, "split": "train",
-                                                   "column": "prompt", "id_column": None, "domain_column": None})
+                                                   "column": "prompt", "id_column": None, "domain_column": None,
+                                                   "messages_column": None, "config": None, "revision": None,
+                                                   "data_files": None, "keep_duplicates": False})
 
 
 def check_group_choices(argv: list[str], include: Sequence[str] = ()) -> None:

@@ -105,10 +105,15 @@ class PromptsCfg(Strict):
     name: str | None = None   # prompts/<name>.yaml built-in set
     path: str | None = None   # a JSONL file: {"prompt": ..., "id"?, "domain"?, "system"?} per line
     dataset: str | None = None  # a Hugging Face dataset name or local path (load_dataset / load_from_disk)
-    split: str = "train"
+    split: str = "train"      # a split, or a slice of one: train[:1000], train[10%:20%]
     column: str = "prompt"
     id_column: str | None = None
     domain_column: str | None = None
+    messages_column: str | None = None  # a column of chat messages (multi-turn, ending with a user turn) instead of `column`
+    config: str | None = None           # the dataset's subset (load_dataset's second argument)
+    revision: str | None = None         # a hub dataset's git revision (branch, tag or commit)
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None  # load_dataset's data_files
+    keep_duplicates: bool = False       # false: exact duplicate prompts (same system, turns, text) are dropped, counted
 
 
 Range = float | tuple[float, float]

@@ -22,7 +22,8 @@ def conversation(const, row, order: str, rubric: list[str]) -> list[dict]:
     a, b = (original, revision) if order == "original_first" else (revision, original)
     principles = [const.principle(pid).critique.strip() for pid in dict.fromkeys(row.principles[: len(row.critiques)])]
     text = turns.render("judge", rubric=rubric, principles=principles, constitution=const.name,
-                        system=row.prompt.system or "", prompt=row.prompt.prompt, a=a, b=b)
+                        system=row.prompt.system or "", context=row.prompt.turns(), prompt=row.prompt.prompt,
+                        a=a, b=b)
     return [{"role": "user", "content": text}]
 
 

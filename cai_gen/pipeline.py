@@ -120,7 +120,8 @@ class Run:
         return self.fail(row, stage, why, where=stage.name)
 
     def conv(self, row: Row, with_few_shot: bool) -> Conversation:
-        return turns.head(row.prompt.system, self.fs if with_few_shot else [], row.prompt.prompt) + row.history
+        return turns.head(row.prompt.system, self.fs if with_few_shot else [], row.prompt.prompt,
+                          row.prompt.turns()) + row.history
 
     def record(self, row: Row, stage, req, g: Generation) -> None:
         """The row's trace entry for one request (the few-shot prefix is counted, not copied)."""
@@ -282,9 +283,14 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path, cfg.include_path)
     p = cfg.prompts
     recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit,
-                            cfg.include_path)
+                            cfg.include_path, messages_column=p.messages_column, config=p.config,
+                            revision=p.revision, data_files=p.data_files, keep_duplicates=p.keep_duplicates)
+    dups = recs.duplicates
     recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
     tracker = tracker or Tracker()
+    if dups:
+        tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
+                              "(prompts.keep_duplicates=true keeps them)")
     fingerprint.check(out_dir, cfg, const)
     preflight(cfg, own_engine=backend is None)
     if cfg.reward.model:
@@ -329,7 +335,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     for part in (kept, job.rejected, job.ended, rows):
         part.sort(key=lambda r: pos[r.id])
     summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, job.ended, created)
-    summary.update(prompts=len(recs), seconds=round(time.perf_counter() - t0, 1),
+    summary.update(prompts=len(recs), duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})
     store.write_summary(out_dir, summary)

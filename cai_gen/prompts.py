@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,13 +13,31 @@ from .errors import UserError
 from .yamlio import load_yaml, read_text
 
 
+ROLES = ("system", "user", "assistant")
+
+
 @dataclass(frozen=True)
 class PromptRecord:
     id: str
-    prompt: str
+    prompt: str                      # the last user turn: what the assistant answers
     domain: str
     source: str
     system: str | None = None
+    # earlier turns of a multi-turn prompt, oldest first, as (role, content) pairs (hashable); () for one turn
+    context: tuple[tuple[str, str], ...] = ()
+
+    def turns(self) -> list[dict]:
+        """The earlier turns as chat messages."""
+        return [{"role": r, "content": c} for r, c in self.context]
+
+    def messages(self) -> list[dict]:
+        """The whole prompt as chat messages (TRL's explicit-prompt format)."""
+        sys = [{"role": "system", "content": self.system}] if self.system else []
+        return sys + self.turns() + [{"role": "user", "content": self.prompt}]
+
+    def text(self) -> str:
+        """Every turn's text, for checks that ask what the user said (e.g. a model name they mentioned)."""
+        return "\n".join([c for _, c in self.context] + [self.prompt])
 
 
 def available(include: Iterable[str] = ()) -> list[str]:
@@ -31,11 +50,47 @@ def _auto_id(text: str) -> str:
     return "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _turns(msgs, where: str) -> tuple[str | None, tuple, str]:
+    """A `messages` list -> (system, earlier turns, last user text); one line naming the row and turn if bad."""
+    if not isinstance(msgs, list) or not msgs:
+        raise UserError(f"{where}: field `messages` must be a non-empty list of {{role, content}} turns")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+            raise UserError(f"{where}: messages[{i}] must be an object with exactly `role` and `content`")
+        if m["role"] not in ROLES:
+            raise UserError(f"{where}: messages[{i}]: unknown role {m['role']!r} (use {', '.join(ROLES)})")
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            raise UserError(f"{where}: messages[{i}]: empty content")
+        if m["role"] == "system" and i != 0:
+            raise UserError(f"{where}: messages[{i}]: a system turn may only come first")
+        _encodable(m["content"], where, f"messages[{i}].content")
+    if msgs[-1]["role"] != "user":
+        raise UserError(f"{where}: messages must end with a user turn (the assistant answers it), "
+                        f"not {msgs[-1]['role']!r}")
+    system = msgs[0]["content"] if msgs[0]["role"] == "system" else None
+    rest = msgs[1:] if system is not None else msgs
+    return system, tuple((m["role"], m["content"]) for m in rest[:-1]), rest[-1]["content"]
+
+
+def _encodable(text: str, where: str, key: str) -> None:
+    try:  # valid JSON can hold a lone surrogate ("\ud800") that no file or tokenizer can encode
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: field `{key}` is not valid Unicode ({e.reason} at character {e.start})") from None
+
+
 def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRecord:
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected an object with a `prompt` field, got {type(row).__name__}")
+    if "messages" in row:
+        if "prompt" in row or "system" in row:
+            raise UserError(f"{where}: give `messages` or `prompt` (+ `system`), not both")
+        system, context, text = _turns(row["messages"], where)
+        row = {**row, "prompt": text, "system": system}
+    else:
+        context = ()
     if "prompt" not in row:
-        raise UserError(f"{where}: missing field `prompt`")
+        raise UserError(f"{where}: missing field `prompt` (or `messages`)")
     text = row["prompt"]
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{where}: field `prompt` must be a non-empty string")
@@ -44,27 +99,42 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
             raise UserError(f"{where}: field `{key}` must be a string")
     for key in ("prompt", "id", "domain", "system"):
         if isinstance(row.get(key), str):
-            try:  # valid JSON can hold a lone surrogate ("\ud800") that no file or tokenizer can encode
-                row[key].encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise UserError(f"{where}: field `{key}` is not valid Unicode ({e.reason} at character "
-                                f"{e.start})") from None
-    pid = str(row["id"]) if row.get("id") is not None else _auto_id(text)
-    return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, row.get("system"))
+            _encodable(row[key], where, key)
+    system = row.get("system")
+    # content-derived, so the same conversation keeps its id across runs and files
+    auto = _auto_id(text) if not context else _auto_id(json.dumps([system, context, text]))
+    pid = str(row["id"]) if row.get("id") is not None else auto
+    return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context)
 
 
-def _dedupe(recs: list[PromptRecord], where: str) -> list[PromptRecord]:
-    seen: dict[str, int] = {}
+class Prompts(list):
+    """The loaded prompts, and how many exact duplicates (same system, turns and text) were dropped."""
+    duplicates: int = 0
+
+
+def _dedupe(recs: list[PromptRecord], where: str, keep_duplicates: bool = False) -> Prompts:
+    """Exact duplicate conversations are dropped (reported), unless kept; an id given twice to different
+    prompts is an error (which one did the user mean?)."""
+    out, seen_id, seen_text = Prompts(), {}, set()
     for i, r in enumerate(recs):
-        if r.id in seen:
-            raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {seen[r.id] + 1} and {i + 1})")
-        seen[r.id] = i
-    if not recs:
+        key = (r.system, r.context, r.prompt)  # hashable: context is (role, content) pairs
+        if key in seen_text and not keep_duplicates:
+            out.duplicates += 1
+            continue
+        if r.id in seen_id:
+            if key in seen_text:  # kept on purpose: same auto id, so number the copy
+                r = PromptRecord(f"{r.id}-dup{i}", r.prompt, r.domain, r.source, r.system, r.context)
+            else:
+                raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {seen_id[r.id] + 1} and {i + 1})")
+        seen_id[r.id] = i
+        seen_text.add(key)
+        out.append(r)
+    if not out:
         raise UserError(f"{where}: no prompts")
-    return recs
+    return out
 
 
-def from_set(name: str, include: Iterable[str] = ()) -> list[PromptRecord]:
+def from_set(name: str, include: Iterable[str] = ()) -> list[dict]:
     """The first prompts/<name>.yaml on the search path: the user's include dirs, then the built-ins."""
     file = paths.find("prompts", name, include)
     if file is None:
@@ -74,11 +144,12 @@ def from_set(name: str, include: Iterable[str] = ()) -> list[PromptRecord]:
     if not isinstance(data, dict) or not isinstance(data.get("prompts"), list):
         raise UserError(f"{file}: expected a mapping with a `prompts:` list")
     default = str(data.get("domain") or name)
-    return _dedupe([_record(r, f"{file}: prompts[{i}]", default, f"set:{name}") for i, r in enumerate(data["prompts"])],
-                   str(file))
+    return [_record(r, f"{file}: prompts[{i}]", default, f"set:{name}") for i, r in enumerate(data["prompts"])]
 
 
 def from_jsonl(path: str) -> list[PromptRecord]:
+    """One JSON object per line: `prompt` (+ `system`), or `messages` (a multi-turn context ending with a user
+    turn); optional `id`, `domain`."""
     file = Path(path).expanduser()
     recs = []
     for n, line in enumerate(read_text(file).splitlines(), 1):
@@ -89,47 +160,75 @@ def from_jsonl(path: str) -> list[PromptRecord]:
         except json.JSONDecodeError as e:
             raise UserError(f"{file}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
         recs.append(_record(row, f"{file}:{n}", "general", f"file:{file.name}"))
-    return _dedupe(recs, str(file))
+    return recs
 
 
-def from_dataset(name: str, split: str, column: str, id_column: str | None, domain_column: str | None) -> list[PromptRecord]:
+# "train", "train[:1000]", "train[10%:20%]", "test[-50:]": datasets' own split syntax, also for load_from_disk
+SPLIT = re.compile(r"^([\w.-]+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?$")
+
+
+def _slice(ds, spec: str, where: str):
+    m = SPLIT.match(spec)
+    lo, hi = m.group(2), m.group(3)
+    if lo is None and hi is None:
+        return ds
+    n = len(ds)
+    to_i = lambda v, d: d if v is None else (round(n * int(v[:-1]) / 100) if v.endswith("%") else int(v))  # noqa: E731
+    return ds.select(range(n)[slice(to_i(lo, 0), to_i(hi, n))])
+
+
+def from_dataset(name: str, split: str, column: str, id_column: str | None, domain_column: str | None,
+                 messages_column: str | None = None, config: str | None = None, revision: str | None = None,
+                 data_files=None) -> list[PromptRecord]:
     import datasets
 
+    m = SPLIT.match(split)
+    if m is None:
+        raise UserError(f"prompts.split: {split!r} is not a split (e.g. train, train[:1000], train[10%:20%])")
     try:
         local = Path(name)
         if local.is_dir() and any((local / f).exists() for f in ("state.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(name)
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+            ds = _slice(ds[m.group(1)] if isinstance(ds, datasets.DatasetDict) else ds, split, name)
         else:
-            ds = datasets.load_dataset(name, split=split)
+            ds = datasets.load_dataset(name, config, split=split, revision=revision, data_files=data_files)
     except Exception as e:  # datasets raises many types for a bad name/split; the user needs one line
-        raise UserError(f"prompts.dataset: cannot load {name!r} split {split!r}: {str(e).splitlines()[0]}") from None
-    for col in (column, id_column, domain_column):
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"prompts.dataset: cannot load {name!r} split {split!r}: {first}") from None
+    text_col = messages_column or column
+    for col in (text_col, id_column, domain_column):
         if col and col not in ds.column_names:
             raise UserError(f"prompts.dataset {name!r}: no column {col!r} (have: {', '.join(ds.column_names)})")
     recs = []
     for i, row in enumerate(ds):
-        r = {"prompt": row[column]}
+        r = {"messages": row[text_col]} if messages_column else {"prompt": row[column]}
         if id_column:
             r["id"] = row[id_column]
         if domain_column:
             r["domain"] = row[domain_column]
         recs.append(_record(r, f"{name}[{split}] row {i}", "general", f"dataset:{name}"))
-    return _dedupe(recs, name)
+    return recs
 
 
 def load(name: str | None, path: str | None, dataset: str | None, split: str = "train", column: str = "prompt",
          id_column: str | None = None, domain_column: str | None = None, limit: int | None = None,
-         include: Iterable[str] = ()) -> list[PromptRecord]:
+         include: Iterable[str] = (), *, messages_column: str | None = None, config: str | None = None,
+         revision: str | None = None, data_files=None, keep_duplicates: bool = False) -> Prompts:
+    """The run's prompts from one source; exact duplicate conversations dropped (counted in .duplicates)."""
     if path:
-        recs = from_jsonl(path)
+        recs, where = from_jsonl(path), str(Path(path).expanduser())
     elif dataset:
-        recs = from_dataset(dataset, split, column, id_column, domain_column)
+        recs, where = from_dataset(dataset, split, column, id_column, domain_column, messages_column, config,
+                                   revision, data_files), dataset
     elif name:
-        recs = from_set(name, include)
+        recs, where = from_set(name, include), f"prompts={name}"
     else:
         raise UserError("prompts: set prompts=<name>, prompts.path=FILE.jsonl or prompts.dataset=NAME")
-    return recs[:limit] if limit else recs
+    out = _dedupe(recs, where, keep_duplicates)
+    if limit:
+        out, dup = Prompts(out[:limit]), out.duplicates
+        out.duplicates = dup
+    return out
 
 
 def shard(recs: list[PromptRecord], index: int, count: int) -> list[PromptRecord]:

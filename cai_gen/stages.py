@@ -151,7 +151,7 @@ class Revise(Stage):
             why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
         elif not why and not f.strip_preface and quality.PREFACE.match(text):
             why = "revision_preface"
-        why = why or job.filters.revision(text, row.critiques[-1], self.principle(row), row.prompt.prompt)
+        why = why or job.filters.revision(text, row.critiques[-1], self.principle(row), row.prompt.text())
         if stripped:
             row.flags.append(f"preface_stripped_r{self.rnd}")
         row.draft = text

@@ -55,13 +55,24 @@ def save_dataset(path: Path, rows: list[dict] | dict[str, tuple[list[dict], list
 
     datasets.disable_progress_bars()
 
-    def one(rs: list[dict], cols: list[str]):
-        return datasets.Dataset.from_list(rs) if rs else datasets.Dataset.from_dict({c: [] for c in cols})
+    def one(rs: list[dict], cols: list[str], like=()):
+        if rs:
+            return datasets.Dataset.from_list(rs)
+        # an empty split takes a non-empty sibling's features (train_prefs for test_prefs), so the two concatenate
+        same = [d for d in like if sorted(d.column_names) == sorted(cols)]
+        return same[0].select([]) if same else datasets.Dataset.from_dict({c: [] for c in cols})
 
-    ds = datasets.DatasetDict({k: one(*v) for k, v in rows.items()}) if isinstance(rows, dict) else one(rows, columns)
+    if isinstance(rows, dict):
+        full = [one(rs, cols) for rs, cols in rows.values() if rs]
+        ds = datasets.DatasetDict({k: one(rs, cols, full) for k, (rs, cols) in rows.items()})
+        # datasets saves an empty split as zero shards, which load_from_disk then cannot read: one shard each
+        shards = {k: 1 if len(d) == 0 else None for k, d in ds.items()}
+    else:
+        ds = one(rows, columns)
+        shards = 1 if len(ds) == 0 else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        ds.save_to_disk(str(tmp))
+        ds.save_to_disk(str(tmp), num_shards=shards)
         tmp.chmod(0o755)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # the old copy is untouched
@@ -109,8 +120,8 @@ def save_splits(out: Path, prefs: list[dict], sft: list[dict], kto: list[dict], 
 
 
 def prompt_messages(row) -> list[dict]:
-    sys = [{"role": "system", "content": row.prompt.system}] if row.prompt.system else []
-    return sys + [{"role": "user", "content": row.prompt.prompt}]
+    """The prompt column: system (if any), the earlier turns of a multi-turn prompt, the last user turn."""
+    return row.prompt.messages()
 
 
 def pair_messages(row) -> tuple[list[dict], list[dict], list[dict]]:

@@ -58,7 +58,9 @@ def few_shot_turns(c: Constitution, k: int, style: str = "free") -> list[dict]:
     return turns
 
 
-def head(system: str | None, few_shot: list[dict], prompt: str) -> list[dict]:
-    """System turn (if any), the few-shot prefix, then the user's prompt."""
+def head(system: str | None, few_shot: list[dict], prompt: str, context: list[dict] = ()) -> list[dict]:
+    """System turn (if any), the few-shot prefix, then the user's conversation: the earlier turns of a
+    multi-turn prompt (every stage sees the whole context) and the last user turn. The few-shot examples come
+    before the user's turns so they stay one shared prefix for the prefix cache."""
     sys = [{"role": "system", "content": system}] if system else []
-    return sys + few_shot + [{"role": "user", "content": prompt}]
+    return sys + few_shot + list(context) + [{"role": "user", "content": prompt}]

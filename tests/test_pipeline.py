@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
@@ -164,3 +166,38 @@ def test_chunks_give_the_same_rows_in_smaller_batches(tmp_path):
     assert whole.calls == [10] * 4 and chunked.calls == [4] * 8 + [2] * 4
     strip = lambda p: [{k: v for k, v in r.items() if k != "created_at"} for r in jl(p / "preferences.jsonl")]  # noqa: E731
     assert strip(tmp_path / "a") == strip(tmp_path / "b")
+
+
+CONV = [{"role": "system", "content": "You are the store's support assistant."},
+        {"role": "user", "content": "My order 1234 has not arrived."},
+        {"role": "assistant", "content": "Sorry to hear that. Do you have the tracking number?"},
+        {"role": "user", "content": "It says delivered but nothing is here."}]
+
+
+def multi_turn_run(tmp_path: Path, *overrides: str):
+    f = tmp_path / "mt.jsonl"
+    f.write_text(json.dumps({"messages": CONV}) + "\n" + json.dumps({"messages": CONV[1:], "id": "no-sys"}) + "\n")
+    return run(tmp_path / "out", f"prompts.path={f}", "judge=self", *overrides)
+
+
+def test_multi_turn_prompts_go_whole_to_every_stage_and_out_as_the_prompt_column(tmp_path):
+    _, be, s = multi_turn_run(tmp_path)
+    prefs = jl(tmp_path / "out" / "preferences.jsonl")
+    assert s["kept"] == len(prefs) == 4
+    for p in prefs:  # TRL's explicit-prompt conversational format, with the whole multi-turn context
+        assert p["prompt"] == (CONV[1:] if p["id"].startswith("no-sys-") else CONV), p["id"]
+    trace = jl(tmp_path / "out" / "trace.jsonl")
+    earlier = CONV[2]["content"]
+    for t in trace:
+        for st in t["stages"]:  # respond, critique, gate, revise and both judge orders all saw the earlier turns
+            assert any(earlier in m["content"] for m in st["input"]), (t["id"], st["stage"])
+    sft = jl(tmp_path / "out" / "sft.jsonl")
+    assert all(r["messages"][:-1] in (CONV, CONV[1:]) and r["messages"][-1]["role"] == "assistant" for r in sft)
+
+
+@pytest.mark.slow
+def test_multi_turn_output_trains_one_dpo_step(tmp_path, default_model_dir):
+    from .trl_check import train_one_step
+
+    multi_turn_run(tmp_path, "output.test_size=0")
+    assert train_one_step(str(tmp_path / "out"), default_model_dir, str(tmp_path / "trl"), "dpo") > 0

@@ -58,3 +58,81 @@ def test_local_hf_dataset(tmp_path: Path):
 def test_unknown_set():
     with pytest.raises(UserError, match="no prompt set 'nope'"):
         prompts.load("nope", None, None)
+
+
+CONV = [{"role": "system", "content": "You are the store's support assistant."},
+        {"role": "user", "content": "My order 1234 has not arrived."},
+        {"role": "assistant", "content": "Sorry to hear that. Do you have the tracking number?"},
+        {"role": "user", "content": "It says delivered but nothing is here."}]
+
+
+def test_multi_turn_jsonl_rows(tmp_path: Path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"messages": CONV, "domain": "shipping"}) + "\n"
+                 + json.dumps({"messages": CONV[1:]}) + "\n" + json.dumps({"prompt": CONV[-1]["content"]}) + "\n")
+    a, b, c = prompts.load(None, str(f), None)
+    assert a.system == CONV[0]["content"] and a.prompt == CONV[-1]["content"] and a.domain == "shipping"
+    assert a.turns() == CONV[1:3] and a.messages() == CONV and b.messages() == CONV[1:]
+    # ids are content hashes: stable across files, and a different context is a different prompt
+    assert len({a.id, b.id, c.id}) == 3 and a.id == prompts.load(None, str(f), None)[0].id
+
+
+@pytest.mark.parametrize("msgs,msg", [
+    (CONV[:3], ":1: messages must end with a user turn (the assistant answers it), not 'assistant'"),
+    ([{"role": "tool", "content": "x"}, CONV[1]], ":1: messages[0]: unknown role 'tool'"),
+    ([CONV[1], {"role": "assistant", "content": "  "}, CONV[3]], ":1: messages[1]: empty content"),
+    ([CONV[1], CONV[0], CONV[3]], ":1: messages[1]: a system turn may only come first"),
+    ([], ":1: field `messages` must be a non-empty list"),
+    ([{"role": "user"}], ":1: messages[0] must be an object with exactly `role` and `content`"),
+])
+def test_bad_messages_are_one_line_naming_the_row(tmp_path: Path, msgs, msg):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps({"messages": msgs}) + "\n")
+    with pytest.raises(UserError) as e:
+        prompts.load(None, str(f), None)
+    assert str(e.value).startswith(str(f)) and msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_exact_duplicates_are_dropped_and_counted_unless_kept(tmp_path: Path):
+    f = tmp_path / "p.jsonl"
+    rows = [{"prompt": "Where is my order?"}, {"prompt": "Refund please"}, {"prompt": "Where is my order?"},
+            {"messages": CONV}, {"messages": CONV}, {"messages": CONV[1:]}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = prompts.load(None, str(f), None)
+    assert [r.prompt for r in recs] == ["Where is my order?", "Refund please", CONV[-1]["content"],
+                                        CONV[-1]["content"]] and recs.duplicates == 2
+    kept = prompts.load(None, str(f), None, keep_duplicates=True)
+    assert len(kept) == 6 and kept.duplicates == 0 and len({r.id for r in kept}) == 6
+    f.write_text(json.dumps({"prompt": "a", "id": "x"}) + "\n" + json.dumps({"prompt": "b", "id": "x"}) + "\n")
+    with pytest.raises(UserError, match="duplicate prompt id 'x'"):  # one id for two prompts: ambiguous
+        prompts.load(None, str(f), None)
+
+
+def test_hf_dataset_options_on_local_data(tmp_path: Path):
+    import datasets
+
+    d = tmp_path / "ds"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"q": [f"q{i}?" for i in range(10)]}),
+                          "test": datasets.Dataset.from_dict({"q": ["t?"]})}).save_to_disk(str(d))
+    for split, want in (("train[:3]", ["q0?", "q1?", "q2?"]), ("train[-2:]", ["q8?", "q9?"]),
+                        ("train[50%:70%]", ["q5?", "q6?"]), ("test", ["t?"])):
+        assert [r.prompt for r in prompts.load(None, None, str(d), split=split, column="q")] == want, split
+    with pytest.raises(UserError, match=r"prompts.split: 'train\[x\]' is not a split"):
+        prompts.load(None, None, str(d), split="train[x]", column="q")
+    # a messages column: multi-turn prompts from a dataset
+    conv = tmp_path / "conv"
+    datasets.Dataset.from_dict({"conversation": [CONV, CONV[1:]]}).save_to_disk(str(conv))
+    a, b = prompts.load(None, None, str(conv), messages_column="conversation")
+    assert a.messages() == CONV and b.messages() == CONV[1:]
+    # load_dataset's own options on local files: a subset (config) from the folder's README, data_files, slices
+    sub = tmp_path / "subsets"
+    sub.mkdir()
+    (sub / "a.jsonl").write_text("".join(json.dumps({"prompt": f"a{i}"}) + "\n" for i in range(4)))
+    (sub / "b.jsonl").write_text("".join(json.dumps({"prompt": f"b{i}"}) + "\n" for i in range(4)))
+    (sub / "README.md").write_text("---\nconfigs:\n- config_name: a\n  data_files: a.jsonl\n"
+                                   "- config_name: b\n  data_files: b.jsonl\n---\n")
+    assert [r.prompt for r in prompts.load(None, None, str(sub), config="b", split="train[1:3]")] == ["b1", "b2"]
+    got = prompts.load(None, None, "json", data_files=str(sub / "a.jsonl"), split="train[:2]")
+    assert [r.prompt for r in got] == ["a0", "a1"]
+    with pytest.raises(UserError, match=r"prompts.dataset: cannot load .* split 'train'"):
+        prompts.load(None, None, str(sub), config="nope")

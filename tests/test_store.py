@@ -49,3 +49,16 @@ def test_a_failed_save_keeps_the_old_copy(tmp_path, monkeypatch):
         store.save_dataset(path, {"train": ([{"x": "new"}], ["x"])})
     monkeypatch.undo()
     assert load(path) == ["old"] and sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_an_empty_split_loads_back_with_its_siblings_features(tmp_path):
+    """Regression: datasets 5 saves an empty split as zero shards and load_from_disk then fails (IndexError), so
+    output.test_size=0 (or a run whose prompts all hash to train) wrote a preferences/ no one could load."""
+    import datasets
+
+    path = tmp_path / "ds"
+    store.save_dataset(path, {"train": ([{"x": "a", "n": 1}], ["x", "n"]), "test": ([], ["x", "n"])})
+    d = datasets.load_from_disk(str(path))
+    assert len(d["train"]) == 1 and len(d["test"]) == 0 and d["test"].features == d["train"].features
+    store.save_dataset(tmp_path / "one", [], ["x"])
+    assert len(datasets.load_from_disk(str(tmp_path / "one"))) == 0
