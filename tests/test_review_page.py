@@ -1,5 +1,6 @@
-"""The review page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium):
-review items with keys and clicks, reload, switch reviewer, and check the database and the merge.
+"""The review page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium): sign in
+with invite links, review items with keys and clicks (labelled and blind A/B), reload, switch reviewer, and
+check the database, the merge, reviewed/ and the card.
 
 `bash setup.sh --test` installs the browser; CI sets CAI_GEN_REQUIRE_BROWSER=1 so a missing browser fails
 instead of skipping."""
@@ -11,7 +12,7 @@ import pytest
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
-from cai_gen.review import db
+from cai_gen.review import auth, db
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
@@ -27,8 +28,8 @@ pytestmark = [
 HTML_PROMPT = "Is <b>this</b> bold? <img src=x onerror=\"document.title='pwned'\"> {{ 7*7 }}"
 
 
-@pytest.fixture
-def page(tmp_path):
+@pytest.fixture(params=[False], ids=["labelled"])
+def page(tmp_path, request):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -38,7 +39,10 @@ def page(tmp_path):
     cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "review.domains=[billing]")
     run = tmp_path / "run"
     pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
-    srv = ReviewServer(run, port=0)
+    srv = ReviewServer(run, port=0, blind=request.param)
+    conn = db.open_run(run)
+    srv.links = {n: f"{srv.url}?token={auth.invite(conn, n)}" for n in ("alice", "bob")}
+    conn.close()
     srv.start()
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
@@ -71,17 +75,18 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     shown = lambda: el("item-id").text  # noqa: E731
     progress = lambda: el("progress-text").text  # noqa: E731
 
-    driver.get(srv.url + "?reviewer=alice")
+    driver.get(srv.links["alice"])
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
+    assert "token" not in driver.current_url  # traded for the cookie and gone from the address bar
     # model and prompt text is data: shown verbatim, never parsed as HTML or a template
     assert el("prompt").text == HTML_PROMPT
     assert driver.execute_script("return document.querySelectorAll('#prompt b, #prompt img').length") == 0
     assert driver.title == "cai_gen review"
-    assert el("original").text == items[0]["original"] and el("revision").text == items[0]["revision"]
+    assert el("answer-a").text == items[0]["original"] and el("answer-b").text == items[0]["revision"]
 
     keys("a")                                      # accept by key; the page moves to the next item
     wait(lambda: progress().startswith("1 /") and shown() == ids[1])
-    el("b-swap").click()                           # swap by click
+    el("b-second").click()                         # swap by click
     wait(lambda: progress().startswith("2 /") and shown() == ids[2])
     keys("e")                                      # edit: the box opens with the revision to start from
     wait(lambda: el("edit-box").is_displayed())
@@ -107,9 +112,7 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     wait(lambda: "your verdict: reject" in el("status").text)
     assert el("comment").get_attribute("value") == "a sarcastic tone"
 
-    who = el("reviewer")                           # a second reviewer on the same page
-    who.clear()
-    who.send_keys("bob", Keys.TAB)
+    driver.get(srv.links["bob"])                   # a second reviewer signs in on the same browser
     wait(lambda: progress() == f"0 / {len(ids)} reviewed by bob" and shown() == ids[0])
     driver.find_element(By.TAG_NAME, "body").click()
     keys("a")                                      # agrees with alice on item 0

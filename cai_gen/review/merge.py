@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from itertools import combinations
 from pathlib import Path
 
 from .. import store
@@ -23,8 +22,11 @@ from ..errors import UserError
 from ..stats import read_jsonl
 from . import db
 from .route import text
+from .stats import agreement, kappa, per_reviewer, too_fast  # noqa: F401  (kappa: merge.kappa is public)
 
-COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict"]
+# position: what each deciding reviewer saw as A ("revision" / "original"; "labelled" for the labelled view or
+# an import), in the order of `reviewer`; votes: every current vote on the pair, with its seconds
+COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict", "position", "votes"]
 
 
 def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
@@ -38,42 +40,19 @@ def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
     return verdict, who, last
 
 
-def kappa(a: list[str], b: list[str]) -> float | None:
-    """Cohen's kappa of two raters' labels on the same items; None when chance agreement is total (pe = 1)."""
-    n = len(a)
-    po = sum(x == y for x, y in zip(a, b)) / n
-    ca, cb = Counter(a), Counter(b)
-    pe = sum(ca[k] * cb[k] for k in ca) / (n * n)
-    return None if pe == 1 else round((po - pe) / (1 - pe), 4)
-
-
-def agreement(cur: dict[str, dict[str, dict]]) -> dict:
-    """Percent agreement and Cohen's kappa for every pair of reviewers who saw the same items; overall: the
-    share of agreeing (item, reviewer pair) comparisons and the mean pairwise kappa (Light's kappa)."""
-    reviewers = sorted({r for votes in cur.values() for r in votes})
-    pairs, same, total = [], 0, 0
-    for ra, rb in combinations(reviewers, 2):
-        shared = [i for i, votes in cur.items() if ra in votes and rb in votes]
-        if not shared:
-            continue
-        la = [cur[i][ra]["verdict"] for i in shared]
-        lb = [cur[i][rb]["verdict"] for i in shared]
-        agree = sum(x == y for x, y in zip(la, lb))
-        same, total = same + agree, total + len(shared)
-        pairs.append({"a": ra, "b": rb, "items": len(shared), "agreement": round(agree / len(shared), 4),
-                      "kappa": kappa(la, lb)})
-    ks = [p["kappa"] for p in pairs if p["kappa"] is not None]
-    return {"reviewers": reviewers, "items_multi": sum(len(v) > 1 for v in cur.values()), "comparisons": total,
-            "agreement": round(same / total, 4) if total else None,
-            "kappa": round(sum(ks) / len(ks), 4) if ks else None, "pairs": pairs}
-
-
 def _unreviewed(pref: dict) -> dict:
-    return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None}
+    return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None,
+            "position": None, "votes": []}
 
 
-def apply(run_dir: Path) -> dict:
-    """Write RUN_DIR/reviewed/ and return its review.json numbers."""
+def _votes(votes: dict[str, dict]) -> list[dict]:
+    return [{"reviewer": r, "verdict": v["verdict"], "shown_first": v.get("shown_first"),
+             "seconds": v.get("seconds"), "too_fast": too_fast(v)} for r, v in sorted(votes.items())]
+
+
+def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
+    """Write RUN_DIR/reviewed/ and return its review.json numbers. `ignore_too_fast`: verdicts given in under
+    db.FAST seconds are not votes (they stay in review.sqlite and in the per-reviewer counts)."""
     run_dir = Path(run_dir)
     conn = db.open_run(run_dir, create=False)
     try:
@@ -91,8 +70,13 @@ def apply(run_dir: Path) -> dict:
         raise UserError(f"{run_dir / 'preferences.jsonl'}: damaged ({e})") from None
     rows, dropped, disputed = [], [], []
     status = Counter()
+    ignored = 0
     for pref in prefs:
         it, votes = items.get(pref["id"]), cur.get(pref["id"])
+        if votes and ignore_too_fast:
+            kept = {r: v for r, v in votes.items() if not too_fast(v)}
+            ignored += len(votes) - len(kept)
+            votes = kept or None
         if it is None:
             rows.append(_unreviewed(pref))
             continue
@@ -112,7 +96,8 @@ def apply(run_dir: Path) -> dict:
             continue
         verdict, who, last = decision
         status[verdict] += 1
-        mark = {"expert_reviewed": True, "reviewer": ",".join(who), "reviewed_at": last["at"], "verdict": verdict}
+        mark = {"expert_reviewed": True, "reviewer": ",".join(who), "reviewed_at": last["at"], "verdict": verdict,
+                "position": ",".join(votes[r].get("shown_first") or "labelled" for r in who), "votes": _votes(votes)}
         if verdict == "reject":
             dropped.append({"id": pref["id"], **mark, "votes": votes, "item": it})
             continue
@@ -135,6 +120,8 @@ def apply(run_dir: Path) -> dict:
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
-               "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur)}
+               "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur),
+               "reviewers": per_reviewer(cur), "fast_seconds": db.FAST, "ignore_too_fast": ignore_too_fast,
+               "too_fast_ignored": ignored}
     store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
     return summary
