@@ -28,6 +28,7 @@ from ..errors import UserError
 from . import db
 
 ROLES = ("reviewer", "admin")
+WILDCARD = ("0.0.0.0", "::", "")
 COOKIE = "cai_review"
 CSRF_HEADER = "X-CSRF-Token"
 
@@ -146,7 +147,8 @@ def public_url(url: str | None) -> str | None:
 
 def allowed(host: str, port: int, public: str | None) -> tuple[set[str], set[str]]:
     """(Host header values, Origin values) that name this server."""
-    hosts = {_netloc(host, port)}
+    # a wildcard bind (0.0.0.0, ::) is not a name anyone opens: there only --public-url counts
+    hosts = set() if host in WILDCARD else {_netloc(host, port)}
     if is_loopback(host):  # the same machine under its other loopback names; no other site can use these
         hosts |= {_netloc(h, port) for h in ("localhost", "127.0.0.1", "::1")}
     origins = {f"http://{h}" for h in hosts}

@@ -253,7 +253,7 @@ class ReviewServer(ThreadingHTTPServer):
             if not invites:
                 raise UserError(f"--host {host}: reachable from other machines, so invite reviewers first "
                                 "(python -m cai_gen.review invite RUN_DIR NAME)")
-            if host in ("0.0.0.0", "::", "") and not self.public_url:
+            if host in auth.WILDCARD and not self.public_url:
                 raise UserError(f"--host {host}: say the name reviewers open with --public-url "
                                 "(e.g. https://review.example.org/)")
         cfg = run_config(self.run_dir)
