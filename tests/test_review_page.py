@@ -136,3 +136,67 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     assert out[ids[4]]["expert_reviewed"] is False
     review = json.loads((run / "summary.json").read_text())["review"]
     assert review["agreement"]["comparisons"] == 2 and review["agreement"]["agreement"] == 0.5
+
+
+@pytest.mark.parametrize("page", [True], indirect=True, ids=["blind"])
+def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from cai_gen.review.api import shown_first
+
+    driver, srv, run = page
+    items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
+    ids = [it["id"] for it in items]
+    el = lambda i: driver.find_element(By.ID, i)  # noqa: E731
+    wait = lambda f: WebDriverWait(driver, 15).until(lambda d: f())  # noqa: E731
+    keys = lambda k: ActionChains(driver).send_keys(k).perform()  # noqa: E731
+    shown = lambda: el("item-id").text  # noqa: E731
+    progress = lambda: el("progress-text").text  # noqa: E731
+
+    driver.get(srv.links["alice"])
+    wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
+    assert el("whoami").text == "reviewing as alice · blind"
+    labels = " ".join(e.get_attribute("textContent") for e in driver.find_elements(
+        By.CSS_SELECTOR, "header, h2, .actions, #rounds")).lower()  # every label; the model's text aside
+    assert "original" not in labels and "revision" not in labels and "critique" not in labels
+    assert el("title-a").get_attribute("textContent") == "Answer A"
+    assert el("title-b").get_attribute("textContent") == "Answer B"
+    first = [shown_first(srv.seed, i, "alice") for i in ids]
+    a0 = items[0]["revision"] if first[0] == "revision" else items[0]["original"]
+    assert el("answer-a").text == a0
+    # the guidelines: the rubric and this pair's principles, folded until opened
+    assert not el("rubric").is_displayed()
+    el("guidelines").find_element(By.TAG_NAME, "summary").click()
+    wait(lambda: el("rubric").is_displayed())
+    assert [li.text.split(":")[0].lower() for li in el("rubric").find_elements(By.TAG_NAME, "li")] == \
+        ["helpfulness", "correctness", "safety", "format"]
+    assert items[0]["rounds"][0]["principle"] in el("principles").text
+
+    keys("a")                                   # A better
+    wait(lambda: progress().startswith("1 /") and shown() == ids[1])
+    keys("b")                                   # B better
+    wait(lambda: progress().startswith("2 /") and shown() == ids[2])
+    keys("r")                                   # both unusable
+    wait(lambda: progress().startswith("3 /") and shown() == ids[3])
+    keys("k")
+    wait(lambda: shown() == ids[2] and "your verdict: reject" in el("status").text)
+    keys("k")
+    wait(lambda: shown() == ids[1] and "your verdict: B" in el("status").text)  # shown as it was given
+
+    assert review_main(["merge", str(run)]) == 0
+    out = {p["id"]: p for p in (json.loads(x) for x in (run / "reviewed" / "preferences.jsonl").read_text().splitlines())}
+    want = {ids[0]: "accept" if first[0] == "revision" else "swap",   # A better: A's answer is chosen
+            ids[1]: "swap" if first[1] == "revision" else "accept"}   # B better
+    for i, v in want.items():
+        assert (out[i]["reviewer"], out[i]["verdict"], out[i]["position"]) == ("alice", v, first[ids.index(i)])
+        assert out[i]["votes"][0]["shown_first"] == first[ids.index(i)] and out[i]["votes"][0]["seconds"] >= 0
+        assert out[i]["chosen"][0]["content"] == (items[ids.index(i)]["revision"] if v == "accept"
+                                                  else items[ids.index(i)]["original"])
+    assert ids[2] not in out
+    review = json.loads((run / "reviewed" / "review.json").read_text())
+    me = review["reviewers"]["alice"]
+    assert (me["verdicts"], me["blind_ab"], me["chose_a"], me["timed"]) == (3, 2, 1, 3)
+    card = (run / "README.md").read_text()
+    assert f"| alice | 3 | 2 | 50.0% | {me['position_p']} | {me['too_fast']} (" in card
