@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_gen.review import api, auth, db, exchange, merge, stats
+from cai_gen.review import api, auth, db, exchange, merge
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
@@ -243,7 +243,7 @@ def test_blind_verdicts_are_mapped_back_with_the_position_shown(run_dir):  # noq
     assert len(hist) == len(items)
     for h in hist:  # "A better" means the revision won exactly when the revision was shown as A
         assert h["verdict"] == ("accept" if h["shown_first"] == "revision" else "swap") and h["seconds"] == 12.5
-    s = stats.per_reviewer(db.current(db.connect(run_dir / db.FILE)))["alice"]
+    s = merge.per_reviewer(db.current(db.connect(run_dir / db.FILE)))["alice"]
     assert (s["blind_ab"], s["chose_a"], s["a_share"]) == (len(items), len(items), 1.0)
     assert s["too_fast"] == 0
 

@@ -103,7 +103,7 @@ def _serve(a) -> None:
 
 
 def _status(a) -> None:
-    from . import db, stats
+    from . import db, merge
 
     conn = db.open_run(a.run_dir, create=False)
     try:
@@ -112,14 +112,14 @@ def _status(a) -> None:
     finally:
         conn.close()
     print(f"{n_items} items routed, {len(cur)} reviewed by someone")
-    for r, s in stats.per_reviewer(cur).items():
+    for r, s in merge.per_reviewer(cur).items():
         bias = (f"; chose A {s['chose_a']} of {s['blind_ab']} blind A/B ({100 * s['a_share']:.0f}%, "
                 f"p={s['position_p']})" if s["blind_ab"] else "")
         fast = f"; too_fast (<{db.FAST:g} s) {s['too_fast']} of {s['timed']}" if s["timed"] else ""
         print(f"  {r}: {s['verdicts']} / {n_items}{bias}{fast}")
-    for p in stats.agreement(cur)["pairs"]:
+    for p in merge.agreement(cur)["pairs"]:
         print(f"  {p['a']} + {p['b']}: {p['items']} shared, agreement {100 * p['agreement']:.1f}%, kappa {p['kappa']}")
-    ag = stats.agreement(cur)
+    ag = merge.agreement(cur)
     if ag["comparisons"]:
         print(f"agreement {100 * ag['agreement']:.1f}% over {ag['comparisons']} shared judgements, "
               f"kappa {ag['kappa']}")

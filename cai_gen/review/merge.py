@@ -10,19 +10,24 @@ reviewer breaks it. A verdict counts only on the text it was given on (db.curren
 changed, with verdicts only on the old text, is `stale` and merged unreviewed until someone reviews the new
 text, and so is an item whose stored text does not match the run's pair. Verdicts on retired items (no longer
 routed) stay in review.sqlite and are not applied.
+
+Trust: agreement between reviewers (percent, Cohen's kappa), and per reviewer the position bias of blind
+verdicts and the share given too fast (under db.FAST seconds) to have read both answers.
 """
 from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import combinations
+from math import comb
 from pathlib import Path
+from statistics import median
 
 from .. import store
 from ..errors import UserError
 from ..stats import read_jsonl
 from . import db
 from .route import text
-from .stats import agreement, kappa, per_reviewer, too_fast  # noqa: F401  (kappa: merge.kappa is public)
 
 # position: what each deciding reviewer saw as A ("revision" / "original"; "labelled" for the labelled view or
 # an import), in the order of `reviewer`; votes: every current vote on the pair, with its seconds
@@ -39,6 +44,81 @@ def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
     last = max((votes[r] for r in who), key=lambda v: v["at"])
     return verdict, who, last
 
+
+# ---- how far the verdicts can be trusted (status, the admin's /api/stats, review.json and the card) ----
+
+def kappa(a: list[str], b: list[str]) -> float | None:
+    """Cohen's kappa of two raters' labels on the same items; None when chance agreement is total (pe = 1)."""
+    n = len(a)
+    po = sum(x == y for x, y in zip(a, b)) / n
+    ca, cb = Counter(a), Counter(b)
+    pe = sum(ca[k] * cb[k] for k in ca) / (n * n)
+    return None if pe == 1 else round((po - pe) / (1 - pe), 4)
+
+
+def agreement(cur: dict[str, dict[str, dict]]) -> dict:
+    """Percent agreement and Cohen's kappa for every pair of reviewers who saw the same items; overall: the
+    share of agreeing (item, reviewer pair) comparisons and the mean pairwise kappa (Light's kappa)."""
+    reviewers = sorted({r for votes in cur.values() for r in votes})
+    pairs, same, total = [], 0, 0
+    for ra, rb in combinations(reviewers, 2):
+        shared = [i for i, votes in cur.items() if ra in votes and rb in votes]
+        if not shared:
+            continue
+        la = [cur[i][ra]["verdict"] for i in shared]
+        lb = [cur[i][rb]["verdict"] for i in shared]
+        agree = sum(x == y for x, y in zip(la, lb))
+        same, total = same + agree, total + len(shared)
+        pairs.append({"a": ra, "b": rb, "items": len(shared), "agreement": round(agree / len(shared), 4),
+                      "kappa": kappa(la, lb)})
+    ks = [p["kappa"] for p in pairs if p["kappa"] is not None]
+    return {"reviewers": reviewers, "items_multi": sum(len(v) > 1 for v in cur.values()), "comparisons": total,
+            "agreement": round(same / total, 4) if total else None,
+            "kappa": round(sum(ks) / len(ks), 4) if ks else None, "pairs": pairs}
+
+
+def binom_p(k: int, n: int) -> float | None:
+    """Two-sided exact binomial test of k successes in n against p = 0.5 (None for n = 0)."""
+    if not n:
+        return None
+    tail = sum(comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
+    return round(min(1.0, 2 * tail), 4)
+
+
+def chose_a(v: dict) -> bool | None:
+    """Whether a blind A-or-B verdict picked the answer shown as A (None: not such a verdict)."""
+    if v.get("shown_first") is None or v["verdict"] not in ("accept", "swap"):
+        return None
+    return (v["verdict"] == "accept") == (v["shown_first"] == "revision")
+
+
+def too_fast(v: dict) -> bool:
+    return v.get("seconds") is not None and v["seconds"] < db.FAST
+
+
+def per_reviewer(cur: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """{reviewer: counts of their current verdicts, blind A-or-B choices (a_share: 0.5 is no position bias;
+    position_p: exact binomial test against 0.5), too_fast (under db.FAST seconds, of the timed ones)}."""
+    by: dict[str, list[dict]] = {}
+    for votes in cur.values():
+        for r, v in votes.items():
+            by.setdefault(r, []).append(v)
+    out = {}
+    for r, vs in sorted(by.items()):
+        picks = [c for c in map(chose_a, vs) if c is not None]
+        timed = [v["seconds"] for v in vs if v.get("seconds") is not None]
+        fast = sum(map(too_fast, vs))
+        out[r] = {"verdicts": len(vs), "by_verdict": dict(Counter(v["verdict"] for v in vs)),
+                  "blind_ab": len(picks), "chose_a": sum(picks),
+                  "a_share": round(sum(picks) / len(picks), 4) if picks else None,
+                  "position_p": binom_p(sum(picks), len(picks)),
+                  "timed": len(timed), "too_fast": fast,
+                  "too_fast_share": round(fast / len(timed), 4) if timed else None,
+                  "median_seconds": round(median(timed), 1) if timed else None}
+    return out
+
+
+# ---- applying the verdicts ----
 
 def _unreviewed(pref: dict) -> dict:
     return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None,

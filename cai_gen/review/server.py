@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import UserError
 from ..store import run_config
-from . import api, auth, db, stats
+from . import api, auth, db, merge
 
 MAX_BODY = 1 << 20  # an edited answer is text, not uploads
 TIMEOUT = 10.0  # seconds a client may stall mid-request before its connection is dropped
@@ -175,7 +175,7 @@ class Handler(BaseHTTPRequestHandler):
         if who.role != "admin":
             return self._json(403, {"error": "stats: for admins (invite --role admin)"})
         cur = db.current(conn)
-        self._json(200, {"reviewers": stats.per_reviewer(cur), "agreement": stats.agreement(cur)})
+        self._json(200, {"reviewers": merge.per_reviewer(cur), "agreement": merge.agreement(cur)})
 
     def _drain(self) -> None:
         """Read a refused write's body (when its length is sane), so closing the socket with unread bytes does not
