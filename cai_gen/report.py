@@ -44,6 +44,9 @@ def table(summary: dict) -> Table:
     if rep.get("review"):
         r = rep["review"]
         t.add_row("expert-reviewed pairs", str(r["expert_reviewed"]))
+        fast = sum(x["too_fast"] for x in (r.get("reviewers") or {}).values())
+        if fast:
+            t.add_row("[yellow]review verdicts too_fast", f"[yellow]{fast}")
         if r["agreement"]["comparisons"]:
             t.add_row("reviewer agreement / kappa", f"{_pct(r['agreement']['agreement'])} / {r['agreement']['kappa']}")
     if rep.get("gate") and rep["gate"]["warning"]:
@@ -195,6 +198,17 @@ def review_section(r: dict) -> list[str]:
          "applies; a tie is `disputed` and left out until another reviewer breaks it.", "",
          "```python", "from datasets import load_from_disk", "ds = load_from_disk('reviewed/preferences')", "```", ""]
     L += _md_table(["decision", "pairs"], [[k, v] for k, v in d.items()])
+    if r.get("reviewers"):  # written by merge since blind review (issue 15); older review.json files lack it
+        fast = r.get("fast_seconds", 5)
+        L += ["", "Per reviewer: blind verdicts show the two answers as A and B in a seeded order per item and "
+              "reviewer; **chose A** near 50% means no position bias (p: exact binomial test against 50%). "
+              f"**too_fast**: verdicts given less than {fast:g} s after the item opened, "
+              + ("left out of the decisions above (`--ignore-too-fast`)." if r.get("ignore_too_fast")
+                 else "counted above (`merge --ignore-too-fast` leaves them out)."), ""]
+        L += _md_table(["reviewer", "verdicts", "blind A/B", "chose A", "p", "too_fast", "median seconds"],
+                       [[name, x["verdicts"], x["blind_ab"], _pct(x["a_share"]), x["position_p"],
+                         f"{x['too_fast']} ({_pct(x['too_fast_share'])})", x["median_seconds"]]
+                        for name, x in r["reviewers"].items()])
     if ag["comparisons"]:
         L += ["", f"Agreement between reviewers: **{_pct(ag['agreement'])}** over {ag['comparisons']} shared "
               f"judgements on {ag['items_multi']} items; Cohen's kappa {ag['kappa']}"

@@ -17,7 +17,7 @@ from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
 from cai_gen.config import ReviewCfg
 from cai_gen.errors import UserError
-from cai_gen.review import db, exchange, merge, route
+from cai_gen.review import auth, db, exchange, merge, route
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
@@ -150,10 +150,10 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 4
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
                                          "comment": None, "at": "t", "source": "web",
-                                         "hash": db.content_hash(old)}]
+                                         "hash": db.content_hash(old), "shown_first": None, "seconds": None}]
     # x-s0 is not in this run's queue: retired, not deleted
     assert [it["id"] for it in db.items(conn)] == [it["id"] for it in jl(run_dir / "review_queue.jsonl")]
     assert db.retired(conn) == ["x-s0"] and db.version(conn, "x-s0", db.content_hash(old)) == old
@@ -175,7 +175,7 @@ def test_v2_database_from_before_a_rerun_is_migrated_and_refreshed(run_dir):
     same, changed = queue[0], {**queue[1], "revision": "the revision an earlier run made"}
     v2_database(run_dir / db.FILE, [same, changed], [(same["id"], "ann", "reject"), (changed["id"], "ann", "swap")])
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     stored = {it["id"]: it for it in db.items(conn)}
     assert stored[changed["id"]] == queue[1]  # the current run's text, not the one the old code kept
     cur = db.current(conn)
@@ -227,33 +227,51 @@ def test_merge_without_a_database_is_a_clear_error(run_dir, capsys):
 
 # ---- HTTP API ------------------------------------------------------------------------------------------
 
+def invite(run_dir: Path, *names: str, role: str = "reviewer") -> dict[str, str]:
+    conn = db.open_run(run_dir)
+    try:
+        return {n: auth.invite(conn, n, role) for n in names}
+    finally:
+        conn.close()
+
+
+def serve(run_dir: Path, **kw) -> ReviewServer:
+    """A started server with alice, bob and carol invited (srv.tokens); labelled view unless blind=True."""
+    srv = ReviewServer(run_dir, port=0, **{"blind": False, **kw})  # first: srv.changes is what its sync did
+    srv.tokens = invite(run_dir, "alice", "bob", "carol")
+    srv.start()
+    return srv
+
+
 @pytest.fixture
 def server(run_dir):
-    srv = ReviewServer(run_dir, port=0)
-    srv.start()
+    srv = serve(run_dir)
     yield srv
     srv.shutdown()
     srv.server_close()
 
 
-def call(srv, path, body=None):
+def call(srv, path, body=None, who="alice", headers=None):
+    """An API call as `who` (Bearer token; who=None: no token), JSON body unless bytes."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(srv.url + path.lstrip("/"), data=data,
-                                 headers={"Content-Type": "application/json"})
+    h = {"Content-Type": "application/json", **({"Authorization": f"Bearer {srv.tokens[who]}"} if who else {}),
+         **(headers or {})}
+    req = urllib.request.Request(srv.url + path.lstrip("/"), data=data, headers=h)
     try:
-        with urllib.request.urlopen(req) as r:
+        with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
 
 
 def test_api_records_and_reports_progress(server, run_dir):
-    code, st = call(server, "/api/state?reviewer=alice")
+    code, st = call(server, "/api/state")
     assert code == 200 and st["done"] == 0 and st["total"] == len(jl(run_dir / "review_queue.jsonl"))
+    assert st["reviewer"] == "alice" and st["run"] == run_dir.name  # a name, never the server's path
     first = st["items"][0]["id"]
-    code, r = call(server, "/api/verdict", {"item": first, "reviewer": "alice", "verdict": "swap", "comment": "hm"})
+    code, r = call(server, "/api/verdict", {"item": first, "verdict": "swap", "comment": "hm"})
     assert code == 200 and r["done"] == 1
-    code, it = call(server, f"/api/item/{first}?reviewer=alice")
+    code, it = call(server, f"/api/item/{first}")
     assert it["mine"]["verdict"] == "swap" and it["mine"]["comment"] == "hm" and it["reviews"] == 1
     assert call(server, "/api/verdict", {"item": "ghost", "reviewer": "alice", "verdict": "accept"})[0] == 404
     assert call(server, "/api/verdict", {"item": first, "reviewer": "alice", "verdict": "meh"})[0] == 400
@@ -267,8 +285,8 @@ def test_two_reviewers_writing_at_once_lose_nothing(server):
 
     def work(name):
         for k in range(30):
-            code, _ = call(server, "/api/verdict", {"item": ids[k % len(ids)], "reviewer": name,
-                                                    "verdict": ("accept", "swap", "reject")[k % 3]})
+            code, _ = call(server, "/api/verdict", {"item": ids[k % len(ids)],
+                                                    "verdict": ("accept", "swap", "reject")[k % 3]}, who=name)
             if code != 200:
                 errors.append(code)
     threads = [threading.Thread(target=work, args=(n,)) for n in ("alice", "bob", "carol")]
@@ -284,8 +302,8 @@ def raw_post(srv, head: bytes, body: bytes = b"") -> tuple[int, dict]:
     turns a server that waits forever into a failed test (socket.timeout), not a hung one."""
     host, port = srv.server_address[:2]
     with socket.create_connection((host, port), timeout=5) as sock:
-        sock.sendall(b"POST /api/verdict HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                     + head + b"\r\n" + body)
+        sock.sendall(b"POST /api/verdict HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: application/json\r\n" % port
+                     + b"Authorization: Bearer " + srv.tokens["alice"].encode() + b"\r\n" + head + b"\r\n" + body)
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -319,12 +337,13 @@ def test_two_different_content_lengths_are_refused(server):
 
 
 def test_a_client_that_stops_sending_is_dropped(run_dir):
-    srv = ReviewServer(run_dir, port=0, client_timeout=0.5)
-    srv.start()
+    srv = serve(run_dir, client_timeout=0.5)
     try:
         host, port = srv.server_address[:2]
         with socket.create_connection((host, port), timeout=5) as sock:
-            sock.sendall(b"POST /api/verdict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{}")
+            sock.sendall(b"POST /api/verdict HTTP/1.1\r\nHost: localhost:%d\r\nContent-Type: application/json\r\n" % port
+                         + b"Authorization: Bearer " + srv.tokens["alice"].encode()
+                         + b"\r\nContent-Length: 100\r\n\r\n{}")
             assert sock.recv(65536) == b""  # the server closed the connection instead of waiting for 98 bytes
         assert call(srv, "/api/state")[0] == 200
     finally:
@@ -454,15 +473,14 @@ def test_rerun_that_changes_a_pair_refreshes_the_item_and_old_verdicts_stop_coun
             it["routed_by"] = ["flag:reward_margin_low"]
     (run_dir / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
 
-    srv = ReviewServer(run_dir, port=0)  # `serve` after the rerun
-    srv.start()
+    srv = serve(run_dir)  # `serve` after the rerun
     try:
         assert srv.changes == {"added": 0, "refreshed": 1, "retired": 0, "restored": 0}
-        code, shown = call(srv, f"/api/item/{first['id']}?reviewer=alice")
+        code, shown = call(srv, f"/api/item/{first['id']}")
         assert code == 200 and shown["item"]["revision"] == "A new revision from the rerun."
         assert shown["mine"] is None and shown["reviews"] == 0  # alice judged the old text, not this one
-        code, _ = call(srv, "/api/verdict", {"item": first["id"], "reviewer": "bob", "verdict": "accept",
-                                             "hash": shown["hash"]})
+        code, _ = call(srv, "/api/verdict", {"item": first["id"], "verdict": "accept", "hash": shown["hash"]},
+                       who="bob")
         assert code == 200
     finally:
         srv.shutdown()
@@ -483,14 +501,13 @@ def test_rerun_that_changes_a_pair_refreshes_the_item_and_old_verdicts_stop_coun
 
 
 def test_a_verdict_on_text_replaced_since_the_page_loaded_is_refused(run_dir):
-    srv = ReviewServer(run_dir, port=0)
-    srv.start()
+    srv = serve(run_dir)
     try:
         item_id = call(srv, "/api/state")[1]["items"][0]["id"]
         seen = call(srv, f"/api/item/{item_id}")[1]["hash"]
         rerun_changes(run_dir, item_id, "Rewritten while the page was open.")
         db.open_run(run_dir).close()  # a `merge`/`status`/restart syncs the queue while the page stays open
-        code, r = call(srv, "/api/verdict", {"item": item_id, "reviewer": "alice", "verdict": "swap", "hash": seen})
+        code, r = call(srv, "/api/verdict", {"item": item_id, "verdict": "swap", "hash": seen})
         assert code == 409 and "changed since this page loaded it" in r["error"]
         assert db.history(db.connect(srv.db_path)) == []
     finally:

@@ -1,5 +1,6 @@
-"""The review page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium):
-review items with keys and clicks, reload, switch reviewer, and check the database and the merge.
+"""The review page in a real headless Chromium (Debian's chromium + chromedriver, driven by selenium): sign in
+with invite links, review items with keys and clicks (labelled and blind A/B), reload, switch reviewer, and
+check the database, the merge, reviewed/ and the card.
 
 `bash setup.sh --test` installs the browser; CI sets CAI_GEN_REQUIRE_BROWSER=1 so a missing browser fails
 instead of skipping."""
@@ -11,7 +12,7 @@ import pytest
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
-from cai_gen.review import db
+from cai_gen.review import auth, db
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
@@ -27,8 +28,8 @@ pytestmark = [
 HTML_PROMPT = "Is <b>this</b> bold? <img src=x onerror=\"document.title='pwned'\"> {{ 7*7 }}"
 
 
-@pytest.fixture
-def page(tmp_path):
+@pytest.fixture(params=[False], ids=["labelled"])
+def page(tmp_path, request):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -38,7 +39,10 @@ def page(tmp_path):
     cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "review.domains=[billing]")
     run = tmp_path / "run"
     pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
-    srv = ReviewServer(run, port=0)
+    srv = ReviewServer(run, port=0, blind=request.param)
+    conn = db.open_run(run)
+    srv.links = {n: f"{srv.url}?token={auth.invite(conn, n)}" for n in ("alice", "bob")}
+    conn.close()
     srv.start()
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
@@ -71,17 +75,18 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     shown = lambda: el("item-id").text  # noqa: E731
     progress = lambda: el("progress-text").text  # noqa: E731
 
-    driver.get(srv.url + "?reviewer=alice")
+    driver.get(srv.links["alice"])
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
+    assert "token" not in driver.current_url  # traded for the cookie and gone from the address bar
     # model and prompt text is data: shown verbatim, never parsed as HTML or a template
     assert el("prompt").text == HTML_PROMPT
     assert driver.execute_script("return document.querySelectorAll('#prompt b, #prompt img').length") == 0
     assert driver.title == "cai_gen review"
-    assert el("original").text == items[0]["original"] and el("revision").text == items[0]["revision"]
+    assert el("answer-a").text == items[0]["original"] and el("answer-b").text == items[0]["revision"]
 
     keys("a")                                      # accept by key; the page moves to the next item
     wait(lambda: progress().startswith("1 /") and shown() == ids[1])
-    el("b-swap").click()                           # swap by click
+    el("b-second").click()                         # swap by click
     wait(lambda: progress().startswith("2 /") and shown() == ids[2])
     keys("e")                                      # edit: the box opens with the revision to start from
     wait(lambda: el("edit-box").is_displayed())
@@ -107,9 +112,7 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     wait(lambda: "your verdict: reject" in el("status").text)
     assert el("comment").get_attribute("value") == "a sarcastic tone"
 
-    who = el("reviewer")                           # a second reviewer on the same page
-    who.clear()
-    who.send_keys("bob", Keys.TAB)
+    driver.get(srv.links["bob"])                   # a second reviewer signs in on the same browser
     wait(lambda: progress() == f"0 / {len(ids)} reviewed by bob" and shown() == ids[0])
     driver.find_element(By.TAG_NAME, "body").click()
     keys("a")                                      # agrees with alice on item 0
@@ -133,3 +136,67 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     assert out[ids[4]]["expert_reviewed"] is False
     review = json.loads((run / "summary.json").read_text())["review"]
     assert review["agreement"]["comparisons"] == 2 and review["agreement"]["agreement"] == 0.5
+
+
+@pytest.mark.parametrize("page", [True], indirect=True, ids=["blind"])
+def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from cai_gen.review.api import shown_first
+
+    driver, srv, run = page
+    items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
+    ids = [it["id"] for it in items]
+    el = lambda i: driver.find_element(By.ID, i)  # noqa: E731
+    wait = lambda f: WebDriverWait(driver, 15).until(lambda d: f())  # noqa: E731
+    keys = lambda k: ActionChains(driver).send_keys(k).perform()  # noqa: E731
+    shown = lambda: el("item-id").text  # noqa: E731
+    progress = lambda: el("progress-text").text  # noqa: E731
+
+    driver.get(srv.links["alice"])
+    wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
+    assert el("whoami").text == "reviewing as alice · blind"
+    labels = " ".join(e.get_attribute("textContent") for e in driver.find_elements(
+        By.CSS_SELECTOR, "header, h2, .actions, #rounds")).lower()  # every label; the model's text aside
+    assert "original" not in labels and "revision" not in labels and "critique" not in labels
+    assert el("title-a").get_attribute("textContent") == "Answer A"
+    assert el("title-b").get_attribute("textContent") == "Answer B"
+    first = [shown_first(srv.seed, i, "alice") for i in ids]
+    a0 = items[0]["revision"] if first[0] == "revision" else items[0]["original"]
+    assert el("answer-a").text == a0
+    # the guidelines: the rubric and this pair's principles, folded until opened
+    assert not el("rubric").is_displayed()
+    el("guidelines").find_element(By.TAG_NAME, "summary").click()
+    wait(lambda: el("rubric").is_displayed())
+    assert [li.text.split(":")[0].lower() for li in el("rubric").find_elements(By.TAG_NAME, "li")] == \
+        ["helpfulness", "correctness", "safety", "format"]
+    assert items[0]["rounds"][0]["principle"] in el("principles").text
+
+    keys("a")                                   # A better
+    wait(lambda: progress().startswith("1 /") and shown() == ids[1])
+    keys("b")                                   # B better
+    wait(lambda: progress().startswith("2 /") and shown() == ids[2])
+    keys("r")                                   # both unusable
+    wait(lambda: progress().startswith("3 /") and shown() == ids[3])
+    keys("k")
+    wait(lambda: shown() == ids[2] and "your verdict: reject" in el("status").text)
+    keys("k")
+    wait(lambda: shown() == ids[1] and "your verdict: B" in el("status").text)  # shown as it was given
+
+    assert review_main(["merge", str(run)]) == 0
+    out = {p["id"]: p for p in (json.loads(x) for x in (run / "reviewed" / "preferences.jsonl").read_text().splitlines())}
+    want = {ids[0]: "accept" if first[0] == "revision" else "swap",   # A better: A's answer is chosen
+            ids[1]: "swap" if first[1] == "revision" else "accept"}   # B better
+    for i, v in want.items():
+        assert (out[i]["reviewer"], out[i]["verdict"], out[i]["position"]) == ("alice", v, first[ids.index(i)])
+        assert out[i]["votes"][0]["shown_first"] == first[ids.index(i)] and out[i]["votes"][0]["seconds"] >= 0
+        assert out[i]["chosen"][0]["content"] == (items[ids.index(i)]["revision"] if v == "accept"
+                                                  else items[ids.index(i)]["original"])
+    assert ids[2] not in out
+    review = json.loads((run / "reviewed" / "review.json").read_text())
+    me = review["reviewers"]["alice"]
+    assert (me["verdicts"], me["blind_ab"], me["chose_a"], me["timed"]) == (3, 2, 1, 3)
+    card = (run / "README.md").read_text()
+    assert f"| alice | 3 | 2 | 50.0% | {me['position_p']} | {me['too_fast']} (" in card

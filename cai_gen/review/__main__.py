@@ -1,8 +1,11 @@
-"""python -m cai_gen.review {serve,status,merge,export,import} RUN_DIR ...
+"""python -m cai_gen.review {invite,revoke,reviewers,serve,status,merge,export,import} RUN_DIR ...
 
-  serve RUN_DIR [--host 127.0.0.1] [--port 8765]   the review page for the run's routed pairs
-  status RUN_DIR                                   items, verdicts per reviewer, agreement so far
-  merge RUN_DIR                                    apply verdicts -> RUN_DIR/reviewed/, card and summary updated
+  invite RUN_DIR NAME [--role reviewer|admin] [--public-url URL]   a sign-in link for NAME (shown once)
+  revoke RUN_DIR NAME                              NAME's links and sessions stop working
+  reviewers RUN_DIR                                who is invited, role, revoked, verdicts
+  serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind]   the review page
+  status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement
+  merge RUN_DIR [--ignore-too-fast]                apply verdicts -> RUN_DIR/reviewed/, card and summary updated
   export RUN_DIR FILE [--format jsonl|csv]         items + verdicts so far, for another annotation tool
   import RUN_DIR FILE [--format jsonl|csv] [--reviewer NAME]   verdicts back (all rows or none)
 """
@@ -14,16 +17,56 @@ from pathlib import Path
 
 from ..errors import UserError
 
+LOCAL = "http://127.0.0.1:8765/"
+
+
+def _invites(a) -> None:
+    from . import auth, db
+
+    conn = db.open_run(a.run_dir, create=a.cmd == "invite")
+    try:
+        if a.cmd == "invite":
+            base = auth.public_url(a.public_url) or LOCAL
+            token = auth.invite(conn, a.name, a.role)
+            print(f"{base}?token={token}")
+            print(f"  ({a.role} {a.name}: send this link privately; only its hash is stored, so it is shown once. "
+                  f"`revoke {a.run_dir} {a.name}` ends it)", file=sys.stderr)
+        elif a.cmd == "revoke":
+            n = auth.revoke(conn, a.name)
+            print(f"revoked {n} link(s) of {a.name}; their sessions end at once")
+        else:
+            rs = auth.reviewers(conn)
+            if not rs:
+                print("no reviewers invited yet (python -m cai_gen.review invite RUN_DIR NAME)")
+            for r in rs:
+                state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
+                print(f"  {r['name']:<20} {r['role']:<8} invited {r['created_at']}  {state}  {r['verdicts']} verdict(s)")
+    finally:
+        conn.close()
+
 
 def _args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cai_gen.review", description="Expert review of routed pairs.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    i = sub.add_parser("invite", help="make a sign-in link for a reviewer (the link is shown once)")
+    i.add_argument("run_dir", type=Path)
+    i.add_argument("name")
+    i.add_argument("--role", choices=["reviewer", "admin"], default="reviewer", help="admin: also sees /api/stats")
+    i.add_argument("--public-url", help=f"the address reviewers open (default {LOCAL})")
+    r = sub.add_parser("revoke", help="revoke a reviewer's links and sessions")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("name")
+    sub.add_parser("reviewers", help="list invited reviewers").add_argument("run_dir", type=Path)
     s = sub.add_parser("serve", help="serve the review page on localhost")
     s.add_argument("run_dir", type=Path)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default: localhost only)")
     s.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    s.add_argument("--public-url", help="the address reviewers open, behind a TLS reverse proxy (Host check)")
+    s.add_argument("--unblind", action="store_true", help="label the answers original/revision (default: A/B)")
     sub.add_parser("status", help="review progress and agreement").add_argument("run_dir", type=Path)
-    sub.add_parser("merge", help="apply verdicts into RUN_DIR/reviewed/").add_argument("run_dir", type=Path)
+    m = sub.add_parser("merge", help="apply verdicts into RUN_DIR/reviewed/")
+    m.add_argument("run_dir", type=Path)
+    m.add_argument("--ignore-too-fast", action="store_true", help="verdicts given in under 5 s are not votes")
     for name in ("export", "import"):
         e = sub.add_parser(name, help=f"{name} items and verdicts as JSONL or CSV")
         e.add_argument("run_dir", type=Path)
@@ -37,12 +80,18 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def _serve(a) -> None:
     from .server import ReviewServer
 
-    srv = ReviewServer(a.run_dir, a.host, a.port)
+    srv = ReviewServer(a.run_dir, a.host, a.port, blind=not a.unblind, public_url=a.public_url)
     c = srv.changes
     if c.get("refreshed") or c.get("retired"):  # why a reviewer's progress went down after a rerun
         print(f"cai_gen review: the run changed: {c['refreshed']} item(s) show new text (verdicts on the old text "
               f"are kept but no longer count), {c['retired']} no longer routed (hidden, verdicts kept)")
-    print(f"cai_gen review: {srv.url}  (run {a.run_dir}; Ctrl-C stops; every verdict is saved as it is given)",
+    from .auth import is_loopback
+
+    if not is_loopback(a.host):
+        print(f"cai_gen review: listening on {a.host}: traffic is plain HTTP (tokens and answers readable on the "
+              "network); put it behind a TLS reverse proxy and give its https address as --public-url")
+    print(f"cai_gen review: {srv.url}  (run {a.run_dir}; {'blind A/B' if srv.blind else 'labelled'} view; open an "
+          "invite link from `python -m cai_gen.review invite`; Ctrl-C stops; every verdict is saved as it is given)",
           flush=True)
     try:
         srv.serve_forever()
@@ -54,19 +103,22 @@ def _serve(a) -> None:
 
 
 def _status(a) -> None:
-    from collections import Counter
-
     from . import db, merge
 
     conn = db.open_run(a.run_dir, create=False)
     try:
-        its, cur = db.items(conn), db.current(conn)
+        n_items = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
+        cur = db.current(conn)
     finally:
         conn.close()
-    per = Counter(r for votes in cur.values() for r in votes)
-    print(f"{len(its)} items routed, {sum(1 for i in its if cur.get(i['id']))} reviewed by someone")
-    for r, n in sorted(per.items()):
-        print(f"  {r}: {n} / {len(its)}")
+    print(f"{n_items} items routed, {len(cur)} reviewed by someone")
+    for r, s in merge.per_reviewer(cur).items():
+        bias = (f"; chose A {s['chose_a']} of {s['blind_ab']} blind A/B ({100 * s['a_share']:.0f}%, "
+                f"p={s['position_p']})" if s["blind_ab"] else "")
+        fast = f"; too_fast (<{db.FAST:g} s) {s['too_fast']} of {s['timed']}" if s["timed"] else ""
+        print(f"  {r}: {s['verdicts']} / {n_items}{bias}{fast}")
+    for p in merge.agreement(cur)["pairs"]:
+        print(f"  {p['a']} + {p['b']}: {p['items']} shared, agreement {100 * p['agreement']:.1f}%, kappa {p['kappa']}")
     ag = merge.agreement(cur)
     if ag["comparisons"]:
         print(f"agreement {100 * ag['agreement']:.1f}% over {ag['comparisons']} shared judgements, "
@@ -77,7 +129,7 @@ def _merge(a) -> None:
     from .. import report
     from . import merge
 
-    s = merge.apply(a.run_dir)
+    s = merge.apply(a.run_dir, ignore_too_fast=a.ignore_too_fast)
     report.build(a.run_dir)  # the card and summary.json get the review section
     d = s["decisions"]
     print(f"reviewed/: {s['rows']} pairs ({s['expert_reviewed']} expert-reviewed); "
@@ -85,6 +137,11 @@ def _merge(a) -> None:
     ag = s["agreement"]
     if ag["comparisons"]:
         print(f"agreement {100 * ag['agreement']:.1f}% over {ag['comparisons']} shared judgements, kappa {ag['kappa']}")
+    fast = sum(r["too_fast"] for r in s["reviewers"].values())
+    if fast:
+        print(f"too_fast: {fast} verdict(s) given in under {s['fast_seconds']:g} s "
+              + (f"({s['too_fast_ignored']} left out: --ignore-too-fast)" if a.ignore_too_fast
+                 else "(counted; --ignore-too-fast leaves them out)"))
     print(f"load: datasets.load_from_disk('{a.run_dir / 'reviewed' / 'preferences'}')")
 
 
@@ -109,7 +166,8 @@ def _exchange(a) -> None:
 def main(argv: list[str]) -> int:
     a = _args(argv)
     try:
-        {"serve": _serve, "status": _status, "merge": _merge, "export": _exchange, "import": _exchange}[a.cmd](a)
+        {"serve": _serve, "status": _status, "merge": _merge, "export": _exchange, "import": _exchange,
+         "invite": _invites, "revoke": _invites, "reviewers": _invites}[a.cmd](a)
     except UserError as e:
         print(f"cai_gen.review: error: {e}", file=sys.stderr)
         return 2

@@ -62,6 +62,29 @@ def _v3(conn: sqlite3.Connection) -> None:
                  "WHERE content_hash IS NULL")
 
 
+def _v4(conn: sqlite3.Connection) -> None:
+    # routing as columns: the page lists and searches thousands of items without parsing every payload
+    _add_column(conn, "items", "domain", "TEXT")
+    _add_column(conn, "items", "routed_by", "TEXT NOT NULL DEFAULT ''")  # rules joined by ","
+    for item_id, payload in conn.execute("SELECT id, payload FROM items").fetchall():
+        try:
+            it = json.loads(payload)
+            domain, why = it.get("domain"), ",".join(it.get("routed_by") or [])
+        except (ValueError, AttributeError, TypeError):
+            domain, why = None, ""
+        conn.execute("UPDATE items SET domain = ?, routed_by = ? WHERE id = ?", (domain, why, item_id))
+    # shown_first: which answer a blind page showed as A ('revision' | 'original'; NULL: labelled view or an
+    # import), for position bias; seconds: page open to verdict, for too-fast annotations
+    _add_column(conn, "verdicts", "shown_first", "TEXT CHECK (shown_first IN ('revision', 'original'))")
+    _add_column(conn, "verdicts", "seconds", "REAL")
+    # invited reviewers: only a hash of each token is stored, so a copied database file lets nobody in
+    conn.execute("CREATE TABLE IF NOT EXISTS tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, "
+                 "role TEXT NOT NULL CHECK (role IN ('reviewer', 'admin')), token_hash TEXT NOT NULL UNIQUE, "
+                 "created_at TEXT NOT NULL, revoked_at TEXT)")
+    conn.execute("CREATE TABLE IF NOT EXISTS sessions (session_hash TEXT PRIMARY KEY, "
+                 "token_id INTEGER NOT NULL REFERENCES tokens(id), created_at TEXT NOT NULL)")
+
+
 MIGRATIONS = [
     # v1: the items shown to reviewers (payload = route.item JSON) and the append-only verdict history
     """
@@ -89,6 +112,8 @@ MIGRATIONS = [
     """,
     # v3: content hashes (refresh changed items, verdicts tied to the text they judged), retired items
     _v3,
+    # v4: routing columns, position shown and seconds per verdict, reviewer tokens and browser sessions
+    _v4,
 ]
 VERSION = len(MIGRATIONS)
 
@@ -162,13 +187,14 @@ def sync(conn: sqlite3.Connection, queue: list[dict]) -> dict[str, int]:
         for item_id, it in seen.items():
             payload, h = json.dumps(it, ensure_ascii=False), content_hash(it)
             old = have.get(item_id)
+            domain, why = it.get("domain"), ",".join(it.get("routed_by") or [])
             if old is None:
-                conn.execute("INSERT INTO items(id, payload, added_at, content_hash) VALUES (?, ?, ?, ?)",
-                             (item_id, payload, at, h))
+                conn.execute("INSERT INTO items(id, payload, added_at, content_hash, domain, routed_by) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (item_id, payload, at, h, domain, why))
                 n["added"] += 1
             elif old != (payload, h, None):
-                conn.execute("UPDATE items SET payload = ?, content_hash = ?, updated_at = ?, retired_at = NULL "
-                             "WHERE id = ?", (payload, h, at, item_id))
+                conn.execute("UPDATE items SET payload = ?, content_hash = ?, updated_at = ?, retired_at = NULL, "
+                             "domain = ?, routed_by = ? WHERE id = ?", (payload, h, at, domain, why, item_id))
                 n["refreshed"] += old[1] != h
                 n["restored"] += old[2] is not None
             if old is None or old[1] != h:  # the text as shown, for reading a stale verdict later
@@ -212,33 +238,40 @@ def item_hash(conn: sqlite3.Connection, item_id: str) -> str | None:
     return row and row[0]
 
 
-ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source", "hash")
+ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source", "hash", "shown_first", "seconds")
+FAST = 5.0  # seconds: a verdict given faster than this cannot have come from reading both answers
 
 
 def verdict_row(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
                 comment: str | None = None, source: str = "web", at: str | None = None,
-                text_hash: str | None = None) -> dict:
+                text_hash: str | None = None, shown_first: str | None = None, seconds=None) -> dict:
     """A checked verdict, as stored: chosen text only for edits, blanks as None. `text_hash`: the content hash of
-    the text the reviewer saw (an imported file made before a rerun); default: the item's current text."""
+    the text the reviewer saw (an imported file made before a rerun); default: the item's current text.
+    `shown_first`: the answer a blind page showed as A; `seconds`: page open to verdict."""
     check_verdict(conn, item_id, reviewer, verdict, chosen, comment)
     if text_hash is not None and not isinstance(text_hash, str):
         raise UserError("hash: must be text")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                or not 0 <= seconds < 86400):
+        raise UserError(f"seconds: {seconds!r} is not a duration in seconds (0 to 86400)")
     return dict(zip(ROW, (item_id, reviewer.strip(), verdict, chosen if verdict == "edit" else None,
-                          comment or None, at or now(), source, text_hash or item_hash(conn, item_id))))
+                          comment or None, at or now(), source, text_hash or item_hash(conn, item_id),
+                          shown_first, None if seconds is None else round(float(seconds), 2))))
 
 
 def insert(conn: sqlite3.Connection, rows: list[dict]) -> None:
     """Append verdicts to the history in one transaction: all of them or none."""
     with _tx(conn):
         conn.executemany("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source, "
-                         "content_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [tuple(r[k] for k in ROW) for r in rows])
+                         "content_hash, shown_first, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [tuple(r[k] for k in ROW) for r in rows])
 
 
 def record(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
            comment: str | None = None, source: str = "web", at: str | None = None,
-           text_hash: str | None = None) -> dict:
+           text_hash: str | None = None, shown_first: str | None = None, seconds=None) -> dict:
     """Store one verdict (a new history entry; the reviewer's latest verdict is the one that counts)."""
-    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at, text_hash)
+    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at, text_hash, shown_first, seconds)
     insert(conn, [row])
     return row
 
@@ -259,12 +292,12 @@ _COUNTS = "JOIN items i ON i.id = v.item_id AND i.retired_at IS NULL AND v.conte
 def current(conn: sqlite3.Connection) -> dict[str, dict[str, dict]]:
     """{item id: {reviewer: their latest verdict on the item's current text}}."""
     out: dict[str, dict[str, dict]] = {}
-    q = ("SELECT v.item_id, v.reviewer, v.verdict, v.chosen, v.comment, v.created_at, v.source FROM verdicts v "
-         f"JOIN (SELECT v.item_id, v.reviewer, max(v.seq) AS seq FROM verdicts v {_COUNTS} "
+    q = ("SELECT v.item_id, v.reviewer, v.verdict, v.chosen, v.comment, v.created_at, v.source, v.shown_first, "
+         f"v.seconds FROM verdicts v JOIN (SELECT v.item_id, v.reviewer, max(v.seq) AS seq FROM verdicts v {_COUNTS} "
          "GROUP BY v.item_id, v.reviewer) last ON v.seq = last.seq ORDER BY v.seq")
-    for item_id, reviewer, verdict, chosen, comment, at, source in conn.execute(q):
+    for item_id, reviewer, verdict, chosen, comment, at, source, shown, secs in conn.execute(q):
         out.setdefault(item_id, {})[reviewer] = {"verdict": verdict, "chosen": chosen, "comment": comment,
-                                                 "at": at, "source": source}
+                                                 "at": at, "source": source, "shown_first": shown, "seconds": secs}
     return out
 
 
@@ -277,7 +310,8 @@ def outdated(conn: sqlite3.Connection) -> set[str]:
 
 def history(conn: sqlite3.Connection, item_id: str | None = None) -> list[dict]:
     """Every verdict ever given, stale and retired ones included; `hash` names the text it was given on."""
-    q = "SELECT item_id, reviewer, verdict, chosen, comment, created_at, source, content_hash FROM verdicts"
+    q = ("SELECT item_id, reviewer, verdict, chosen, comment, created_at, source, content_hash, shown_first, seconds "
+         "FROM verdicts")
     args: tuple = ()
     if item_id is not None:
         q, args = q + " WHERE item_id = ?", (item_id,)

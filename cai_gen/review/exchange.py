@@ -21,6 +21,20 @@ from ..store import atomic_write
 from ..yamlio import read_jsonl, read_text
 from . import db
 
+# a spreadsheet runs a cell starting with one of these as a formula (=HYPERLINK(...) in a model's answer would
+# be a live link, or worse, in the reviewer's sheet): the export prefixes such cells with ', the import takes it off.
+# A cell that already starts with ' is prefixed too, so text that begins "'=" comes back as itself.
+FORMULA = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def escape_cell(v):
+    return "'" + v if isinstance(v, str) and v.startswith(FORMULA) else v
+
+
+def unescape_cell(v):
+    return v[1:] if isinstance(v, str) and v.startswith("'") and v[1:].startswith(FORMULA) else v
+
+
 VERDICT_FIELDS = ["reviewer", "verdict", "chosen", "comment", "reviewed_at"]
 CSV_FIELDS = ["id", "hash", "domain", "routed_by", "system", "prompt", "original", "revision", "principles",
               "critiques", *VERDICT_FIELDS]
@@ -67,7 +81,7 @@ def export(conn, path: Path, fmt: str | None = None) -> int:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         w.writeheader()
-        w.writerows(flat(r) for r in rs)
+        w.writerows({k: escape_cell(v) for k, v in flat(r).items()} for r in rs)
         atomic_write(path, buf.getvalue())
     return len(rs)
 
@@ -81,7 +95,7 @@ def _read(path: Path, fmt: str) -> list[tuple[str, dict]]:
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(sorted(missing))} in the header")
     try:
-        return [(f"{path}:{reader.line_num}", rec) for rec in reader]
+        return [(f"{path}:{reader.line_num}", {k: unescape_cell(v) for k, v in rec.items()}) for rec in reader]
     except csv.Error as e:
         raise UserError(f"{path}:{reader.line_num}: {e}") from None
 

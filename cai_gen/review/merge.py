@@ -10,13 +10,18 @@ reviewer breaks it. A verdict counts only on the text it was given on (db.curren
 changed, with verdicts only on the old text, is `stale` and merged unreviewed until someone reviews the new
 text, and so is an item whose stored text does not match the run's pair. Verdicts on retired items (no longer
 routed) stay in review.sqlite and are not applied.
+
+Trust: agreement between reviewers (percent, Cohen's kappa), and per reviewer the position bias of blind
+verdicts and the share given too fast (under db.FAST seconds) to have read both answers.
 """
 from __future__ import annotations
 
 import json
 from collections import Counter
 from itertools import combinations
+from math import comb
 from pathlib import Path
+from statistics import median
 
 from .. import store
 from ..errors import UserError
@@ -24,7 +29,9 @@ from ..stats import read_jsonl
 from . import db
 from .route import text
 
-COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict"]
+# position: what each deciding reviewer saw as A ("revision" / "original"; "labelled" for the labelled view or
+# an import), in the order of `reviewer`; votes: every current vote on the pair, with its seconds
+COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict", "position", "votes"]
 
 
 def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
@@ -37,6 +44,8 @@ def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
     last = max((votes[r] for r in who), key=lambda v: v["at"])
     return verdict, who, last
 
+
+# ---- how far the verdicts can be trusted (status, the admin's /api/stats, review.json and the card) ----
 
 def kappa(a: list[str], b: list[str]) -> float | None:
     """Cohen's kappa of two raters' labels on the same items; None when chance agreement is total (pe = 1)."""
@@ -68,12 +77,62 @@ def agreement(cur: dict[str, dict[str, dict]]) -> dict:
             "kappa": round(sum(ks) / len(ks), 4) if ks else None, "pairs": pairs}
 
 
+def binom_p(k: int, n: int) -> float | None:
+    """Two-sided exact binomial test of k successes in n against p = 0.5 (None for n = 0)."""
+    if not n:
+        return None
+    tail = sum(comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
+    return round(min(1.0, 2 * tail), 4)
+
+
+def chose_a(v: dict) -> bool | None:
+    """Whether a blind A-or-B verdict picked the answer shown as A (None: not such a verdict)."""
+    if v.get("shown_first") is None or v["verdict"] not in ("accept", "swap"):
+        return None
+    return (v["verdict"] == "accept") == (v["shown_first"] == "revision")
+
+
+def too_fast(v: dict) -> bool:
+    return v.get("seconds") is not None and v["seconds"] < db.FAST
+
+
+def per_reviewer(cur: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """{reviewer: counts of their current verdicts, blind A-or-B choices (a_share: 0.5 is no position bias;
+    position_p: exact binomial test against 0.5), too_fast (under db.FAST seconds, of the timed ones)}."""
+    by: dict[str, list[dict]] = {}
+    for votes in cur.values():
+        for r, v in votes.items():
+            by.setdefault(r, []).append(v)
+    out = {}
+    for r, vs in sorted(by.items()):
+        picks = [c for c in map(chose_a, vs) if c is not None]
+        timed = [v["seconds"] for v in vs if v.get("seconds") is not None]
+        fast = sum(map(too_fast, vs))
+        out[r] = {"verdicts": len(vs), "by_verdict": dict(Counter(v["verdict"] for v in vs)),
+                  "blind_ab": len(picks), "chose_a": sum(picks),
+                  "a_share": round(sum(picks) / len(picks), 4) if picks else None,
+                  "position_p": binom_p(sum(picks), len(picks)),
+                  "timed": len(timed), "too_fast": fast,
+                  "too_fast_share": round(fast / len(timed), 4) if timed else None,
+                  "median_seconds": round(median(timed), 1) if timed else None}
+    return out
+
+
+# ---- applying the verdicts ----
+
 def _unreviewed(pref: dict) -> dict:
-    return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None}
+    return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None,
+            "position": None, "votes": []}
 
 
-def apply(run_dir: Path) -> dict:
-    """Write RUN_DIR/reviewed/ and return its review.json numbers."""
+def _votes(votes: dict[str, dict]) -> list[dict]:
+    return [{"reviewer": r, "verdict": v["verdict"], "shown_first": v.get("shown_first"),
+             "seconds": v.get("seconds"), "too_fast": too_fast(v)} for r, v in sorted(votes.items())]
+
+
+def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
+    """Write RUN_DIR/reviewed/ and return its review.json numbers. `ignore_too_fast`: verdicts given in under
+    db.FAST seconds are not votes (they stay in review.sqlite and in the per-reviewer counts)."""
     run_dir = Path(run_dir)
     conn = db.open_run(run_dir, create=False)
     try:
@@ -91,8 +150,13 @@ def apply(run_dir: Path) -> dict:
         raise UserError(f"{run_dir / 'preferences.jsonl'}: damaged ({e})") from None
     rows, dropped, disputed = [], [], []
     status = Counter()
+    ignored = 0
     for pref in prefs:
         it, votes = items.get(pref["id"]), cur.get(pref["id"])
+        if votes and ignore_too_fast:
+            kept = {r: v for r, v in votes.items() if not too_fast(v)}
+            ignored += len(votes) - len(kept)
+            votes = kept or None
         if it is None:
             rows.append(_unreviewed(pref))
             continue
@@ -112,7 +176,8 @@ def apply(run_dir: Path) -> dict:
             continue
         verdict, who, last = decision
         status[verdict] += 1
-        mark = {"expert_reviewed": True, "reviewer": ",".join(who), "reviewed_at": last["at"], "verdict": verdict}
+        mark = {"expert_reviewed": True, "reviewer": ",".join(who), "reviewed_at": last["at"], "verdict": verdict,
+                "position": ",".join(votes[r].get("shown_first") or "labelled" for r in who), "votes": _votes(votes)}
         if verdict == "reject":
             dropped.append({"id": pref["id"], **mark, "votes": votes, "item": it})
             continue
@@ -135,6 +200,8 @@ def apply(run_dir: Path) -> dict:
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
-               "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur)}
+               "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur),
+               "reviewers": per_reviewer(cur), "fast_seconds": db.FAST, "ignore_too_fast": ignore_too_fast,
+               "too_fast_ignored": ignored}
     store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
     return summary

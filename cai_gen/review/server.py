@@ -1,17 +1,24 @@
 """The review page's HTTP server: stdlib only, localhost by default, one SQLite connection per request.
 
-GET  /                       the page (page.html; it renders all model text with textContent, never as HTML)
-GET  /api/state?reviewer=N   the run, every item's id/domain/routing, N's verdicts so far, progress
-GET  /api/item/ID?reviewer=N one item in full, its content `hash`, N's current verdict, the item's verdict count
-POST /api/verdict            {"item", "reviewer", "verdict", "chosen"?, "comment"?, "hash"?} -> stored, progress
-Errors are JSON {"error": "..."} with 400 (bad verdict, bad name, bad body), 404 (unknown or retired item),
-409 (`hash` is not the item's current text: a rerun changed it after the page loaded it), 411 (no
-Content-Length), 413 (body over MAX_BODY) or 500. The body is read only after its declared length is checked,
-and a client that stops sending is dropped after TIMEOUT seconds, so no request can hold a thread forever.
+GET  /?token=T               an invite link: trades the token for a session cookie, then redirects to /
+GET  /, /page.js, /page.css  the page (it renders all model text with textContent, never as HTML)
+GET  /api/state?offset=&limit=&q=&after=   one page of the queue, the reviewer's progress (api.listing)
+GET  /api/item/ID            one item as this reviewer sees it (blind: answers A and B), its content `hash`
+POST /api/verdict            {"item", "verdict", "chosen"?, "comment"?, "hash"?, "seconds"?} -> stored, progress
+GET  /api/stats              admins only: per-reviewer counts, position bias, too-fast share, agreement
+Every request must name this server in Host (and Origin, when sent), else 403; every API call needs a session
+cookie or `Authorization: Bearer TOKEN`, else 401 (auth.py says why). A write must be application/json and,
+with a cookie, carry the CSRF token in X-CSRF-Token, else 403. Errors are JSON {"error": "..."} with 400 (bad
+verdict or body), 404 (unknown or retired item), 409 (`hash` is not the item's current text: a rerun changed
+it after the page loaded it), 411 (no Content-Length), 413 (body over MAX_BODY) or 500 (details only in the
+server's log: a response never carries a path or an exception's text). The body is read only after its declared
+length is checked, and a client that stops sending is dropped after TIMEOUT seconds.
 """
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,22 +27,32 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 from ..errors import UserError
-from . import db
+from ..store import run_config
+from . import api, auth, db, merge
 
 MAX_BODY = 1 << 20  # an edited answer is text, not uploads
 TIMEOUT = 10.0  # seconds a client may stall mid-request before its connection is dropped
 DIGITS = re.compile(r"[0-9]+")  # not int() alone: it takes "-1", " 12", "+3" and "1_000"
+ASSETS = {"/": ("page.html", "text/html"), "/index.html": ("page.html", "text/html"),
+          "/page.js": ("page.js", "text/javascript"), "/page.css": ("page.css", "text/css")}
+HEADERS = {  # no inline script or style, no framing (clickjacking a verdict button), no MIME guessing
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store"}
+log = logging.getLogger("cai_gen.review")
 
 
-def state(conn, run_dir: Path, reviewer: str | None) -> dict:
-    cur = db.current(conn)
-    its = db.items(conn)
-    mine = {i: v[reviewer] for i, v in cur.items() if reviewer in v} if reviewer else {}
-    return {"run": str(run_dir), "reviewer": reviewer, "total": len(its), "done": len(mine),
-            "reviewers": sorted({r for v in cur.values() for r in v}),
-            "items": [{"id": it["id"], "domain": it.get("domain"), "routed_by": it["routed_by"],
-                       "verdict": mine.get(it["id"], {}).get("verdict"), "reviews": len(cur.get(it["id"], {}))}
-                      for it in its]}
+class Refused(Exception):
+    def __init__(self, code: int, msg: str):
+        super().__init__(msg)
+        self.code = code
+
+
+def _int(q: dict, key: str, default: int, lo: int, hi: int) -> int:
+    v = q.get(key, str(default))
+    if not re.fullmatch(r"-?[0-9]{1,9}", v) or not lo <= int(v) <= hi:
+        raise UserError(f"{key}: {v!r} is not a whole number from {lo} to {hi}")
+    return int(v)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -48,26 +65,62 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: the terminal shows the URL and verdict count, not every GET
         pass
 
-    def _send(self, code: int, body: bytes, kind: str) -> None:
+    def _send(self, code: int, body: bytes, kind: str, extra: dict | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        for k, v in {**HEADERS, **(extra or {})}.items():
+            self.send_header(k, v)
         self.end_headers()
         self.wfile.write(body)
 
     def _json(self, code: int, obj) -> None:
         self._send(code, json.dumps(obj, ensure_ascii=False).encode(), "application/json; charset=utf-8")
 
-    def _handle(self, fn) -> None:
+    def _check_site(self) -> None:
+        """403 unless Host (and Origin, when present) name this server: a DNS-rebound or foreign page is not."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or hosts[0].strip().lower() not in self.server.hosts:
+            raise Refused(403, "Host: not this review server")
+        origins = self.headers.get_all("Origin") or []
+        if origins and (len(origins) > 1 or origins[0].strip().lower() not in self.server.origins):
+            raise Refused(403, "Origin: requests from other sites are refused")
+
+    def _who(self, conn, write: bool) -> auth.Who:
+        bearer = self.headers.get("Authorization", "")
+        if bearer.startswith("Bearer "):
+            who = auth.by_token(conn, bearer[len("Bearer "):].strip())
+        else:
+            session = auth.cookie_value(self.headers.get("Cookie"))
+            who = session and auth.by_session(conn, session)
+        if not who:
+            raise Refused(401, "not signed in: open your invite link (python -m cai_gen.review invite)")
+        if write:
+            kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if kind != "application/json":  # a form or text/plain post is what another site can send unasked
+                raise Refused(403, "Content-Type: a write must be application/json")
+            if who.csrf is not None and not hmac.compare_digest(self.headers.get(auth.CSRF_HEADER, ""), who.csrf):
+                raise Refused(403, f"{auth.CSRF_HEADER}: missing or wrong (reload the page)")
+        return who
+
+    def _handle(self, write: bool, fn) -> None:
         conn = None
         try:
+            self._check_site()
             conn = db.connect(self.server.db_path)
-            fn(conn)
-        except UserError as e:
-            self._json(404 if str(e).startswith("item: unknown") else 400, {"error": str(e)})
-        except Exception as e:  # noqa: BLE001  (the page shows it; the server keeps serving)
-            self._json(500, {"error": f"{type(e).__name__}: {e}"})
+            fn(conn, self._who(conn, write))
+        except Refused as e:
+            if write:
+                self._drain()
+            self._json(e.code, {"error": str(e)})
+        except UserError as e:  # our own one-line messages; a path in them is the server's business only
+            msg = str(e).replace(str(self.server.run_dir.resolve()), "<run>").replace(str(self.server.run_dir), "<run>")
+            self._json(404 if msg.startswith("item: unknown") else 400, {"error": msg})
+        except (TimeoutError, ConnectionError):
+            raise  # a client that stalled or went away: http.server drops the connection, nothing to answer
+        except Exception:  # noqa: BLE001  (logged here with its traceback; the page gets no internals)
+            log.exception("review server: %s %s failed", self.command, urlparse(self.path).path)
+            self._json(500, {"error": "internal error (details are in the server's log)"})
         finally:
             if conn is not None:
                 conn.close()
@@ -75,21 +128,64 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         url = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
-        if url.path in ("/", "/index.html"):
-            return self._send(200, self.server.page, "text/html; charset=utf-8")
+        if url.path in ASSETS:
+            return self._asset(url.path, q.get("token"))
         if url.path == "/api/state":
-            return self._handle(lambda c: self._json(200, state(c, self.server.run_dir, q.get("reviewer"))))
+            return self._handle(False, lambda c, w: self._json(200, self._state(c, w, q)))
         if url.path.startswith("/api/item/"):
-            return self._handle(lambda c: self._item(c, unquote(url.path[len("/api/item/"):]), q.get("reviewer")))
-        self._json(404, {"error": f"no such page {url.path}"})
+            return self._handle(False, lambda c, w: self._item(c, w, unquote(url.path[len("/api/item/"):])))
+        if url.path == "/api/stats":
+            return self._handle(False, self._stats)
+        self._handle(False, lambda c, w: self._json(404, {"error": "no such page"}))
 
-    def _item(self, conn, item_id: str, reviewer: str | None) -> None:
-        row = conn.execute("SELECT payload FROM items WHERE id = ? AND retired_at IS NULL", (item_id,)).fetchone()
-        if row is None:
-            return self._json(404, {"error": f"item: unknown item {item_id!r}"})
-        votes = db.current(conn).get(item_id, {})
-        self._json(200, {"item": json.loads(row[0]), "hash": db.item_hash(conn, item_id),
-                         "mine": votes.get(reviewer) if reviewer else None, "reviews": len(votes)})
+    def _asset(self, path: str, token: str | None) -> None:
+        try:
+            self._check_site()
+        except Refused as e:
+            return self._json(e.code, {"error": str(e)})
+        if token is None:
+            name, kind = ASSETS[path]
+            return self._send(200, self.server.assets[name], f"{kind}; charset=utf-8")
+        conn = db.connect(self.server.db_path)
+        try:
+            who = auth.by_token(conn, token)
+            if who is None:
+                return self._send(401, b"This invite link is not valid (revoked or mistyped): ask for a new one.\n",
+                                  "text/plain; charset=utf-8")
+            session = auth.start_session(conn, who)
+        finally:
+            conn.close()
+        # redirect to the bare page: the token leaves the address bar and the history
+        self._send(303, b"", "text/plain", {"Location": "/", "Set-Cookie": auth.set_cookie(session, self.server.secure)})
+
+    def _state(self, conn, who: auth.Who, q: dict) -> dict:
+        srv = self.server
+        st = api.listing(conn, who.name, _int(q, "offset", 0, 0, 10**9), _int(q, "limit", api.PAGE, 1, api.PAGE),
+                         q.get("q", "")[:200], _int(q, "after", -1, -1, 10**9), srv.blind, srv.seed)
+        return {**st, "run": srv.run_dir.name, "role": who.role, "blind": srv.blind, "csrf": who.csrf,
+                "rubric": srv.rubric, "fast_seconds": db.FAST}
+
+    def _item(self, conn, who: auth.Who, item_id: str) -> None:
+        out = api.item(conn, item_id, who.name, self.server.blind, self.server.seed)
+        if out is None:
+            return self._json(404, {"error": "item: unknown or no longer routed"})
+        self._json(200, out)
+
+    def _stats(self, conn, who: auth.Who) -> None:
+        if who.role != "admin":
+            return self._json(403, {"error": "stats: for admins (invite --role admin)"})
+        cur = db.current(conn)
+        self._json(200, {"reviewers": merge.per_reviewer(cur), "agreement": merge.agreement(cur)})
+
+    def _drain(self) -> None:
+        """Read a refused write's body (when its length is sane), so closing the socket with unread bytes does not
+        reset the connection and lose the 401/403 the client should see."""
+        n = (self.headers.get_all("Content-Length") or [""])[0]
+        if DIGITS.fullmatch(n) and len(n) <= 7 and int(n) <= MAX_BODY:
+            try:
+                self.rfile.read(int(n))
+            except OSError:  # a stalled client: the socket timeout ends it, the answer still goes out
+                pass
 
     def _length(self) -> int | None:
         """The declared body length, or None after answering a bad one. Checked before reading: a negative length
@@ -110,7 +206,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         if urlparse(self.path).path != "/api/verdict":
-            return self._json(404, {"error": f"no such endpoint {self.path}"})
+            return self._handle(True, lambda c, w: self._json(404, {"error": "no such endpoint"}))
+        self._handle(True, self._post)
+
+    def _post(self, conn, who: auth.Who) -> None:
         n = self._length()
         if n is None:
             return
@@ -119,40 +218,56 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise ValueError("expected a JSON object")
         except (ValueError, RecursionError) as e:  # RecursionError: "[[[[..." nested deeper than json allows
-            return self._json(400, {"error": f"body: not valid JSON ({e})"})
-
-        def post(conn):
-            # the page sends the hash of the text it showed: a verdict on text that a rerun replaced since is
-            # refused, and the stored verdict is tied to that hash so it can never count for other text
-            item_id, seen = str(body.get("item")), body.get("hash")
-            if isinstance(seen, str) and db.item_hash(conn, item_id) not in (None, seen):
-                return self._json(409, {"error": f"item: {item_id!r} changed since this page loaded it "
-                                                 "(the run was redone); reload to review the new text"})
-            v = db.record(conn, item_id, body.get("reviewer"), body.get("verdict"),
-                          body.get("chosen"), body.get("comment"), text_hash=seen)
-            self.server.verdicts += 1
-            st = state(conn, self.server.run_dir, v["reviewer"])
-            self._json(200, {"ok": True, "verdict": v, "done": st["done"], "total": st["total"]})
-        self._handle(post)
+            return self._json(400, {"error": f"body: not valid JSON ({type(e).__name__})"})
+        # the page sends the hash of the text it showed: a verdict on text that a rerun replaced since is
+        # refused, and the stored verdict is tied to that hash so it can never count for other text
+        item_id, seen = str(body.get("item")), body.get("hash")
+        if isinstance(seen, str) and db.item_hash(conn, item_id) not in (None, seen):
+            return self._json(409, {"error": "item: changed since this page loaded it (the run was redone); "
+                                             "reload to review the new text"})
+        v = api.verdict(conn, body, who.name, self.server.blind, self.server.seed)
+        self.server.verdicts += 1
+        st = api.listing(conn, who.name, limit=1, blind=self.server.blind, seed=self.server.seed)
+        self._json(200, {"ok": True, "verdict": {k: v[k] for k in ("item", "reviewer", "verdict", "at")},
+                         "done": st["done"], "total": st["total"]})
 
 
 class ReviewServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 8765, client_timeout: float = TIMEOUT):
+    def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 8765, client_timeout: float = TIMEOUT,
+                 blind: bool = True, public_url: str | None = None):
         self.run_dir = Path(run_dir)
         self.client_timeout = client_timeout
         self.db_path = self.run_dir / db.FILE
+        self.blind = blind
+        self.public_url = auth.public_url(public_url)
         self.changes: dict[str, int] = {}  # what syncing with the run's queue did (the CLI tells the user)
-        db.open_run(self.run_dir, changes=self.changes).close()  # create/migrate/sync once, before serving
-        self.page = resources.files("cai_gen.review").joinpath("page.html").read_bytes()
+        conn = db.open_run(self.run_dir, changes=self.changes)  # create/migrate/sync once, before serving
+        try:
+            invites = auth.live_invites(conn)
+        finally:
+            conn.close()
+        if not auth.is_loopback(host):
+            # on a shared machine or network anyone who can reach the port would be a reviewer otherwise
+            if not invites:
+                raise UserError(f"--host {host}: reachable from other machines, so invite reviewers first "
+                                "(python -m cai_gen.review invite RUN_DIR NAME)")
+            if host in auth.WILDCARD and not self.public_url:
+                raise UserError(f"--host {host}: say the name reviewers open with --public-url "
+                                "(e.g. https://review.example.org/)")
+        cfg = run_config(self.run_dir)
+        self.seed, self.rubric = int(cfg.get("seed") or 0), api.rubric(cfg)
+        self.secure = bool(self.public_url and self.public_url.startswith("https:"))
+        pkg = resources.files("cai_gen.review")
+        self.assets = {name: pkg.joinpath(name).read_bytes() for name, _ in ASSETS.values()}
         self.verdicts = 0
         super().__init__((host, port), Handler)
+        self.hosts, self.origins = auth.allowed(host, self.server_address[1], self.public_url)
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/"
+        return self.public_url or f"http://{auth._netloc(self.server_address[0], self.server_address[1])}/"
 
     def start(self) -> threading.Thread:
         """Serve in a background thread (tests); the CLI calls serve_forever() itself."""

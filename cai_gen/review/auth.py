@@ -1,0 +1,159 @@
+"""Who is asking, and whether the request may come from where it comes from.
+
+Reviewers: `python -m cai_gen.review invite RUN NAME` makes a random token; review.sqlite keeps only its SHA-256,
+so a copied database file lets nobody in. The invite link carries the token once: the server trades it for a
+session (a second random secret, also stored hashed) in an HttpOnly, SameSite=Strict cookie, and the page then
+sends a CSRF token derived from the session with every write. Scripts may send `Authorization: Bearer TOKEN`
+instead: a browser never attaches that header on its own, so it needs no CSRF token. A verdict's reviewer is
+always the token's name, never a name in the request.
+
+Requests from other sites: a hostile page in the reviewer's browser can send simple requests (form posts,
+text/plain fetches) with the reviewer's cookies, or rebind its own DNS name to 127.0.0.1 and read the answers.
+So every request must name this server in `Host` (the bound host:port, `localhost` when bound to loopback, or
+the --public-url), `Origin` must be this server when a browser sends one, and a write must be
+application/json with the CSRF token: none of which another site can produce without a CORS preflight that
+this server never grants.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import sqlite3
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ..errors import UserError
+from . import db
+
+ROLES = ("reviewer", "admin")
+WILDCARD = ("0.0.0.0", "::", "")
+COOKIE = "cai_review"
+CSRF_HEADER = "X-CSRF-Token"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Who:
+    name: str
+    role: str
+    token_id: int
+    session: str | None = None  # the raw session id when the request came with the cookie
+
+    @property
+    def csrf(self) -> str | None:
+        # derived, not stored: only a holder of the HttpOnly session id can compute it
+        return None if self.session is None else hmac.new(self.session.encode(), b"csrf", hashlib.sha256).hexdigest()
+
+
+def invite(conn: sqlite3.Connection, name: str, role: str = "reviewer") -> str:
+    """A new token for NAME (a reviewer may hold several, e.g. one per machine); returns the raw token."""
+    if not isinstance(name, str) or not db.NAME.match(name) or name != name.strip():
+        raise UserError(f"name: {name!r} is not a name (1-64 letters, digits, space . @ - _)")
+    if role not in ROLES:
+        raise UserError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+    token = secrets.token_urlsafe(32)
+    with db._tx(conn):
+        conn.execute("INSERT INTO tokens(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
+                     (name, role, _hash(token), db.now()))
+    return token
+
+
+def revoke(conn: sqlite3.Connection, name: str) -> int:
+    """Revoke every live token of NAME (their sessions die with them); the count revoked."""
+    with db._tx(conn):
+        n = conn.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                         (db.now(), name)).rowcount
+    if not n:
+        raise UserError(f"revoke: no live invite for {name!r} (see `python -m cai_gen.review reviewers RUN_DIR`)")
+    return n
+
+
+def reviewers(conn: sqlite3.Connection) -> list[dict]:
+    q = ("SELECT t.name, t.role, t.created_at, t.revoked_at, (SELECT count(*) FROM verdicts v WHERE v.reviewer = "
+         "t.name) FROM tokens t ORDER BY t.id")
+    return [dict(zip(("name", "role", "created_at", "revoked_at", "verdicts"), r)) for r in conn.execute(q)]
+
+
+def live_invites(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM tokens WHERE revoked_at IS NULL").fetchone()[0]
+
+
+def by_token(conn: sqlite3.Connection, token: str) -> Who | None:
+    h = _hash(token)
+    row = conn.execute("SELECT id, name, role, token_hash FROM tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                       (h,)).fetchone()
+    # the lookup is by hash already; compare_digest keeps the final check constant-time all the same
+    if row is None or not hmac.compare_digest(row[3], h):
+        return None
+    return Who(row[1], row[2], row[0])
+
+
+def start_session(conn: sqlite3.Connection, who: Who) -> str:
+    session = secrets.token_urlsafe(32)
+    with db._tx(conn):
+        conn.execute("INSERT INTO sessions VALUES (?, ?, ?)", (_hash(session), who.token_id, db.now()))
+    return session
+
+
+def by_session(conn: sqlite3.Connection, session: str) -> Who | None:
+    h = _hash(session)
+    row = conn.execute("SELECT t.id, t.name, t.role, s.session_hash FROM sessions s JOIN tokens t ON t.id = "
+                       "s.token_id WHERE s.session_hash = ? AND t.revoked_at IS NULL", (h,)).fetchone()
+    if row is None or not hmac.compare_digest(row[3], h):
+        return None
+    return Who(row[1], row[2], row[0], session)
+
+
+def cookie_value(header: str | None) -> str | None:
+    """The session cookie from a Cookie header (hand-parsed: http.cookies rejects whole headers on odd input)."""
+    for part in (header or "").split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == COOKIE and v:
+            return v
+    return None
+
+
+def set_cookie(session: str, secure: bool) -> str:
+    return f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/" + ("; Secure" if secure else "")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def public_url(url: str | None) -> str | None:
+    """--public-url checked and normalised to scheme://host[:port]/ (the path, if any, is not supported)."""
+    if url is None:
+        return None
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query or u.username:
+        raise UserError(f"--public-url: {url!r} is not like https://review.example.org/ (scheme and host, no path)")
+    return f"{u.scheme}://{u.netloc.lower()}/"
+
+
+def allowed(host: str, port: int, public: str | None) -> tuple[set[str], set[str]]:
+    """(Host header values, Origin values) that name this server."""
+    # a wildcard bind (0.0.0.0, ::) is not a name anyone opens: there only --public-url counts
+    hosts = set() if host in WILDCARD else {_netloc(host, port)}
+    if is_loopback(host):  # the same machine under its other loopback names; no other site can use these
+        hosts |= {_netloc(h, port) for h in ("localhost", "127.0.0.1", "::1")}
+    origins = {f"http://{h}" for h in hosts}
+    if public:
+        u = urlsplit(public)
+        hosts.add(u.netloc)
+        origins.add(f"{u.scheme}://{u.netloc}")
+    return {h.lower() for h in hosts}, {o.lower() for o in origins}
