@@ -1,5 +1,7 @@
 """Plain transformers backend: batched generate with left padding, for machines without vLLM (and GPUs
-where a user prefers HF). Same Protocol, same outputs; much slower than vLLM."""
+where a user prefers HF). Same Protocol, same outputs; much slower than vLLM. Requests with different
+temperature, top-p, max_tokens and seed share one generate() call: each row samples with its own (_RowSampler)
+and stops at its own limit (_RowLimit)."""
 from __future__ import annotations
 
 from . import Conversation, Generation, OnDone, Params
@@ -51,47 +53,137 @@ class HFBackend:
         return Generation(choices[best], "stop", len(prompt), len(outs[best]),
                           probs={c: round(q, 6) for c, q in zip(choices, probs)})
 
-    def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
+    def _eos_ids(self) -> set[int]:
+        """Every id that ends an answer: the tokenizer's EOS and the generation config's (which may list several,
+        e.g. <|im_end|> and <|endoftext|>); generate() stops on the latter, so decoding must cut on all of them."""
+        ids = self.lm.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [] if ids is None else [ids])
+        return ids | {self.tok.eos_token_id}
+
+    def _batches(self, texts: list[str], todo: list[int]) -> list[list[int]]:
+        """Requests by prompt length, cut into batches of batch_size: neighbours pad little. Sampling params do
+        not split batches: each row samples with its own temperature, top-p, limit and seed (_RowSampler)."""
+        lens = self.tok([texts[j] for j in todo], add_special_tokens=False)["input_ids"]
+        order = [j for _, j in sorted(zip(map(len, lens), todo))]
+        return [order[k: k + self.batch_size] for k in range(0, len(order), self.batch_size)]
+
+    def _generate_batch(self, texts: list[str], params: list[Params]) -> list[Generation]:
         torch = self.torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        n_in = enc["input_ids"].shape[1]
+        limits = [p.max_tokens for p in params]
+        # do_sample=False: generate() takes the argmax of what _RowSampler returns, which for a sampled row is
+        # the one token it drew with that row's generator, and for a greedy row the untouched logits
+        with torch.no_grad():
+            out = self.lm.generate(**enc, max_new_tokens=max(limits), do_sample=False,
+                                   temperature=None, top_p=None, top_k=None, pad_token_id=self.tok.pad_token_id,
+                                   logits_processor=LogitsProcessorList([_RowSampler(torch, params, self.device)]),
+                                   stopping_criteria=StoppingCriteriaList([_RowLimit(torch, n_in, limits, self.device)]))
+        eos = self._eos_ids()
+        gens = []
+        for row, limit in enumerate(limits):
+            new = out[row, n_in: n_in + limit].tolist()  # past its own limit a row only holds padding
+            n = next((k for k, t in enumerate(new) if t in eos), None)
+            gens.append(Generation(self.tok.decode(new[:n], skip_special_tokens=True),
+                                   "length" if n is None else "stop",
+                                   int(enc["attention_mask"][row].sum()), len(new) if n is None else n))
+        return gens
+
+    def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
         texts = self._texts(convs)
         results: dict[int, Generation] = {}
+
+        def done(j: int, g: Generation) -> None:
+            results[j] = g
+            if on_done:
+                on_done(j, g)
+
         for j, p in enumerate(params):
             if p.choices:
-                results[j] = self._choose(texts[j], p.choices)
-                if on_done:
-                    on_done(j, results[j])
-        # one generate() call needs one temperature/top_p/max_tokens: group requests that share them
-        key = lambda j: (params[j].temperature, params[j].top_p, params[j].max_tokens)  # noqa: E731
-        order = sorted((j for j in range(len(convs)) if not params[j].choices), key=key)
-        batches: list[list[int]] = []
-        for j in order:
-            if batches and len(batches[-1]) < self.batch_size and key(batches[-1][0]) == key(j):
-                batches[-1].append(j)
-            else:
-                batches.append([j])
-        for batch in batches:
-            p = params[batch[0]]
-            enc = self.tok([texts[j] for j in batch], return_tensors="pt", padding=True,
-                           add_special_tokens=False).to(self.device)
-            torch.manual_seed(p.seed)
-            with torch.no_grad():
-                gen = self.lm.generate(**enc, max_new_tokens=p.max_tokens, do_sample=p.temperature > 0,
-                                       temperature=p.temperature if p.temperature > 0 else None,
-                                       top_p=p.top_p if p.temperature > 0 else None,
-                                       pad_token_id=self.tok.pad_token_id)
-            n_in = enc["input_ids"].shape[1]
-            for row, j in enumerate(batch):
-                new = gen[row, n_in:]
-                eos = (new == self.tok.eos_token_id).nonzero()
-                n = int(eos[0]) if len(eos) else len(new)
-                ids = new[:n]
-                g = Generation(self.tok.decode(ids, skip_special_tokens=True),
-                               "stop" if len(eos) else "length",
-                               int(enc["attention_mask"][row].sum()), n)
-                results[j] = g
-                if on_done:
-                    on_done(j, g)
+                done(j, self._choose(texts[j], p.choices))
+        todo = [j for j, p in enumerate(params) if not p.choices]
+        for batch in self._batches(texts, todo) if todo else []:
+            for j, g in zip(batch, self._generate_batch([texts[j] for j in batch], [params[j] for j in batch])):
+                done(j, g)
         return [results[j] for j in range(len(convs))]
 
     def close(self) -> None:
         self.lm = None
+
+
+class _RowSampler:
+    """Logits processor that samples every row itself, with that row's temperature, top-p and torch.Generator
+    (seeded from the request): a request draws the same random numbers whether it runs alone or in any batch,
+    which one global manual_seed per generate() cannot give. Greedy rows (temperature 0) pass through."""
+
+    def __init__(self, torch, params: list[Params], device: str):
+        self.torch = torch
+        rows = [k for k, p in enumerate(params) if p.temperature > 0]
+        self.rows = torch.tensor(rows, dtype=torch.long, device=device)
+        self.temp = torch.tensor([params[k].temperature for k in rows], device=device)[:, None]
+        top_p = torch.tensor([params[k].top_p for k in rows], device=device)
+        # which rows sample from the whole distribution and which from a nucleus is known up front: no
+        # device-to-host sync per step to find out
+        self.whole = (top_p >= 1).nonzero()[:, 0]
+        self.nucleus = (top_p < 1).nonzero()[:, 0]
+        self.top_p = top_p[self.nucleus]
+        self.gens = [torch.Generator(device=device).manual_seed(params[k].seed) for k in rows]
+
+    def __call__(self, input_ids, scores):
+        if not self.gens:
+            return scores
+        torch = self.torch
+        probs = (scores[self.rows] / self.temp).softmax(-1)
+        # one uniform per row and step from the row's own generator, whatever the batch around it
+        u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in self.gens])
+        pick = torch.empty(len(self.gens), dtype=torch.long, device=probs.device)
+        if len(self.whole):
+            pick[self.whole] = _inverse_cdf(torch, probs[self.whole], u[self.whole])
+        if len(self.nucleus):
+            pick[self.nucleus] = _nucleus_draw(torch, probs[self.nucleus], self.top_p, u[self.nucleus])
+        out = scores.clone()
+        out[self.rows] = float("-inf")
+        out[self.rows, pick] = 0.0
+        return out
+
+
+# Most rows' top-p nucleus fits in this many tokens (SmolLM2 at T 0.6-1, top-p 0.9-1: 91% of row-steps): topk
+# over it is far cheaper than sorting the 49k vocab, which on the CPU cost about as much as the decode step
+_NUCLEUS_K = 1024
+
+
+def _nucleus_draw(torch, probs, top_p, u):
+    """Each row's token from its top-p nucleus (the most likely tokens whose mass first reaches top_p)."""
+    vals, idx = probs.topk(min(_NUCLEUS_K, probs.shape[-1]))
+    pick = _sorted_draw(torch, vals, idx, top_p, u)
+    wide = (vals.sum(-1) < top_p).nonzero()[:, 0]  # flat rows whose nucleus is wider: sort their whole vocab
+    if len(wide):
+        pick[wide] = _sorted_draw(torch, *probs[wide].sort(-1, descending=True), top_p[wide], u[wide])
+    return pick
+
+
+def _sorted_draw(torch, vals, idx, top_p, u):
+    """Draw from probabilities sorted high to low (vals, with their token ids idx), cut to the top-p nucleus."""
+    before = vals.cumsum(-1) - vals  # mass of the more likely tokens: the top token always stays
+    vals = vals.masked_fill(before >= top_p[:, None], 0.0)
+    return idx.gather(-1, _inverse_cdf(torch, vals, u)[:, None])[:, 0]
+
+
+def _inverse_cdf(torch, weights, u):
+    """Index k per row with cum[k-1] <= u * total < cum[k]: a draw with probability weight / total. right=True
+    never lands on a zero-weight token (its cum equals the one before)."""
+    cum = weights.cumsum(-1)
+    pos = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True)
+    return pos[:, 0].clamp(max=weights.shape[-1] - 1)
+
+
+class _RowLimit:
+    """Stopping criterion: each row ends at its own max_tokens (generate() then pads it while others go on)."""
+
+    def __init__(self, torch, n_in: int, limits: list[int], device: str):
+        self.n_in, self.limits = n_in, torch.tensor(limits, device=device)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return (input_ids.shape[1] - self.n_in) >= self.limits
