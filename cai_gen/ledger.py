@@ -26,17 +26,26 @@ def request_key(model: str, conv: Conversation, params: Params) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _read(path: Path, done: dict[str, Generation]) -> int:
-    """Load one ledger file into `done`; returns the length of its whole lines (a torn tail is ignored)."""
-    data = path.read_bytes()
-    good = data.rfind(b"\n") + 1  # a torn last line (killed mid-write) is dropped
-    for line in data[:good].splitlines():
-        try:
-            rec = json.loads(line)
-            done[rec["key"]] = Generation(**rec["gen"])
-        except (ValueError, KeyError, TypeError):
-            continue  # a damaged line costs one regeneration, not the run
+def _scan(path: Path, fileno: int, index: dict[bytes, int]) -> int:
+    """Index one ledger file: key -> (file number, byte offset of its line); returns the length of its whole
+    lines (a torn tail is ignored). Read in blocks, never whole: a ledger of millions of lines stays cheap."""
+    good = pos = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # a torn last line (killed mid-write) is dropped
+            try:
+                rec = json.loads(line)
+                Generation(**rec["gen"])  # a damaged line costs one regeneration, not the run
+                index[bytes.fromhex(rec["key"])] = fileno << OFFSET_BITS | pos
+            except (ValueError, KeyError, TypeError):
+                pass
+            pos += len(line)
+            good = pos
     return good
+
+
+OFFSET_BITS = 44  # byte offsets up to 16 TB per file; the file number above them
 
 
 def saved(work: Path) -> int:
@@ -55,41 +64,58 @@ class Ledger:
 
     def __init__(self, path: Path, fsync_every: int = 64):
         self.path, self.fsync_every, self.pending = path, fsync_every, 0
-        self.done: dict[str, Generation] = {}
+        # key -> where its line is, not the generation: memory is ~100 bytes per generation, not its text
+        self.index: dict[bytes, int] = {}
+        self.files: list[Path] = []
         path.parent.mkdir(parents=True, exist_ok=True)
         for seg in sorted(path.parent.glob("generations*.jsonl")):
             if seg != path:
-                _read(seg, self.done)
+                self.files.append(seg)
+                _scan(seg, len(self.files) - 1, self.index)
+        self.files.append(path)
         if path.exists():
-            good = _read(path, self.done)
+            good = _scan(path, len(self.files) - 1, self.index)
             if good != path.stat().st_size:
                 with open(path, "r+b") as f:
                     f.truncate(good)  # then overwritten by the next line
+        self.readers: dict[int, object] = {}
         self.f = None  # opened at the first new generation: a fully resumed run leaves no empty file
         self.broken = False  # a write failed: nothing more is synced (the error was raised once)
 
+    def __len__(self) -> int:
+        return len(self.index)
+
     def _file(self):
         if self.f is None:
-            self.f = open(self.path, "a", encoding="utf-8")
+            self.f = open(self.path, "ab")
         return self.f
 
     def get(self, key: str) -> Generation | None:
-        return self.done.get(key)
+        at = self.index.get(bytes.fromhex(key))
+        if at is None:
+            return None
+        n, off = at >> OFFSET_BITS, at & ((1 << OFFSET_BITS) - 1)
+        if n == len(self.files) - 1 and self.f is not None:
+            self.f.flush()  # a line this run wrote may still sit in the write buffer
+        r = self.readers.get(n) or self.readers.setdefault(n, open(self.files[n], "rb"))
+        r.seek(off)
+        return Generation(**json.loads(r.readline())["gen"])
 
     def add(self, key: str, gen: Generation) -> Generation:
         """Commit a finished generation, stamped with the time it finished; returns the stamped one (the flows
         keep that, so a fresh run and its rerun from the ledger write the same created_at)."""
         if gen.done_at is None:
             gen = replace(gen, done_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        self.done[key] = gen
         try:
             f = self._file()
-            f.write(json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n")
+            off = f.tell()
+            f.write((json.dumps({"key": key, "gen": asdict(gen)}, ensure_ascii=False) + "\n").encode("utf-8"))
             f.flush()
         except OSError as e:  # disk full, quota, a vanished mount: the lines before this one are safe
             self.broken = True
             raise UserError(f"{self.path}: cannot write ({e.strerror or e}); {saved(self.path.parent)} generations "
                             "saved; free space and rerun the same command to resume") from None
+        self.index[bytes.fromhex(key)] = (len(self.files) - 1) << OFFSET_BITS | off
         self.pending += 1
         if self.pending >= self.fsync_every:
             self.sync()
@@ -103,6 +129,9 @@ class Ledger:
         self.pending = 0
 
     def close(self) -> None:
+        for r in self.readers.values():
+            r.close()
+        self.readers = {}
         if self.f is not None and not self.f.closed:
             try:
                 self.sync()

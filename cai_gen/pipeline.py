@@ -261,6 +261,9 @@ def open_backend(cfg: RunConfig, tracker: Tracker) -> Backend:
     return backend
 
 
+CHUNK_ROWS = 4_000  # rows per written chunk when chunk_size is null: big runs stay flat in memory, small ones are one
+
+
 def generate(job: Run, rows: list[Row]) -> list[Row]:
     """Every chunk of rows through the generation stages (job.stages) on job.backend; returns the kept rows.
     The default chunk (null) is the whole run. Also what each executor=ray replica runs."""
@@ -296,17 +299,35 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if cfg.reward.model:
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
-    rows = build_rows(cfg, recs, const)
-    pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished in
+    writer = store.Writer(out_dir, cfg, const)
+    # Rows go through in chunks of prompts, each chunk's rows written and released before the next: memory stays
+    # flat. Passes that need the generator's engine closed first (a reward model, a separate judge model) and
+    # executor=ray (its replicas hold the batches) take the run as one chunk.
+    whole = bool(cfg.reward.model or (cfg.judge.enabled and cfg.judge.model is not None)
+                 or (cfg.executor.kind == "ray" and backend is None))
+    per = max(1, (cfg.chunk_size or CHUNK_ROWS) // cfg.samples)
+    chunks = [recs] if whole else [recs[i:i + per] for i in range(0, len(recs), per)] or [[]]
+
+    def emit(job: Run, rows: list[Row], kept: list[Row]) -> None:
+        if cfg.reward.model and kept:
+            kept = job.reward(kept)
+        if cfg.output.length_balance == "match":
+            kept = job.balance(kept)  # per chunk: each chunk within the band, so the run is too
+        pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished
+        for part in (kept, job.rejected, job.ended):
+            part.sort(key=lambda r: pos[r.id])
+        writer.add(rows, kept, job.rejected, job.ended, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        job.rejected, job.ended = [], []
+
     started = None  # whether this run started an engine (a re-filter of a finished run dir does not)
     if cfg.executor.kind == "ray" and backend is None:
         from .executors import ray as ray_exec
         # every replica runs generate() (and the judge) on its batches; rows come back with their results
-        rows = ray_exec.generate(cfg, out_dir, rows, const, tracker)
+        rows = ray_exec.generate(cfg, out_dir, build_rows(cfg, recs, const), const, tracker)
         job = Run(cfg, None, const, tracker, None)
         job.rejected = [r for r in rows if r.reason is not None]
         job.ended = [r for r in rows if r.end is not None]
-        kept = [r for r in rows if r.reason is None and r.end is None]
+        emit(job, rows, [r for r in rows if r.reason is None and r.end is None])
     else:
         own = backend is None
         if own:  # opened at the first request the ledger does not hold
@@ -317,9 +338,16 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
             try:
                 job = Run(cfg, backend, const, tracker, ledger)
-                kept = generate(job, rows)
-                if cfg.judge.enabled and kept:
-                    kept = _judge(job, cfg, kept, backend, own, tracker)
+                for chunk in chunks:
+                    rows = build_rows(cfg, chunk, const)
+                    kept = generate(job, rows)
+                    if cfg.judge.enabled and kept:
+                        kept = _judge(job, cfg, kept, backend, own, tracker)
+                    if not whole:
+                        emit(job, rows, kept)
+            except BaseException:
+                writer.close()  # the run stops; its parts are rebuilt from the ledger by the rerun
+                raise
             finally:
                 ledger.close()
                 if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
@@ -327,14 +355,10 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
                 if own:
                     started = backend.opened
                     backend.close()
-    if cfg.reward.model and kept:
-        kept = job.reward(kept)
-    if cfg.output.length_balance == "match":
-        kept = job.balance(kept)
+        if whole:  # the reward model loads only now, with the generator's engine closed
+            emit(job, rows, kept)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for part in (kept, job.rejected, job.ended, rows):
-        part.sort(key=lambda r: pos[r.id])
-    summary = store.write(out_dir, cfg, const, rows, kept, job.rejected, job.ended, created)
+    summary = writer.finish(created)
     summary.update(prompts=len(recs), duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})

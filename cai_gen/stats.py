@@ -81,15 +81,35 @@ def gate_stats(records: list[dict], threshold: float | None) -> dict | None:
             "p_yes": describe(ps), "warning": warn, "_p": ps}
 
 
+KEEP = ("edit_ratio", "similarity", "judge", "reward", "flags", "principle_ids", "domain", "gate", "reason")
+
+
+def slim(path: Path, texts: bool = False) -> list[dict]:
+    """A run file's rows with only what the statistics count (texts become their word and character counts),
+    read line by line: the report's memory is a small fraction of the run's files, not all their text."""
+    out = []
+    if not path.is_file():
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            s = {k: r[k] for k in KEEP if k in r}
+            if texts:
+                c, j = text(r["chosen"]), text(r["rejected"])
+                s.update(cw=len(c.split()), rw=len(j.split()), cc=len(c), rc=len(j))
+            out.append(s)
+    return out
+
+
 def compute(out: Path) -> dict:
-    prefs = read_jsonl(out / "preferences.jsonl")
-    rejected = read_jsonl(out / "rejected.jsonl")
-    unpaired = read_jsonl(out / "no_violation.jsonl")
+    prefs = slim(out / "preferences.jsonl", texts=True)
+    rejected = slim(out / "rejected.jsonl")
+    unpaired = slim(out / "no_violation.jsonl")
     gate = gate_stats(prefs + rejected + unpaired, (run_config(out).get("gate") or {}).get("threshold"))
     edits = [p["edit_ratio"] for p in prefs if p.get("edit_ratio") is not None]
-    chosen = [text(p["chosen"]) for p in prefs]
-    rej = [text(p["rejected"]) for p in prefs]
-    cw, rw = [len(t.split()) for t in chosen], [len(t.split()) for t in rej]
+    cw, rw = [p["cw"] for p in prefs], [p["rw"] for p in prefs]
     sims_kept = [p["similarity"] for p in prefs if p.get("similarity") is not None]
     sims_dropped = [r["similarity"] for r in rejected if r.get("similarity") is not None]
     judged = [p["judge"]["outcome"] for p in prefs if p.get("judge")] + \
@@ -107,7 +127,7 @@ def compute(out: Path) -> dict:
         "principles": dict(Counter(pid for p in prefs for pid in p["principle_ids"]).most_common()),
         "domains": dict(Counter(p.get("domain") or "none" for p in prefs).most_common()),
         "length_words": {"chosen": describe(cw), "rejected": describe(rw)},
-        "length_chars": {"chosen": describe([len(t) for t in chosen]), "rejected": describe([len(t) for t in rej])},
+        "length_chars": {"chosen": describe([p["cc"] for p in prefs]), "rejected": describe([p["rc"] for p in prefs])},
         # length bias check: DPO learns "longer is better" when chosen is systematically longer
         "chosen_longer": round(sum(c > r for c, r in zip(cw, rw)) / len(prefs), 4) if prefs else None,
         # what "the longer answer is chosen" alone scores (ties half), and the length gap in pooled SDs

@@ -65,10 +65,19 @@ def save_dataset(path: Path, rows: list[dict] | dict[str, tuple[list[dict], list
     if isinstance(rows, dict):
         full = [one(rs, cols) for rs, cols in rows.values() if rs]
         ds = datasets.DatasetDict({k: one(rs, cols, full) for k, (rs, cols) in rows.items()})
-        # datasets saves an empty split as zero shards, which load_from_disk then cannot read: one shard each
-        shards = {k: 1 if len(d) == 0 else None for k, d in ds.items()}
     else:
         ds = one(rows, columns)
+    save_ds(ds, path)
+
+
+def save_ds(ds, path: Path) -> None:
+    """Save a Dataset or DatasetDict to a temp dir beside `path`, then swap it in."""
+    import datasets
+
+    # datasets saves an empty split as zero shards, which load_from_disk then cannot read: one shard each
+    if isinstance(ds, datasets.DatasetDict):
+        shards = {k: 1 if len(d) == 0 else None for k, d in ds.items()}
+    else:
         shards = 1 if len(ds) == 0 else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -104,6 +113,32 @@ def _exchange(a: Path, b: Path) -> bool:
         return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
     except (OSError, AttributeError):  # no renameat2 in this libc
         return False
+
+
+def save_splits_from_files(out: Path) -> None:
+    """The datasets copies (layout as save_splits) built from the run's JSONL files through Arrow files on disk,
+    not from Python rows: memory does not grow with the run."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    cache = Path(tempfile.mkdtemp(prefix="hf-", dir=out / "work"))
+    try:
+        def load(name: str, cols: list[str]):
+            f = out / name
+            if f.stat().st_size == 0:
+                return datasets.Dataset.from_dict({c: [] for c in cols})
+            return datasets.Dataset.from_json(str(f), cache_dir=str(cache), keep_in_memory=False)
+
+        def side(ds, s: str):
+            return ds.filter(lambda b: [x == s for x in b["split"]], batched=True, batch_size=2000)
+
+        prefs, sft, kto = load("preferences.jsonl", PREF_COLUMNS), load("sft.jsonl", SFT_COLUMNS), \
+            load("kto.jsonl", KTO_COLUMNS)
+        save_ds(datasets.DatasetDict({f"{s}_{k}": side(d, s) for k, d in (("prefs", prefs), ("sft", sft))
+                                      for s in ("train", "test")}), out / "preferences")
+        save_ds(datasets.DatasetDict({s: side(kto, s) for s in ("train", "test")}), out / "kto")
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 def save_splits(out: Path, prefs: list[dict], sft: list[dict], kto: list[dict], pref_columns: list[str]) -> None:
@@ -221,37 +256,92 @@ def sft_rows(prefs: list[dict], unpaired: list[dict]) -> list[dict]:
     return out
 
 
-def write(out: Path, cfg, const, rows: list, kept: list, rejected: list, ended: list, created: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    prefs = [preference(r, cfg, const, created) for r in kept]
-    unpaired = [no_violation_row(r, created, cfg.output.test_size) for r in ended]
-    kto = [k for p in prefs for k in kto_rows(p)] + [kto_desirable(u) for u in unpaired]
-    sft = sft_rows(prefs, unpaired)
-    atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
-    atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
-                                                       indent=2, ensure_ascii=False) + "\n")
-    write_jsonl(out / "preferences.jsonl", prefs)
-    write_jsonl(out / "kto.jsonl", kto)
-    write_jsonl(out / "rejected.jsonl", [rejected_row(r) for r in rejected])
-    write_jsonl(out / "no_violation.jsonl", unpaired)
-    write_jsonl(out / "sft.jsonl", sft)
-    # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
-    write_jsonl(out / "review_queue.jsonl", route.queue(prefs, cfg.review, cfg.seed, const))
-    if cfg.output.trace:
-        write_jsonl(out / "trace.jsonl", [{"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
-                                          "principle_ids": r.principles, "stages": r.trace,
-                                          "outcome": r.reason or r.end or "kept"} for r in rows])
-    if cfg.output.save_dataset:
-        save_splits(out, prefs, sft, kto, PREF_COLUMNS)
-    return {
-        "rows": len(rows),
-        "kept": len(prefs),
-        "rejected": len(rejected),
-        "no_violation": len(unpaired),
-        "model": cfg.model.name,
-        "constitution": const.ref,
-        "created_at": created,
-    }
+# the run's files, each written as parts while the run goes (work/parts/) and renamed into place at the end;
+# two parts where a file is two sections (pairs' rows first, then the no-violation rows), as one-chunk runs write it
+PARTS = {"preferences.jsonl": ["preferences"], "kto.jsonl": ["kto_pairs", "kto_nv"], "rejected.jsonl": ["rejected"],
+         "no_violation.jsonl": ["no_violation"], "sft.jsonl": ["sft_pairs", "sft_nv"], "trace.jsonl": ["trace"]}
+
+
+class Writer:
+    """Streams a run's rows to its files chunk by chunk, so a chunk's rows can be released once written: memory
+    stays flat however long the run. Files appear (renamed into place) only when the run finishes; the datasets
+    copies, review queue, card and plots are then built from the files."""
+
+    def __init__(self, out: Path, cfg, const):
+        self.out, self.cfg, self.const = out, cfg, const
+        self.dir = out / "work" / "parts"
+        shutil.rmtree(self.dir, ignore_errors=True)  # parts of an interrupted run: rebuilt from the ledger
+        self.dir.mkdir(parents=True)
+        self.f = {p: open(self.dir / f"{p}.jsonl", "w", encoding="utf-8") for ps in PARTS.values() for p in ps}
+        self.n = {"rows": 0, "kept": 0, "rejected": 0, "no_violation": 0}
+
+    def _put(self, part: str, rows) -> None:
+        self.f[part].writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+    def add(self, rows: list, kept: list, rejected: list, ended: list, created: str) -> None:
+        """One chunk's rows, each list in prompt order."""
+        ts = self.cfg.output.test_size
+        prefs = [preference(r, self.cfg, self.const, created) for r in kept]
+        unpaired = [no_violation_row(r, created, ts) for r in ended]
+        self._put("preferences", prefs)
+        self._put("kto_pairs", (k for p in prefs for k in kto_rows(p)))
+        self._put("kto_nv", (kto_desirable(u) for u in unpaired))
+        self._put("sft_pairs", sft_rows(prefs, []))
+        self._put("sft_nv", sft_rows([], unpaired))
+        self._put("rejected", (rejected_row(r) for r in rejected))
+        self._put("no_violation", unpaired)
+        if self.cfg.output.trace:
+            self._put("trace", ({"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
+                                 "principle_ids": r.principles, "stages": r.trace,
+                                 "outcome": r.reason or r.end or "kept"} for r in rows))
+        for k, v in (("rows", rows), ("kept", prefs), ("rejected", rejected), ("no_violation", unpaired)):
+            self.n[k] += len(v)
+        for f in self.f.values():
+            f.flush()  # the chunk is on disk (the OS's cache) before its rows are released
+
+    def close(self) -> None:
+        for f in self.f.values():
+            f.close()
+
+    def finish(self, created: str) -> dict:
+        """Put the files in place, then what is built from them: review queue, datasets copies."""
+        self.close()
+        out, cfg, const = self.out, self.cfg, self.const
+        atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+        atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
+                                                           indent=2, ensure_ascii=False) + "\n")
+        for name, parts in PARTS.items():
+            if name == "trace.jsonl" and not cfg.output.trace:
+                continue
+            _concat([self.dir / f"{p}.jsonl" for p in parts], out / name)
+        # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
+        write_jsonl(out / "review_queue.jsonl", route.queue(read_jsonl(out / "preferences.jsonl"), cfg.review,
+                                                             cfg.seed, const))
+        if cfg.output.save_dataset:
+            save_splits_from_files(out)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return {**self.n, "model": cfg.model.name, "constitution": const.ref, "created_at": created}
+
+
+def read_jsonl(path: Path):
+    """Rows of a JSONL file, one at a time."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _concat(parts: list[Path], dest: Path) -> None:
+    """The parts, in order, as one file renamed into place (readers see the old file or the whole new one)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    with os.fdopen(fd, "wb") as f:
+        for p in parts:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
 
 
 def write_summary(out: Path, summary: dict) -> None:

@@ -201,3 +201,28 @@ def test_multi_turn_output_trains_one_dpo_step(tmp_path, default_model_dir):
 
     multi_turn_run(tmp_path, "output.test_size=0")
     assert train_one_step(str(tmp_path / "out"), default_model_dir, str(tmp_path / "trl"), "dpo") > 0
+
+
+def test_rows_are_written_chunk_by_chunk_and_the_files_equal_an_unchunked_run(tmp_path):
+    """Streaming: a chunk's rows are in work/parts before the next chunk generates (so they can be released),
+    the final files appear only at the end, and every file equals a one-chunk run's (created_at aside)."""
+    seen = []
+
+    class Watch(FakeBackend):
+        def generate(self, convs, params, on_done=None):
+            part = tmp_path / "b" / "work" / "parts" / "preferences.jsonl"
+            seen.append((len(part.read_text().splitlines()) if part.exists() else None,
+                         (tmp_path / "b" / "preferences.jsonl").exists()))
+            return super().generate(convs, params, on_done)
+
+    run(tmp_path / "a", "limit=5", "samples=2", "pipelined=false")
+    cfg = make_cfg("backend=fake", "limit=5", "samples=2", "pipelined=false", "chunk_size=4")
+    pipeline.run(cfg, tmp_path / "b", backend=Watch("fake", cfg.model.name, max_model_len=2048))
+    # 3 chunks x 4 stages; the parts grow by each chunk's kept pairs before the next chunk's first request
+    assert [n for n, _ in seen[::4]] == [0, 4, 8] and not any(final for _, final in seen)
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "created_at"}  # noqa: E731
+                       for x in p.read_text().splitlines()]
+    for f in ("preferences.jsonl", "kto.jsonl", "sft.jsonl", "rejected.jsonl", "no_violation.jsonl", "trace.jsonl",
+              "review_queue.jsonl"):
+        assert strip(tmp_path / "a" / f) == strip(tmp_path / "b" / f), f
+    assert not (tmp_path / "b" / "work" / "parts").exists()

@@ -89,7 +89,7 @@ def test_torn_ledger_line_is_dropped(tmp_path):
     pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
     led = tmp_path / "work" / "generations.jsonl"
     led.write_bytes(led.read_bytes()[:-25])  # kill -9 in the middle of a write
-    assert len(Ledger(led).done) == 79
+    assert len(Ledger(led)) == 79
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
     assert sum(be.calls) == 1 and len(led.read_text().splitlines()) == 80
@@ -253,7 +253,7 @@ def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_pa
 
     def fill_up(self):
         writes["n"] += 1
-        return open("/dev/full", "a") if writes["n"] > 30 else real_file(self)
+        return open("/dev/full", "ab") if writes["n"] > 30 else real_file(self)
 
     monkeypatch.setattr(Ledger, "_file", fill_up)
     with pytest.raises(UserError, match=r"generations.jsonl: cannot write \(No space left on device\); 30 generations "

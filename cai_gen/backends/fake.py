@@ -7,6 +7,7 @@ with an assistant turn asks for a critique; otherwise it is a first response. To
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 import time
 
 from . import Conversation, Generation, OnDone, Params
@@ -29,7 +30,7 @@ class FakeBackend:
         self.model, self.mode, self.max_model_len, self.delay = model_name, mode, max_model_len, delay
         self.judge, self.gate = judge, gate
         self.calls: list[int] = []  # batch size of each generate/submit call (tests check stages are batched)
-        self.queue: list[tuple[int, Conversation, Params]] = []
+        self.queue: deque[tuple[int, Conversation, Params]] = deque()
         self._next = 0
 
     def count_tokens(self, convs: list[Conversation]) -> list[int]:
@@ -96,12 +97,12 @@ class FakeBackend:
         self.calls.append(len(convs))
         hs = list(range(self._next, self._next + len(convs)))
         self._next += len(convs)
-        self.queue += list(zip(hs, convs, params))
+        self.queue.extend(zip(hs, convs, params))
         return hs
 
     def poll(self) -> list[tuple[int, Generation]]:
         # One request per step, oldest first: the next stage's requests are queued while older ones are pending.
-        done, self.queue = self.queue[:1], self.queue[1:]
+        done = [self.queue.popleft()] if self.queue else []  # a deque: O(1) per step at any queue length
         out = []
         for h, conv, p in done:
             if self.delay:
