@@ -323,7 +323,9 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if cfg.executor.kind == "ray" and backend is None:
         from .executors import ray as ray_exec
         # every replica runs generate() (and the judge) on its batches; rows come back with their results
-        rows = ray_exec.generate(cfg, out_dir, build_rows(cfg, recs, const), const, tracker)
+        built = build_rows(cfg, recs, const)
+        order = {r.id: i for i, r in enumerate(built)}  # replicas return rows in the order they finished
+        rows = sorted(ray_exec.generate(cfg, out_dir, built, const, tracker), key=lambda r: order[r.id])
         job = Run(cfg, None, const, tracker, None)
         job.rejected = [r for r in rows if r.reason is not None]
         job.ended = [r for r in rows if r.end is not None]
