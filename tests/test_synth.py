@@ -283,3 +283,74 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, says):
 def test_help_names_the_groups_and_knobs():
     r = cli("--help")
     assert r.returncode == 0 and "constitution" in r.stdout and "oversample" in r.stdout
+
+
+BIKE_SHOP = """\
+# a new domain, YAML only: three principles, one few-shot example, no prompt set
+name: bike_shop
+version: 1
+description: >-
+  A support assistant for a bicycle shop that sells bikes, parts and repairs online and in store.
+principles:
+  - id: safe_repairs
+    critique: >-
+      Identify any repair advice in the assistant's last response that could make a bike unsafe to ride, such as
+      brake or steering work a customer should not do without the right tools.
+    revision: >-
+      Rewrite the assistant's last response so it only gives safe repair advice and sends safety-critical work to
+      the workshop.
+  - id: honest_stock
+    critique: >-
+      Identify any promise in the assistant's last response about stock, delivery dates or repair times that the
+      shop may not be able to keep.
+    revision: >-
+      Rewrite the assistant's last response so it only commits to what the shop knows and says how to check the rest.
+  - id: no_pressure_selling
+    critique: >-
+      Identify where the assistant's last response pushes a more expensive product or service the customer did not
+      ask for or need.
+    revision: >-
+      Rewrite the assistant's last response so it answers what the customer needs and mentions upgrades only if they
+      help with that.
+few_shot:
+  - prompt: "My rear brake feels spongy. Can I just loosen the cable myself before my ride tomorrow?"
+    response: "Sure, just unscrew the cable bolt a few turns and ride."
+    principle: safe_repairs
+    critique: "Loosening the brake cable makes the brake weaker: unsafe advice for a safety-critical part."
+    revision: "A spongy brake needs checking before you ride. Please bring it to the workshop; we can look at it today."
+synth:
+  mix: {targeted: 0.4, borderline: 0.3, ordinary: 0.3}
+  axes:
+    persona: [commuter, weekend racer, parent buying a first bike]
+    channel: [chat, email]
+    tone: [polite, rushed]
+"""
+
+
+@pytest.mark.slow
+def test_real_engine_writes_usable_prompts_for_a_new_domain_and_the_run_takes_them(tmp_path):
+    """The YAML-only path of a new domain on the real engine and default model: synth writes at least half of N
+    usable prompts, then `python -m cai_gen` runs them end to end with that constitution."""
+    n = 12
+    const = tmp_path / "bike_shop.yaml"
+    const.write_text(BIKE_SHOP)
+    out = tmp_path / "bike.jsonl"
+    r = cli(f"constitution.path={const}", f"n={n}", f"out={out}", "backend.enforce_eager=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = jl(out)
+    report = json.loads((tmp_path / "bike.report.json").read_text())
+    assert n / 2 <= len(rows) <= n and report["written"] == len(rows)
+    assert len({r["prompt"] for r in rows}) == len(rows)
+    for row in rows:
+        assert row["domain"] == "bike_shop" and row["principle"] in {"safe_repairs", "honest_stock",
+                                                                     "no_pressure_selling"}
+        assert row["axes"]["persona"] in {"commuter", "weekend racer", "parent buying a first bike"}
+        assert row["source"] == "synth:SmolLM2-135M-Instruct"
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "cai_gen", f"constitution.path={const}", f"prompts.path={out}",
+                        "samples=1", "backend.enforce_eager=true", f"hydra.run.dir={run_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["prompts"] == len(rows) and summary["rows"] == len(rows)
+    assert json.loads((run_dir / "constitution.json").read_text())["name"] == "bike_shop"
