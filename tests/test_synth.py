@@ -87,6 +87,9 @@ def test_clean_strips_labels_quotes_and_an_assistant_turn(raw, want):
     ("Hello [user's user_name], I have an issue with [package_name]. Can you look at it?", "stop", "placeholder"),
     ("- Your brand gets old and lazy.\n- My favorite colors are lemon.\n- How to make a fence?", "stop", "list"),
     ("Where is my refund? I paid on Monday.\n\nAlso I was wondering whether the weather", "length", None),
+    ("It seems like the user wants a refund but does not say which order?", "stop", "meta"),
+    ("We hope you're having a great week and your order came through.", "stop", "answer"),
+    ("Can the customer service team call me back about my order today?", "stop", None),
 ])
 def test_check_keeps_user_messages_and_names_what_is_not_one(raw, finish, reason):
     assert check(raw, finish, 4, 80)[1] == reason
