@@ -261,7 +261,7 @@ def _report(cfg, const, spec, cells, cands, sel: Selection, rows, rounds) -> dic
             "model": cfg.model.name, "constitution": const.ref, "mix": spec.mix, "axes": spec.axes,
             "quota": {c.principle + "/" + c.kind: c.quota for c in cells}, "counts": counts,
             "kinds": dict(Counter(r["kind"] for r in rows)), "candidates": len(cands),
-            "usable_share": round(sel.passed / len(cands), 3) if cands else None,
+            "pass_rate": round(sel.passed / len(cands), 3) if cands else None,
             "dropped": dict(sel.reasons.most_common()), "dedup_removed": dedup, "dedup_examples": sel.removed[:20],
             "rounds": rounds, "settings": {"seed": cfg.seed, "temperature": cfg.temperature, "top_p": cfg.top_p,
                                            "threshold": cfg.dedup.threshold, "ngram": cfg.dedup.ngram}}
@@ -279,7 +279,7 @@ def _print(report: dict, console, out: Path, report_path: Path) -> None:
         t.add_row(pid, *[str(by_kind.get(k, "")) for k in kinds])
     console.print(t)
     drops = ", ".join(f"{k} {v}" for k, v in report["dropped"].items()) or "none"
-    console.print(f"candidates {report['candidates']}, usable {report['usable_share']}; dropped: {drops}")
+    console.print(f"candidates {report['candidates']}, passed the filters {report['pass_rate']}; dropped: {drops}")
     if report["short"]:
         console.print(f"[yellow]short by {report['short']}[/]: the filters passed too few within rounds/budget; "
                       "raise budget= or rounds=, or rerun with another seed")
