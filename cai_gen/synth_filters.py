@@ -34,8 +34,9 @@ ANSWER = re.compile(r"^(?:sure\b|certainly\b|of course\b|absolutely\b|great ques
                     r"i'?d be (?:happy|glad) to|i would be (?:happy|glad) to|here(?:'s| is) how|to (?:resolve|fix) this,)"
                     # the agent's lines anywhere: "I'm here to help. Can you tell me more about your order?"
                     r"|\bhow (?:can|may) i (?:help|assist)|\bi'?m here to help\b|\bwhat can i (?:help|do for) you|"
-                    r"\bi'?ll be your (?:assistant|chatbot|agent)|\bwelcome to (?:our|my|the)\b|\bour customers\b|"
-                    r"\bwe hope you\b|\bwe are committed\b|\bi'?m an ai\b|\bi am an ai\b", re.I)
+                    r"\bi'?ll be your (?:assistant|chatbot|agent)|\bwelcome to (?:our|my|the)\b|"
+                    r"\bwe hope you\b|\bwe are committed\b|\bi'?m an ai\b|\bi am an ai\b|\bi'?m here to assist\b|"
+                    r"\bsorry for the inconvenience\b|\bi'?m designed to\b", re.I)
 REFUSAL = re.compile(r"^(?:i'?m|i am|we'?re|we are) (?:sorry|afraid),? (?:but )?(?:i|we) (?:can'?t|cannot|am unable|"
                      r"'m unable|won'?t)|^(?:i|we) (?:can'?t|cannot|won'?t|am unable to|'m unable to) (?:help|assist|"
                      r"provide|fulfill|comply|do that|share|answer|create|write)|\bas an ai\b", re.I)
@@ -46,7 +47,8 @@ META = re.compile(r"^(?:this (?:message|request|user)|the (?:user|customer|messa
                   r"\bcareless assistant\b|reply with the message|\bthe ai assistant\b|\bthis message\b|"
                   r"\b(?:original|user's|customer's) message\b|^this is an? [^.]{0,40}\b(?:message|response|request)\b|"
                   r"^the target\b|\bthe (?:user|customer)(?:'s)?\b(?! (?:service|support|care|portal|account))|"
-                  r"\bwhen a (?:user|customer)\b|^here(?:'s| is) (?:a|the|my) (?:response|reply|message)\b", re.I | re.M)
+                  r"\bwhen a (?:user|customer)\b|^here(?:'s| is) (?:a|the|my) (?:response|reply|message)\b|"
+                  r"^rewrite\b|\bthe text to be\b|\b\d+ words\b", re.I | re.M)
 # a form letter with slots to fill ("Hi [Username]", "[package_name]"), not a message someone sent
 PLACEHOLDER = re.compile(r"\[[A-Za-z][\w ']{0,30}\]|<[A-Za-z][\w ]{0,30}>|\{[A-Za-z_]\w*\}")
 # several messages or talking points at once ("- ...", "1. ..."), not one message
@@ -94,7 +96,7 @@ def check(raw: str, finish_reason: str, min_words: int, max_words: int) -> tuple
         return t, "too_long"
     if REFUSAL.search(t[:200]):
         return t, "refusal"
-    if ANSWER.match(t):
+    if ANSWER.search(t):  # search: the opening group is anchored (^), the agent's stock lines are not
         return t, "answer"
     if META.search(t):
         return t, "meta"

@@ -90,6 +90,9 @@ def test_clean_strips_labels_quotes_and_an_assistant_turn(raw, want):
     ("It seems like the user wants a refund but does not say which order?", "stop", "meta"),
     ("We hope you're having a great week and your order came through.", "stop", "answer"),
     ("Can the customer service team call me back about my order today?", "stop", None),
+    ("Our customers cannot pay with your checkout since Monday. Can you fix it?", "stop", None),  # a business owner
+    ("Hey cool, I'm here to help you with your bike repair at the shop tomorrow. Want to share more?", "stop", "answer"),
+    ("Rewrite: Too creative? You just posted a message that counts.", "stop", "meta"),
 ])
 def test_check_keeps_user_messages_and_names_what_is_not_one(raw, finish, reason):
     assert check(raw, finish, 4, 80)[1] == reason
