@@ -271,11 +271,59 @@ class RunConfig(Strict):
         return self
 
 
-def validate(raw: dict) -> RunConfig:
+class SynthFiltersCfg(Strict):
+    """What a written user message must be (cai_gen/synth_filters.py); each drop is counted by reason."""
+    min_words: int = Field(4, ge=1)
+    max_words: int = Field(80, gt=0)
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must be <= max_words ({self.max_words})")
+        return self
+
+
+class SynthDedupCfg(Strict):
+    threshold: float = Field(0.6, gt=0, le=1)  # near duplicate at word n-gram Jaccard >= this (MinHash LSH finds them)
+    ngram: int = Field(2, gt=0)
+    num_perm: int = Field(128, ge=16)
+
+
+class SynthConfig(Strict):
+    """`python -m cai_gen.synth`: prompts for a constitution (conf/synth.yaml)."""
+    model: ModelCfg
+    backend: BackendCfg
+    constitution: ConstitutionCfg
+    n: int = Field(100, gt=0)
+    out: str | None = Field(None, validate_default=True)  # required: validated below
+    seed: int = 0
+    oversample: float = Field(1.5, ge=1)
+    rounds: int = Field(4, gt=0)
+    budget: float = Field(6.0, ge=1)
+    examples: int = Field(2, ge=0)
+    temperature: float = Field(0.95, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(128, gt=0)
+    verbose: bool = False
+    include_path: list[str] = Field(default_factory=list)
+    filters: SynthFiltersCfg = SynthFiltersCfg()
+    dedup: SynthDedupCfg = SynthDedupCfg()
+
+    _one_dir = field_validator("include_path", mode="before")(RunConfig._one_dir.__func__)
+
+    @field_validator("out")
+    @classmethod
+    def _out(cls, v):
+        if not v or not str(v).strip():
+            raise ValueError("set out=FILE.jsonl (where the prompts go; the same command again resumes)")
+        return v
+
+
+def validate(raw: dict, schema: type[BaseModel] = RunConfig):
     """Validate a resolved config dict; any problem becomes one line naming the field."""
     raw = {k: v for k, v in raw.items() if k != "hydra"}
     try:
-        return RunConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "config"

@@ -12,13 +12,14 @@ import json
 import random
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
+                      model_validator)
 
 from . import paths
 from .errors import UserError
-from .yamlio import load_yaml, pydantic_msg
+from .yamlio import line_of, load_yaml, pydantic_msg
 
 
 class Principle(BaseModel):
@@ -39,6 +40,39 @@ class FewShot(BaseModel):
     revision: str = Field(min_length=1)
 
 
+# cai_gen.synth: the kinds of prompt it writes, and the variety axes its instruction template knows how to phrase.
+# A fixed set of axis names, so a typo ("chanel") is an error instead of an axis the model is never told about.
+SYNTH_KINDS = ("targeted", "borderline", "ordinary")
+SYNTH_AXES = ("persona", "expertise", "region", "language_style", "channel", "tone")
+DEFAULT_MIX = {"targeted": 0.4, "borderline": 0.3, "ordinary": 0.3}
+DEFAULT_AXES = {
+    "persona": ["new customer", "long-time customer", "frustrated customer", "small business owner"],
+    "channel": ["chat", "email", "phone transcript"],
+    "tone": ["polite", "terse", "angry", "confused"],
+}
+
+
+AxisName = Literal["persona", "expertise", "region", "language_style", "channel", "tone"]  # = SYNTH_AXES
+AxisValues = Annotated[list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]], Field(min_length=1)]
+
+
+class Synth(BaseModel):
+    """How `python -m cai_gen.synth` writes prompts for this domain. Absent: DEFAULT_MIX and DEFAULT_AXES.
+    Keys are Literals, so an unknown kind or axis is reported at that key (file:line), not at the whole block."""
+    model_config = ConfigDict(extra="forbid")
+    mix: dict[Literal["targeted", "borderline", "ordinary"], float] = Field(default_factory=lambda: dict(DEFAULT_MIX))
+    axes: dict[AxisName, AxisValues] = Field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_AXES.items()})
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, m):
+        if any(v < 0 for v in m.values()):
+            raise ValueError(f"shares must be >= 0, got {m}")
+        if abs(sum(m.values()) - 1) > 0.01:
+            raise ValueError(f"shares must sum to 1, got {round(sum(m.values()), 4)}")
+        return m
+
+
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
@@ -48,6 +82,7 @@ class Constitution(BaseModel):
     revision_style: Literal["free", "minimal"] = "free"
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = []
+    synth: Synth | None = None  # cai_gen.synth's mix and axes (None: the defaults); not part of the hash
 
     @field_validator("principles")
     @classmethod
@@ -69,7 +104,9 @@ class Constitution(BaseModel):
 
     @property
     def hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        # `synth` only steers prompt writing: leaving it out keeps every run's constitution ref (and its run dirs'
+        # fingerprints) unchanged when a team tunes the synth mix
+        blob = json.dumps(self.model_dump(mode="json", exclude={"synth"}), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
@@ -143,4 +180,10 @@ def load(name: str | None = None, path: str | None = None, include: Iterable[str
     try:
         return Constitution.model_validate(data)
     except ValidationError as e:
-        raise UserError(f"{file}: {pydantic_msg(e.errors()[0], data)}") from None
+        err = e.errors()[0]
+        loc = [p for p in err["loc"] if p != "[key]"]
+        if err["loc"] and err["loc"][-1] == "[key]":  # a Literal-keyed dict (synth.mix, synth.axes): the key is unknown
+            err = {**err, "loc": loc, "msg": "unknown key; " + err["msg"].replace("Input should be", "use")}
+        # `synth` is taken whole from one file (scalar merge), so its line is exact where the top file has it
+        line = line_of(file, err["loc"]) if loc and loc[0] == "synth" else None
+        raise UserError(f"{file}{f':{line}' if line else ''}: {pydantic_msg(err, data)}") from None

@@ -64,3 +64,27 @@ def pydantic_msg(err: dict, data) -> str:
             parts.append(str(p))
             node = node.get(p) if isinstance(node, dict) else None
     return f"{'.'.join(parts) or 'top level'}: {err['msg']}"
+
+
+def line_of(path: Path, loc) -> int | None:
+    """The 1-based line of a key path (pydantic's error loc: keys, list indexes, a trailing "[key]") in a YAML
+    file, so an error can say file:line; None when the file does not hold the whole path (an included base)."""
+    try:
+        node = yaml.compose(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    line = None
+    for part in loc:
+        if part == "[key]":
+            break  # the key itself is what is wrong: its line is already `line`
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+            if hit is None:
+                return None
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return None
+    return line

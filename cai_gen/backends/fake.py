@@ -1,7 +1,8 @@
 """A deterministic fake engine for fast unit tests of the pipeline's logic (never for behaviour claims).
 
 Text is derived from a hash of the conversation, so the same input always gives the same output. The stage is
-read off the conversation: the revision template's last line marks a revision request; otherwise a conversation
+read off the conversation: the synth template's last line marks a request for a user message (cai_gen.synth);
+the revision template's last line marks a revision request; otherwise a conversation
 with an assistant turn asks for a critique; otherwise it is a first response. Tokens are whitespace words.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from . import Conversation, Generation, OnDone, Params
 WORDS = ("account billing refund order shipping update support policy secure verify help team email step link "
          "settings review details contact confirm request window days form option status").split()
 REVISION_MARK = "rewritten response only"
+SYNTH_MARK = "Reply with the user's message only"  # the last line of templates/synth.jinja (cai_gen.synth)
 
 
 def _words(seed: str, n: int) -> list[str]:
@@ -62,6 +64,9 @@ class FakeBackend:
             return self._verdict(conv, p.choices)
         key = repr(conv) + f"|{p.temperature}|{p.top_p}|{p.seed}"
         last = conv[-1]["content"]
+        if SYNTH_MARK in last:  # cai_gen.synth: a user's message, a question in the fake's words
+            w = _words("synth" + key, 12)
+            return f"Hi, can you help me {w[0]} my {w[1]} {w[2]}? I need the {' '.join(w[3:9])} before {w[9]}."
         if REVISION_MARK in last:
             if self.mode == "echo":
                 return conv[-2]["content"]  # repeats its own critique, the small-model failure we must catch
