@@ -1,7 +1,6 @@
 """Live progress per stage (rows done, generated tokens/s, ETA) and run-wide token/time counters."""
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field

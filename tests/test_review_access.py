@@ -5,11 +5,10 @@ import http.client
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import pytest
 
-from cai_gen.review import api, auth, db, exchange, merge
+from cai_gen.review import api, db, exchange, merge
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 

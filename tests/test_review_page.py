@@ -59,21 +59,29 @@ def page(tmp_path, request):
         srv.server_close()
 
 
-def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
+def ui(driver):
+    """The page helpers both tests drive it with: element by id, wait until, send keys, shown item, progress."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def el(i):
+        return driver.find_element(By.ID, i)
+
+    return (el, lambda f: WebDriverWait(driver, 15).until(lambda d: f()),
+            lambda k: ActionChains(driver).send_keys(k).perform(),
+            lambda: el("item-id").text, lambda: el("progress-text").text)
+
+
+def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     driver, srv, run = page
     items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
     ids = [it["id"] for it in items]
     assert len(ids) >= 5
-    el = lambda i: driver.find_element(By.ID, i)  # noqa: E731
-    wait = lambda f: WebDriverWait(driver, 15).until(lambda d: f())  # noqa: E731
-    keys = lambda k: ActionChains(driver).send_keys(k).perform()  # noqa: E731
-    shown = lambda: el("item-id").text  # noqa: E731
-    progress = lambda: el("progress-text").text  # noqa: E731
+    el, wait, keys, shown, progress = ui(driver)
 
     driver.get(srv.links["alice"])
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
@@ -140,20 +148,14 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
 
 @pytest.mark.parametrize("page", [True], indirect=True, ids=["blind"])
 def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
-    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     from cai_gen.review.api import shown_first
 
     driver, srv, run = page
     items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
     ids = [it["id"] for it in items]
-    el = lambda i: driver.find_element(By.ID, i)  # noqa: E731
-    wait = lambda f: WebDriverWait(driver, 15).until(lambda d: f())  # noqa: E731
-    keys = lambda k: ActionChains(driver).send_keys(k).perform()  # noqa: E731
-    shown = lambda: el("item-id").text  # noqa: E731
-    progress = lambda: el("progress-text").text  # noqa: E731
+    el, wait, keys, shown, progress = ui(driver)
 
     driver.get(srv.links["alice"])
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
