@@ -8,12 +8,29 @@ An engine failure reaches the terminal as one line naming the log; the traceback
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+
+
+ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
+def root_cause(path: Path, start: int, last: str) -> str | None:
+    """The first exception line this scope wrote to the log: an engine's worker dies with the real reason
+    ("ValueError: Available memory ... is less than desired") and the main process then raises a generic
+    "Engine core initialization failed. See root cause above", which alone tells a user nothing."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        for raw in f:
+            m = ERROR_LINE.match(raw.decode("utf-8", "replace").strip())
+            if m and m.group(2)[:200] != last:
+                return f"{m.group(1)}: {m.group(2)[:300]}"
+    return None
 
 
 @contextmanager
@@ -23,6 +40,7 @@ def to_log(path: Path, console):
     path.parent.mkdir(parents=True, exist_ok=True)
     saved_out, saved_err = os.dup(1), os.dup(2)
     log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    start = os.fstat(log).st_size
     term = os.fdopen(os.dup(saved_err), "w", buffering=1, encoding="utf-8", errors="replace")
     before = console.file
     console.file = term
@@ -34,9 +52,11 @@ def to_log(path: Path, console):
     except (UserError, KeyboardInterrupt):
         raise
     except Exception as e:
-        traceback.print_exc()  # into the log, beside the engine's own messages
+        with open(path, "a", encoding="utf-8") as f:
+            traceback.print_exc(file=f)  # into the log, beside the engine's own messages
         first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"engine: {type(e).__name__}: {first} (full log: {path})") from None
+        cause = root_cause(path, start, first)
+        raise UserError(f"engine: {cause or f'{type(e).__name__}: {first}'} (full log: {path})") from None
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
