@@ -139,8 +139,12 @@ def run(a, prompts: Path) -> dict:
         server.terminate()
         server.wait(60)
     tok = AutoTokenizer.from_pretrained(path)
-    texts = [x for col in ("original", "critique", "revision") for x in out[col] if x]
-    tokens = sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])
+    # generated tokens per text, re-tokenized (ClientvLLM returns text only): a text at its max is taken as cut
+    n = {col: [len(tok(x or "", add_special_tokens=False)["input_ids"]) for x in out[col]]
+         for col in ("original", "critique", "revision")}
+    tokens = sum(sum(v) for v in n.values())
     done = sum(1 for x in out["revision"] if x)
+    texts = [{"id": out["id"][i], **{c: out[c][i] or "" for c in n}, **{f"{c}_tokens": n[c][i] for c in n}}
+             for i in range(len(out))]
     return {"seconds": dt, "tokens": tokens, "requests": 3 * len(out), "pairs_made": done, "engine_start_s": start,
-            "note": note}
+            "note": note, "texts": texts}

@@ -119,25 +119,70 @@ def sys_naive(a, prompts: Path) -> dict:
         tokens += int((new != tok.eos_token_id).sum())
         return tok.decode(new, skip_special_tokens=True).strip()
 
+    texts = []
     t = time.perf_counter()
     for row in rows:  # one conversation at a time, as in the typical tutorial
         pid = row.principles[0]
+        n0 = tokens
         original = gen(turns.head(row.prompt.system, [], row.prompt.prompt), row.params.temperature,
                        row.params.top_p, a.respond, row.params.seed)
+        n1 = tokens
         conv = turns.head(row.prompt.system, fs, row.prompt.prompt) + [
             {"role": "assistant", "content": original}, turns.critique_turn(const, pid, 1)]
         critique = gen(conv, s.critique_temperature, s.critique_top_p, a.critique, row.params.seed + 1)
+        n2 = tokens
         conv += [{"role": "assistant", "content": critique}, turns.revision_turn(const, pid, 1)]
-        gen(conv, s.critique_temperature, s.critique_top_p, a.revise, row.params.seed + 2)
+        revision = gen(conv, s.critique_temperature, s.critique_top_p, a.revise, row.params.seed + 2)
+        texts.append({"id": row.id, "original": original, "critique": critique, "revision": revision,
+                      "original_tokens": n1 - n0, "critique_tokens": n2 - n1, "revision_tokens": tokens - n2})
     dt = time.perf_counter() - t
     return {"naive": {"seconds": dt, "tokens": tokens, "requests": 3 * len(rows), "pairs_made": len(rows),
-                      "engine_start_s": start}}
+                      "engine_start_s": start, "texts": texts}}
+
+
+def refilter(a, prompts: Path, texts: list[dict]) -> int:
+    """How many of another system's (original, critique, revision) rows cai_gen would keep: each goes through
+    cai_gen's own stage objects (respond, critique, revise, pair accept) with its default filters and no gate (the
+    other systems have none). A text at its stage's max tokens counts as cut (finish_reason "length")."""
+    from cai_gen import constitution, pipeline, prompts as prompts_mod, stages
+    from cai_gen.backends import Generation
+    from cai_gen.config import compose
+    from cai_gen.progress import Tracker
+
+    cfg = compose(*overrides(a, prompts, same_work=False), "gate.enabled=false")
+    const = constitution.load(cfg.constitution.name, None)
+    recs = prompts_mod.load(None, str(prompts), None, "train", "prompt", None, None, None)
+    rows = {r.id: r for r in pipeline.build_rows(cfg, recs, const)}
+    job = pipeline.Run(cfg, None, const, Tracker(), None)
+    limits = {"original": a.respond, "critique": a.critique, "revision": a.revise}
+    kept = 0
+    for t in texts:
+        row = rows[t["id"]]
+        flow = [(stages.Respond(), "original"), (stages.Critique(1), "critique"), (stages.Revise(1), "revision"),
+                (stages.Pair(), None)]
+        for stage, col in flow:
+            stage.requests(job, row)  # extends the row's conversation as in a run
+            gens = [] if col is None else [Generation(t[col], "length" if t[f"{col}_tokens"] >= limits[col]
+                                                      else "stop", 0, t[f"{col}_tokens"])]
+            if not stage.accept(job, row, gens):
+                break
+        else:
+            kept += 1
+    return kept
 
 
 def sys_peer(a, prompts: Path) -> dict:
     import peer
 
     return {"peer": peer.run(a, prompts)}
+
+
+def with_kept(name: str, a, prompts: Path, res: dict) -> dict:
+    """A system's texts through cai_gen's filters: its kept pairs (the texts themselves are not reported)."""
+    r = res[name]
+    if "texts" in r:
+        r["kept"] = refilter(a, prompts, r.pop("texts"))
+    return res
 
 
 SYSTEMS = {"engine": sys_engine, "naive": sys_naive, "peer": sys_peer}
@@ -233,17 +278,30 @@ def report(res: dict) -> None:
             print(f"cai_gen vs peer: {cg['pairs_per_min'] / res['peer']['pairs_per_min']:.2f}x pairs/min")
         if "tok_per_s" in res.get("raw", {}):
             print(f"cai_gen tok/s of raw: {cg['tok_per_s'] / res['raw']['tok_per_s']:.2f}")
-    cost = res.get("cost")
+    cost = dict(res.get("cost") or {})
+    for c in ("naive", "peer"):  # their pairs through cai_gen's filters (no gate: they have none)
+        if "kept" in res.get(c, {}):
+            cost[c] = {"pairs": res[c]["kept"], "tokens": res[c]["tokens"], "seconds": res[c]["seconds"]}
     if cost:
-        print("\ncai_gen with its default filters (what a kept pair costs)   gate on    gate off")
-        on, off = cost["gate_on"], cost["gate_off"]
+        cols = [c for c in ("naive", "peer", "gate_on", "gate_off") if c in cost]
+        names = {"gate_on": "cai_gen", "gate_off": "gate off"}
+        print("\nwhat a kept pair costs: cai_gen's default filters (its token knobs, gate on and off); the naive loop's "
+              "and the peer's pairs through the same filters, no gate")
+        print(f"{'':38}" + "".join(f"{names.get(c, c):>12}" for c in cols))
         for label, f in (("kept pairs", lambda r: f"{r['pairs']}"), ("generated tokens", lambda r: f"{r['tokens']}"),
-                         ("generated tokens per kept pair", lambda r: f"{r['tokens'] / max(r['pairs'], 1):.0f}"),
+                         ("generated tokens per kept pair", lambda r: f"{r['tokens'] / r['pairs']:.0f}" if r["pairs"]
+                          else "-"),
                          ("kept pairs per minute", lambda r: f"{r['pairs'] / r['seconds'] * 60:.2f}")):
-            print(f"{label:58}{f(on):>9}{f(off):>12}")
-        if on["pairs"] and off["pairs"]:
-            print(f"cai_gen tokens per kept pair, gate on of gate off: "
-                  f"{(on['tokens'] / on['pairs']) / (off['tokens'] / off['pairs']):.2f}")
+            print(f"{label:38}" + "".join(f"{f(cost[c]):>12}" for c in cols))
+
+        def per(r):
+            return r["tokens"] / r["pairs"] if r.get("pairs") else None
+
+        on, off, peer = (per(cost[c]) if c in cost else None for c in ("gate_on", "gate_off", "peer"))
+        if on and peer:
+            print(f"cai_gen tokens per kept pair of peer: {on / peer:.2f}")
+        if on and off:
+            print(f"cai_gen tokens per kept pair, gate on of gate off: {on / off:.2f}")
 
 
 def main() -> None:
@@ -270,6 +328,9 @@ def main() -> None:
 
     if a.system:  # child: run one system, write its result
         res = SYSTEMS[a.system](a, Path(a.prompts_file))
+        for name in ("naive", "peer"):
+            if name in res:
+                res = with_kept(name, a, Path(a.prompts_file), res)
         Path(a.result).write_text(json.dumps(res))
         return
 

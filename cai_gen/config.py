@@ -70,7 +70,7 @@ class BackendCfg(Strict):
     count_tokens: Literal["tokenizer", "none"] = "tokenizer"
     extra_body: dict = Field(default_factory=dict)
     # fake
-    mode: Literal["good", "echo", "preface"] = "good"
+    mode: Literal["good", "echo", "preface", "loop"] = "good"
     gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
     delay: float = Field(0.0, ge=0)
     judge: Literal["revision", "original", "first", "low", "original_low", "tie", "prose"] = "revision"
@@ -119,12 +119,20 @@ class PromptsCfg(Strict):
 Range = float | tuple[float, float]
 
 
+class LoopStop(Strict):
+    """Per stage: end a request once one sentence (4+ words) has been said this many times (null: off)."""
+    critique: int | None = Field(None, ge=2)
+    revise: int | None = Field(None, ge=2)
+
+
 class SamplingCfg(Strict):
     temperature: Range = (0.6, 1.0)
     top_p: Range = (0.9, 1.0)
     critique_temperature: float = Field(0.7, ge=0)
     critique_top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: MaxTokensOverride = Field(default_factory=MaxTokensOverride)  # null: the model config's max_tokens
+    loop_stop: LoopStop = Field(default_factory=lambda: LoopStop())  # end looping critiques/revisions early
+    revise_max_scale: float | None = Field(None, gt=0)  # a revision's max tokens: at most this times its original's
 
     @field_validator("temperature", "top_p")
     @classmethod

@@ -20,8 +20,9 @@ from .errors import UserError
 
 def request_key(model: str, conv: Conversation, params: Params) -> str:
     p = asdict(params)
-    if p.get("choices") is None:
-        p.pop("choices", None)  # keeps keys of ledgers written before `choices` existed valid
+    for k in ("choices", "loop_stop"):
+        if p.get(k) is None:
+            p.pop(k, None)  # keeps keys of ledgers written before these fields existed valid
     blob = json.dumps([model, conv, p], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 

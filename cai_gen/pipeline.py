@@ -36,6 +36,7 @@ class Row:
     principles: list[str]              # one principle id per round
     history: list[dict] = field(default_factory=list)  # turns after the user prompt
     original: str = ""
+    original_tokens: int = 0           # the original's generated tokens (revise_max_scale sizes revisions from it)
     critiques: list[str] = field(default_factory=list)
     revisions: list[str] = field(default_factory=list)  # accepted revisions, one per round that revised
     draft: str | None = None           # the last revision generated (accepted or not): rejected.jsonl shows it

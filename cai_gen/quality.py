@@ -9,9 +9,9 @@ the answer with "Here is a revised response:". Prefaces are stripped when a clea
 from __future__ import annotations
 
 import re
-from collections import Counter
 from difflib import SequenceMatcher
 
+from .backends import loop_end
 from .turns import render
 
 # A leading line that announces a revision instead of being one. Stripped when what follows is a real answer.
@@ -128,8 +128,7 @@ def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
     grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
     if len(grams) >= 12 and len(set(grams)) / len(grams) < min_unique:
         return True
-    said = Counter(" ".join(words(s)) for s in re.split(r"[.!?\n]+", text) if len(words(s)) >= 4)
-    return any(k >= 3 for k in said.values())
+    return loop_end(text + "\n", 3) is not None  # the last sentence counts too, closed or not
 
 
 # Unmistakable anywhere in a reply, not only near its start: the revision request or its own commentary

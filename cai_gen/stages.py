@@ -43,8 +43,9 @@ class Stage:
 
     def params(self, job, row, max_tokens: int, choices: tuple[str, ...] | None = None) -> Params:
         s = job.cfg.sampling
+        loop = None if choices else getattr(s.loop_stop, self.name, None)
         return Params(s.critique_temperature, s.critique_top_p, max_tokens,
-                      job.seed(row.id, self.name, self.rnd), choices)
+                      job.seed(row.id, self.name, self.rnd), choices, loop)
 
     def principle(self, row) -> str:
         """The principle this round of the row works on."""
@@ -83,6 +84,7 @@ class Respond(Stage):
             else:
                 row.flags.append("original_truncated")
         row.original = text
+        row.original_tokens = g.completion_tokens
         row.history = [{"role": "assistant", "content": text}]
         return True
 
@@ -140,13 +142,16 @@ class Revise(Stage):
     def requests(self, job, row):
         if not row.open:
             return None
+        s = job.cfg.sampling
         return self.ask(job, row, turns.revision_turn(job.const, self.principle(row), self.rnd, job.style),
-                        job.cfg.sampling.max_tokens.revise)
+                        revise_tokens(s.max_tokens.revise, s.revise_max_scale, row.original_tokens))
 
     def accept(self, job, row, gens):
         f, g = job.cfg.filters, gens[0]
         text, stripped = quality.strip_preface(g.text) if f.strip_preface else (g.text.strip(), False)
         why = quality.check_text(text, g.finish_reason, "revision", f.min_chars, f.truncated_revision == "drop")
+        if g.finish_reason == "loop":
+            why = "repetitive_revision"  # loop_stop ended it: the full text would have failed the same check
         if why == "empty_revision" and (stripped or quality.PREFACE.match(g.text.strip())):
             why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
         elif not why and not f.strip_preface and quality.PREFACE.match(text):
@@ -214,6 +219,17 @@ def p_yes(g: Generation) -> float | None:
         return float(g.probs["YES"])
     t = g.text.strip().upper()
     return 1.0 if t == "YES" else 0.0 if t == "NO" else None
+
+
+def revise_tokens(cap: int, scale: float | None, original_tokens: int) -> int:
+    """A revision's max tokens: the stage's cap, or with revise_max_scale, at most `scale` times the original's
+    tokens but never under REVISE_FLOOR (a short original may need a longer, fuller answer)."""
+    if scale is None:
+        return cap
+    return min(cap, max(REVISE_FLOOR, round(scale * original_tokens)))
+
+
+REVISE_FLOOR = 64
 
 
 def build(cfg) -> list[Stage]:

@@ -5,6 +5,7 @@ each backend module so `--help` and config errors never pay for torch or vllm.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -22,12 +23,16 @@ class Params:
     # Constrain the answer to exactly one of these strings (the judge's verdicts). vLLM enforces it with
     # structured outputs; the transformers and fake backends pick the choice the model scores highest.
     choices: tuple[str, ...] | None = None
+    # End the request once one sentence (4+ words) has been said this many times: a loop, which a small model
+    # keeps up until max tokens and the repetition filter drops anyway (finish_reason "loop"). None: off.
+    # The vllm and fake backends honour it; transformers and openai generate to max tokens as before.
+    loop_stop: int | None = None
 
 
 @dataclass(frozen=True)
 class Generation:
     text: str
-    finish_reason: str  # "stop" or "length" (hit max_tokens: the text is truncated)
+    finish_reason: str  # "stop", "length" (hit max_tokens: the text is truncated) or "loop" (loop_stop ended it)
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0  # prompt tokens served from the prefix cache, where the engine says
@@ -40,6 +45,26 @@ class Generation:
 
 
 OnDone = Callable[[int, Generation], None]
+
+_SENTENCE_END = re.compile(r"[.!?\n]+")
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def loop_end(text: str, times: int) -> int | None:
+    """Where `text` completes one sentence of 4+ words for the `times`-th time (its end, a character index), or
+    None. Only sentences closed by . ! ? or a line break count, so a text that loops here still loops (and still
+    fails quality.repetitive) however it would have gone on: ending it there loses nothing the filters keep."""
+    said: dict[str, int] = {}
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        w = _WORD.findall(text[start:m.start()].lower())
+        start = m.end()
+        if len(w) >= 4:
+            k = " ".join(w)
+            said[k] = said.get(k, 0) + 1
+            if said[k] >= times:
+                return m.start() + 1
+    return None
 
 
 class Backend(Protocol):

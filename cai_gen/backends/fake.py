@@ -11,7 +11,7 @@ import hashlib
 from collections import deque
 import time
 
-from . import Conversation, Generation, OnDone, Params
+from . import Conversation, Generation, OnDone, Params, loop_end
 
 WORDS = ("account billing refund order shipping update support policy secure verify help team email step link "
          "settings review details contact confirm request window days form option status").split()
@@ -68,6 +68,8 @@ class FakeBackend:
             w = _words("synth" + key, 12)
             return f"Hi, can you help me {w[0]} my {w[1]} {w[2]}? I need the {' '.join(w[3:9])} before {w[9]}."
         if REVISION_MARK in last:
+            if self.mode == "loop":  # says one sentence over and over until max tokens, like a small model
+                return "Thanks for reaching out. " + "I am here to help you today. " * 40
             if self.mode == "echo":
                 return conv[-2]["content"]  # repeats its own critique, the small-model failure we must catch
             body = "Thanks for reaching out. " + " ".join(_words("rev" + key, 24)) + "."
@@ -91,6 +93,9 @@ class FakeBackend:
     def _one(self, conv: Conversation, p: Params) -> Generation:
         words = self._text(conv, p).split(" ")
         finish = "length" if len(words) > p.max_tokens else "stop"
+        end = loop_end(" ".join(words[: p.max_tokens]), p.loop_stop) if p.loop_stop else None
+        if end is not None:
+            words, finish = " ".join(words)[:end].split(" "), "loop"
         probs = None
         if p.choices == ("YES", "NO"):
             y = self._p_yes(conv)

@@ -8,7 +8,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from ..errors import UserError
-from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
+from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued, loop_end
 
 # The vLLM releases this backend is tested against; pyproject's `gpu` extra pins the same range (a test checks).
 # It drives the engine through LLM.enqueue (vLLM PR #33195, January 2026) and engine internals
@@ -93,6 +93,7 @@ class VLLMBackend:
         self._handle: dict[str, int] = {}            # engine request id (external or internal) -> handle
         self._names: dict[int, tuple[str, str]] = {}  # handle -> both engine ids, to forget them when done
         self._choices: dict[int, tuple[str, ...]] = {}  # handle -> the choices of a forced-choice request
+        self._loops: dict[int, list[int]] = {}        # handle -> [loop_stop, tokens when last checked]
         self._next = 0
 
     def _ids(self, conv: Conversation) -> list[int]:
@@ -113,7 +114,7 @@ class VLLMBackend:
     def submit(self, convs: list[Conversation], params: list[Params]) -> list[int]:
         """Queue requests without waiting; returns handles that poll() reports back."""
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         prompts = []
         for c in convs:
@@ -124,14 +125,30 @@ class VLLMBackend:
                               structured_outputs=StructuredOutputsParams(choice=list(p.choices)) if p.choices else None,
                               logprobs=20 if p.choices else None)
                for p in params]
-        base = self.llm.request_counter.counter
-        ids = self.llm.enqueue(prompts, sps, use_tqdm=False)
         handles = list(range(self._next, self._next + len(convs)))
         self._next += len(convs)
-        # Outputs carry the external id (LLM's request counter), enqueue returns internal ids: map both.
-        for k, (h, rid) in enumerate(zip(handles, ids)):
-            self._handle[str(base + k)] = self._handle[rid] = h
-            self._names[h] = (str(base + k), rid)
+        plain = [k for k, p in enumerate(params) if not p.loop_stop]
+        names: dict[int, tuple[str, str]] = {}
+        if plain:
+            base = self.llm.request_counter.counter
+            ids = self.llm.enqueue([prompts[k] for k in plain], [sps[k] for k in plain], use_tqdm=False)
+            # Outputs carry the external id (LLM's request counter), enqueue returns internal ids: map both.
+            names |= {k: (str(base + j), rid) for j, (k, rid) in enumerate(zip(plain, ids))}
+        for k, p in enumerate(params):
+            if p.loop_stop:
+                # LLM.enqueue forces FINAL_ONLY outputs; a loop check needs the text as it grows, so these go to the
+                # engine directly (what enqueue does per request, with cumulative outputs each step)
+                sps[k].output_kind = RequestOutputKind.CUMULATIVE
+                ext = str(next(self.llm.request_counter))
+                # rendered as enqueue renders it (vllm >= 0.2x); older ones take the raw prompt
+                render = getattr(self.llm, "_preprocess_cmpl_one", None)
+                prompt = render(prompts[k]) if render else prompts[k]
+                names[k] = (ext, self.llm.llm_engine.add_request(ext, prompt, sps[k]))
+                self._loops[handles[k]] = [p.loop_stop, 0]
+        for k, h in enumerate(handles):
+            ext, rid = names[k]
+            self._handle[ext] = self._handle[rid] = h
+            self._names[h] = (ext, rid)
             if params[k].choices:
                 self._choices[h] = params[k].choices
         return handles
@@ -140,16 +157,29 @@ class VLLMBackend:
         """One engine step; the requests that finished in it."""
         done = []
         for ro in self.llm.llm_engine.step():
-            if not ro.finished:
-                continue
             c = ro.outputs[0]
-            h = self._handle[ro.request_id]
+            h = self._handle.get(ro.request_id)
+            if h is None:
+                continue  # a request this backend ended (loop_stop) and the engine still reported
+            text, finish = c.text, "length" if c.finish_reason == "length" else "stop"
+            if not ro.finished:
+                loop = self._loops.get(h)
+                # look every 16 new tokens (the text is whole each time): cheap next to an engine step
+                if loop is None or len(c.token_ids) < loop[1] + 16:
+                    continue
+                loop[1] = len(c.token_ids)
+                end = loop_end(text, loop[0])
+                if end is None:
+                    continue
+                self.llm.llm_engine.abort_request([self._names[h][1]], internal=True)
+                text, finish = text[:end], "loop"
+            self._loops.pop(h, None)
             for name in self._names.pop(h):
                 self._handle.pop(name, None)
             choices, probs = self._choices.pop(h, None), None
             if choices and c.logprobs:
                 probs = choice_probs({lp.decoded_token or "": lp.logprob for lp in c.logprobs[0].values()}, choices)
-            done.append((h, Generation(text=c.text, finish_reason="length" if c.finish_reason == "length" else "stop",
+            done.append((h, Generation(text=text, finish_reason=finish,
                                        prompt_tokens=len(ro.prompt_token_ids or []), completion_tokens=len(c.token_ids),
                                        cached_tokens=ro.num_cached_tokens or 0, probs=probs)))
         return done
