@@ -17,8 +17,11 @@ are one measurement, printed once across both columns:
 
 Pairs = rows taken through respond, critique and revise (quality filters and gate off for the count: truncated
 answers kept, so every system does the same work per row); cai_gen's kept pairs after its filters are shown too.
-Then, on the same engine, cai_gen with its default filters, gate on and gate off: kept pairs and generated
-tokens per kept pair (`cai_gen tokens per kept pair, gate on of gate off: X`).
+Then what a kept pair costs: cai_gen with its defaults (filters, token knobs), gate on and gate off, on the same
+engine; the naive loop's and the peer's (original, critique, revision) rows through cai_gen's own stage objects
+and default filters (no gate: they have none; a text at its max tokens counts as cut). Kept pairs, generated
+tokens per kept pair, kept pairs per minute, and the lines `cai_gen tokens per kept pair of peer: X` (gate on)
+and `cai_gen tokens per kept pair, gate on of gate off: Y`.
 Prints a table, the lines `cai_gen vs naive: X` (pairs/min ratio) and `cai_gen tok/s of raw: Y`, then JSON.
 
     .venv/bin/python bench/throughput.py --quick      # < 15 min on 2 CPU cores (eager engine, short answers)

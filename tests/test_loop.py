@@ -53,8 +53,9 @@ def revise_tokens_spent(s: dict) -> int:
 
 
 def test_loop_stop_ends_looping_revisions_early_and_drops_what_the_filter_would(tmp_path):
-    off = run(tmp_path / "off", "sampling.loop_stop.revise=null", mode="loop")
-    on = run(tmp_path / "on", "sampling.loop_stop.revise=3", mode="loop")
+    # revise_max_scale off in both runs: this test measures loop_stop alone.
+    off = run(tmp_path / "off", "sampling.loop_stop.revise=null", "sampling.revise_max_scale=null", mode="loop")
+    on = run(tmp_path / "on", "sampling.loop_stop.revise=3", "sampling.revise_max_scale=null", mode="loop")
     assert off["reasons"] == {"truncated_revision": 6}  # ran to max tokens, then dropped
     assert on["reasons"] == {"repetitive_revision": 6} and on["kept"] == off["kept"] == 0
     assert revise_tokens_spent(on) * 5 < revise_tokens_spent(off)
