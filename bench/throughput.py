@@ -65,8 +65,10 @@ def overrides(a, prompts: Path, same_work: bool = True) -> list[str]:
     otherwise cai_gen's defaults (filters, gate), for what a kept pair costs."""
     common = [f"prompts.path={prompts}", f"samples={a.samples}", f"sampling.max_tokens.respond={a.respond}",
               f"sampling.max_tokens.critique={a.critique}", f"sampling.max_tokens.revise={a.revise}"]
-    return common + (["filters.truncated_original=keep", "filters.truncated_revision=keep", "gate.enabled=false"]
-                     if same_work else [])
+    # same work: no token knobs either (the raw replay and the other systems have none)
+    return common + (["filters.truncated_original=keep", "filters.truncated_revision=keep", "gate.enabled=false",
+                      "sampling.loop_stop.critique=null", "sampling.loop_stop.revise=null",
+                      "sampling.revise_max_scale=null"] if same_work else [])
 
 
 # ---------------------------------------------------------------- systems (each runs in a subprocess)

@@ -3,7 +3,7 @@ share one generate() call, and each row keeps its own seed, temperature, top-p, 
 Marked slow like the other real-model tests: each takes a few seconds of generation on two CPU cores."""
 import pytest
 
-from cai_gen.backends import Params
+from cai_gen.backends import Params, loop_end
 
 ASK = ["Hi, can you help me?", "Where is my parcel? I ordered it two weeks ago and it never came.",
        "How do I reset my password?", "Write a short poem about the sea."]
@@ -74,3 +74,18 @@ def test_forced_choices_beside_free_text_in_one_call(hf):
     assert gens[0].text in ("yes", "no") and set(gens[0].probs) == {"yes", "no"}
     assert abs(sum(gens[0].probs.values()) - 1) < 1e-3
     assert gens[1].text.strip() and gens[1].completion_tokens <= MIXED[0].max_tokens
+
+
+def test_loop_stop_ends_a_looping_row_with_the_text_it_would_have_written(hf):
+    """As on vLLM (tests/test_loop.py): a row that loops ends at loop_stop with finish_reason "loop" and fewer
+    tokens, its text the start of the same greedy row's without loop_stop; a row beside it that asks for
+    loop_stop but does not loop is untouched."""
+    say = [{"role": "user", "content": "Say 'I am sorry for the trouble with your order.' over and over."}]
+    convs = [say, say, CONVS[2], CONVS[2]]
+    params = [Params(0.0, 1.0, 200, 7), Params(0.0, 1.0, 200, 7, loop_stop=3),
+              Params(0.0, 1.0, 40, 7), Params(0.0, 1.0, 40, 7, loop_stop=3)]
+    full, cut, plain, asked = hf.generate(convs, params)
+    assert loop_end(full.text, 3) is not None, full.text  # the model does loop on this prompt
+    assert cut.finish_reason == "loop" and cut.completion_tokens < full.completion_tokens
+    assert full.text.startswith(cut.text) and loop_end(cut.text, 3) == len(cut.text)
+    assert loop_end(plain.text, 3) is None and asked == plain

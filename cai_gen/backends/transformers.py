@@ -1,10 +1,10 @@
 """Plain transformers backend: batched generate with left padding, for machines without vLLM (and GPUs
 where a user prefers HF). Same Protocol, same outputs; much slower than vLLM. Requests with different
 temperature, top-p, max_tokens and seed share one generate() call: each row samples with its own (_RowSampler)
-and stops at its own limit (_RowLimit)."""
+and stops at its own limit (_RowLimit), or where it starts looping when it asks for loop_stop (_RowLoop)."""
 from __future__ import annotations
 
-from . import Conversation, Generation, OnDone, Params
+from . import Conversation, Generation, OnDone, Params, loop_end
 
 
 class HFBackend:
@@ -74,21 +74,30 @@ class HFBackend:
         enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         n_in = enc["input_ids"].shape[1]
         limits = [p.max_tokens for p in params]
+        eos = self._eos_ids()
+        stops = [_RowLimit(torch, n_in, limits, self.device)]
+        loops = _RowLoop(torch, self.tok, n_in, params, eos, self.device)
+        if loops.times:
+            stops.append(loops)
         # do_sample=False: generate() takes the argmax of what _RowSampler returns, which for a sampled row is
         # the one token it drew with that row's generator, and for a greedy row the untouched logits
         with torch.no_grad():
             out = self.lm.generate(**enc, max_new_tokens=max(limits), do_sample=False,
                                    temperature=None, top_p=None, top_k=None, pad_token_id=self.tok.pad_token_id,
                                    logits_processor=LogitsProcessorList([_RowSampler(torch, params, self.device)]),
-                                   stopping_criteria=StoppingCriteriaList([_RowLimit(torch, n_in, limits, self.device)]))
-        eos = self._eos_ids()
+                                   stopping_criteria=StoppingCriteriaList(stops))
         gens = []
         for row, limit in enumerate(limits):
+            prompt_tokens = int(enc["attention_mask"][row].sum())
+            if row in loops.cut:  # ended by loop_stop: the text up to the sentence said loop_stop times
+                new = out[row, n_in: n_in + loops.cut[row]].tolist()
+                text = self.tok.decode(new, skip_special_tokens=True)
+                gens.append(Generation(text[:loop_end(text, params[row].loop_stop)], "loop", prompt_tokens, len(new)))
+                continue
             new = out[row, n_in: n_in + limit].tolist()  # past its own limit a row only holds padding
             n = next((k for k, t in enumerate(new) if t in eos), None)
             gens.append(Generation(self.tok.decode(new[:n], skip_special_tokens=True),
-                                   "length" if n is None else "stop",
-                                   int(enc["attention_mask"][row].sum()), len(new) if n is None else n))
+                                   "length" if n is None else "stop", prompt_tokens, len(new) if n is None else n))
         return gens
 
     def generate(self, convs: list[Conversation], params: list[Params], on_done: OnDone | None = None) -> list[Generation]:
@@ -177,6 +186,32 @@ def _inverse_cdf(torch, weights, u):
     cum = weights.cumsum(-1)
     pos = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True)
     return pos[:, 0].clamp(max=weights.shape[-1] - 1)
+
+
+class _RowLoop:
+    """Stopping criterion for rows with loop_stop: every 16 new tokens (as the vLLM backend checks), a row still
+    running ends once loop_end finds a sentence said loop_stop times; `cut[row]` = its tokens at that point."""
+
+    def __init__(self, torch, tok, n_in: int, params: list[Params], eos: set[int], device: str):
+        self.tok, self.n_in, self.eos = tok, n_in, eos
+        self.limits = [p.max_tokens for p in params]
+        self.times = {row: p.loop_stop for row, p in enumerate(params) if p.loop_stop}
+        self.cut: dict[int, int] = {}
+        self.done = torch.zeros(len(params), dtype=torch.bool, device=device)
+
+    def __call__(self, input_ids, scores, **kwargs):
+        n = input_ids.shape[1] - self.n_in
+        if n % 16:
+            return self.done
+        for row, times in self.times.items():
+            if row in self.cut or n >= self.limits[row]:
+                continue  # already ended here, or at its own limit (the text is whole: nothing to cut)
+            new = input_ids[row, self.n_in:].tolist()
+            if self.eos.intersection(new):
+                continue  # it ended on its own
+            if loop_end(self.tok.decode(new, skip_special_tokens=True), times) is not None:
+                self.cut[row], self.done[row] = n, True
+        return self.done
 
 
 class _RowLimit:
