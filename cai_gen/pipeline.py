@@ -275,6 +275,19 @@ def generate(job: Run, rows: list[Row]) -> list[Row]:
     return kept
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere): the
+    datasets copies are built by Arrow's own allocator, which cannot reuse what Python's heap keeps."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: Tracker | None = None) -> dict:
     """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process).
     One run per dir at a time: a second process gets one line naming the holder (cai_gen/lock.py)."""
@@ -360,9 +373,14 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
                     backend.close()
         if whole:  # the reward model loads only now, with the generator's engine closed
             emit(job, rows, kept)
+    n_prompts = len(recs)
+    # what generation held (the ledger's index, the prompts, the last chunk's rows) goes before the files are
+    # joined and the datasets copies built, so their peak does not stack on it (bench/scale.py)
+    recs = chunks = rows = kept = job = ledger = None  # noqa: F841
+    release_memory()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     summary = writer.finish(created)
-    summary.update(prompts=len(recs), duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
+    summary.update(prompts=n_prompts, duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})
     store.write_summary(out_dir, summary)

@@ -56,15 +56,24 @@ def histogram(xs: list[float], bins: list[float]) -> list[int]:
     return counts
 
 
-def gate_stats(records: list[dict], threshold: float | None) -> dict | None:
-    """YES/NO per principle over every gated critique (kept, filtered and no-violation rows), and a plain warning
-    when the gate is one-sided: a weak model's gate can say YES (or NO) to nearly everything."""
-    per: dict[str, Counter] = {}
-    ps = []
-    for g in (g for r in records for g in r.get("gate") or []):
-        per.setdefault(g["principle"], Counter())[g["answer"]] += 1
-        if g.get("p_yes") is not None:
-            ps.append(g["p_yes"])
+class Gates:
+    """Every gated critique's answer (kept, filtered and no-violation rows), counted as the rows stream by."""
+
+    def __init__(self):
+        self.per: dict[str, Counter] = {}  # principle -> YES/NO counts
+        self.ps: list[float] = []          # P(YES) of each, for the plot
+
+    def add(self, row: dict) -> None:
+        for g in row.get("gate") or []:
+            self.per.setdefault(g["principle"], Counter())[g["answer"]] += 1
+            if g.get("p_yes") is not None:
+                self.ps.append(g["p_yes"])
+
+
+def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
+    """YES/NO per principle, and a plain warning when the gate is one-sided: a weak model's gate can say YES (or
+    NO) to nearly everything."""
+    per, ps = gates.per, gates.ps
     if not per:
         return None
     yes = sum(c["YES"] for c in per.values())
@@ -81,55 +90,75 @@ def gate_stats(records: list[dict], threshold: float | None) -> dict | None:
             "p_yes": describe(ps), "warning": warn, "_p": ps}
 
 
-KEEP = ("edit_ratio", "similarity", "judge", "reward", "flags", "principle_ids", "domain", "gate", "reason")
-
-
-def slim(path: Path, texts: bool = False) -> list[dict]:
-    """A run file's rows with only what the statistics count (texts become their word and character counts),
-    read line by line: the report's memory is a small fraction of the run's files, not all their text."""
-    out = []
+def rows(path: Path):
+    """A run file's rows one at a time: the report holds counters and lists of numbers, never the rows, so its
+    memory is a small fraction of the files' (bench/scale.py)."""
     if not path.is_file():
-        return out
+        return
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            s = {k: r[k] for k in KEEP if k in r}
-            if texts:
-                c, j = text(r["chosen"]), text(r["rejected"])
-                s.update(cw=len(c.split()), rw=len(j.split()), cc=len(c), rc=len(j))
-            out.append(s)
-    return out
+            if line.strip():
+                yield json.loads(line)
 
 
 def compute(out: Path) -> dict:
-    prefs = slim(out / "preferences.jsonl", texts=True)
-    rejected = slim(out / "rejected.jsonl")
-    unpaired = slim(out / "no_violation.jsonl")
-    gate = gate_stats(prefs + rejected + unpaired, (run_config(out).get("gate") or {}).get("threshold"))
-    edits = [p["edit_ratio"] for p in prefs if p.get("edit_ratio") is not None]
-    cw, rw = [p["cw"] for p in prefs], [p["rw"] for p in prefs]
-    sims_kept = [p["similarity"] for p in prefs if p.get("similarity") is not None]
-    sims_dropped = [r["similarity"] for r in rejected if r.get("similarity") is not None]
-    judged = [p["judge"]["outcome"] for p in prefs if p.get("judge")] + \
-             [r["judge"]["outcome"] for r in rejected if r.get("judge")]
-    margins = [p["reward"]["margin"] for p in prefs if p.get("reward")] + \
-              [r["reward"]["margin"] for r in rejected if r.get("reward")]
+    kept = filtered = unpaired = below = 0
+    edits, cw, rw, cc, rc, sims_kept, sims_dropped, judged, margins = ([] for _ in range(9))
+    gates = Gates()
+    reasons, flags, principles, domains = Counter(), Counter(), Counter(), Counter()
+
+    def common(r: dict) -> None:  # what every kind of row adds: its gate answers, judge verdict, reward margin
+        gates.add(r)
+        if r.get("judge"):
+            judged.append(r["judge"]["outcome"])
+
+    for p in rows(out / "preferences.jsonl"):
+        kept += 1
+        common(p)
+        if p.get("edit_ratio") is not None:
+            edits.append(p["edit_ratio"])
+        c, j = text(p["chosen"]), text(p["rejected"])
+        cw.append(len(c.split()))
+        rw.append(len(j.split()))
+        cc.append(len(c))
+        rc.append(len(j))
+        if p.get("similarity") is not None:
+            sims_kept.append(p["similarity"])
+        if p.get("reward"):
+            margins.append(p["reward"]["margin"])
+        fl = p.get("flags", [])
+        below += "reward_margin_low" in fl
+        flags.update(re.sub(r"_r\d+$", "", f) for f in fl)
+        principles.update(p["principle_ids"])
+        domains[p.get("domain") or "none"] += 1
+    # judge verdicts and reward margins list kept rows first, then filtered (the plots' order)
+    for r in rows(out / "rejected.jsonl"):
+        filtered += 1
+        common(r)
+        if r.get("similarity") is not None:
+            sims_dropped.append(r["similarity"])
+        if r.get("reward"):
+            margins.append(r["reward"]["margin"])
+        below += "reward_margin_low" in r.get("flags", []) or r.get("reason") == "reward_margin_low"
+        reasons[r["reason"]] += 1
+    for u in rows(out / "no_violation.jsonl"):
+        unpaired += 1
+        gates.add(u)
+    gate = gate_stats(gates, (run_config(out).get("gate") or {}).get("threshold"))
     return {
-        "kept": len(prefs),
-        "filtered": len(rejected),
-        "no_violation": len(unpaired),
+        "kept": kept,
+        "filtered": filtered,
+        "no_violation": unpaired,
         "gate": {k: v for k, v in gate.items() if k != "_p"} if gate else None,
         "edit_ratio": {**describe(edits), "hist": histogram(edits, SIM_BINS), "bins": SIM_BINS},
-        "reasons": dict(Counter(r["reason"] for r in rejected).most_common()),
-        "flags": dict(Counter(re.sub(r"_r\d+$", "", f) for p in prefs for f in p.get("flags", [])).most_common()),
-        "principles": dict(Counter(pid for p in prefs for pid in p["principle_ids"]).most_common()),
-        "domains": dict(Counter(p.get("domain") or "none" for p in prefs).most_common()),
+        "reasons": dict(reasons.most_common()),
+        "flags": dict(flags.most_common()),
+        "principles": dict(principles.most_common()),
+        "domains": dict(domains.most_common()),
         "length_words": {"chosen": describe(cw), "rejected": describe(rw)},
-        "length_chars": {"chosen": describe([p["cc"] for p in prefs]), "rejected": describe([p["rc"] for p in prefs])},
+        "length_chars": {"chosen": describe(cc), "rejected": describe(rc)},
         # length bias check: DPO learns "longer is better" when chosen is systematically longer
-        "chosen_longer": round(sum(c > r for c, r in zip(cw, rw)) / len(prefs), 4) if prefs else None,
+        "chosen_longer": round(sum(c > r for c, r in zip(cw, rw)) / kept, 4) if kept else None,
         # what "the longer answer is chosen" alone scores (ties half), and the length gap in pooled SDs
         "length_only_accuracy": longer_chosen(cw, rw),
         "cohen_d": cohen_d(cw, rw),
@@ -137,10 +166,7 @@ def compute(out: Path) -> dict:
                        "bins": SIM_BINS, "hist_kept": histogram(sims_kept, SIM_BINS),
                        "hist_filtered": histogram(sims_dropped, SIM_BINS)},
         "judge": judge_mod.rates(judged) if judged else None,
-        "reward": {"margin": describe(margins), "below_threshold": sum(1 for p in prefs + rejected
-                                                                        if "reward_margin_low" in p.get("flags", [])
-                                                                        or p.get("reason") == "reward_margin_low")}
-        if margins else None,
+        "reward": {"margin": describe(margins), "below_threshold": below} if margins else None,
         # written by `python -m cai_gen.evaluate` (does DPO on the data beat the controls?)
         "eval": json.loads((out / "eval" / "eval.json").read_text()) if (out / "eval" / "eval.json").is_file() else None,
         # written by `python -m cai_gen.review merge` (counts and agreement of the expert verdicts)
