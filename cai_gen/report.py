@@ -55,7 +55,8 @@ def table(summary: dict) -> Table:
         lw = rep["length_words"]
         t.add_row("mean words chosen / rejected", f"{lw['chosen']['mean']} / {lw['rejected']['mean']}")
         t.add_row("chosen longer than rejected", _pct(rep.get("chosen_longer")))
-        t.add_row("median similarity (kept)", str(rep["similarity"]["kept"]["median"]))
+        med = rep["similarity"]["kept"]["median"]  # a mean of two floats when the count is even: 0.08424999999999999
+        t.add_row("median similarity (kept)", "n/a" if med is None else f"{med:.3f}")
     stages = summary.get("stages", {})
     gen = sum(s["completion_tokens"] for s in stages.values())
     secs = summary.get("generation_seconds") or sum(s["seconds"] for s in stages.values())

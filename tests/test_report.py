@@ -88,3 +88,22 @@ def test_empty_run_still_gets_a_card(tmp_path):
     s = pipeline.run(cfg, tmp_path, backend=FakeBackend("fake", cfg.model.name))
     assert s["kept"] == 0
     check_card_matches_files(tmp_path)
+
+
+def test_summary_table_prints_the_median_similarity_rounded():
+    """The median of an even count is the mean of two floats (0.0842 + 0.0843 -> 0.08424999999999999): the
+    terminal shows three decimals, and n/a when no pair was kept."""
+    from rich.console import Console
+
+    from cai_gen.report import table
+
+    def shown(median):
+        rep = {"length_words": {"chosen": {"mean": 10}, "rejected": {"mean": 9}}, "chosen_longer": 0.5,
+               "similarity": {"kept": {"median": median}}}
+        con = Console(width=200, record=True)
+        con.print(table({"kept": 2, "rows": 2, "reasons": {}, "flags": {}, "report": rep}))
+        line = next(x for x in con.export_text().splitlines() if "median similarity" in x)
+        return line.split("│")[2].strip()
+
+    assert shown((0.0842 + 0.0843) / 2) == "0.084"
+    assert shown(None) == "n/a"
