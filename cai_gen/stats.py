@@ -25,7 +25,8 @@ def describe(xs: list[float]) -> dict:
         return {"n": 0, "mean": None, "median": None, "p10": None, "p90": None}
     s = sorted(xs)
     q = lambda f: s[min(len(s) - 1, int(f * len(s)))]  # noqa: E731  (nearest-rank, no interpolation)
-    return {"n": len(s), "mean": round(statistics.fmean(s), 2), "median": statistics.median(s),
+    med = statistics.median(s)  # an even count's is the mean of two: 0.08424999999999999 without the round
+    return {"n": len(s), "mean": round(statistics.fmean(s), 2), "median": round(med, 4) if isinstance(med, float) else med,
             "p10": q(0.1), "p90": q(0.9)}
 
 
