@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import judge as judge_mod
+from . import store
 from .store import run_config
 
 SIM_BINS = [i / 10 for i in range(11)]
@@ -92,14 +93,9 @@ def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
 
 
 def rows(path: Path):
-    """A run file's rows one at a time: the report holds counters and lists of numbers, never the rows, so its
-    memory is a small fraction of the files' (bench/scale.py)."""
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    """A run file's rows one at a time (none when it is absent): the report holds counters and lists of numbers,
+    never the rows, so its memory is a small fraction of the files' (bench/scale.py)."""
+    return store.read_jsonl(path) if path.is_file() else iter(())
 
 
 def compute(out: Path) -> dict:
