@@ -226,3 +226,16 @@ def test_rows_are_written_chunk_by_chunk_and_the_files_equal_an_unchunked_run(tm
               "review_queue.jsonl"):
         assert strip(tmp_path / "a" / f) == strip(tmp_path / "b" / f), f
     assert not (tmp_path / "b" / "work" / "parts").exists()
+
+
+def test_a_null_chunk_size_takes_4000_rows_at_a_time(tmp_path, monkeypatch):
+    """README and conf/config.yaml: chunk_size null means chunks of 4,000 rows (prompts x samples), so a large run
+    stays flat in memory without a knob. Generation is stubbed: only the chunking is under test."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question number {i}?"}) + "\n"
+                               for i in range(2050)))
+    sizes = []
+    monkeypatch.setattr(pipeline, "generate", lambda job, rows: sizes.append(len(rows)) or [])
+    cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "samples=2")
+    pipeline.run(cfg, tmp_path / "out", backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    assert sizes == [4000, 100]
