@@ -25,7 +25,7 @@ class Params:
     choices: tuple[str, ...] | None = None
     # End the request once one sentence (4+ words) has been said this many times: a loop, which a small model
     # keeps up until max tokens and the repetition filter drops anyway (finish_reason "loop"). None: off.
-    # The vllm and fake backends honour it; transformers and openai generate to max tokens as before.
+    # The vllm, transformers and fake backends honour it; openai generates to max tokens as before.
     loop_stop: int | None = None
 
 
