@@ -160,13 +160,14 @@ def refilter(a, prompts: Path, texts: list[dict]) -> int:
     rows = {r.id: r for r in pipeline.build_rows(cfg, recs, const)}
     job = pipeline.Run(cfg, None, const, Tracker(), None)
     limits = {"original": a.respond, "critique": a.critique, "revision": a.revise}
+    column = {"respond": "original", "critique": "critique", "revise": "revision"}  # pair: no text of its own
+    flow = stages.build(cfg)  # the run's own stage list (gate off): respond, critique, revise, pair
     kept = 0
     for t in texts:
         row = rows[t["id"]]
-        flow = [(stages.Respond(), "original"), (stages.Critique(1), "critique"), (stages.Revise(1), "revision"),
-                (stages.Pair(), None)]
-        for stage, col in flow:
+        for stage in flow:
             stage.requests(job, row)  # extends the row's conversation as in a run
+            col = column.get(stage.name)
             gens = [] if col is None else [Generation(t[col], "length" if t[f"{col}_tokens"] >= limits[col]
                                                       else "stop", 0, t[f"{col}_tokens"])]
             if not stage.accept(job, row, gens):
