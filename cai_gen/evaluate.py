@@ -85,9 +85,9 @@ def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dic
 
     rows = [r for _, r in read_jsonl(f)]
     if test_size is not None:
-        rows = [{**r, "split": store.row_split({"id": r["id"]}, test_size)} for r in rows]
+        rows = [{**r, "split": store.prompt_split(r, test_size, str(f))} for r in rows]
     else:
-        rows = store.with_splits(rows, store.run_test_size(run))
+        rows = store.with_splits(rows, store.run_test_size(run), str(f))
     return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "test"]
 
 

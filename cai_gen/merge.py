@@ -6,8 +6,9 @@
 Shards of one run (shard.index / shard.count) are checked to be the same run with every shard present.
 
 Each run contributes its expert-reviewed dataset (RUN_DIR/reviewed/, from `python -m cai_gen.review merge`)
-when it has one, else its preferences.jsonl. Ids are unique in the result: a duplicate id (the same prompt
-and sample in two runs) keeps the newest row by default. Columns are the union over the runs (a column a
+when it has one, else its preferences.jsonl, and its no_violation.jsonl (rows the gate found nothing to fix
+in: SFT rows and KTO desirable rows, as in the run). Ids are unique in the result: a duplicate id (the same
+prompt and sample in two runs, a pair or a no-violation row) keeps the newest row by default. Columns are the union over the runs (a column a
 run lacks is null), so TRL loads the result like any run's preferences/. Every row keeps its train/test split
 (a hash of its prompt id), so merged shards split exactly as the unsharded run.
 
@@ -39,21 +40,30 @@ def _when(row: dict) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
-def read(run_dir: Path) -> tuple[Path, list[dict]]:
-    """The rows one run contributes, and the file they came from."""
-    run_dir = Path(run_dir)
-    f = run_dir / "reviewed" / "preferences.jsonl"
-    if not f.is_file():
-        f = run_dir / "preferences.jsonl"
-    if not f.is_file():
-        raise UserError(f"{run_dir}: not a finished cai_gen run dir (no preferences.jsonl)")
+def _rows(f: Path, need: str, kind: str) -> list[dict]:
     rows = []
     for n, row in read_jsonl(f):
-        if "id" not in row:
-            raise UserError(f"{f}:{n}: not a preference row (no id)")
+        for k in ("id", need):
+            if k not in row:
+                raise UserError(f"{f}:{n}: not a {kind} row (no {k})")
         rows.append(row)
-    # rows keep their split; a run written before splits existed gets its rows' splits from the prompt ids
-    return f, store.with_splits(rows, store.run_test_size(run_dir))
+    return rows
+
+
+def read(run_dir: Path) -> tuple[Path, list[dict], list[dict]]:
+    """The pairs and the no-violation rows one run contributes, and the file the pairs came from."""
+    run_dir = Path(run_dir)
+    base = run_dir / "reviewed" if (run_dir / "reviewed" / "preferences.jsonl").is_file() else run_dir
+    f = base / "preferences.jsonl"
+    if not f.is_file():
+        raise UserError(f"{run_dir}: not a finished cai_gen run dir (no preferences.jsonl)")
+    nv = base / "no_violation.jsonl"
+    if not nv.is_file():  # a reviewed/ written before review merge carried them: the run's own
+        nv = run_dir / "no_violation.jsonl"
+    ts = store.run_test_size(run_dir)
+    # rows keep their split; a run written before splits existed gets its rows' splits from their prompt ids
+    return (f, store.with_splits(_rows(f, "chosen", "preference"), ts, str(f)),
+            store.with_splits(_rows(nv, "original", "no-violation"), ts, str(nv)) if nv.is_file() else [])
 
 
 def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> datetime:
@@ -97,46 +107,49 @@ def shards(run_dirs: list[Path], partial: bool) -> dict | None:
     return {"count": count, "indices": have, "missing": missing}
 
 
+def _union(rows: list[dict]) -> list[dict]:
+    columns = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
+    return [{k: r.get(k) for k in columns} for r in rows]
+
+
 def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: float | None = None,
-          now: datetime | None = None, partial: bool = False) -> tuple[list[dict], dict]:
+          now: datetime | None = None, partial: bool = False) -> tuple[list[dict], list[dict], dict]:
+    """(pairs, no-violation rows, merge.json's record)."""
     shard_info = shards(run_dirs, partial)
-    by_id: dict[str, dict] = {}
+    # one id, one row, whichever kind it is: a pair in one run may be a no-violation row in a rerun
+    by_id: dict[str, tuple[bool, dict]] = {}
     sources, dropped = [], 0
     for d in run_dirs:
-        f, rows = read(d)
-        sources.append({"run": str(d), "file": str(f), "rows": len(rows)})
-        for r in rows:
+        f, rows, nv = read(d)
+        sources.append({"run": str(d), "file": str(f), "rows": len(rows), "no_violation": len(nv)})
+        for paired, r in [(True, r) for r in rows] + [(False, r) for r in nv]:
             old = by_id.get(r["id"])
             if old is None:
-                by_id[r["id"]] = r
+                by_id[r["id"]] = (paired, r)
                 continue
             if duplicates == "error":
                 raise UserError(f"{f}: id {r['id']!r} is also in an earlier run dir (--duplicates newest|first to pick)")
             dropped += 1
-            if duplicates == "newest" and _when(r) > _when(old):
-                by_id[r["id"]] = r
-    rows = list(by_id.values())
-    columns = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
-    rows = [{k: r.get(k) for k in columns} for r in rows]
-    if "expert_reviewed" in columns:  # a run nobody reviewed: its rows were not expert-reviewed (not unknown)
+            if duplicates == "newest" and _when(r) > _when(old[1]):
+                by_id[r["id"]] = (paired, r)
+    rows = _union([r for paired, r in by_id.values() if paired])
+    unpaired = _union([r for paired, r in by_id.values() if not paired])
+    if rows and "expert_reviewed" in rows[0]:  # a run nobody reviewed: its rows were not expert-reviewed
         for r in rows:
             r["expert_reviewed"] = bool(r["expert_reviewed"])
-    info = {"sources": sources, "rows": len(rows), "duplicates_dropped": dropped, "duplicates": duplicates,
-            **({"shards": shard_info} if shard_info else {})}
-    if half_life_days and rows:
-        ref = weights(rows, half_life_days, now)
+    info = {"sources": sources, "rows": len(rows), "no_violation": len(unpaired), "duplicates_dropped": dropped,
+            "duplicates": duplicates, **({"shards": shard_info} if shard_info else {})}
+    if half_life_days and (rows or unpaired):
+        ref = weights(rows + unpaired, half_life_days, now)
         info |= {"half_life_days": half_life_days, "weights_relative_to": ref.isoformat(timespec="seconds")}
-    return rows, info
+    return rows, unpaired, info
 
 
-def write(out: Path, rows: list[dict], info: dict) -> None:
+def write(out: Path, rows: list[dict], unpaired: list[dict], info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    kto = []
-    for r in rows:
-        extra = {"weight": r["weight"]} if "weight" in r else {}
-        kto += [{**k, **extra} for k in store.kto_rows(r)]
-    sft = store.sft_rows(rows, [])
+    sft, kto = store.training_rows(rows, unpaired)
     store.write_jsonl(out / "preferences.jsonl", rows)
+    store.write_jsonl(out / "no_violation.jsonl", unpaired)
     store.write_jsonl(out / "kto.jsonl", kto)
     store.write_jsonl(out / "sft.jsonl", sft)
     store.save_splits(out, rows, sft, kto, list(rows[0]) if rows else store.PREF_COLUMNS)
@@ -165,12 +178,13 @@ def main(argv: list[str]) -> int:
             now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
         if a.out.resolve() in {Path(r).resolve() for r in a.runs}:
             raise UserError(f"--out: {a.out} is one of the inputs; pick a new dir")
-        rows, info = merge(a.runs, a.duplicates, a.half_life_days, now, a.partial)
-        write(a.out, rows, info)
+        rows, unpaired, info = merge(a.runs, a.duplicates, a.half_life_days, now, a.partial)
+        write(a.out, rows, unpaired, info)
     except UserError as e:
         print(f"cai_gen.merge: error: {e}", file=sys.stderr)
         return 2
-    print(f"cai_gen.merge: {info['rows']} rows from {len(a.runs)} run dirs into {a.out} "
+    print(f"cai_gen.merge: {info['rows']} rows (+ {info['no_violation']} no-violation) from {len(a.runs)} run dirs "
+          f"into {a.out} "
           f"({info['duplicates_dropped']} duplicate ids dropped)")
     return 0
 

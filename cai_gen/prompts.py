@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import UserError
-from .yamlio import load_yaml, read_text
+from .yamlio import load_yaml, read_jsonl
 
 
 ROLES = ("system", "user", "assistant")
@@ -151,16 +151,7 @@ def from_jsonl(path: str) -> list[PromptRecord]:
     """One JSON object per line: `prompt` (+ `system`), or `messages` (a multi-turn context ending with a user
     turn); optional `id`, `domain`."""
     file = Path(path).expanduser()
-    recs = []
-    for n, line in enumerate(read_text(file).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{file}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
-        recs.append(_record(row, f"{file}:{n}", "general", f"file:{file.name}"))
-    return recs
+    return [_record(row, f"{file}:{n}", "general", f"file:{file.name}") for n, row in read_jsonl(file)]
 
 
 # "train", "train[:1000]", "train[10%:20%]", "test[-50:]": datasets' own split syntax, also for load_from_disk

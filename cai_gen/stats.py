@@ -11,14 +11,9 @@ from pathlib import Path
 from . import judge as judge_mod
 from . import store
 from .store import run_config
+from .yamlio import jsonl_rows
 
 SIM_BINS = [i / 10 for i in range(11)]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def describe(xs: list[float]) -> dict:
@@ -95,7 +90,7 @@ def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
 def rows(path: Path):
     """A run file's rows one at a time (none when it is absent): the report holds counters and lists of numbers,
     never the rows, so its memory is a small fraction of the files' (bench/scale.py)."""
-    return store.read_jsonl(path) if path.is_file() else iter(())
+    return jsonl_rows(path) if path.is_file() else iter(())
 
 
 def compute(out: Path) -> dict:

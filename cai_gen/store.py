@@ -7,14 +7,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
+from .errors import UserError
 from .review import route
+from .yamlio import jsonl_rows
 
-PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
+PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "prompt_id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
                 "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "split"]
 SFT_COLUMNS = ["messages", "id", "domain", "origin", "created_at", "split"]
 KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "split"]
@@ -27,9 +28,13 @@ def split_of(prompt_id: str, test_size: float) -> str:
     return "test" if h < test_size else "train"
 
 
-def row_split(row: dict, test_size: float) -> str:
-    """A written row's split: its own column, else from its prompt id (row ids are PROMPT_ID-sN)."""
-    return row.get("split") or split_of(re.sub(r"-s\d+$", "", str(row["id"])), test_size)
+def prompt_split(row: dict, test_size: float, where: str = "") -> str:
+    """A written row's side at `test_size`, from its prompt_id column: the key split_of was given when it was
+    written (never parsed back out of the row id). `where` names the file for the error."""
+    if row.get("prompt_id") is None:
+        raise UserError(f"{where + ': ' if where else ''}row {row.get('id')!r}: no prompt_id column (written by an "
+                        f"older cai_gen); rerun it (same command and run dir: nothing is regenerated) to rewrite it")
+    return split_of(str(row["prompt_id"]), test_size)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -141,6 +146,14 @@ def save_splits_from_files(out: Path) -> None:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+def drop_splits(out: Path) -> None:
+    """Remove the datasets copies (preferences/, kto/) from a dir whose JSONL files were just written without
+    them, so no stale copy is left beside them."""
+    for name in ("preferences", "kto"):
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+
+
 def save_splits(out: Path, prefs: list[dict], sft: list[dict], kto: list[dict], pref_columns: list[str]) -> None:
     """preferences/ = DatasetDict train_prefs / test_prefs / train_sft / test_sft (the published CAI datasets'
     layout: prompt-disjoint, so a model can be SFT'd and DPO'd and still be tested on unseen prompts); kto/ =
@@ -181,6 +194,7 @@ def preference(row, cfg, const, created: str) -> dict:
         "chosen": chosen,
         "rejected": rejected,
         "id": row.id,
+        "prompt_id": row.prompt.id,  # what `split` is a hash of, so a reader can re-split (evaluate --test-size)
         "principle_ids": row.principles[: len(row.critiques)],
         "critiques": row.critiques,
         "gate": row.gate,
@@ -199,20 +213,6 @@ def preference(row, cfg, const, created: str) -> dict:
     }
 
 
-def kto_rows(pref: dict) -> list[dict]:
-    # KTO is unpaired: the revision is a desirable completion, the original an undesirable one.
-    base = {"prompt": pref["prompt"], "id": pref["id"], "domain": pref["domain"], "created_at": pref["created_at"],
-            "split": pref["split"]}
-    return [{**base, "completion": pref["chosen"], "label": True},
-            {**base, "completion": pref["rejected"], "label": False}]
-
-
-def kto_desirable(u: dict) -> dict:
-    """A no-violation original as a KTO desirable row."""
-    return {"prompt": u["prompt"], "id": u["id"], "domain": u["domain"], "created_at": u["created_at"],
-            "split": u["split"], "completion": [{"role": "assistant", "content": u["original"]}], "label": True}
-
-
 def run_config(run_dir: Path) -> dict:
     """A run dir's validated config as written (config.json); {} for a dir without one."""
     f = Path(run_dir) / "config.json"
@@ -224,9 +224,9 @@ def run_test_size(run_dir: Path) -> float:
     return (run_config(run_dir).get("output") or {}).get("test_size", 0.1)
 
 
-def with_splits(rows: list[dict], test_size: float) -> list[dict]:
+def with_splits(rows: list[dict], test_size: float, where: str = "") -> list[dict]:
     """Rows read back from files (merges) with their split filled in where an older run had none."""
-    return [r if r.get("split") else {**r, "split": row_split(r, test_size)} for r in rows]
+    return [r if r.get("split") else {**r, "split": prompt_split(r, test_size, where)} for r in rows]
 
 
 def rejected_row(row) -> dict:
@@ -239,21 +239,33 @@ def rejected_row(row) -> dict:
 
 def no_violation_row(row, created: str, test_size: float) -> dict:
     """A row the gate found nothing to fix in: its original stands (KTO desirable, SFT row), no pair."""
-    return {"id": row.id, "prompt": prompt_messages(row), "original": row.original,
+    return {"id": row.id, "prompt_id": row.prompt.id, "prompt": prompt_messages(row), "original": row.original,
             "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
             "flags": row.flags, "domain": row.prompt.domain, "created_at": row.done_at or created,
             "split": split_of(row.prompt.id, test_size)}
 
 
-def sft_rows(prefs: list[dict], unpaired: list[dict]) -> list[dict]:
-    """SFT rows (SL-CAI trains on the revisions): prompt turns + final revision, and the gate's no-violation
-    originals as they are."""
-    out = [{"messages": p["prompt"] + p["chosen"], "id": p["id"], "domain": p["domain"], "origin": "revision",
-            "created_at": p["created_at"], "split": p["split"]} for p in prefs]
-    out += [{"messages": u["prompt"] + [{"role": "assistant", "content": u["original"]}], "id": u["id"],
-             "domain": u["domain"], "origin": "no_violation", "created_at": u["created_at"], "split": u["split"]}
-            for u in unpaired]
-    return out
+def training_rows(prefs: list[dict], unpaired: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(sft, kto) of preference rows and no-violation rows, each list the pairs' rows first, then the
+    no-violation rows. The one place these are built: the run's writer, cai_gen.merge and review merge all call
+    it, so merged shards or a reviewed run hold exactly the rows a run would. A source row's `weight` (merge
+    --half-life-days) goes with the rows built from it.
+
+    SFT (SL-CAI trains on the revisions): prompt turns + final revision, and a no-violation original as it is.
+    KTO is unpaired: the revision is a desirable completion, the original an undesirable one; a no-violation
+    original is desirable."""
+    sft, kto = [], []
+    for rows, origin in ((prefs, "revision"), (unpaired, "no_violation")):
+        for r in rows:
+            base = {"id": r["id"], "domain": r["domain"], "created_at": r["created_at"], "split": r["split"]}
+            w = {"weight": r["weight"]} if "weight" in r else {}
+            good = r["chosen"] if origin == "revision" else [{"role": "assistant", "content": r["original"]}]
+            sft.append({"messages": r["prompt"] + good, "id": r["id"], "domain": r["domain"], "origin": origin,
+                        "created_at": r["created_at"], "split": r["split"], **w})
+            kto.append({"prompt": r["prompt"], **base, "completion": good, "label": True, **w})
+            if origin == "revision":
+                kto.append({"prompt": r["prompt"], **base, "completion": r["rejected"], "label": False, **w})
+    return sft, kto
 
 
 # the run's files, each written as parts while the run goes (work/parts/) and renamed into place at the end;
@@ -284,10 +296,11 @@ class Writer:
         prefs = [preference(r, self.cfg, self.const, created) for r in kept]
         unpaired = [no_violation_row(r, created, ts) for r in ended]
         self._put("preferences", prefs)
-        self._put("kto_pairs", (k for p in prefs for k in kto_rows(p)))
-        self._put("kto_nv", (kto_desirable(u) for u in unpaired))
-        self._put("sft_pairs", sft_rows(prefs, []))
-        self._put("sft_nv", sft_rows([], unpaired))
+        # each file is the pairs' rows, then the no-violation rows (PARTS), as training_rows orders one chunk
+        for part, src in (("pairs", (prefs, [])), ("nv", ([], unpaired))):
+            sft, kto = training_rows(*src)
+            self._put(f"sft_{part}", sft)
+            self._put(f"kto_{part}", kto)
         self._put("rejected", (rejected_row(r) for r in rejected))
         self._put("no_violation", unpaired)
         if self.cfg.output.trace:
@@ -312,23 +325,19 @@ class Writer:
                                                            indent=2, ensure_ascii=False) + "\n")
         for name, parts in PARTS.items():
             if name == "trace.jsonl" and not cfg.output.trace:
+                # an earlier run's trace would describe rows this run may have changed: what is not written goes
+                (out / name).unlink(missing_ok=True)
                 continue
             _concat([self.dir / f"{p}.jsonl" for p in parts], out / name)
         # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
-        write_jsonl(out / "review_queue.jsonl", route.queue(read_jsonl(out / "preferences.jsonl"), cfg.review,
+        write_jsonl(out / "review_queue.jsonl", route.queue(jsonl_rows(out / "preferences.jsonl"), cfg.review,
                                                              cfg.seed, const))
         if cfg.output.save_dataset:
             save_splits_from_files(out)
+        else:
+            drop_splits(out)  # an earlier run's copies (what TRL loads) would disagree with the new JSONL
         shutil.rmtree(self.dir, ignore_errors=True)
         return {**self.n, "model": cfg.model.name, "constitution": const.ref, "created_at": created}
-
-
-def read_jsonl(path: Path):
-    """Rows of a JSONL file, one at a time."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def _concat(parts: list[Path], dest: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -32,20 +33,37 @@ def load_yaml(path: Path):
         raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSONL file; a bad line is one error naming it."""
-    out = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise UserError(f"{path}:{n}: not valid JSON ({e})") from None
-        if not isinstance(rec, dict):
-            raise UserError(f"{path}:{n}: expected a JSON object per line")
-        out.append((n, rec))
-    return out
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file, one at a time (memory stays flat however
+    big the file): the package's one JSONL reader. A bad line is one error naming file and line.
+
+    Lines end at "\\n" only: str.splitlines() (and universal-newline text mode, for "\\r") also break lines at
+    U+2028, U+2029, U+0085 and friends, which JSON allows raw inside a string and our writers write raw
+    (ensure_ascii=False), so a file with one would read as damaged. A "\\r" before the "\\n" is JSON whitespace."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    with open(path, "rb") as f:  # binary lines end at b"\n" and nowhere else
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{n}: not valid UTF-8 (byte 0x{raw[e.start]:02x})") from None
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(rec, dict):
+                raise UserError(f"{path}:{n}: expected an object (one JSON object per line), "
+                                f"got {type(rec).__name__}")
+            yield n, rec
+
+
+def jsonl_rows(path: Path) -> Iterator[dict]:
+    """read_jsonl's objects without their line numbers."""
+    return (rec for _, rec in read_jsonl(path))
 
 
 def pydantic_msg(err: dict, data) -> str:

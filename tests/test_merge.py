@@ -121,4 +121,4 @@ def test_a_damaged_line_is_named(old_new, tmp_path, capsys):
         f.write("{not json\n")
     assert merge.main([str(old), "--out", str(tmp_path / "o")]) == 2
     n = len((old / "preferences.jsonl").read_text().splitlines())
-    assert f"preferences.jsonl:{n}: not valid JSON" in capsys.readouterr().err
+    assert f"preferences.jsonl:{n}: invalid JSON" in capsys.readouterr().err

@@ -88,7 +88,7 @@ def shard_dirs(tmp_path_factory) -> list[Path]:
 def test_missing_twice_and_foreign_shards_are_refused(shard_dirs, tmp_path):
     with pytest.raises(UserError, match=r"shard\(s\) 1 of 3 missing"):
         merge.merge([shard_dirs[0], shard_dirs[2]])
-    got, info = merge.merge([shard_dirs[0], shard_dirs[2]], partial=True)
+    got, _, info = merge.merge([shard_dirs[0], shard_dirs[2]], partial=True)
     assert info["shards"]["missing"] == [1] and len(got) == len(rows(shard_dirs[0])) + len(rows(shard_dirs[2]))
     with pytest.raises(UserError, match="the same shard given twice"):
         merge.merge([shard_dirs[0], shard_dirs[0], shard_dirs[1], shard_dirs[2]])

@@ -3,9 +3,11 @@ import json
 from pathlib import Path
 
 import datasets
+import pytest
 
 from cai_gen import merge, pipeline, store
 from cai_gen.backends.fake import FakeBackend
+from cai_gen.errors import UserError
 
 from .conftest import make_cfg
 
@@ -61,8 +63,25 @@ def test_shards_merge_into_the_unsharded_split(tmp_path):
 
 
 def test_rows_without_a_split_get_it_from_their_prompt_id():
-    rows = store.with_splits([{"id": "acct-1-s0"}, {"id": "acct-1-s1", "split": "test"}], 0.5)
-    assert rows[0]["split"] == store.split_of("acct-1", 0.5) and rows[1]["split"] == "test"
+    # the prompt id is the row's own column: an id like "acct-s1" (a prompt named with -s1) is not cut short
+    rows = store.with_splits([{"id": "acct-s1-s0", "prompt_id": "acct-s1"},
+                              {"id": "acct-1-s1", "prompt_id": "acct-1", "split": "test"}], 0.5)
+    assert rows[0]["split"] == store.split_of("acct-s1", 0.5) and rows[1]["split"] == "test"
+    # a row with neither (an older cai_gen's file) is one error naming the file and row, not a guess
+    with pytest.raises(UserError, match=r"^f.jsonl: row 'acct-1-s0': no prompt_id column"):
+        store.with_splits([{"id": "acct-1-s0"}], 0.5, "f.jsonl")
+
+
+def test_rows_carry_the_prompt_id_their_split_is_a_hash_of(tmp_path):
+    # a prompt id that itself ends in -sN: the row id's tail would be ambiguous, the column is not
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"id": f"acct-s{i}", "prompt": f"question {i}?"}) + "\n" for i in range(12)))
+    run(tmp_path / "r", f"prompts.path={f}", "samples=2", "output.test_size=0.5")
+    prefs, nv = jl(tmp_path / "r" / "preferences.jsonl"), jl(tmp_path / "r" / "no_violation.jsonl")
+    assert prefs and nv
+    for r in prefs + nv:
+        assert r["id"].startswith(r["prompt_id"] + "-s") and r["split"] == store.split_of(r["prompt_id"], 0.5)
+        assert store.prompt_split(r, 0.5) == r["split"]
 
 
 def test_length_balance_match_brings_chosen_longer_to_half(tmp_path):

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import UserError
+from ..yamlio import jsonl_rows
 
 FILE = "review.sqlite"
 VERDICTS = ("accept", "swap", "reject", "edit")  # revision better | original better | neither usable | expert's text
@@ -328,8 +329,6 @@ def version(conn: sqlite3.Connection, item_id: str, text_hash: str) -> dict | No
 def open_run(run_dir: Path, create: bool = True, changes: dict | None = None) -> sqlite3.Connection:
     """The run's database synced to the run's current review queue (see sync; `changes` gets its counts). No
     review_queue.jsonl (a run made before routing existed) says nothing about what is routed: nothing retired."""
-    from ..stats import read_jsonl
-
     run_dir = Path(run_dir)
     if not (run_dir / "summary.json").is_file():
         raise UserError(f"{run_dir}: not a finished cai_gen run dir (no summary.json)")
@@ -337,7 +336,11 @@ def open_run(run_dir: Path, create: bool = True, changes: dict | None = None) ->
     queue = run_dir / "review_queue.jsonl"
     try:
         if queue.is_file():
-            (changes if changes is not None else {}).update(sync(conn, read_jsonl(queue)))
+            # read whole first: a bad line (named by the reader) leaves the database as it was
+            (changes if changes is not None else {}).update(sync(conn, list(jsonl_rows(queue))))
+    except UserError:
+        conn.close()
+        raise
     except (ValueError, KeyError, TypeError) as e:
         conn.close()
         raise UserError(f"{run_dir / 'review_queue.jsonl'}: damaged ({e})") from None

@@ -24,8 +24,7 @@ from pathlib import Path
 from statistics import median
 
 from .. import store
-from ..errors import UserError
-from ..stats import read_jsonl
+from ..yamlio import jsonl_rows
 from . import db
 from .route import text
 
@@ -144,10 +143,7 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         n_verdicts = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
     finally:
         conn.close()
-    try:
-        prefs = read_jsonl(run_dir / "preferences.jsonl")
-    except ValueError as e:
-        raise UserError(f"{run_dir / 'preferences.jsonl'}: damaged ({e})") from None
+    prefs = jsonl_rows(run_dir / "preferences.jsonl")  # a bad line is an error naming it
     rows, dropped, disputed = [], [], []
     status = Counter()
     ignored = 0
@@ -187,16 +183,23 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
                      "rejected": [{"role": "assistant", "content": answer[1]}], **mark})
     out = run_dir / "reviewed"
     out.mkdir(exist_ok=True)
-    rows = store.with_splits(rows, store.run_test_size(run_dir))
-    kto = [k for r in rows for k in store.kto_rows(r)]
-    sft = store.sft_rows(rows, [])
+    ts = store.run_test_size(run_dir)
+    rows = store.with_splits(rows, ts, str(run_dir / "preferences.jsonl"))
+    # the gate's no-violation rows are no pairs (nothing to review) but are SFT and KTO rows of the run: carried
+    # as they are, so reviewed/ is the run's whole dataset with the verdicts applied
+    nv_file = run_dir / "no_violation.jsonl"
+    unpaired = store.with_splits(list(jsonl_rows(nv_file)), ts, str(nv_file)) if nv_file.is_file() else []
+    sft, kto = store.training_rows(rows, unpaired)
     store.write_jsonl(out / "preferences.jsonl", rows)
+    store.write_jsonl(out / "no_violation.jsonl", unpaired)
     store.write_jsonl(out / "kto.jsonl", kto)
     store.write_jsonl(out / "dropped.jsonl", dropped)
     store.write_jsonl(out / "disputed.jsonl", disputed)
     store.write_jsonl(out / "sft.jsonl", sft)
     if store.run_config(run_dir).get("output", {}).get("save_dataset", True):
         store.save_splits(out, rows, sft, kto, store.PREF_COLUMNS + COLUMNS)
+    else:
+        store.drop_splits(out)  # an earlier merge's copies would be stale beside these files
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
