@@ -58,7 +58,10 @@ def test_run_directory_contents(run_dir):
     assert list(d["train_prefs"]["id"]) + list(d["test_prefs"]["id"]) == [r["id"] for r in prefs if r["split"] == "train"] + \
         [r["id"] for r in prefs if r["split"] == "test"]
     assert "messages" not in d["train_prefs"].column_names
-    assert len(jl(run_dir / "kto.jsonl")) == 2 * len(prefs)
+    # two KTO rows per pair (revision True, original False), one per no-violation original (True)
+    kto = jl(run_dir / "kto.jsonl")
+    assert len(kto) == 2 * len(prefs) + len(nv) and sum(not k["label"] for k in kto) == len(prefs)
+    assert len(jl(run_dir / "sft.jsonl")) == len(prefs) + len(nv)
     assert "customer_service" in (run_dir / "README.md").read_text()
     assert (run_dir / ".hydra" / "config.yaml").exists()
 

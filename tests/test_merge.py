@@ -14,7 +14,8 @@ from .conftest import make_cfg
 
 
 def jl(p: Path) -> list[dict]:
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    # "\n" only: splitlines() would also cut at U+2028 inside a string (test_a_run_with_line_separators...)
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 def restamp(run: Path, when: str) -> None:
@@ -122,3 +123,80 @@ def test_a_damaged_line_is_named(old_new, tmp_path, capsys):
     assert merge.main([str(old), "--out", str(tmp_path / "o")]) == 2
     n = len((old / "preferences.jsonl").read_text().splitlines())
     assert f"preferences.jsonl:{n}: invalid JSON" in capsys.readouterr().err
+
+
+def _no_time(rows: list[dict]) -> list[str]:
+    """Rows as sorted JSON without created_at (each run stamps its own): content, order aside."""
+    return sorted(json.dumps({k: v for k, v in r.items() if k != "created_at"}, sort_keys=True) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """The gate says NO to some rows (no_violation.jsonl): one whole run of 20 prompts and its 2 shards."""
+    def run(d: Path, *extra: str) -> Path:
+        cfg = make_cfg("backend=fake", "limit=20", *extra)
+        pipeline.run(cfg, d, backend=FakeBackend("fake", cfg.model.name, gate="mixed", max_model_len=2048))
+        return d
+    base = tmp_path_factory.mktemp("mixed")
+    return run(base / "whole"), [run(base / f"s{i}", "shard.count=2", f"shard.index={i}") for i in range(2)]
+
+
+def test_merged_shards_are_the_unsharded_run_with_its_no_violation_rows(mixed, tmp_path):
+    whole, parts = mixed
+    assert jl(whole / "no_violation.jsonl") and jl(whole / "preferences.jsonl")  # both kinds are there to lose
+    out = tmp_path / "m"
+    assert merge.main([*map(str, parts), "--out", str(out)]) == 0
+    for name in ("preferences.jsonl", "no_violation.jsonl", "sft.jsonl", "kto.jsonl"):
+        assert _no_time(jl(out / name)) == _no_time(jl(whole / name)), name
+    import datasets
+    for name, splits in (("preferences", ("train_sft", "test_sft", "train_prefs", "test_prefs")),
+                         ("kto", ("train", "test"))):
+        got, want = datasets.load_from_disk(str(out / name)), datasets.load_from_disk(str(whole / name))
+        assert [len(got[s]) for s in splits] == [len(want[s]) for s in splits], name
+    assert json.loads((out / "merge.json").read_text())["no_violation"] == len(jl(whole / "no_violation.jsonl"))
+
+
+def test_review_merge_keeps_the_no_violation_rows_and_so_does_merging_reviewed_shards(mixed, tmp_path):
+    whole, parts = mixed
+    copies = []
+    for p in parts:
+        shutil.copytree(p, tmp_path / p.name)
+        copies.append(tmp_path / p.name)
+        db.open_run(copies[-1]).close()  # the review database, as `serve` makes it
+        assert review_main(["merge", str(copies[-1])]) == 0  # nobody reviewed: reviewed/ is the run's dataset
+        for name in ("no_violation.jsonl", "sft.jsonl", "kto.jsonl"):
+            assert jl(copies[-1] / "reviewed" / name) == jl(p / name), name
+    assert merge.main([*map(str, copies), "--out", str(tmp_path / "m")]) == 0
+    for name in ("no_violation.jsonl", "sft.jsonl", "kto.jsonl"):
+        assert _no_time(jl(tmp_path / "m" / name)) == _no_time(jl(whole / name)), name
+
+
+def test_half_life_weights_reach_the_no_violation_rows_too(mixed, tmp_path):
+    _, parts = mixed
+    out = tmp_path / "w"
+    assert merge.main([*map(str, parts), "--out", str(out), "--half-life-days", "30"]) == 0
+    sft, kto = jl(out / "sft.jsonl"), jl(out / "kto.jsonl")
+    assert {r["origin"] for r in sft} == {"revision", "no_violation"}
+    assert all(isinstance(r["weight"], float) for r in sft + kto + jl(out / "no_violation.jsonl"))
+
+
+def test_a_run_with_line_separators_in_its_text_reads_back_everywhere(tmp_path, capsys):
+    # a prompt escaped as \u2028 in the input is written raw (ensure_ascii=False): every reader of the run's
+    # files must take it as the one line it is
+    from cai_gen import evaluate
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Line one\u2028line two\u2029three\u0085 {i}?"}) + "\n"
+                         for i in range(6)))
+    run = tmp_path / "run"
+    cfg = make_cfg("backend=fake", f"prompts.path={f}", "review.sample_rate=1.0")
+    pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    assert "\u2028" in (run / "preferences.jsonl").read_text(encoding="utf-8")
+    assert merge.main([str(run), "--out", str(tmp_path / "m")]) == 0
+    assert len(jl(tmp_path / "m" / "preferences.jsonl")) == len(jl(run / "preferences.jsonl")) == 12
+    assert review_main(["export", str(run), str(tmp_path / "items.jsonl")]) == 0
+    assert review_main(["import", str(run), str(tmp_path / "items.jsonl")]) == 0
+    assert review_main(["merge", str(run)]) == 0
+    train, test = evaluate.load_pairs(run, None)
+    assert len(train) + len(test) == 12 and "\u2028" in train[0]["prompt"][-1]["content"]
+    assert "damaged" not in capsys.readouterr().err

@@ -136,3 +136,14 @@ def test_hf_dataset_options_on_local_data(tmp_path: Path):
     assert [r.prompt for r in got] == ["a0", "a1"]
     with pytest.raises(UserError, match=r"prompts.dataset: cannot load .* split 'train'"):
         prompts.load(None, None, str(sub), config="nope")
+
+
+def test_line_separators_inside_json_strings_are_not_line_ends(tmp_path: Path):
+    # JSON allows U+2028, U+2029, U+0085 (and \x1c-\x1e, \x0b, \x0c) raw inside a string; only "\n" ends a line
+    odd = "one\u2028two\u2029three\u0085four\x1cfive\x0csix"
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prompt": odd, "id": "a"}, ensure_ascii=False) + "\r\n"
+                 + json.dumps({"prompt": "second", "id": "b"}) + "\n", encoding="utf-8")
+    assert "\u2028" in f.read_text(encoding="utf-8")  # written raw, as the test means
+    a, b = prompts.load(None, str(f), None)
+    assert (a.prompt, b.prompt) == (odd, "second")

@@ -414,8 +414,11 @@ def test_merge_applies_each_verdict(run_dir):
     assert len(out) == len(prefs) - 2  # nothing lost but the rejected and the disputed
     assert [d["id"] for d in jl(run_dir / "reviewed" / "dropped.jsonl")] == [r["id"]]
     assert [d["id"] for d in jl(run_dir / "reviewed" / "disputed.jsonl")] == [tie["id"]]
-    kto = jl(run_dir / "reviewed" / "kto.jsonl")
-    assert len(kto) == 2 * len(out)
+    # KTO: two rows per kept pair, one per no-violation row (carried from the run: nothing there to review)
+    nv = jl(run_dir / "reviewed" / "no_violation.jsonl")
+    assert nv == jl(run_dir / "no_violation.jsonl")
+    kto, sft = jl(run_dir / "reviewed" / "kto.jsonl"), jl(run_dir / "reviewed" / "sft.jsonl")
+    assert len(kto) == 2 * len(out) + len(nv) and len(sft) == len(out) + len(nv)
     summary = json.loads((run_dir / "summary.json").read_text())
     dec = summary["review"]["decisions"]
     assert (dec["accept"], dec["swap"], dec["edit"], dec["reject"], dec["disputed"]) == (1, 2, 1, 1, 1)

@@ -62,3 +62,40 @@ def test_an_empty_split_loads_back_with_its_siblings_features(tmp_path):
     assert len(d["train"]) == 1 and len(d["test"]) == 0 and d["test"].features == d["train"].features
     store.save_dataset(tmp_path / "one", [], ["x"])
     assert len(datasets.load_from_disk(str(tmp_path / "one"))) == 0
+
+
+def _fake_run(out: Path, *overrides: str) -> dict:
+    from cai_gen import pipeline
+    from cai_gen.backends.fake import FakeBackend
+
+    from .conftest import make_cfg
+
+    cfg = make_cfg("backend=fake", "limit=3", *overrides)
+    return pipeline.run(cfg, out, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+
+
+def test_a_rerun_without_datasets_removes_the_old_copies(tmp_path):
+    from cai_gen.review import db
+    from cai_gen.review.__main__ import main as review_main
+
+    run = tmp_path / "run"
+    _fake_run(run, "review.sample_rate=1.0")
+    db.open_run(run).close()
+    assert review_main(["merge", str(run)]) == 0
+    made = [run / "preferences", run / "kto", run / "trace.jsonl", run / "reviewed" / "preferences",
+            run / "reviewed" / "kto"]
+    assert all(p.exists() for p in made)
+    # fewer rows now: an old copy left behind would hold rows the JSONL no longer has
+    _fake_run(run, "limit=2", "review.sample_rate=1.0", "output.save_dataset=false")
+    assert not (run / "preferences").exists() and not (run / "kto").exists()
+    assert (run / "trace.jsonl").is_file() and (run / "preferences.jsonl").is_file()
+    assert review_main(["merge", str(run)]) == 0
+    assert not (run / "reviewed" / "preferences").exists() and not (run / "reviewed" / "kto").exists()
+
+
+def test_a_rerun_without_the_trace_removes_the_old_one(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run)
+    assert (run / "trace.jsonl").is_file()
+    _fake_run(run, "limit=2", "output.trace=false")
+    assert not (run / "trace.jsonl").exists() and (run / "preferences").is_dir()
