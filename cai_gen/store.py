@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .ids import base_id
 from .review import route
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
@@ -22,8 +23,9 @@ KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "s
 
 def split_of(prompt_id: str, test_size: float) -> str:
     """'train' or 'test' by a hash of the prompt id: every sample of a prompt lands on one side (prompt-disjoint),
-    and a prompt keeps its side when the set grows, is sharded or is merged."""
-    h = int.from_bytes(hashlib.sha256(f"split:{prompt_id}".encode()).digest()[:8], "big") / 2 ** 64
+    and a prompt keeps its side when the set grows, is sharded or is merged. A kept copy of a prompt
+    (prompts.keep_duplicates) takes its base prompt's side: the same question is never on both sides."""
+    h = int.from_bytes(hashlib.sha256(f"split:{base_id(prompt_id)}".encode()).digest()[:8], "big") / 2 ** 64
     return "test" if h < test_size else "train"
 
 

@@ -82,3 +82,26 @@ def test_length_balance_match_brings_chosen_longer_to_half(tmp_path):
     assert s["report"]["length_only_accuracy"] == 0.0 and s["report"]["cohen_d"] is None  # constant lengths
     from cai_gen.stats import cohen_d
     assert cohen_d([10, 12, 14], [4, 6, 8]) == 3.0 and cohen_d([1, 2], [1, 2]) == 0.0
+
+
+def test_kept_copies_of_a_prompt_share_one_split_and_one_shard(tmp_path):
+    """prompts.keep_duplicates=true: 12 copies of one question get ids -dupN by file position, but they are one
+    prompt, so they must land on one side of the split and in one shard (issue 24 item 6). The split and the
+    shard used to hash the copy's id, so the copies were on both sides."""
+    from cai_gen import prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": "Where is my order?"}) + "\n" for _ in range(12))
+                 + json.dumps({"prompt": "Refund please"}) + "\n")
+    recs = prompts.load(None, str(f), None, keep_duplicates=True)
+    assert len(recs) == 13 and len({r.id for r in recs}) == 13
+    for count in (2, 3, 4):
+        where = {i for i in range(count) for r in prompts.shard(recs, i, count) if r.prompt == "Where is my order?"}
+        assert len(where) == 1, count
+    run(tmp_path / "out", f"prompts.path={f}", "prompts.keep_duplicates=true", "output.test_size=0.5",
+        "samples=1", gate="yes")
+    rows = [r for r in jl(tmp_path / "out" / "preferences.jsonl") if r["prompt"][-1]["content"] == "Where is my order?"]
+    sides = {r["split"] for r in rows}
+    assert len(rows) == 12 and len(sides) == 1
+    # rows read back without a split column (an older run, evaluate --test-size) agree with the written side
+    assert {store.row_split({"id": r["id"]}, 0.5) for r in rows} == sides
