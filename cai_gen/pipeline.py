@@ -154,18 +154,6 @@ class Run:
                 return None
         return keys, gens
 
-    def balance(self, rows: list[Row]) -> list[Row]:
-        """output.length_balance=match: drop the fewest pairs (seeded) so chosen is the longer answer in 50% +- 5."""
-        lens = []
-        for r in rows:
-            _, c, j = store.pair_messages(r)
-            lens.append((r.id, len(c[0]["content"].split()), len(j[0]["content"].split())))
-        drop = quality.length_balance(lens, self.cfg.seed)
-        for r in rows:
-            if r.id in drop:
-                self.reject(r, "length_balance", "length_balance")
-        return [r for r in rows if r.id not in drop]
-
     def reward(self, rows: list[Row]) -> list[Row]:
         """Score chosen and rejected with a reward model; a margin under the threshold is flagged or dropped."""
         from . import reward as reward_mod
@@ -325,8 +313,6 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     def emit(job: Run, rows: list[Row], kept: list[Row]) -> None:
         if cfg.reward.model and kept:
             kept = job.reward(kept)
-        if cfg.output.length_balance == "match":
-            kept = job.balance(kept)  # per chunk: each chunk within the band, so the run is too
         pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished
         for part in (kept, job.rejected, job.ended):
             part.sort(key=lambda r: pos[r.id])
@@ -379,7 +365,10 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     recs = chunks = rows = kept = job = ledger = None  # noqa: F841
     release_memory()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    summary = writer.finish(created)
+    # output.length_balance=match: the fewest pairs (seeded) dropped so chosen is the longer answer in 50% +- 5,
+    # decided once over the whole run's pairs (balancing each chunk on its own drops pairs the run would keep)
+    drop = quality.length_balance(writer.pairs, cfg.seed) if cfg.output.length_balance == "match" else set()
+    summary = writer.finish(created, drop)
     summary.update(prompts=n_prompts, duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import paths
+from .ids import base_id, copy_id
 from .errors import UserError
 from .yamlio import load_yaml, read_jsonl
 
@@ -101,8 +102,10 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
         if isinstance(row.get(key), str):
             _encodable(row[key], where, key)
     system = row.get("system")
-    # content-derived, so the same conversation keeps its id across runs and files
-    auto = _auto_id(text) if not context else _auto_id(json.dumps([system, context, text]))
+    # content-derived, so the same conversation keeps its id across runs and files; it covers every part that
+    # makes two prompts different (system, earlier turns, last turn). A plain prompt (no system, one turn)
+    # hashes its text alone, as ids always did, so existing run dirs' ledgers and splits stay valid.
+    auto = _auto_id(text) if system is None and not context else _auto_id(json.dumps([system, context, text]))
     pid = str(row["id"]) if row.get("id") is not None else auto
     return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context)
 
@@ -122,11 +125,12 @@ def _dedupe(recs: list[PromptRecord], where: str, keep_duplicates: bool = False)
             out.duplicates += 1
             continue
         if r.id in seen_id:
-            if key in seen_text:  # kept on purpose: same auto id, so number the copy
-                r = PromptRecord(f"{r.id}-dup{i}", r.prompt, r.domain, r.source, r.system, r.context)
-            else:
-                raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {seen_id[r.id] + 1} and {i + 1})")
-        seen_id[r.id] = i
+            first, first_key = seen_id[r.id]
+            if key != first_key:  # the same id for another prompt (not merely another prompt's content again)
+                raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {first + 1} and {i + 1})")
+            # kept on purpose: the same prompt again, so number the copy (its split and shard follow base_id)
+            r = PromptRecord(copy_id(r.id, i), r.prompt, r.domain, r.source, r.system, r.context)
+        seen_id.setdefault(r.id, (i, key))
         seen_text.add(key)
         out.append(r)
     if not out:
@@ -228,5 +232,6 @@ def shard(recs: list[PromptRecord], index: int, count: int) -> list[PromptRecord
     Every row's randomness is keyed by its prompt id, so the shards together equal the unsharded run."""
     if count == 1:
         return recs
-    pick = lambda r: int.from_bytes(hashlib.sha256(r.id.encode()).digest()[:8], "big") % count  # noqa: E731
+    # by the prompt a kept copy is of (ids.base_id), so all copies of one prompt run in one shard
+    pick = lambda r: int.from_bytes(hashlib.sha256(base_id(r.id).encode()).digest()[:8], "big") % count  # noqa: E731
     return [r for r in recs if pick(r) == index]

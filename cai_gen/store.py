@@ -5,13 +5,16 @@ Every final file is written to a temp name and renamed into place, so a half-wri
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 import shutil
 import tempfile
+from array import array
 from pathlib import Path
 
 from .errors import UserError
+from .ids import base_id
 from .review import route
 from .yamlio import jsonl_rows
 
@@ -23,8 +26,9 @@ KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "s
 
 def split_of(prompt_id: str, test_size: float) -> str:
     """'train' or 'test' by a hash of the prompt id: every sample of a prompt lands on one side (prompt-disjoint),
-    and a prompt keeps its side when the set grows, is sharded or is merged."""
-    h = int.from_bytes(hashlib.sha256(f"split:{prompt_id}".encode()).digest()[:8], "big") / 2 ** 64
+    and a prompt keeps its side when the set grows, is sharded or is merged. A kept copy of a prompt
+    (prompts.keep_duplicates) takes its base prompt's side: the same question is never on both sides."""
+    h = int.from_bytes(hashlib.sha256(f"split:{base_id(prompt_id)}".encode()).digest()[:8], "big") / 2 ** 64
     return "test" if h < test_size else "train"
 
 
@@ -284,8 +288,16 @@ class Writer:
         self.dir = out / "work" / "parts"
         shutil.rmtree(self.dir, ignore_errors=True)  # parts of an interrupted run: rebuilt from the ledger
         self.dir.mkdir(parents=True)
-        self.f = {p: open(self.dir / f"{p}.jsonl", "w", encoding="utf-8") for ps in PARTS.values() for p in ps}
+        # output.length_balance=match is decided once over the whole run, after the last chunk (a chunk's own
+        # balance is not the run's): until then every pair is written as kept; held in memory are only its
+        # (id, chosen words, rejected words) and row numbers, and its rejected.jsonl row waits on disk (part
+        # "balance") in case finish() drops it
+        self.balanced = cfg.output.length_balance == "match"
+        names = [p for ps in PARTS.values() for p in ps] + (["balance"] if self.balanced else [])
+        self.f = {p: open(self.dir / f"{p}.jsonl", "w", encoding="utf-8") for p in names}
         self.n = {"rows": 0, "kept": 0, "rejected": 0, "no_violation": 0}
+        self.pairs: list[tuple[str, int, int]] = []  # per kept pair, in file order: (id, chosen, rejected words)
+        self.pair_at, self.rejected_at = array("q"), array("q")  # run row number of each pair, each rejected row
 
     def _put(self, part: str, rows) -> None:
         self.f[part].writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -303,6 +315,14 @@ class Writer:
             self._put(f"kto_{part}", kto)
         self._put("rejected", (rejected_row(r) for r in rejected))
         self._put("no_violation", unpaired)
+        if self.balanced:
+            at = {r.id: self.n["rows"] + i for i, r in enumerate(rows)}
+            self.pairs += [(p["id"], len(p["chosen"][0]["content"].split()), len(p["rejected"][0]["content"].split()))
+                           for p in prefs]
+            self.pair_at.extend(at[r.id] for r in kept)
+            self.rejected_at.extend(at[r.id] for r in rejected)
+            self._put("balance", ({**rejected_row(r), "stage": "length_balance", "reason": "length_balance"}
+                                  for r in kept))
         if self.cfg.output.trace:
             self._put("trace", ({"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
                                  "principle_ids": r.principles, "stages": r.trace,
@@ -316,9 +336,12 @@ class Writer:
         for f in self.f.values():
             f.close()
 
-    def finish(self, created: str) -> dict:
-        """Put the files in place, then what is built from them: review queue, datasets copies."""
+    def finish(self, created: str, drop: set[str] = frozenset()) -> dict:
+        """Put the files in place, then what is built from them: review queue, datasets copies. `drop`: ids of
+        kept pairs the run-wide length balance removes (quality.length_balance over self.pairs)."""
         self.close()
+        if drop:
+            self._drop(drop)
         out, cfg, const = self.out, self.cfg, self.const
         atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
         atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
@@ -338,6 +361,44 @@ class Writer:
             drop_splits(out)  # an earlier run's copies (what TRL loads) would disagree with the new JSONL
         shutil.rmtree(self.dir, ignore_errors=True)
         return {**self.n, "model": cfg.model.name, "constitution": const.ref, "created_at": created}
+
+    def _drop(self, drop: set[str]) -> None:
+        """Take the dropped pairs out of the pair parts and put their rows into rejected (at their place in
+        prompt order, as one chunk would have written them) and their trace's outcome: the files come out as a
+        run balanced in one chunk writes them. Lines are streamed; only line numbers are held."""
+        gone = [k for k, (i, _, _) in enumerate(self.pairs) if i in drop]
+        pairs = set(gone)
+        _rewrite(self.dir / "preferences.jsonl", lambda n, line: None if n in pairs else line)
+        _rewrite(self.dir / "sft_pairs.jsonl", lambda n, line: None if n in pairs else line)
+        _rewrite(self.dir / "kto_pairs.jsonl", lambda n, line: None if n // 2 in pairs else line)  # two per pair
+        if self.cfg.output.trace:  # trace line n is the run's row n
+            at = {self.pair_at[k] for k in gone}
+
+            def outcome(n: int, line: str) -> str:
+                return line if n not in at else json.dumps({**json.loads(line), "outcome": "length_balance"},
+                                                           ensure_ascii=False) + "\n"
+            _rewrite(self.dir / "trace.jsonl", outcome)
+        # two streams, each in row order (the filters' rejected rows, the dropped pairs' rows), merged by row number
+        balance = (line for k, line in enumerate(_lines(self.dir / "balance.jsonl")) if k in pairs)
+        merged = heapq.merge(zip(self.rejected_at, _lines(self.dir / "rejected.jsonl")),
+                             zip((self.pair_at[k] for k in gone), balance), key=lambda t: t[0])
+        _rewrite(self.dir / "rejected.jsonl", None, (line for _, line in merged))
+        self.n["kept"] -= len(gone)
+        self.n["rejected"] += len(gone)
+
+
+def _lines(path: Path):
+    with open(path, encoding="utf-8") as f:
+        yield from f
+
+
+def _rewrite(path: Path, edit, lines=None) -> None:
+    """Rewrite a part file line by line: edit(line number, line) -> the line to write or None; or `lines`."""
+    tmp = path.with_name(path.name + ".new")
+    with open(tmp, "w", encoding="utf-8") as f:
+        src = lines if lines is not None else (edit(n, line) for n, line in enumerate(_lines(path)))
+        f.writelines(line for line in src if line is not None)
+    os.replace(tmp, path)
 
 
 def _concat(parts: list[Path], dest: Path) -> None:

@@ -147,3 +147,38 @@ def test_line_separators_inside_json_strings_are_not_line_ends(tmp_path: Path):
     assert "\u2028" in f.read_text(encoding="utf-8")  # written raw, as the test means
     a, b = prompts.load(None, str(f), None)
     assert (a.prompt, b.prompt) == (odd, "second")
+
+
+def test_auto_id_covers_system_and_every_turn(tmp_path: Path):
+    """The same question under two system prompts, or after two different earlier turns, is two prompts (issue
+    24 item 5): each gets its own id. It used to hash the last turn only, so the file was refused as "duplicate
+    prompt id"."""
+    import hashlib
+
+    q = "Where is my order?"
+    rows = [{"prompt": q}, {"prompt": q, "system": "Be brief."}, {"prompt": q, "system": "Be thorough."},
+            {"messages": [{"role": "system", "content": "Be formal."}, {"role": "user", "content": q}]},
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                          {"role": "user", "content": q}]},
+            {"messages": [{"role": "user", "content": "Yo"}, {"role": "assistant", "content": "Hey."},
+                          {"role": "user", "content": q}]}]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = prompts.load(None, str(f), None)
+    assert len(recs) == 6 and len({r.id for r in recs}) == 6 and recs.duplicates == 0
+    # a plain prompt (one turn, no system) keeps the id it always had: existing ledgers and splits stay valid
+    assert recs[0].id == "p-" + hashlib.sha256(q.encode()).hexdigest()[:12]
+    # and the same conversation gets the same id from another file (content-derived, not positional)
+    g = tmp_path / "q.jsonl"
+    g.write_text("".join(json.dumps(r) + "\n" for r in reversed(rows)))
+    assert [r.id for r in prompts.load(None, str(g), None)] == [r.id for r in reversed(recs)]
+
+
+def test_an_id_reused_for_other_content_is_refused_even_if_that_content_came_before(tmp_path: Path):
+    """Rows 1 and 3 share an id but not a prompt; row 3's text is row 2's. keep_duplicates once took row 3 for a
+    copy of row 1 ("a-dup2"), grouping it with row 1's split and shard though it is another question."""
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in
+                         [{"prompt": "X?", "id": "a"}, {"prompt": "Y?", "id": "b"}, {"prompt": "Y?", "id": "a"}]))
+    with pytest.raises(UserError, match=r"duplicate prompt id 'a' \(rows 1 and 3\)"):
+        prompts.load(None, str(f), None, keep_duplicates=True)

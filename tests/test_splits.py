@@ -101,3 +101,75 @@ def test_length_balance_match_brings_chosen_longer_to_half(tmp_path):
     assert s["report"]["length_only_accuracy"] == 0.0 and s["report"]["cohen_d"] is None  # constant lengths
     from cai_gen.stats import cohen_d
     assert cohen_d([10, 12, 14], [4, 6, 8]) == 3.0 and cohen_d([1, 2], [1, 2]) == 0.0
+
+
+def test_kept_copies_of_a_prompt_share_one_split_and_one_shard(tmp_path):
+    """prompts.keep_duplicates=true: 12 copies of one question get ids -dupN by file position, but they are one
+    prompt, so they must land on one side of the split and in one shard (issue 24 item 6). The split and the
+    shard used to hash the copy's id, so the copies were on both sides."""
+    from cai_gen import prompts
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": "Where is my order?"}) + "\n" for _ in range(12))
+                 + json.dumps({"prompt": "Refund please"}) + "\n")
+    recs = prompts.load(None, str(f), None, keep_duplicates=True)
+    assert len(recs) == 13 and len({r.id for r in recs}) == 13
+    for count in (2, 3, 4):
+        where = {i for i in range(count) for r in prompts.shard(recs, i, count) if r.prompt == "Where is my order?"}
+        assert len(where) == 1, count
+    run(tmp_path / "out", f"prompts.path={f}", "prompts.keep_duplicates=true", "output.test_size=0.5",
+        "samples=1", gate="yes")
+    rows = [r for r in jl(tmp_path / "out" / "preferences.jsonl") if r["prompt"][-1]["content"] == "Where is my order?"]
+    sides = {r["split"] for r in rows}
+    assert len(rows) == 12 and len(sides) == 1
+    # rows read back without a split column (an older run, evaluate --test-size) agree with the written side
+    assert {store.prompt_split({"id": r["id"], "prompt_id": r["prompt_id"]}, 0.5) for r in rows} == sides
+
+
+class LongerRevisions(FakeBackend):
+    """Revisions of the prompts that say "long" come out longer than their originals (the fake's are shorter);
+    those of "odd" prompts repeat the critique (a filter drops them: rejected rows among the balanced ones)."""
+
+    def _text(self, conv, p):
+        from cai_gen.backends.fake import REVISION_MARK, _words
+
+        text = super()._text(conv, p)
+        if REVISION_MARK in conv[-1]["content"] and any("odd" in m["content"] for m in conv):
+            return conv[-2]["content"]
+        if REVISION_MARK in conv[-1]["content"] and any("long question" in m["content"] for m in conv):
+            text = text[:-1] + " " + " ".join(_words("more" + text, 12)) + "."
+        return text
+
+
+def test_length_balance_is_decided_over_the_whole_run_not_per_chunk(tmp_path):
+    """Two lopsided halves (26 prompts whose chosen is longer, then 14 whose chosen is shorter) in chunks of 5:
+    the run keeps what one chunk over the whole run keeps, and its files are that run's files (issue 24 item 7).
+    Each chunk used to be balanced on its own: an all-longer chunk lost every pair."""
+    from cai_gen import quality
+
+    f = tmp_path / "p.jsonl"
+    odd = lambda i: "an odd" if i % 4 == 1 else "A"  # noqa: E731
+    f.write_text("".join(json.dumps({"prompt": f"{odd(i)} long question {i}?"}) + "\n" for i in range(26))
+                 + "".join(json.dumps({"prompt": f"{odd(i)} short question {i}?"}) + "\n" for i in range(14)))
+
+    def go(out, *more):
+        cfg = make_cfg("backend=fake", f"prompts.path={f}", "samples=1", "output.length_balance=match", *more)
+        return pipeline.run(cfg, out, backend=LongerRevisions("fake", cfg.model.name, gate="mixed"))
+
+    one, chunked = go(tmp_path / "one"), go(tmp_path / "chunked", "chunk_size=5")
+    # the whole run's balance: drop the fewest of the majority so chosen-longer is within 50% +- 5
+    lens = [(r["id"], len(r["chosen"][0]["content"].split()), len(r["rejected"][0]["content"].split()))
+            for r in jl(tmp_path / "one" / "preferences.jsonl")]
+    assert 0.45 <= sum(c > j for _, c, j in lens) / len(lens) <= 0.55 and one["reasons"]["length_balance"] > 0
+    assert quality.length_balance(lens, 0) == set()  # nothing left to drop
+    assert (chunked["kept"], chunked["rejected"], chunked["reasons"]) == (one["kept"], one["rejected"], one["reasons"])
+
+    def rows(d, name):
+        return [{k: v for k, v in r.items() if k != "created_at"} for r in jl(tmp_path / d / name)]
+
+    for name in ("preferences.jsonl", "kto.jsonl", "sft.jsonl", "rejected.jsonl", "no_violation.jsonl",
+                 "trace.jsonl"):
+        assert rows("chunked", name) == rows("one", name), name
+    kept = {r["id"] for r in jl(tmp_path / "chunked" / "preferences.jsonl")}
+    d = datasets.load_from_disk(str(tmp_path / "chunked" / "preferences"))
+    assert set(d["train_prefs"]["id"]) | set(d["test_prefs"]["id"]) == kept
