@@ -150,7 +150,7 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 5
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
                                          "comment": None, "at": "t", "source": "web",
                                          "hash": db.content_hash(old), "shown_first": None, "seconds": None}]
@@ -175,7 +175,7 @@ def test_v2_database_from_before_a_rerun_is_migrated_and_refreshed(run_dir):
     same, changed = queue[0], {**queue[1], "revision": "the revision an earlier run made"}
     v2_database(run_dir / db.FILE, [same, changed], [(same["id"], "ann", "reject"), (changed["id"], "ann", "swap")])
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     stored = {it["id"]: it for it in db.items(conn)}
     assert stored[changed["id"]] == queue[1]  # the current run's text, not the one the old code kept
     cur = db.current(conn)
@@ -235,10 +235,20 @@ def invite(run_dir: Path, *names: str, role: str = "reviewer") -> dict[str, str]
         conn.close()
 
 
+def session(run_dir: Path, token: str) -> str:
+    """The session an invite token signs in to (what POST /api/signin does), for `Authorization: Bearer`."""
+    conn = db.connect(run_dir / db.FILE)
+    try:
+        return auth.redeem(conn, token)[1]
+    finally:
+        conn.close()
+
+
 def serve(run_dir: Path, **kw) -> ReviewServer:
-    """A started server with alice, bob and carol invited (srv.tokens); labelled view unless blind=True."""
+    """A started server with alice, bob and carol signed in (srv.tokens: their sessions, sent as Bearer);
+    labelled view unless blind=True."""
     srv = ReviewServer(run_dir, port=0, **{"blind": False, **kw})  # first: srv.changes is what its sync did
-    srv.tokens = invite(run_dir, "alice", "bob", "carol")
+    srv.tokens = {n: session(run_dir, t) for n, t in invite(run_dir, "alice", "bob", "carol").items()}
     srv.start()
     return srv
 
@@ -551,7 +561,8 @@ def test_import_of_verdicts_made_before_a_rerun_keeps_them_unapplied(run_dir, tm
     f.write_text("".join(json.dumps(r) + "\n" for r in recs))
     rerun_changes(run_dir, recs[0]["id"], "Changed while the file was out for annotation.")
     conn = db.open_run(run_dir)
-    assert exchange.load(conn, f) == {"imported": 1, "unchanged": 0, "blank": len(recs) - 1, "stale": 1}
+    assert exchange.load(conn, f) == {"imported": 1, "unchanged": 0, "blank": len(recs) - 1, "stale": 1,
+                                      "superseded": 0}
     assert recs[0]["id"] not in db.current(conn) and db.history(conn)[0]["reviewer"] == "carol"
     assert exchange.load(conn, f)["imported"] == 0  # the same file twice adds nothing, stale rows included
 
@@ -587,7 +598,7 @@ def test_export_annotate_import_round_trip(run_dir, tmp_path, fmt):
     assert cur[ids[2]]["carol"]["verdict"] == "reject"
     n = len(db.history(conn))
     assert exchange.load(conn, f, reviewer="carol") == {"imported": 0, "unchanged": 3, "blank": len(recs) - 3,
-                                                       "stale": 0}
+                                                       "stale": 0, "superseded": 0}
     assert len(db.history(conn)) == n  # importing the same file twice adds nothing
 
 
