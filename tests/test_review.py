@@ -627,3 +627,132 @@ def test_csv_without_the_verdict_column_is_refused(run_dir, tmp_path):
     conn = db.open_run(run_dir)
     with pytest.raises(UserError, match="missing column"):
         exchange.load(conn, f)
+
+
+# ---- issue 24: import twice, import first, every turn, one check per server ------------------------------
+
+def test_reimporting_two_rows_for_one_item_and_reviewer_adds_nothing(run_dir, tmp_path, capsys):
+    db.open_run(run_dir).close()  # as after a `serve`
+    item = jl(run_dir / "review_queue.jsonl")[0]["id"]
+    f = tmp_path / "v.jsonl"
+    f.write_text(json.dumps({"id": item, "reviewer": "carol", "verdict": "accept"}) + "\n"
+                 + json.dumps({"id": item, "reviewer": "carol", "verdict": "swap", "comment": "on second thought"})
+                 + "\n")
+    assert review_main(["import", str(run_dir), str(f)]) == 0
+    first = capsys.readouterr().out
+    conn = db.connect(run_dir / db.FILE)
+    assert db.current(conn)[item]["carol"]["verdict"] == "swap"  # the file's last row
+    n = len(db.history(conn))
+    for _ in range(2):  # the old code flipped it back to accept on every re-import
+        assert review_main(["import", str(run_dir), str(f)]) == 0
+        assert db.current(conn)[item]["carol"]["verdict"] == "swap" and len(db.history(conn)) == n
+    assert "1 row(s) skipped: a later row" in first  # says which row counted
+    assert "imported 0 verdicts (1 unchanged" in capsys.readouterr().out
+
+
+def test_import_before_any_serve_or_export_works(run_dir, tmp_path, capsys):
+    assert not (run_dir / db.FILE).exists()
+    item = jl(run_dir / "review_queue.jsonl")[0]["id"]
+    f = tmp_path / "v.jsonl"
+    f.write_text(json.dumps({"id": item, "reviewer": "carol", "verdict": "reject"}) + "\n")
+    assert review_main(["import", str(run_dir), str(f)]) == 0, capsys.readouterr().err
+    assert db.current(db.connect(run_dir / db.FILE))[item]["carol"]["verdict"] == "reject"
+
+
+TURNS = [{"role": "system", "content": "You are the billing desk."},
+         {"role": "user", "content": "First question about my invoice."},
+         {"role": "assistant", "content": "An earlier answer from the desk."},
+         {"role": "user", "content": "And the follow-up?"}]
+
+
+def test_multi_turn_prompt_shows_every_turn_in_the_api_and_the_csv(run_dir, tmp_path):
+    queue = jl(run_dir / "review_queue.jsonl")
+    queue[0]["prompt"] = TURNS
+    (run_dir / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
+    conn = db.open_run(run_dir)
+    f = tmp_path / "out.csv"
+    exchange.export(conn, f)
+    conn.close()
+    import csv
+    row = next(r for r in csv.DictReader(f.open(newline="")) if r["id"] == queue[0]["id"])
+    assert row["system"] == "You are the billing desk."
+    assert row["prompt"] == ("user: First question about my invoice.\n\nassistant: An earlier answer from the desk."
+                             "\n\nuser: And the follow-up?")
+    srv = serve(run_dir, blind=True)
+    try:
+        assert call(srv, f"/api/item/{queue[0]['id']}")[1]["item"]["prompt"] == TURNS  # page.js shows each turn
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_database_is_checked_once_at_start_not_per_request(run_dir, monkeypatch):
+    statements = []
+    real = sqlite3.connect
+
+    def traced(*a, **k):
+        conn = real(*a, **k)
+        conn.set_trace_callback(statements.append)
+        return conn
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    ReviewServer(run_dir, port=0).server_close()
+    assert sum("quick_check" in s for s in statements) == 1  # at start
+    srv = serve(run_dir)
+    try:
+        item = call(srv, "/api/state")[1]["items"][0]["id"]
+        statements.clear()
+        for _ in range(3):
+            assert call(srv, f"/api/item/{item}")[0] == 200
+        assert call(srv, "/api/verdict", {"item": item, "verdict": "accept"})[0] == 200
+        assert statements and not [s for s in statements if "quick_check" in s]  # 4 requests, no check
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_serve_on_a_port_out_of_range_is_one_line(run_dir, capsys):
+    assert review_main(["serve", str(run_dir), "--port", "99999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--port: 99999 is not a port number" in err[0]
+
+
+def test_invite_links_use_the_port_serve_uses(run_dir, capsys):
+    srv = serve(run_dir)  # port 0: a free port, not 8765
+    try:
+        port = srv.server_address[1]
+        assert port != 8765
+        capsys.readouterr()
+        assert review_main(["invite", str(run_dir), "dana"]) == 0
+        link = capsys.readouterr().out.strip()
+        assert link.startswith(f"http://127.0.0.1:{port}/?token=")
+        assert review_main(["invite", str(run_dir), "erin", "--public-url", "https://r.example.org"]) == 0
+        assert capsys.readouterr().out.startswith("https://r.example.org/?token=")  # told otherwise: as told
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_v4_database_is_upgraded_old_sessions_end_and_search_and_ab_key_are_filled(run_dir):
+    path = run_dir / db.FILE
+    conn = sqlite3.connect(path, isolation_level=None)
+    for m in db.MIGRATIONS[:4]:
+        if callable(m):
+            m(conn)
+        else:
+            conn.executescript(m)
+    conn.execute("PRAGMA user_version = 4")
+    it = jl(run_dir / "review_queue.jsonl")[0]
+    conn.execute("INSERT INTO items(id, payload, added_at, content_hash, routed_by) VALUES (?, ?, 't', ?, '')",
+                 (it["id"], json.dumps(it), db.content_hash(it)))
+    used, fresh = "used-token", "fresh-token"
+    conn.executemany("INSERT INTO tokens(name, role, token_hash, created_at) VALUES (?, 'reviewer', ?, 't')",
+                     [("ann", auth._hash(used)), ("ben", auth._hash(fresh))])
+    conn.execute("INSERT INTO sessions VALUES (?, 1, 't')", (auth._hash("old-session"),))
+    conn.close()
+    conn = db.open_run(run_dir)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5 and len(db.get_meta(conn, "ab_key")) == 64
+    assert auth.by_session(conn, "old-session") is None  # it never expired before v5: it ends now
+    assert auth.redeem(conn, used) is None and auth.redeem(conn, fresh)[0].name == "ben"
+    from cai_gen.review import api
+    assert it["id"] in [i["id"] for i in api.listing(conn, "ann", q=it["revision"])["items"]]  # search filled
+    assert api.listing(conn, "ann", q='"revision"')["matched"] == 0

@@ -1,11 +1,13 @@
 """Review server access (issue 15): invite tokens and sessions, requests from other sites, blind A/B verdicts,
 too-fast verdicts and position bias, a 5,000-item queue, and spreadsheet-safe CSV. Fake backend, no browser."""
 import csv
+import hashlib
 import http.client
 import json
 import logging
 import shutil
 from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 
@@ -83,6 +85,8 @@ def test_confirmed_invite_sets_a_strict_httponly_cookie_and_a_bad_link_is_401(se
     attrs = {a.strip() for a in h["Set-Cookie"].split(";")[1:]}
     assert code == 200 and attrs == {"HttpOnly", "SameSite=Strict", "Path=/", f"Max-Age={24 * 3600}"}
     assert json.loads(body)["reviewer"] == "dana"
+    bearer = {"Authorization": "Bearer " + h["Set-Cookie"].split(";")[0].split("=", 1)[1]}  # what a script sends
+    assert call(server, "/api/state", headers=bearer, who=None)[1]["reviewer"] == "dana"
     assert signin(server, "not-a-token")[0] == 401
     assert call(server, "/api/invite", {"token": "not-a-token"}, who=None)[0] == 401
 
@@ -394,3 +398,71 @@ def test_csv_export_escapes_formula_cells_and_import_restores_them(run_dir, tmp_
     assert review_main(["import", str(run_dir), str(f)]) == 0
     cur = db.current(db.connect(run_dir / db.FILE))
     assert [cur[ids[k]]["bob"]["chosen"] for k in range(len(texts))] == texts
+
+
+# ---- issue 24: blind mode cannot be unblinded ----------------------------------------------------------
+
+def test_search_cannot_tell_which_answer_is_the_revision(run_dir):  # noqa: F811
+    srv = serve(run_dir, blind=True)
+    try:
+        recovered, found = 0, 0
+        items = jl(run_dir / "review_queue.jsonl")
+        for it in items:
+            ans = call(srv, f"/api/item/{it['id']}")[1]["item"]["answers"]
+            a, b = ans["A"], ans["B"]
+            # the attack from the issue: the stored JSON's field names next to answer A's first words
+            for q in (f'"revision": "{a[:20]}', f'"original": "{a[:20]}', f"revision {a[:20]}",
+                      a[-15:] + "\n" + b[:15], a[-15:] + " " + b[:15],  # across the end of A and start of B
+                      a[-15:] + "\x00" + b[:15]):
+                st = call(srv, "/api/state?q=" + quote(q))[1]
+                recovered += any(i["id"] == it["id"] for i in st["items"])
+            st = call(srv, "/api/state?q=" + quote(a[:20]))[1]  # what the reviewer is shown still matches
+            found += any(i["id"] == it["id"] for i in st["items"])
+        assert recovered == 0 and found == len(items)
+        critique = items[0]["rounds"][0]["critique"][:25]
+        assert call(srv, "/api/state?q=" + quote(critique))[1]["matched"] == 0  # not shown when blind
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    conn = db.connect(run_dir / db.FILE)
+    assert api.listing(conn, "alice", q=critique, blind=False)["matched"] >= 1  # the labelled view shows it
+    conn.close()
+
+
+def test_ab_order_is_keyed_by_a_random_secret_kept_in_the_database(base_run, tmp_path):  # noqa: F811
+    runs = [tmp_path / "one", tmp_path / "two"]
+    for r in runs:
+        shutil.copytree(base_run, r)
+    one = [big_queue(r, 200) for r in runs][0]
+    keys = []
+    for r in runs:
+        srv = serve(r, blind=True)
+        try:
+            keys.append(srv.ab_key)
+            st = call(srv, "/api/state")[1]
+            assert srv.ab_key not in json.dumps(st)  # never sent to a page
+            for it in one[:5]:
+                shown = call(srv, f"/api/item/{it['id']}")[1]
+                assert srv.ab_key not in json.dumps(shown)
+                first = api.shown_first(srv.ab_key, it["id"], "alice")
+                assert shown["item"]["answers"]["A"] == it[first]
+        finally:
+            srv.shutdown()
+            srv.server_close()
+    assert len(bytes.fromhex(keys[0])) == 32 and keys[0] != keys[1]  # random, per database: same run, same seed
+    conn = db.open_run(runs[0])
+    assert db.get_meta(conn, "ab_key") == keys[0]  # made once: a restart keeps every reviewer's order
+    conn.close()
+    # the old order, a hash anyone could compute from the run seed (0), the item and the reviewer, now predicts
+    # the order no better than a coin
+    old = lambda i: "revision" if hashlib.sha256(f"0:{i}:alice".encode()).digest()[0] & 1 else "original"  # noqa: E731
+    agree = sum(old(it["id"]) == api.shown_first(keys[0], it["id"], "alice") for it in one)
+    assert 60 < agree < 140  # of 200; binomial sd 7
+
+
+def big_queue(run, n: int) -> list[dict]:
+    one = jl(run / "review_queue.jsonl")[0]
+    queue = [{**one, "id": f"q{i:04d}-s0", "original": f"original text {i}", "revision": f"revised text {i}"}
+             for i in range(n)]
+    (run / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
+    return queue

@@ -105,7 +105,7 @@ async function show(id) {
     if (turns.length > 1) {
       const role = document.createElement("span");
       role.className = "role";
-      role.textContent = m.role + ":";
+      role.textContent = m.role + ": ";
       d.append(role);
     }
     d.append(document.createTextNode(m.content));
