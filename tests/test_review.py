@@ -150,7 +150,7 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 5
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
                                          "comment": None, "at": "t", "source": "web",
                                          "hash": db.content_hash(old), "shown_first": None, "seconds": None}]
@@ -175,7 +175,7 @@ def test_v2_database_from_before_a_rerun_is_migrated_and_refreshed(run_dir):
     same, changed = queue[0], {**queue[1], "revision": "the revision an earlier run made"}
     v2_database(run_dir / db.FILE, [same, changed], [(same["id"], "ann", "reject"), (changed["id"], "ann", "swap")])
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     stored = {it["id"]: it for it in db.items(conn)}
     assert stored[changed["id"]] == queue[1]  # the current run's text, not the one the old code kept
     cur = db.current(conn)
@@ -235,10 +235,20 @@ def invite(run_dir: Path, *names: str, role: str = "reviewer") -> dict[str, str]
         conn.close()
 
 
+def session(run_dir: Path, token: str) -> str:
+    """The session an invite token signs in to (what POST /api/signin does), for `Authorization: Bearer`."""
+    conn = db.connect(run_dir / db.FILE)
+    try:
+        return auth.redeem(conn, token)[1]
+    finally:
+        conn.close()
+
+
 def serve(run_dir: Path, **kw) -> ReviewServer:
-    """A started server with alice, bob and carol invited (srv.tokens); labelled view unless blind=True."""
+    """A started server with alice, bob and carol signed in (srv.tokens: their sessions, sent as Bearer);
+    labelled view unless blind=True."""
     srv = ReviewServer(run_dir, port=0, **{"blind": False, **kw})  # first: srv.changes is what its sync did
-    srv.tokens = invite(run_dir, "alice", "bob", "carol")
+    srv.tokens = {n: session(run_dir, t) for n, t in invite(run_dir, "alice", "bob", "carol").items()}
     srv.start()
     return srv
 
@@ -554,7 +564,8 @@ def test_import_of_verdicts_made_before_a_rerun_keeps_them_unapplied(run_dir, tm
     f.write_text("".join(json.dumps(r) + "\n" for r in recs))
     rerun_changes(run_dir, recs[0]["id"], "Changed while the file was out for annotation.")
     conn = db.open_run(run_dir)
-    assert exchange.load(conn, f) == {"imported": 1, "unchanged": 0, "blank": len(recs) - 1, "stale": 1}
+    assert exchange.load(conn, f) == {"imported": 1, "unchanged": 0, "blank": len(recs) - 1, "stale": 1,
+                                      "superseded": 0}
     assert recs[0]["id"] not in db.current(conn) and db.history(conn)[0]["reviewer"] == "carol"
     assert exchange.load(conn, f)["imported"] == 0  # the same file twice adds nothing, stale rows included
 
@@ -590,7 +601,7 @@ def test_export_annotate_import_round_trip(run_dir, tmp_path, fmt):
     assert cur[ids[2]]["carol"]["verdict"] == "reject"
     n = len(db.history(conn))
     assert exchange.load(conn, f, reviewer="carol") == {"imported": 0, "unchanged": 3, "blank": len(recs) - 3,
-                                                       "stale": 0}
+                                                       "stale": 0, "superseded": 0}
     assert len(db.history(conn)) == n  # importing the same file twice adds nothing
 
 
@@ -619,3 +630,132 @@ def test_csv_without_the_verdict_column_is_refused(run_dir, tmp_path):
     conn = db.open_run(run_dir)
     with pytest.raises(UserError, match="missing column"):
         exchange.load(conn, f)
+
+
+# ---- issue 24: import twice, import first, every turn, one check per server ------------------------------
+
+def test_reimporting_two_rows_for_one_item_and_reviewer_adds_nothing(run_dir, tmp_path, capsys):
+    db.open_run(run_dir).close()  # as after a `serve`
+    item = jl(run_dir / "review_queue.jsonl")[0]["id"]
+    f = tmp_path / "v.jsonl"
+    f.write_text(json.dumps({"id": item, "reviewer": "carol", "verdict": "accept"}) + "\n"
+                 + json.dumps({"id": item, "reviewer": "carol", "verdict": "swap", "comment": "on second thought"})
+                 + "\n")
+    assert review_main(["import", str(run_dir), str(f)]) == 0
+    first = capsys.readouterr().out
+    conn = db.connect(run_dir / db.FILE)
+    assert db.current(conn)[item]["carol"]["verdict"] == "swap"  # the file's last row
+    n = len(db.history(conn))
+    for _ in range(2):  # the old code flipped it back to accept on every re-import
+        assert review_main(["import", str(run_dir), str(f)]) == 0
+        assert db.current(conn)[item]["carol"]["verdict"] == "swap" and len(db.history(conn)) == n
+    assert "1 row(s) skipped: a later row" in first  # says which row counted
+    assert "imported 0 verdicts (1 unchanged" in capsys.readouterr().out
+
+
+def test_import_before_any_serve_or_export_works(run_dir, tmp_path, capsys):
+    assert not (run_dir / db.FILE).exists()
+    item = jl(run_dir / "review_queue.jsonl")[0]["id"]
+    f = tmp_path / "v.jsonl"
+    f.write_text(json.dumps({"id": item, "reviewer": "carol", "verdict": "reject"}) + "\n")
+    assert review_main(["import", str(run_dir), str(f)]) == 0, capsys.readouterr().err
+    assert db.current(db.connect(run_dir / db.FILE))[item]["carol"]["verdict"] == "reject"
+
+
+TURNS = [{"role": "system", "content": "You are the billing desk."},
+         {"role": "user", "content": "First question about my invoice."},
+         {"role": "assistant", "content": "An earlier answer from the desk."},
+         {"role": "user", "content": "And the follow-up?"}]
+
+
+def test_multi_turn_prompt_shows_every_turn_in_the_api_and_the_csv(run_dir, tmp_path):
+    queue = jl(run_dir / "review_queue.jsonl")
+    queue[0]["prompt"] = TURNS
+    (run_dir / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
+    conn = db.open_run(run_dir)
+    f = tmp_path / "out.csv"
+    exchange.export(conn, f)
+    conn.close()
+    import csv
+    row = next(r for r in csv.DictReader(f.open(newline="")) if r["id"] == queue[0]["id"])
+    assert row["system"] == "You are the billing desk."
+    assert row["prompt"] == ("user: First question about my invoice.\n\nassistant: An earlier answer from the desk."
+                             "\n\nuser: And the follow-up?")
+    srv = serve(run_dir, blind=True)
+    try:
+        assert call(srv, f"/api/item/{queue[0]['id']}")[1]["item"]["prompt"] == TURNS  # page.js shows each turn
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_database_is_checked_once_at_start_not_per_request(run_dir, monkeypatch):
+    statements = []
+    real = sqlite3.connect
+
+    def traced(*a, **k):
+        conn = real(*a, **k)
+        conn.set_trace_callback(statements.append)
+        return conn
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    ReviewServer(run_dir, port=0).server_close()
+    assert sum("quick_check" in s for s in statements) == 1  # at start
+    srv = serve(run_dir)
+    try:
+        item = call(srv, "/api/state")[1]["items"][0]["id"]
+        statements.clear()
+        for _ in range(3):
+            assert call(srv, f"/api/item/{item}")[0] == 200
+        assert call(srv, "/api/verdict", {"item": item, "verdict": "accept"})[0] == 200
+        assert statements and not [s for s in statements if "quick_check" in s]  # 4 requests, no check
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_serve_on_a_port_out_of_range_is_one_line(run_dir, capsys):
+    assert review_main(["serve", str(run_dir), "--port", "99999"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--port: 99999 is not a port number" in err[0]
+
+
+def test_invite_links_use_the_port_serve_uses(run_dir, capsys):
+    srv = serve(run_dir)  # port 0: a free port, not 8765
+    try:
+        port = srv.server_address[1]
+        assert port != 8765
+        capsys.readouterr()
+        assert review_main(["invite", str(run_dir), "dana"]) == 0
+        link = capsys.readouterr().out.strip()
+        assert link.startswith(f"http://127.0.0.1:{port}/?token=")
+        assert review_main(["invite", str(run_dir), "erin", "--public-url", "https://r.example.org"]) == 0
+        assert capsys.readouterr().out.startswith("https://r.example.org/?token=")  # told otherwise: as told
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_v4_database_is_upgraded_old_sessions_end_and_search_and_ab_key_are_filled(run_dir):
+    path = run_dir / db.FILE
+    conn = sqlite3.connect(path, isolation_level=None)
+    for m in db.MIGRATIONS[:4]:
+        if callable(m):
+            m(conn)
+        else:
+            conn.executescript(m)
+    conn.execute("PRAGMA user_version = 4")
+    it = jl(run_dir / "review_queue.jsonl")[0]
+    conn.execute("INSERT INTO items(id, payload, added_at, content_hash, routed_by) VALUES (?, ?, 't', ?, '')",
+                 (it["id"], json.dumps(it), db.content_hash(it)))
+    used, fresh = "used-token", "fresh-token"
+    conn.executemany("INSERT INTO tokens(name, role, token_hash, created_at) VALUES (?, 'reviewer', ?, 't')",
+                     [("ann", auth._hash(used)), ("ben", auth._hash(fresh))])
+    conn.execute("INSERT INTO sessions VALUES (?, 1, 't')", (auth._hash("old-session"),))
+    conn.close()
+    conn = db.open_run(run_dir)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5 and len(db.get_meta(conn, "ab_key")) == 64
+    assert auth.by_session(conn, "old-session") is None  # it never expired before v5: it ends now
+    assert auth.redeem(conn, used) is None and auth.redeem(conn, fresh)[0].name == "ben"
+    from cai_gen.review import api
+    assert it["id"] in [i["id"] for i in api.listing(conn, "ann", q=it["revision"])["items"]]  # search filled
+    assert api.listing(conn, "ann", q='"revision"')["matched"] == 0

@@ -1,18 +1,22 @@
 """Review server access (issue 15): invite tokens and sessions, requests from other sites, blind A/B verdicts,
 too-fast verdicts and position bias, a 5,000-item queue, and spreadsheet-safe CSV. Fake backend, no browser."""
 import csv
+import hashlib
 import http.client
 import json
 import logging
 import shutil
+from datetime import datetime
+from urllib.parse import quote
 
 import pytest
 
+from cai_gen.errors import UserError
 from cai_gen.review import api, db, exchange, merge
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
-from .test_review import base_run, call, invite, jl, run_dir, serve  # noqa: F401  (fixtures)
+from .test_review import base_run, call, invite, jl, run_dir, serve, session  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -43,10 +47,16 @@ def host(srv) -> str:
     return f"127.0.0.1:{srv.server_address[1]}"
 
 
-def sign_in(srv, token: str) -> tuple[str, str]:
-    """(cookie, csrf) the way the page gets them: the invite link, then /api/state."""
-    code, h, _ = raw(srv, "GET", f"/?token={token}", {"Host": host(srv)})
-    assert code == 303 and h["Location"] == "/"
+def signin(srv, token: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """The page's confirmation POST for an invite token."""
+    return raw(srv, "POST", "/api/signin", {"Host": host(srv), "Content-Type": "application/json", **(headers or {})},
+               json.dumps({"token": token}).encode())
+
+
+def sign_in(srv, name: str) -> tuple[str, str]:
+    """(cookie, csrf) the way the page gets them: a new invite for NAME confirmed, then /api/state."""
+    code, h, _ = signin(srv, invite(srv.run_dir, name)[name])
+    assert code == 200
     cookie = h["Set-Cookie"].split(";")[0]
     code, _, body = raw(srv, "GET", "/api/state", {"Host": host(srv), "Cookie": cookie})
     assert code == 200
@@ -67,12 +77,70 @@ def stored(srv) -> list[dict]:
 
 # ---- identity ------------------------------------------------------------------------------------------
 
-def test_invite_link_sets_a_strict_httponly_cookie_and_a_bad_link_is_401(server):
-    code, h, _ = raw(server, "GET", f"/?token={server.tokens['alice']}", {"Host": host(server)})
+def test_confirmed_invite_sets_a_strict_httponly_cookie_and_a_bad_link_is_401(server, run_dir):  # noqa: F811
+    token = invite(run_dir, "dana")["dana"]
+    code, r = call(server, "/api/invite", {"token": token}, who=None)
+    assert code == 200 and r == {"reviewer": "dana", "role": "reviewer"}  # the confirm page names whose link
+    code, h, body = signin(server, token)
     attrs = {a.strip() for a in h["Set-Cookie"].split(";")[1:]}
-    assert code == 303 and attrs == {"HttpOnly", "SameSite=Strict", "Path=/"}
-    code, _, body = raw(server, "GET", "/?token=not-a-token", {"Host": host(server)})
-    assert code == 401 and b"not valid" in body
+    assert code == 200 and attrs == {"HttpOnly", "SameSite=Strict", "Path=/", f"Max-Age={24 * 3600}"}
+    assert json.loads(body)["reviewer"] == "dana"
+    bearer = {"Authorization": "Bearer " + h["Set-Cookie"].split(";")[0].split("=", 1)[1]}  # what a script sends
+    assert call(server, "/api/state", headers=bearer, who=None)[1]["reviewer"] == "dana"
+    assert signin(server, "not-a-token")[0] == 401
+    assert call(server, "/api/invite", {"token": "not-a-token"}, who=None)[0] == 401
+
+
+def test_an_invite_link_works_once(server, run_dir):  # noqa: F811
+    token = invite(run_dir, "dana")["dana"]
+    assert signin(server, token)[0] == 200
+    code, h, body = signin(server, token)  # a second browser, or someone who copied the link
+    assert code == 401 and "Set-Cookie" not in h and b"already used" in body
+    assert call(server, "/api/invite", {"token": token}, who=None)[0] == 401
+    # nor is an invite a bearer credential any more: only a session is
+    assert call(server, "/api/state", headers={"Authorization": f"Bearer {token}"}, who=None)[0] == 401
+
+
+def test_login_csrf_a_get_with_an_attackers_token_signs_nobody_in(server, run_dir):  # noqa: F811
+    token = invite(run_dir, "mallory")["mallory"]
+    # what a hostile page does: navigate the reviewer's browser to the attacker's own invite link
+    code, h, body = raw(server, "GET", f"/?token={token}", {"Host": host(server)})
+    assert code == 200 and "Set-Cookie" not in h and b"cai_gen review" in body  # the page, asking to confirm
+    conn = db.connect(server.db_path)
+    assert conn.execute("SELECT count(*) FROM sessions s JOIN tokens t ON t.id = s.token_id "
+                        "WHERE t.name = 'mallory'").fetchone()[0] == 0
+    conn.close()
+    # nor can it post the confirmation itself: a form or text/plain post, or any post from its origin, is 403
+    form = f"token={token}".encode()
+    assert raw(server, "POST", "/api/signin", {"Host": host(server), "Content-Type":
+                                               "application/x-www-form-urlencoded"}, form)[0] == 403
+    assert signin(server, token, {"Content-Type": "text/plain"})[0] == 403
+    assert signin(server, token, {"Origin": "http://evil.example"})[0] == 403
+    assert signin(server, token)[0] == 200  # the invite was not used up by any of that
+
+
+def test_sessions_end_after_session_hours(run_dir):  # noqa: F811
+    srv = serve(run_dir, session_hours=2)
+    try:
+        code, h, body = signin(srv, invite(run_dir, "dana")["dana"])
+        assert code == 200 and "Max-Age=7200" in h["Set-Cookie"]
+        cookie = h["Set-Cookie"].split(";")[0]
+        assert raw(srv, "GET", "/api/state", {"Host": host(srv), "Cookie": cookie})[0] == 200
+        conn = db.connect(srv.db_path)
+        created, expires = conn.execute("SELECT created_at, expires_at FROM sessions WHERE token_id = "
+                                        "(SELECT id FROM tokens WHERE name = 'dana')").fetchone()
+        assert (datetime.fromisoformat(expires) - datetime.fromisoformat(created)).total_seconds() == 7200
+        assert json.loads(body)["expires_at"] == expires
+        # two hours later (the stored end moved back instead of waiting)
+        conn.execute("UPDATE sessions SET expires_at = '2000-01-01T00:00:00+00:00'")
+        conn.close()
+        assert raw(srv, "GET", "/api/state", {"Host": host(srv), "Cookie": cookie})[0] == 401
+        assert call(srv, "/api/state")[0] == 401  # a bearer session ends the same way
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    with pytest.raises(UserError, match="--session-hours"):
+        ReviewServer(run_dir, port=0, session_hours=0)
 
 
 def test_no_token_is_401_everywhere(server):
@@ -93,9 +161,12 @@ def test_a_verdict_is_stored_as_the_token_holder_whatever_the_body_says(server):
 
 
 def test_revoked_token_and_its_sessions_are_401(server, run_dir, capsys):  # noqa: F811
-    cookie, csrf = sign_in(server, server.tokens["bob"])
+    cookie, csrf = sign_in(server, "bob")
+    unused = invite(run_dir, "bob")["bob"]
     assert review_main(["revoke", str(run_dir), "bob"]) == 0
+    assert "2 session(s) ended" in capsys.readouterr().out  # the bearer one and the cookie one
     assert call(server, "/api/state", who="bob")[0] == 401
+    assert signin(server, unused)[0] == 401  # an invite not used yet is revoked too
     code, _, _ = raw(server, "GET", "/api/state", {"Host": host(server), "Cookie": cookie})
     assert code == 401
     assert call(server, "/api/state", who="alice")[0] == 200  # others keep working
@@ -113,7 +184,7 @@ def test_cli_invite_prints_a_working_link_and_lists_reviewers(server, run_dir, c
     hashes = [h for (h,) in conn.execute("SELECT token_hash FROM tokens")]
     conn.close()
     assert token not in hashes and len(hashes) == 4  # only hashes are stored
-    server.tokens["dana"] = token
+    server.tokens["dana"] = session(run_dir, token)
     assert call(server, "/api/state", who="dana")[1]["role"] == "admin"
     assert review_main(["reviewers", str(run_dir)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -124,7 +195,7 @@ def test_cli_invite_prints_a_working_link_and_lists_reviewers(server, run_dir, c
 
 def test_stats_are_for_admins(server, run_dir):  # noqa: F811
     assert call(server, "/api/stats")[0] == 403
-    server.tokens["root"] = invite(run_dir, "root", role="admin")["root"]
+    server.tokens["root"] = session(run_dir, invite(run_dir, "root", role="admin")["root"])
     call(server, "/api/verdict", {"item": first_item(server), "verdict": "accept", "seconds": 2}, who="bob")
     code, st = call(server, "/api/stats", who="root")
     assert code == 200 and st["reviewers"]["bob"]["too_fast"] == 1
@@ -133,7 +204,7 @@ def test_stats_are_for_admins(server, run_dir):  # noqa: F811
 # ---- other sites ---------------------------------------------------------------------------------------
 
 def test_cross_site_text_plain_post_is_403(server):
-    cookie, _ = sign_in(server, server.tokens["alice"])
+    cookie, _ = sign_in(server, "alice")
     body = json.dumps({"item": first_item(server), "verdict": "swap"}).encode()
     # what <form enctype=text/plain> or fetch(..., {mode: "no-cors"}) on evil.example sends with alice's cookie
     code, _, _ = raw(server, "POST", "/api/verdict", {"Host": host(server), "Cookie": cookie,
@@ -147,7 +218,7 @@ def test_cross_site_text_plain_post_is_403(server):
 
 
 def test_form_post_is_403_and_a_cookie_write_needs_the_csrf_token(server):
-    cookie, csrf = sign_in(server, server.tokens["alice"])
+    cookie, csrf = sign_in(server, "alice")
     item = first_item(server)
     form = f"item={item}&verdict=swap".encode()
     code, _, _ = raw(server, "POST", "/api/verdict", {"Host": host(server), "Cookie": cookie,
@@ -197,7 +268,7 @@ def test_non_loopback_host_needs_an_invite_and_a_public_url(base_run, tmp_path, 
     assert review_main(["serve", str(run), "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invite reviewers first" in err[0]
-    token = invite(run, "alice")["alice"]
+    token = session(run, invite(run, "alice")["alice"])
     with pytest.raises(Exception, match="--public-url"):
         ReviewServer(run, host="0.0.0.0", port=0)
     srv = ReviewServer(run, host="0.0.0.0", port=0, public_url="https://review.example.org/")
@@ -220,7 +291,7 @@ def test_blind_verdicts_are_mapped_back_with_the_position_shown(run_dir):  # noq
     srv = serve(run_dir, blind=True)
     try:
         items = jl(run_dir / "review_queue.jsonl")
-        firsts = {api.shown_first(srv.seed, it["id"], "alice") for it in items}
+        firsts = {api.shown_first(srv.ab_key, it["id"], "alice") for it in items}
         assert firsts == {"revision", "original"}  # both orders occur
         for it in items:
             code, shown = call(srv, f"/api/item/{it['id']}")
@@ -228,7 +299,7 @@ def test_blind_verdicts_are_mapped_back_with_the_position_shown(run_dir):  # noq
             assert not {"original", "revision", "judge", "flags"} & set(shown["item"])  # nothing names the order
             assert all(set(r) == {"principle", "critique_request"} for r in shown["item"]["rounds"])
             a = shown["item"]["answers"]["A"]
-            assert a == (it["revision"] if api.shown_first(srv.seed, it["id"], "alice") == "revision"
+            assert a == (it["revision"] if api.shown_first(srv.ab_key, it["id"], "alice") == "revision"
                          else it["original"])
             assert call(srv, "/api/verdict", {"item": it["id"], "verdict": "A", "seconds": 12.5})[0] == 200
         assert call(srv, "/api/verdict", {"item": items[0]["id"], "verdict": "accept"})[0] == 400
@@ -327,3 +398,71 @@ def test_csv_export_escapes_formula_cells_and_import_restores_them(run_dir, tmp_
     assert review_main(["import", str(run_dir), str(f)]) == 0
     cur = db.current(db.connect(run_dir / db.FILE))
     assert [cur[ids[k]]["bob"]["chosen"] for k in range(len(texts))] == texts
+
+
+# ---- issue 24: blind mode cannot be unblinded ----------------------------------------------------------
+
+def test_search_cannot_tell_which_answer_is_the_revision(run_dir):  # noqa: F811
+    srv = serve(run_dir, blind=True)
+    try:
+        recovered, found = 0, 0
+        items = jl(run_dir / "review_queue.jsonl")
+        for it in items:
+            ans = call(srv, f"/api/item/{it['id']}")[1]["item"]["answers"]
+            a, b = ans["A"], ans["B"]
+            # the attack from the issue: the stored JSON's field names next to answer A's first words
+            for q in (f'"revision": "{a[:20]}', f'"original": "{a[:20]}', f"revision {a[:20]}",
+                      a[-15:] + "\n" + b[:15], a[-15:] + " " + b[:15],  # across the end of A and start of B
+                      a[-15:] + "\x00" + b[:15]):
+                st = call(srv, "/api/state?q=" + quote(q))[1]
+                recovered += any(i["id"] == it["id"] for i in st["items"])
+            st = call(srv, "/api/state?q=" + quote(a[:20]))[1]  # what the reviewer is shown still matches
+            found += any(i["id"] == it["id"] for i in st["items"])
+        assert recovered == 0 and found == len(items)
+        critique = items[0]["rounds"][0]["critique"][:25]
+        assert call(srv, "/api/state?q=" + quote(critique))[1]["matched"] == 0  # not shown when blind
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    conn = db.connect(run_dir / db.FILE)
+    assert api.listing(conn, "alice", q=critique, blind=False)["matched"] >= 1  # the labelled view shows it
+    conn.close()
+
+
+def test_ab_order_is_keyed_by_a_random_secret_kept_in_the_database(base_run, tmp_path):  # noqa: F811
+    runs = [tmp_path / "one", tmp_path / "two"]
+    for r in runs:
+        shutil.copytree(base_run, r)
+    one = [big_queue(r, 200) for r in runs][0]
+    keys = []
+    for r in runs:
+        srv = serve(r, blind=True)
+        try:
+            keys.append(srv.ab_key)
+            st = call(srv, "/api/state")[1]
+            assert srv.ab_key not in json.dumps(st)  # never sent to a page
+            for it in one[:5]:
+                shown = call(srv, f"/api/item/{it['id']}")[1]
+                assert srv.ab_key not in json.dumps(shown)
+                first = api.shown_first(srv.ab_key, it["id"], "alice")
+                assert shown["item"]["answers"]["A"] == it[first]
+        finally:
+            srv.shutdown()
+            srv.server_close()
+    assert len(bytes.fromhex(keys[0])) == 32 and keys[0] != keys[1]  # random, per database: same run, same seed
+    conn = db.open_run(runs[0])
+    assert db.get_meta(conn, "ab_key") == keys[0]  # made once: a restart keeps every reviewer's order
+    conn.close()
+    # the old order, a hash anyone could compute from the run seed (0), the item and the reviewer, now predicts
+    # the order no better than a coin
+    old = lambda i: "revision" if hashlib.sha256(f"0:{i}:alice".encode()).digest()[0] & 1 else "original"  # noqa: E731
+    agree = sum(old(it["id"]) == api.shown_first(keys[0], it["id"], "alice") for it in one)
+    assert 60 < agree < 140  # of 200; binomial sd 7
+
+
+def big_queue(run, n: int) -> list[dict]:
+    one = jl(run / "review_queue.jsonl")[0]
+    queue = [{**one, "id": f"q{i:04d}-s0", "original": f"original text {i}", "revision": f"revised text {i}"}
+             for i in range(n)]
+    (run / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
+    return queue

@@ -26,6 +26,8 @@ pytestmark = [
                        reason="no chromium/chromedriver: run `bash setup.sh --test`"),
 ]
 HTML_PROMPT = "Is <b>this</b> bold? <img src=x onerror=\"document.title='pwned'\"> {{ 7*7 }}"
+TURNS = [{"role": "user", "content": "I was billed in March."}, {"role": "assistant", "content": "Which plan?"},
+         {"role": "user", "content": "The yearly one, billed twice."}]
 
 
 @pytest.fixture(params=[False], ids=["labelled"])
@@ -35,7 +37,8 @@ def page(tmp_path, request):
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p, "domain": "billing"}) + "\n" for i, p in
-                               enumerate([HTML_PROMPT, "Why was I charged twice?", "Cancel my plan."])))
+                               enumerate([HTML_PROMPT, "Why was I charged twice?", "Cancel my plan."]))
+                       + json.dumps({"id": "multi", "messages": TURNS, "domain": "billing"}) + "\n")
     cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "review.domains=[billing]")
     run = tmp_path / "run"
     pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
@@ -73,6 +76,19 @@ def ui(driver):
             lambda: el("item-id").text, lambda: el("progress-text").text)
 
 
+def sign_in(driver, link: str, name: str, replaces: str | None = None) -> None:
+    """Open an invite link: the page names whose it is and signs in only on the click (no login CSRF)."""
+    el, wait, *_ = ui(driver)
+    driver.get(link)
+    wait(lambda: el("b-signin").is_displayed())
+    text = el("signin-text").text
+    assert f"signs you in as {name}" in text and "works once" in text
+    assert ("You are signed in as " + replaces) in text if replaces else "You are signed in" not in text
+    assert "token" not in driver.current_url  # gone from the address bar and the history
+    el("b-signin").click()
+    wait(lambda: not el("signin").is_displayed())
+
+
 def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -83,9 +99,13 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     assert len(ids) >= 5
     el, wait, keys, shown, progress = ui(driver)
 
-    driver.get(srv.links["alice"])
+    driver.get(srv.links["alice"])                 # opening the link alone signs nobody in
+    wait(lambda: el("b-signin").is_displayed())
+    conn = db.connect(srv.db_path)
+    assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0
+    conn.close()
+    sign_in(driver, srv.links["alice"], "alice")
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
-    assert "token" not in driver.current_url  # traded for the cookie and gone from the address bar
     # model and prompt text is data: shown verbatim, never parsed as HTML or a template
     assert el("prompt").text == HTML_PROMPT
     assert driver.execute_script("return document.querySelectorAll('#prompt b, #prompt img').length") == 0
@@ -120,7 +140,10 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     wait(lambda: "your verdict: reject" in el("status").text)
     assert el("comment").get_attribute("value") == "a sarcastic tone"
 
-    driver.get(srv.links["bob"])                   # a second reviewer signs in on the same browser
+    driver.get(srv.links["alice"])                 # the link worked once
+    wait(lambda: "not valid (already used" in el("signin-text").text)
+    assert not el("b-signin").is_displayed()
+    sign_in(driver, srv.links["bob"], "bob", replaces="alice")  # a second reviewer on the same browser
     wait(lambda: progress() == f"0 / {len(ids)} reviewed by bob" and shown() == ids[0])
     driver.find_element(By.TAG_NAME, "body").click()
     keys("a")                                      # agrees with alice on item 0
@@ -145,6 +168,12 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     review = json.loads((run / "summary.json").read_text())["review"]
     assert review["agreement"]["comparisons"] == 2 and review["agreement"]["agreement"] == 0.5
 
+    multi = next(it for it in items if len(it["prompt"]) > 1)  # a multi-turn prompt: every turn is shown
+    el("search").send_keys(multi["id"], Keys.ENTER)
+    wait(lambda: shown() == multi["id"])
+    assert el("prompt").text.splitlines() == ["user: I was billed in March.", "assistant: Which plan?",
+                                              "user: The yearly one, billed twice."]
+
 
 @pytest.mark.parametrize("page", [True], indirect=True, ids=["blind"])
 def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
@@ -157,7 +186,7 @@ def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
     ids = [it["id"] for it in items]
     el, wait, keys, shown, progress = ui(driver)
 
-    driver.get(srv.links["alice"])
+    sign_in(driver, srv.links["alice"], "alice")
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
     assert el("whoami").text == "reviewing as alice · blind"
     labels = " ".join(e.get_attribute("textContent") for e in driver.find_elements(
@@ -165,7 +194,7 @@ def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
     assert "original" not in labels and "revision" not in labels and "critique" not in labels
     assert el("title-a").get_attribute("textContent") == "Answer A"
     assert el("title-b").get_attribute("textContent") == "Answer B"
-    first = [shown_first(srv.seed, i, "alice") for i in ids]
+    first = [shown_first(srv.ab_key, i, "alice") for i in ids]
     a0 = items[0]["revision"] if first[0] == "revision" else items[0]["original"]
     assert el("answer-a").text == a0
     # the guidelines: the rubric and this pair's principles, folded until opened

@@ -1,9 +1,9 @@
 """python -m cai_gen.review {invite,revoke,reviewers,serve,status,merge,export,import} RUN_DIR ...
 
-  invite RUN_DIR NAME [--role reviewer|admin] [--public-url URL]   a sign-in link for NAME (shown once)
+  invite RUN_DIR NAME [--role reviewer|admin] [--public-url URL]   a single-use sign-in link for NAME (shown once)
   revoke RUN_DIR NAME                              NAME's links and sessions stop working
-  reviewers RUN_DIR                                who is invited, role, revoked, verdicts
-  serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind]   the review page
+  reviewers RUN_DIR                                who is invited, role, used, revoked, verdicts
+  serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind] [--session-hours 24]   the page
   status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement
   merge RUN_DIR [--ignore-too-fast]                apply verdicts -> RUN_DIR/reviewed/, card and summary updated
   export RUN_DIR FILE [--format jsonl|csv]         items + verdicts so far, for another annotation tool
@@ -26,20 +26,23 @@ def _invites(a) -> None:
     conn = db.open_run(a.run_dir, create=a.cmd == "invite")
     try:
         if a.cmd == "invite":
-            base = auth.public_url(a.public_url) or LOCAL
+            # the address `serve` last used (its real port, or its --public-url), unless told another
+            base = auth.public_url(a.public_url) or db.get_meta(conn, "serve_url") or LOCAL
             token = auth.invite(conn, a.name, a.role)
             print(f"{base}?token={token}")
             print(f"  ({a.role} {a.name}: send this link privately; only its hash is stored, so it is shown once. "
-                  f"`revoke {a.run_dir} {a.name}` ends it)", file=sys.stderr)
+                  f"It signs in once, after a confirmation click; `revoke {a.run_dir} {a.name}` ends it)",
+                  file=sys.stderr)
         elif a.cmd == "revoke":
-            n = auth.revoke(conn, a.name)
-            print(f"revoked {n} link(s) of {a.name}; their sessions end at once")
+            n, ended = auth.revoke(conn, a.name)
+            print(f"revoked {n} link(s) of {a.name}; {ended} session(s) ended")
         else:
             rs = auth.reviewers(conn)
             if not rs:
                 print("no reviewers invited yet (python -m cai_gen.review invite RUN_DIR NAME)")
             for r in rs:
-                state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
+                state = (f"revoked {r['revoked_at']}" if r["revoked_at"] else
+                         f"signed in {r['used_at']}" if r["used_at"] else "not used yet")
                 print(f"  {r['name']:<20} {r['role']:<8} invited {r['created_at']}  {state}  {r['verdicts']} verdict(s)")
     finally:
         conn.close()
@@ -63,6 +66,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--port", type=int, default=8765, help="0 picks a free port")
     s.add_argument("--public-url", help="the address reviewers open, behind a TLS reverse proxy (Host check)")
     s.add_argument("--unblind", action="store_true", help="label the answers original/revision (default: A/B)")
+    s.add_argument("--session-hours", type=float, default=24.0,
+                   help="a sign-in lasts this long; then the reviewer needs a new invite (default 24)")
     sub.add_parser("status", help="review progress and agreement").add_argument("run_dir", type=Path)
     m = sub.add_parser("merge", help="apply verdicts into RUN_DIR/reviewed/")
     m.add_argument("run_dir", type=Path)
@@ -80,7 +85,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
 def _serve(a) -> None:
     from .server import ReviewServer
 
-    srv = ReviewServer(a.run_dir, a.host, a.port, blind=not a.unblind, public_url=a.public_url)
+    srv = ReviewServer(a.run_dir, a.host, a.port, blind=not a.unblind, public_url=a.public_url,
+                       session_hours=a.session_hours)
     c = srv.changes
     if c.get("refreshed") or c.get("retired"):  # why a reviewer's progress went down after a rerun
         print(f"cai_gen review: the run changed: {c['refreshed']} item(s) show new text (verdicts on the old text "
@@ -148,7 +154,7 @@ def _merge(a) -> None:
 def _exchange(a) -> None:
     from . import db, exchange
 
-    conn = db.open_run(a.run_dir, create=a.cmd == "export")
+    conn = db.open_run(a.run_dir)  # import too: verdicts may come from another tool before any serve/export
     try:
         if a.cmd == "export":
             n = exchange.export(conn, a.file, a.format)
@@ -157,6 +163,9 @@ def _exchange(a) -> None:
             r = exchange.load(conn, a.file, a.format, a.reviewer)
             print(f"imported {r['imported']} verdicts ({r['unchanged']} unchanged, "
                   f"{r['blank']} rows without a verdict)")
+            if r["superseded"]:
+                print(f"  {r['superseded']} row(s) skipped: a later row of the file is for the same item and "
+                      "reviewer (the last one counts)")
             if r["stale"]:
                 print(f"  {r['stale']} of them on text a rerun has since changed: kept in the history, not applied")
     finally:

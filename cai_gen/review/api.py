@@ -2,13 +2,15 @@
 labelled), and a verdict from the page mapped to what is stored.
 
 Blind mode (the default): the page never learns which answer is the revision. Each (item, reviewer) gets a
-seeded coin flip for which answer is shown as A; the critiques, the judge's notes and the flags are left out
+coin flip keyed with the database's random `ab_key` (db.py) for which answer is shown as A; the critiques, the judge's notes and the flags are left out
 (a critique describes the original's flaws, so it would give the order away); the verdict comes back as
 A / B / reject / edit and is stored as accept / swap with `shown_first`, so position bias can be measured.
+Search matches only the text the page shows, field by field (db.search_text).
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 from ..errors import UserError
@@ -29,9 +31,11 @@ def rubric(run_cfg: dict) -> list[dict]:
     return [{"name": n, "text": RUBRIC.get(n, "")} for n in names]
 
 
-def shown_first(seed: int, item_id: str, reviewer: str) -> str:
-    """Which answer is A for this reviewer on this item: stable across reloads, independent across reviewers."""
-    h = hashlib.sha256(f"{seed}:{item_id}:{reviewer}".encode("utf-8", "surrogatepass")).digest()
+def shown_first(key: str, item_id: str, reviewer: str) -> str:
+    """Which answer is A for this reviewer on this item: stable across reloads, independent across reviewers,
+    and unknowable without `key` (a hash of the seed, item and name was not: anyone could compute it)."""
+    msg = json.dumps([item_id, reviewer]).encode()  # unambiguous, whatever the id holds
+    h = hmac.new(key.encode(), msg, hashlib.sha256).digest()
     return "revision" if h[0] & 1 else "original"
 
 
@@ -42,15 +46,15 @@ def _mine(reviewer: str) -> tuple[str, tuple]:
 
 
 def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = "", after: int = -1,
-            blind: bool = True, seed: int = 0) -> dict:
+            blind: bool = True, key: str = "") -> dict:
     """One page of the queue (optionally only items matching `q`), the reviewer's progress, and where the
     reviewer's next unreviewed item is (`first_todo`, and `todo_after` the position `after`), as positions
-    in the matching list. Reads only the id/domain/routing columns, never the payloads' JSON."""
+    in the matching list. Reads only the id/domain/routing/search columns, never the payloads' JSON."""
     mine_q, mine_args = _mine(reviewer)
     where, args = "i.retired_at IS NULL", []
     if q:  # instr, not LIKE: % and _ in a search are plain characters
-        where += " AND instr(lower(i.id || ' ' || coalesce(i.domain, '') || ' ' || i.routed_by || ' ' || i.payload), lower(?)) > 0"
-        args.append(q)
+        where += f" AND instr(i.{'search' if blind else 'search_labelled'}, ?) > 0"
+        args.append(db.search_query(q))
     rows = conn.execute(f"SELECT i.id, i.domain, i.routed_by, m.verdict FROM items i LEFT JOIN ({mine_q}) m "
                         f"ON m.item_id = i.id WHERE {where} ORDER BY i.rowid", (*mine_args, *args)).fetchall()
     total = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
@@ -64,19 +68,19 @@ def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = ""
             "limit": limit, "q": q, "first_todo": todo[0] if todo else None,
             "todo_after": next((k for k in todo if k > after), None),
             "items": [{"id": i, "domain": d, "routed_by": [w for w in why.split(",") if w],
-                       "verdict": _as_shown(v, blind, seed, i, reviewer), "reviews": counts.get(i, 0)}
+                       "verdict": _as_shown(v, blind, key, i, reviewer), "reviews": counts.get(i, 0)}
                       for i, d, why, v in page]}
 
 
-def _as_shown(verdict: str | None, blind: bool, seed: int, item_id: str, reviewer: str) -> str | None:
+def _as_shown(verdict: str | None, blind: bool, key: str, item_id: str, reviewer: str) -> str | None:
     """A stored verdict as the page names it: accept/swap become the letter the reviewer saw in blind mode."""
     if not blind or verdict not in ("accept", "swap"):
         return verdict
-    first = shown_first(seed, item_id, reviewer)
+    first = shown_first(key, item_id, reviewer)
     return "A" if (verdict == "accept") == (first == "revision") else "B"
 
 
-def item(conn, item_id: str, reviewer: str, blind: bool, seed: int) -> dict | None:
+def item(conn, item_id: str, reviewer: str, blind: bool, key: str) -> dict | None:
     row = conn.execute("SELECT payload, content_hash FROM items WHERE id = ? AND retired_at IS NULL",
                        (item_id,)).fetchone()
     if row is None:
@@ -85,9 +89,9 @@ def item(conn, item_id: str, reviewer: str, blind: bool, seed: int) -> dict | No
     mine = votes.get(reviewer)
     if mine:
         mine = {k: mine[k] for k in ("verdict", "chosen", "comment", "at")}
-        mine["verdict"] = _as_shown(mine["verdict"], blind, seed, item_id, reviewer)
+        mine["verdict"] = _as_shown(mine["verdict"], blind, key, item_id, reviewer)
     if blind:
-        first = shown_first(seed, item_id, reviewer)
+        first = shown_first(key, item_id, reviewer)
         a, b = (it["revision"], it["original"]) if first == "revision" else (it["original"], it["revision"])
         it = {"id": it["id"], "domain": it.get("domain"), "routed_by": it["routed_by"], "prompt": it["prompt"],
               "rounds": [{"principle": r["principle"], "critique_request": r["critique_request"]}
@@ -95,13 +99,13 @@ def item(conn, item_id: str, reviewer: str, blind: bool, seed: int) -> dict | No
     return {"item": it, "hash": row[1], "mine": mine, "reviews": len(votes), "blind": blind}
 
 
-def verdict(conn, body: dict, reviewer: str, blind: bool, seed: int) -> dict:
+def verdict(conn, body: dict, reviewer: str, blind: bool, key: str) -> dict:
     """Store a verdict from the page for `reviewer` (the token's name: a `reviewer` in the body is ignored)."""
     item_id, shown, v = str(body.get("item")), None, body.get("verdict")
     if blind:
         if v not in BLIND:
             raise UserError(f"verdict: {v!r} is not one of {', '.join(BLIND)} (this review is blind)")
-        shown = shown_first(seed, item_id, reviewer)
+        shown = shown_first(key, item_id, reviewer)
         if v in ("A", "B"):  # back to what the letter meant: did the reviewer prefer the revision?
             v = "accept" if (v == "A") == (shown == "revision") else "swap"
     return db.record(conn, item_id, reviewer, v, body.get("chosen"), body.get("comment"),

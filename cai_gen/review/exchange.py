@@ -6,7 +6,8 @@ are ignored on import, except `hash`: the content hash of the text as exported. 
 item's current text (a rerun changed the pair while it was out for annotation) is stored tied to the old text,
 kept in the history and not applied. An import is checked in full before anything is stored (one bad row
 stores nothing), and importing the same file twice adds nothing: a row equal to that reviewer's latest verdict
-on the same text is skipped.
+on the same text is skipped. A file with several rows for one item and reviewer (on the same text) imports only
+its last one: importing all of them would make an earlier row the latest again on every re-import.
 """
 from __future__ import annotations
 
@@ -60,12 +61,20 @@ def rows(conn) -> list[dict]:
     return out
 
 
+def conversation(msgs: list[dict]) -> str:
+    """Every turn after the system prompt: one turn as its text, several as "role: text" blocks, oldest first."""
+    turns = [m for m in msgs if m["role"] != "system"]
+    if len(turns) == 1:
+        return turns[0]["content"]
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in turns)
+
+
 def flat(r: dict) -> dict:
     it = r["item"]
-    system = next((m["content"] for m in it["prompt"] if m["role"] == "system"), "")
+    system = "\n".join(m["content"] for m in it["prompt"] if m["role"] == "system")
     return {"id": it["id"], "hash": r["hash"], "domain": it.get("domain") or "",
             "routed_by": ",".join(it["routed_by"]), "system": system,
-            "prompt": it["prompt"][-1]["content"], "original": it["original"], "revision": it["revision"],
+            "prompt": conversation(it["prompt"]), "original": it["original"], "revision": it["revision"],
             "principles": ",".join(x["principle"] for x in it["rounds"]),
             "critiques": "\n\n".join(x["critique"] for x in it["rounds"]),
             **{k: r[k] or "" for k in VERDICT_FIELDS}}
@@ -101,12 +110,13 @@ def _read(path: Path, fmt: str) -> list[tuple[str, dict]]:
 
 
 def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) -> dict:
-    """Import verdicts. Returns {"imported", "unchanged", "blank", "stale"} counts (stale: imported rows given on
-    text a rerun has since changed)."""
+    """Import verdicts. Returns {"imported", "unchanged", "blank", "stale", "superseded"} counts (stale: imported
+    rows given on text a rerun has since changed; superseded: rows a later row for the same item, reviewer and
+    text replaces)."""
     path = Path(path)
     recs = _read(path, _fmt(path, fmt))
     latest = {(h["item"], h["reviewer"], h["hash"]): h for h in db.history(conn)}  # history is in seq order
-    todo, unchanged, blank, stale = [], 0, 0, 0
+    checked, blank = {}, 0  # (item, reviewer, hash) -> the file's last row for it
     for where, rec in recs:
         get = lambda k: (rec.get(k) if rec.get(k) not in ("", None) else None)  # noqa: E731  (CSV blanks = unset)
         if get("verdict") is None:
@@ -129,11 +139,17 @@ def load(conn, path: Path, fmt: str | None = None, reviewer: str | None = None) 
                                  str(get("hash")) if get("hash") is not None else None)
         except UserError as e:
             raise UserError(f"{where}: {e}") from None
-        old = latest.get((row["item"], row["reviewer"], row["hash"]))
+        key = (row["item"], row["reviewer"], row["hash"])
+        checked.pop(key, None)  # re-inserted: the dict keeps the file's order of last rows
+        checked[key] = row
+    superseded = len(recs) - blank - len(checked)
+    todo, unchanged, stale = [], 0, 0
+    for key, row in checked.items():
+        old = latest.get(key)
         if old and all(old[k] == row[k] for k in ("verdict", "chosen", "comment")):
             unchanged += 1
             continue
         todo.append(row)
         stale += row["hash"] != db.item_hash(conn, row["item"])
     db.insert(conn, todo)  # all rows or none
-    return {"imported": len(todo), "unchanged": unchanged, "blank": blank, "stale": stale}
+    return {"imported": len(todo), "unchanged": unchanged, "blank": blank, "stale": stale, "superseded": superseded}

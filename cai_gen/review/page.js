@@ -1,6 +1,9 @@
 "use strict";
 // The review page. All model and prompt text goes in with textContent: it is data, never HTML.
-// Who reviews comes from the session cookie (set by the invite link), never from anything typed here.
+// Who reviews comes from the session cookie, never from anything typed here. An invite link (/?token=...) signs in
+// only after the reviewer confirms whose link it is: a page on another site that sends this browser to its own
+// invite link (login CSRF) gets no further than the question. The confirmation is a JSON POST, which another
+// site cannot send here; the invite works once.
 const $ = (id) => document.getElementById(id);
 const LIMIT = 100;  // items per list page (the server's most)
 let st = null;      // the last /api/state answer: one page of the (searched) queue, progress, csrf, mode
@@ -13,7 +16,7 @@ function setStatus(msg, bad) { $("status").textContent = msg; $("status").classN
 async function api(path, opts) {
   const r = await fetch(path, Object.assign({credentials: "same-origin"}, opts));
   const body = await r.json();
-  if (r.status === 401) throw new Error("not signed in: open the invite link you were sent");
+  if (r.status === 401) throw new Error("not signed in, or your session ended: open a new invite link");
   if (!r.ok) throw new Error(body.error || r.statusText);
   return body;
 }
@@ -94,7 +97,20 @@ async function show(id) {
   $("item-reviews").textContent = data.reviews + " reviewer(s) so far";
   const sys = current.prompt.filter((m) => m.role === "system").map((m) => m.content).join("\n");
   $("system").textContent = sys ? "system: " + sys : "";
-  $("prompt").textContent = current.prompt[current.prompt.length - 1].content;
+  // every turn of a multi-turn prompt, oldest first, each labelled with who said it; one turn: just its text
+  const turns = current.prompt.filter((m) => m.role !== "system");
+  $("prompt").replaceChildren(...turns.map((m) => {
+    const d = document.createElement("div");
+    d.className = "turn";
+    if (turns.length > 1) {
+      const role = document.createElement("span");
+      role.className = "role";
+      role.textContent = m.role + ": ";
+      d.append(role);
+    }
+    d.append(document.createTextNode(m.content));
+    return d;
+  }));
   const [a, b] = st.blind ? [current.answers.A, current.answers.B] : [current.original, current.revision];
   $("answer-a").textContent = a;
   $("answer-b").textContent = b;
@@ -193,7 +209,41 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "k" || e.key === "ArrowLeft") goTo(pos - 1);
 });
 
-start().catch((e) => {
-  setStatus("could not load: " + e.message, true);
-  $("whoami").textContent = "not signed in";
-});
+async function post(path, body) {  // before a session: no CSRF token yet (the server checks Origin and JSON)
+  const r = await fetch(path, {method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const out = await r.json();
+  if (!r.ok) throw new Error(out.error || r.statusText);
+  return out;
+}
+
+async function confirmInvite(token) {
+  history.replaceState(null, "", "/");  // the token leaves the address bar and the history at once
+  $("signin").hidden = false;
+  let invited;
+  try { invited = await post("/api/invite", {token: token}); }
+  catch (e) { $("signin-text").textContent = e.message; return; }
+  let now = null;
+  try { now = (await api("/api/state?limit=1")).reviewer; } catch (e) { /* not signed in: nothing to replace */ }
+  $("signin-text").textContent = "This invite link signs you in as " + invited.reviewer
+    + (invited.role === "admin" ? " (admin)" : "") + ". It works once."
+    + (now && now !== invited.reviewer ? " You are signed in as " + now + " now: this replaces it." : "")
+    + " If you did not open a link you were sent, close this page.";
+  $("b-signin").hidden = false;
+  $("b-signin").onclick = async () => {
+    try { await post("/api/signin", {token: token}); }
+    catch (e) { $("signin-text").textContent = e.message; $("b-signin").hidden = true; return; }
+    $("signin").hidden = true;
+    load();
+  };
+}
+
+function load() {
+  start().catch((e) => {
+    setStatus("could not load: " + e.message, true);
+    $("whoami").textContent = "not signed in";
+  });
+}
+
+const invite = new URLSearchParams(location.search).get("token");
+if (invite) confirmInvite(invite); else load();
