@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,6 +25,13 @@ class PromptRecord:
     system: str | None = None
     # earlier turns of a multi-turn prompt, oldest first, as (role, content) pairs (hashable); () for one turn
     context: tuple[tuple[str, str], ...] = ()
+    kind: str | None = None          # what kind of request it is (harmful, benign, ...): checks' `when:` matches it
+    # the row's own checks (IFEval-style constraints stated in the prompt), parsed and validated at load
+    checks: tuple = field(default=(), compare=False, hash=False)
+
+    def fields(self) -> dict[str, str]:
+        """The fields a check's `when:` can match."""
+        return {"domain": self.domain, **({"kind": self.kind} if self.kind else {})}
 
     def turns(self) -> list[dict]:
         """The earlier turns as chat messages."""
@@ -94,7 +101,7 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
     text = row["prompt"]
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{where}: field `prompt` must be a non-empty string")
-    for key in ("id", "domain", "system"):
+    for key in ("id", "domain", "system", "kind"):
         if row.get(key) is not None and not isinstance(row[key], (str, int)):
             raise UserError(f"{where}: field `{key}` must be a string")
     for key in ("prompt", "id", "domain", "system"):
@@ -104,7 +111,32 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
     # content-derived, so the same conversation keeps its id across runs and files
     auto = _auto_id(text) if not context else _auto_id(json.dumps([system, context, text]))
     pid = str(row["id"]) if row.get("id") is not None else auto
-    return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context)
+    kind = str(row["kind"]) if row.get("kind") is not None else None
+    return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context, kind,
+                        _checks(row.get("checks"), where))
+
+
+def _checks(specs, where: str) -> tuple:
+    """A prompt row's own `checks` (the same kinds as a constitution's), or one line naming the row and entry."""
+    if specs is None:
+        return ()
+    from pydantic import ValidationError
+
+    from . import checks
+    from .yamlio import pydantic_msg
+
+    if not isinstance(specs, list):
+        raise UserError(f"{where}: field `checks` must be a list of checks ({{id, kind, ...}})")
+    try:
+        out = tuple(checks.parse(specs))
+    except ValidationError as e:
+        err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in checks.kinds())]
+        raise UserError(f"{where}: {pydantic_msg({**err, 'loc': ['checks', *loc]}, {'checks': specs})}") from None
+    if any(c.needs_engine for c in out):
+        raise UserError(f"{where}: checks: a prompt row's checks must be deterministic or classifier checks "
+                        "(judge checks belong to a constitution's principles)")
+    return out
 
 
 class Prompts(list):
@@ -123,7 +155,8 @@ def _dedupe(recs: list[PromptRecord], where: str, keep_duplicates: bool = False)
             continue
         if r.id in seen_id:
             if key in seen_text:  # kept on purpose: same auto id, so number the copy
-                r = PromptRecord(f"{r.id}-dup{i}", r.prompt, r.domain, r.source, r.system, r.context)
+                r = PromptRecord(f"{r.id}-dup{i}", r.prompt, r.domain, r.source, r.system, r.context, r.kind,
+                                 r.checks)
             else:
                 raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {seen_id[r.id] + 1} and {i + 1})")
         seen_id[r.id] = i

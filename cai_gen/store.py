@@ -12,10 +12,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .checks import desirable
 from .review import route
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
-                "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "split"]
+                "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "checks",
+                "verified", "split"]
 SFT_COLUMNS = ["messages", "id", "domain", "origin", "created_at", "split"]
 KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "split"]
 
@@ -194,23 +196,34 @@ def preference(row, cfg, const, created: str) -> dict:
                      "critique_temperature": s.critique_temperature, "critique_top_p": s.critique_top_p},
         "similarity": round(row.similarity, 4) if row.similarity is not None else None,
         "flags": row.flags,
+        # per check: did the original and the chosen answer pass it (null: not asked of that answer)
+        "checks": row.checks,
+        "verified": verified(row.checks),
         "split": split_of(row.prompt.id, cfg.output.test_size),
         **extra,
     }
 
 
+def verified(results: list[dict]) -> bool:
+    """The revision fixed a check the original failed: a pair an outside signal vouches for."""
+    return any(r["original"] is False and r["revision"] is True for r in results)
+
+
 def kto_rows(pref: dict) -> list[dict]:
-    # KTO is unpaired: the revision is a desirable completion, the original an undesirable one.
+    # KTO is unpaired: the revision is a desirable completion (unless a check failed on it), the original an
+    # undesirable one.
     base = {"prompt": pref["prompt"], "id": pref["id"], "domain": pref["domain"], "created_at": pref["created_at"],
             "split": pref["split"]}
-    return [{**base, "completion": pref["chosen"], "label": True},
+    return [{**base, "completion": pref["chosen"], "label": desirable(pref, "revision")},
             {**base, "completion": pref["rejected"], "label": False}]
 
 
 def kto_desirable(u: dict) -> dict:
-    """A no-violation original as a KTO desirable row."""
+    """A no-violation original as a KTO row: desirable, unless one of its checks failed (a gate said NO to a
+    model-judged principle while a checked one fails)."""
     return {"prompt": u["prompt"], "id": u["id"], "domain": u["domain"], "created_at": u["created_at"],
-            "split": u["split"], "completion": [{"role": "assistant", "content": u["original"]}], "label": True}
+            "split": u["split"], "completion": [{"role": "assistant", "content": u["original"]}],
+            "label": desirable(u, "original")}
 
 
 def run_config(run_dir: Path) -> dict:
@@ -233,7 +246,7 @@ def rejected_row(row) -> dict:
     return {"id": row.id, "stage": row.stage, "reason": row.reason, "prompt": prompt_messages(row),
             "original": row.original or None, "principle_ids": row.principles[: max(len(row.critiques), 1)],
             "critiques": row.critiques, "gate": row.gate, "revision": row.draft,
-            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain,
+            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain, "checks": row.checks,
             **({"judge": row.judge} if row.judge else {}), **({"reward": row.reward} if row.reward else {})}
 
 
@@ -242,17 +255,17 @@ def no_violation_row(row, created: str, test_size: float) -> dict:
     return {"id": row.id, "prompt": prompt_messages(row), "original": row.original,
             "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
             "flags": row.flags, "domain": row.prompt.domain, "created_at": row.done_at or created,
-            "split": split_of(row.prompt.id, test_size)}
+            "checks": row.checks, "split": split_of(row.prompt.id, test_size)}
 
 
 def sft_rows(prefs: list[dict], unpaired: list[dict]) -> list[dict]:
     """SFT rows (SL-CAI trains on the revisions): prompt turns + final revision, and the gate's no-violation
     originals as they are."""
     out = [{"messages": p["prompt"] + p["chosen"], "id": p["id"], "domain": p["domain"], "origin": "revision",
-            "created_at": p["created_at"], "split": p["split"]} for p in prefs]
+            "created_at": p["created_at"], "split": p["split"]} for p in prefs if desirable(p, "revision")]
     out += [{"messages": u["prompt"] + [{"role": "assistant", "content": u["original"]}], "id": u["id"],
              "domain": u["domain"], "origin": "no_violation", "created_at": u["created_at"], "split": u["split"]}
-            for u in unpaired]
+            for u in unpaired if desirable(u, "original")]  # an answer a check fails is nothing to imitate
     return out
 
 
