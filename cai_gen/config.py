@@ -133,6 +133,7 @@ class SamplingCfg(Strict):
     max_tokens: MaxTokensOverride = Field(default_factory=MaxTokensOverride)  # null: the model config's max_tokens
     loop_stop: LoopStop = Field(default_factory=lambda: LoopStop())  # end looping critiques/revisions early
     revise_max_scale: float | None = Field(None, gt=0)  # a revision's max tokens: at most this times its original's
+    revise_n: int = Field(1, gt=0, le=16)  # revision samples per request; the first passing every filter and check wins
 
     @field_validator("temperature", "top_p")
     @classmethod
@@ -160,6 +161,12 @@ class FiltersCfg(Strict):
         if self.min_edit > self.max_edit:
             raise ValueError(f"min_edit ({self.min_edit}) must be <= max_edit ({self.max_edit})")
         return self
+
+
+class PrinciplesCfg(Strict):
+    # targeted: a round's principle is drawn among those whose checks the answer fails, else among the principles
+    # without checks; sample: drawn from all principles before the answer is seen (the checks still gate and verify)
+    choose: Literal["targeted", "sample"] = "targeted"
 
 
 class GateCfg(Strict):
@@ -246,6 +253,7 @@ class RunConfig(Strict):
     verbose: bool = False  # true: engine logs on the terminal instead of <run dir>/engine.log
     include_path: list[str] = Field(default_factory=list)  # folders with constitutions/, prompts/ (cai_gen/paths.py)
     filters: FiltersCfg = FiltersCfg()
+    principles: PrinciplesCfg = PrinciplesCfg()
     gate: GateCfg = GateCfg()
     judge: JudgeCfg = JudgeCfg()
     reward: RewardCfg = RewardCfg()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError,
+                      field_validator, model_validator)
 
-from . import paths
+from . import checks as checks_mod, paths
 from .errors import UserError
 from .yamlio import line_of, load_yaml, pydantic_msg
 
@@ -29,6 +30,8 @@ class Principle(BaseModel):
     revision: str = Field(min_length=1)  # the revision request: how to rewrite it
     weight: float = Field(1.0, gt=0)     # relative sampling weight
     tags: list[str] = []
+    # the outside signal: does an answer violate this principle? (cai_gen/checks: one registry of kinds)
+    checks: list[checks_mod.annotation()] = []  # type: ignore[valid-type]
 
 
 class FewShot(BaseModel):
@@ -83,6 +86,7 @@ class Constitution(BaseModel):
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = []
     synth: Synth | None = None  # cai_gen.synth's mix and axes (None: the defaults); not part of the hash
+    _files: list = PrivateAttr(default_factory=list)  # the YAML files it was read from (errors name file:line)
 
     @field_validator("principles")
     @classmethod
@@ -93,6 +97,17 @@ class Constitution(BaseModel):
                 raise ValueError(f"duplicate principle id {p.id!r} at principles[{i}]")
             seen.add(p.id)
         return ps
+
+    @model_validator(mode="after")
+    def _check_ids(self):
+        seen: dict[str, str] = {}
+        for p in self.principles:
+            for c in p.checks:
+                if c.id in seen:
+                    raise ValueError(f"check id {c.id!r} is used twice (principles {seen[c.id]!r} and {p.id!r}): "
+                                     "a check's id names it in every row's results")
+                seen[c.id] = p.id
+        return self
 
     @model_validator(mode="after")
     def _few_shot_known(self):
@@ -106,12 +121,45 @@ class Constitution(BaseModel):
     def hash(self) -> str:
         # `synth` only steers prompt writing: leaving it out keeps every run's constitution ref (and its run dirs'
         # fingerprints) unchanged when a team tunes the synth mix
-        blob = json.dumps(self.model_dump(mode="json", exclude={"synth"}), sort_keys=True, ensure_ascii=False)
+        d = self.model_dump(mode="json", exclude={"synth"})
+        for p in d["principles"]:
+            if not p["checks"]:
+                del p["checks"]  # a constitution without checks keeps the ref it had before checks existed
+        blob = json.dumps(d, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}#{self.hash}"
+
+    @property
+    def generation_hash(self) -> str:
+        """The hash of what decides the requests' text, checks left out: a changed threshold or an added check
+        re-decides what is kept from the ledger (the run dir's fingerprint uses this, so no restart is needed)."""
+        d = self.model_dump(mode="json", exclude={"synth"})
+        for p in d["principles"]:
+            p.pop("checks", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+    @property
+    def checked(self) -> bool:
+        return any(p.checks for p in self.principles)
+
+    def checks_of(self, pid: str) -> list:
+        return self.principle(pid).checks
+
+    def where(self, check_id: str) -> str:
+        """file:line of a check's entry (its `id:` line), for one-line errors about it."""
+        pat = re.compile(rf"""\bid:\s*["']?{re.escape(check_id)}["']?\s*[,}}\n]""")
+        for f in self._files:
+            try:
+                text = Path(f).read_text(encoding="utf-8")
+            except OSError:
+                continue
+            m = pat.search(text)
+            if m:
+                return f"{f}:{text[:m.start()].count(chr(10)) + 1}"
+        return str(self._files[0]) if self._files else self.name
 
     def principle(self, pid: str) -> Principle:
         return next(p for p in self.principles if p.id == pid)
@@ -137,8 +185,10 @@ def available(include: Iterable[str] = ()) -> list[str]:
     return paths.names("constitutions", include)
 
 
-def _raw(path: Path, seen: tuple[Path, ...] = (), bases: tuple[Path, ...] = ()) -> dict:
+def _raw(path: Path, seen: tuple[Path, ...] = (), bases: tuple[Path, ...] = (), files: list | None = None) -> dict:
     path = path.resolve()
+    if files is not None:
+        files.append(path)
     if path in seen:
         raise UserError(f"{path}: include cycle ({' -> '.join(p.name for p in seen + (path,))})")
     data = load_yaml(path)
@@ -151,17 +201,46 @@ def _raw(path: Path, seen: tuple[Path, ...] = (), bases: tuple[Path, ...] = ()) 
         raise UserError(f"{path}: include: must be a file name, got {inc!r}")
     near = path.parent / inc
     file = next((f for f in (near, *(b / inc for b in bases)) if f.is_file()), near)  # none: "file not found" names it
-    base = _raw(file, seen + (path,), bases)
+    base = _raw(file, seen + (path,), bases, files)
     merged = {**base, **{k: v for k, v in data.items() if k not in ("principles", "few_shot")}}
     local = data.get("principles") or []
     if not isinstance(local, list):
         raise UserError(f"{path}: principles: must be a list")
     by_id = {p.get("id"): p for p in local if isinstance(p, dict)}
-    merged["principles"] = [by_id.pop(p.get("id"), p) if isinstance(p, dict) else p
-                            for p in base.get("principles") or []]
+    merged["principles"] = [_merge_principle(p, by_id.pop(p.get("id"))) if isinstance(p, dict) and p.get("id") in by_id
+                            else p for p in base.get("principles") or []]
     merged["principles"] += [p for p in local if not isinstance(p, dict) or p.get("id") in by_id]
     merged["few_shot"] = list(data.get("few_shot") or []) + list(base.get("few_shot") or [])
     return merged
+
+
+def _principle_line(file: Path, data: dict, loc: list) -> int | None:
+    """The line of principles[i]... in the file that holds it: the top file's own list may be shorter or ordered
+    differently than the merged one, so find the principle there by its id."""
+    if len(loc) < 2 or loc[0] != "principles" or not isinstance(loc[1], int):
+        return None
+    try:
+        pid = data["principles"][loc[1]].get("id")
+        own = load_yaml(file).get("principles") or []
+        i = next(k for k, p in enumerate(own) if isinstance(p, dict) and p.get("id") == pid)
+    except (IndexError, KeyError, AttributeError, StopIteration, UserError):
+        return None
+    # the tag pydantic adds for a discriminated union ("regex") is not a YAML key
+    rest = [p for p in loc[2:] if not (isinstance(p, str) and p in checks_mod.kinds())]
+    for k in range(len(rest), -1, -1):
+        line = line_of(file, ["principles", i, *rest[:k]])
+        if line is not None:
+            return line
+    return None
+
+
+def _merge_principle(base: dict, local: dict) -> dict:
+    """A local principle replaces the base's of the same id; its `checks` merge by id (local wins, new appended)."""
+    if "checks" not in local or not isinstance(local["checks"], list) or not isinstance(base.get("checks"), list):
+        return local if "checks" in local else {**local, **({"checks": base["checks"]} if "checks" in base else {})}
+    mine = {c.get("id"): c for c in local["checks"] if isinstance(c, dict)}
+    out = [mine.pop(c.get("id")) if isinstance(c, dict) and c.get("id") in mine else c for c in base["checks"]]
+    return {**local, "checks": out + [c for c in local["checks"] if not isinstance(c, dict) or c.get("id") in mine]}
 
 
 def load(name: str | None = None, path: str | None = None, include: Iterable[str] = ()) -> Constitution:
@@ -176,14 +255,19 @@ def load(name: str | None = None, path: str | None = None, include: Iterable[str
                             f"(have: {', '.join(available(include))}); or set constitution.path=FILE")
     else:
         raise UserError("constitution: set constitution=<name> or constitution.path=FILE")
-    data = _raw(file, bases=bases)
+    files: list[Path] = []
+    data = _raw(file, bases=bases, files=files)
     try:
-        return Constitution.model_validate(data)
+        const = Constitution.model_validate(data)
+        const._files = files
+        return const
     except ValidationError as e:
-        err = e.errors()[0]
+        # an unknown argument says more than the "field required" a misspelt one also causes
+        err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
         loc = [p for p in err["loc"] if p != "[key]"]
         if err["loc"] and err["loc"][-1] == "[key]":  # a Literal-keyed dict (synth.mix, synth.axes): the key is unknown
             err = {**err, "loc": loc, "msg": "unknown key; " + err["msg"].replace("Input should be", "use")}
-        # `synth` is taken whole from one file (scalar merge), so its line is exact where the top file has it
-        line = line_of(file, err["loc"]) if loc and loc[0] == "synth" else None
+        # `synth` is taken whole from one file (scalar merge), so its line is exact where the top file has it; a
+        # principle's entry (its checks) is found by its id in the top file
+        line = line_of(file, err["loc"]) if loc and loc[0] == "synth" else _principle_line(file, data, loc)
         raise UserError(f"{file}{f':{line}' if line else ''}: {pydantic_msg(err, data)}") from None

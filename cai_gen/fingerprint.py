@@ -49,7 +49,8 @@ def _flat(d: dict, pre: str = "") -> dict:
 
 def check(out: Path, cfg, const) -> None:
     now = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in FREE}
-    now["constitution_ref"] = const.ref
+    # checks only decide what is kept (and which stored requests are made): a re-filter, not another run
+    now["constitution_ref"] = f"{const.name}@{const.version}#{const.generation_hash}"
     # JSON round trip so tuples compare equal to the lists read back from run.json
     now = _identity(json.loads(json.dumps(_flat(now))))
     f = out / "work" / "run.json"

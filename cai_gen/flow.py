@@ -57,6 +57,8 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                         left(k, st.per_row)
                     ready.append((row, k + 1))
                     continue
+                if st.engine and len(reqs) < st.per_row:  # fewer requests than counted (a gate its checks decide)
+                    left(k, st.per_row - len(reqs))
                 if not reqs:
                     finish(row, k, [], [])
                     continue

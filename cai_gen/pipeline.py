@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
+from . import checks as checks_mod
 from . import enginelog, fingerprint, flow, models, quality, report, stages as stages_mod, store, turns
 from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued
 from .config import RunConfig
@@ -52,6 +53,10 @@ class Row:
     swapped: bool = False              # the judge preferred the original and on_disagrees=swap
     done_at: str | None = None         # when its last generation finished (judge verdicts aside): created_at
     trace: list[dict] = field(default_factory=list)
+    # the checks that apply to this row's prompt: (principle id, or "prompt" for the row's own, check object)
+    applicable: list = field(default_factory=list)
+    checks: list[dict] = field(default_factory=list)  # per check: id, principle, kind, original/revision pass
+    now: dict = field(default_factory=dict)            # check id -> passes, on the row's current answer
 
 
 def _seed(*key) -> int:
@@ -72,8 +77,22 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
             rng = random.Random(json.dumps([cfg.seed, "sampling", rec.id, s]))
             params = Params(temperature=_draw(rng, cfg.sampling.temperature), top_p=_draw(rng, cfg.sampling.top_p),
                             max_tokens=cfg.sampling.max_tokens.respond, seed=_seed(cfg.seed, rec.id, s, "respond"))
-            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, const.sample(cfg.rounds, cfg.seed, rec.id, s)))
+            # targeted choice picks each round's principle once the answer's checks are in (stages.Choose)
+            pre = [] if targeted(cfg, const) else const.sample(cfg.rounds, cfg.seed, rec.id, s)
+            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=applicable(const, rec)))
     return rows
+
+
+def targeted(cfg: RunConfig, const) -> bool:
+    """Principles chosen from the answer's checks; a constitution without checks keeps the choice it always had."""
+    return cfg.principles.choose == "targeted" and const.checked
+
+
+def applicable(const, rec: PromptRecord) -> list:
+    """The checks that apply to a prompt: every principle's checks whose `when:` matches, then the row's own."""
+    ctx = checks_mod.Context(rec.text(), rec.fields())
+    out = [(p.id, c) for p in const.principles for c in p.checks if c.applies(ctx)]
+    return out + [("prompt", c) for c in rec.checks if c.applies(ctx)]
 
 
 class Run:
@@ -85,7 +104,7 @@ class Run:
         self.style = cfg.revision_style or const.revision_style
         self.fs = turns.few_shot_turns(const, cfg.few_shot, self.style)
         self.filters = quality.Filters(cfg.filters, const)
-        self.stages = stages_mod.build(cfg)
+        self.stages = stages_mod.build(cfg, const)
         self.rejected: list[Row] = []
         self.ended: list[Row] = []
 
@@ -119,6 +138,51 @@ class Run:
         why = "prompt_too_long" if stage.name == "respond" else "context_overflow"
         row.trace.append({"stage": stage.name, "round": stage.rnd, "skipped": why, "prompt_tokens": n})
         return self.fail(row, stage, why, where=stage.name)
+
+    # -- checks: run them, choose by them, judge a revision by them ---------------------------------------------
+
+    def inline(self, row: Row, text: str) -> dict[str, bool]:
+        """Every applicable check that needs no engine, on one answer: check id -> passes."""
+        ctx = checks_mod.Context(row.prompt.text(), row.prompt.fields())
+        return {c.id: c.passes(text, ctx) for _, c in row.applicable if not c.needs_engine}
+
+    def note(self, row: Row, answer: str, res: dict[str, bool]) -> None:
+        """Record results on the row's current answer ("original" or "revision")."""
+        if not row.checks:
+            row.checks = [{"id": c.id, "principle": pid, "kind": c.kind, "original": None, "revision": None}
+                          for pid, c in row.applicable]
+        for r in row.checks:
+            if r["id"] in res:
+                r[answer] = res[r["id"]]
+        row.now.update(res)
+
+    def principle_fails(self, row: Row, pid: str) -> bool | None:
+        """Does the current answer fail one of the principle's checks? None: the principle has none for this row."""
+        mine = [c.id for p, c in row.applicable if p == pid]
+        if not mine:
+            return None
+        return any(row.now.get(c) is False for c in mine)
+
+    def choose(self, row: Row, rnd: int) -> str | None:
+        """Targeted choice of round `rnd`'s principle (weighted, seeded): among the unused principles the current
+        answer fails, else among the unused ones without checks for this prompt; None when neither is left."""
+        used = set(row.principles)
+        free = [p for p in self.const.principles if p.id not in used]
+        failing = [p for p in free if self.principle_fails(row, p.id)]
+        pool = failing or [p for p in free if self.principle_fails(row, p.id) is None]
+        if not pool:
+            return None
+        rng = random.Random(json.dumps([self.cfg.seed, "choose", row.prompt.id, row.sample, rnd]))
+        return rng.choices(pool, weights=[p.weight for p in pool])[0].id
+
+    def verdict(self, row: Row, pid: str, res: dict[str, bool]) -> str | None:
+        """A revision's checks: it must pass its principle's (still_violates) and fail none the current answer
+        passes (new_violation)."""
+        if any(not res[c.id] for p, c in row.applicable if p == pid and c.id in res):
+            return "still_violates"
+        if any(ok is False and row.now.get(cid) is True for cid, ok in res.items()):
+            return "new_violation"
+        return None
 
     def conv(self, row: Row, with_few_shot: bool) -> Conversation:
         return turns.head(row.prompt.system, self.fs if with_few_shot else [], row.prompt.prompt,
@@ -296,6 +360,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if dups:
         tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
                               "(prompts.keep_duplicates=true keeps them)")
+    checks_mod.preflight(const, recs)
     fingerprint.check(out_dir, cfg, const)
     preflight(cfg, own_engine=backend is None)
     if cfg.reward.model:

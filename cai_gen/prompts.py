@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +26,13 @@ class PromptRecord:
     system: str | None = None
     # earlier turns of a multi-turn prompt, oldest first, as (role, content) pairs (hashable); () for one turn
     context: tuple[tuple[str, str], ...] = ()
+    kind: str | None = None          # what kind of request it is (harmful, benign, ...): checks' `when:` matches it
+    # the row's own checks (IFEval-style constraints stated in the prompt), parsed and validated at load
+    checks: tuple = field(default=(), compare=False, hash=False)
+
+    def fields(self) -> dict[str, str]:
+        """The fields a check's `when:` can match."""
+        return {"domain": self.domain, **({"kind": self.kind} if self.kind else {})}
 
     def turns(self) -> list[dict]:
         """The earlier turns as chat messages."""
@@ -95,7 +102,7 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
     text = row["prompt"]
     if not isinstance(text, str) or not text.strip():
         raise UserError(f"{where}: field `prompt` must be a non-empty string")
-    for key in ("id", "domain", "system"):
+    for key in ("id", "domain", "system", "kind"):
         if row.get(key) is not None and not isinstance(row[key], (str, int)):
             raise UserError(f"{where}: field `{key}` must be a string")
     for key in ("prompt", "id", "domain", "system"):
@@ -107,7 +114,32 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
     # hashes its text alone, as ids always did, so existing run dirs' ledgers and splits stay valid.
     auto = _auto_id(text) if system is None and not context else _auto_id(json.dumps([system, context, text]))
     pid = str(row["id"]) if row.get("id") is not None else auto
-    return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context)
+    kind = str(row["kind"]) if row.get("kind") is not None else None
+    return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context, kind,
+                        _checks(row.get("checks"), where))
+
+
+def _checks(specs, where: str) -> tuple:
+    """A prompt row's own `checks` (the same kinds as a constitution's), or one line naming the row and entry."""
+    if specs is None:
+        return ()
+    from pydantic import ValidationError
+
+    from . import checks
+    from .yamlio import pydantic_msg
+
+    if not isinstance(specs, list):
+        raise UserError(f"{where}: field `checks` must be a list of checks ({{id, kind, ...}})")
+    try:
+        out = tuple(checks.parse(specs))
+    except ValidationError as e:
+        err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in checks.kinds())]
+        raise UserError(f"{where}: {pydantic_msg({**err, 'loc': ['checks', *loc]}, {'checks': specs})}") from None
+    if any(c.needs_engine for c in out):
+        raise UserError(f"{where}: checks: a prompt row's checks must be deterministic or classifier checks "
+                        "(judge checks belong to a constitution's principles)")
+    return out
 
 
 class Prompts(list):
@@ -129,7 +161,7 @@ def _dedupe(recs: list[PromptRecord], where: str, keep_duplicates: bool = False)
             if key != first_key:  # the same id for another prompt (not merely another prompt's content again)
                 raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {first + 1} and {i + 1})")
             # kept on purpose: the same prompt again, so number the copy (its split and shard follow base_id)
-            r = PromptRecord(copy_id(r.id, i), r.prompt, r.domain, r.source, r.system, r.context)
+            r = PromptRecord(copy_id(r.id, i), r.prompt, r.domain, r.source, r.system, r.context, r.kind, r.checks)
         seen_id.setdefault(r.id, (i, key))
         seen_text.add(key)
         out.append(r)

@@ -11,7 +11,7 @@ A new stage is one class here and one line in `build`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from . import judge as judge_mod, quality, turns
 from .backends import Conversation, Generation, Params
@@ -86,6 +86,65 @@ class Respond(Stage):
         row.original = text
         row.original_tokens = g.completion_tokens
         row.history = [{"role": "assistant", "content": text}]
+        job.note(row, "original", job.inline(row, text))  # the outside signal, before any choice is made
+        return True
+
+
+class Inspect(Stage):
+    """The judge checks (yes/no propositions) on the row's current answer: the original (round 0) or a revision
+    just accepted (round r, which it may still refuse: still_violates / new_violation). Built only when the
+    constitution has judge checks; a row none of them applies to skips it."""
+    name = "inspect"
+
+    def __init__(self, rnd: int = 0, per_row: int = 1):
+        super().__init__(rnd)
+        self.per_row = per_row
+
+    def _checks(self, row):
+        return [(p, c) for p, c in row.applicable if c.needs_engine]
+
+    def requests(self, job, row):
+        if self.rnd and (not row.open or len(row.revisions) < self.rnd):
+            return None
+        todo = self._checks(row)
+        if not todo:
+            return None
+        text = row.revisions[-1] if self.rnd else row.original
+        return [Request(c.conversation(row.prompt.messages(), text),
+                        Params(0.0, 1.0, c.max_tokens, job.seed(row.id, "inspect", self.rnd, c.id), GATE_CHOICES),
+                        c.id) for _, c in todo]
+
+    def accept(self, job, row, gens):
+        res = {c.id: c.verdict(p_yes(g)) for (_, c), g in zip(self._checks(row), gens)}
+        if not self.rnd:
+            job.note(row, "original", res)
+            return True
+        why = job.verdict(row, self.principle(row), res)
+        if why:  # the revision Revise accepted fails a judge check: it is not the answer after all
+            row.revisions.pop()
+            row.history.pop()
+            return job.fail(row, self, why)
+        job.note(row, "revision", res)
+        return True
+
+
+class Choose(Stage):
+    """The round's principle (principles.choose=targeted, a constitution with checks): among the principles the
+    current answer fails, else among those without checks for this prompt; when neither is left, the row ends
+    no_violation (round 1: every check passes, nothing model-judged is left) or keeps its last revision."""
+    name, engine = "choose", False
+
+    def requests(self, job, row):
+        return [] if row.open and len(row.principles) < self.rnd else None
+
+    def accept(self, job, row, gens):
+        pid = job.choose(row, self.rnd)
+        if pid is not None:
+            row.principles.append(pid)
+            return True
+        if not row.revisions:
+            return job.end(row, self.label, "no_violation")
+        row.open = False
         return True
 
 
@@ -117,17 +176,23 @@ class Gate(Stage):
     def requests(self, job, row):
         if not row.open:
             return None
+        if job.principle_fails(row, self.principle(row)) is not None:
+            return []  # a checked principle: its checks are the gate, no model request
         conv = job.conv(row, True) + [turns.gate_turn(job.const, self.principle(row))]
         return [Request(conv, self.params(job, row, 4, GATE_CHOICES))]
 
     def accept(self, job, row, gens):
-        g, threshold = gens[0], job.cfg.gate.threshold
-        p = p_yes(g)
-        if p is None:  # free text from a backend without constraints: revise (the filters still apply)
-            row.flags.append(f"gate_unparsed_r{self.rnd}")
-        yes = p is None or p >= threshold
+        if not gens:
+            yes, p, by = job.principle_fails(row, self.principle(row)), None, "checks"
+        else:
+            g, threshold, by = gens[0], job.cfg.gate.threshold, "model"
+            p = p_yes(g)
+            if p is None:  # free text from a backend without constraints: revise (the filters still apply)
+                row.flags.append(f"gate_unparsed_r{self.rnd}")
+            yes = p is None or p >= threshold
         row.gate.append({"round": self.rnd, "principle": self.principle(row),
-                         "p_yes": None if p is None else round(p, 4), "answer": "YES" if yes else "NO"})
+                         "p_yes": None if p is None else round(p, 4), "answer": "YES" if yes else "NO",
+                         **({"by": by} if by == "checks" else {})})
         if yes:
             return True
         if not row.revisions:
@@ -137,17 +202,57 @@ class Gate(Stage):
 
 
 class Revise(Stage):
+    """sampling.revise_n samples of one revision request (best-of-N): each its own seeded request on one shared
+    prefix (vLLM serves n > 1 the same way, as child requests over the prefix cache), so every sample is its
+    own ledger entry that a resume or re-filter reuses. The first sample by index that passes every filter and
+    check is the revision."""
     name, few_shot = "revise", True
+
+    def __init__(self, rnd: int = 0, n: int = 1):
+        super().__init__(rnd)
+        self.per_row = n
 
     def requests(self, job, row):
         if not row.open:
             return None
         s = job.cfg.sampling
-        return self.ask(job, row, turns.revision_turn(job.const, self.principle(row), self.rnd, job.style),
+        reqs = self.ask(job, row, turns.revision_turn(job.const, self.principle(row), self.rnd, job.style),
                         revise_tokens(s.max_tokens.revise, s.revise_max_scale, row.original_tokens))
+        first = reqs[0]  # sample 0 is the request a run without best-of-N makes: its ledger entry is shared
+        return reqs + [Request(first.conv, replace(first.params, seed=job.seed(row.id, self.name, self.rnd, i)))
+                       for i in range(1, self.per_row)]
 
     def accept(self, job, row, gens):
-        f, g = job.cfg.filters, gens[0]
+        why0, pick = None, None
+        reasons = []
+        for g in gens:
+            text, stripped, why = self.screen(job, row, g)
+            res = {}
+            if not why:
+                res = job.inline(row, text)
+                why = job.verdict(row, self.principle(row), res)
+            reasons.append(why)
+            if not why:
+                pick = (text, stripped, res)
+                break
+            if why0 is None:
+                why0, row.draft = why, text
+        if len(gens) > 1:
+            row.trace.append({"stage": self.name, "round": self.rnd, "samples": reasons})
+        if pick is None:
+            return job.fail(row, self, why0)
+        text, stripped, res = pick
+        if stripped:
+            row.flags.append(f"preface_stripped_r{self.rnd}")
+        row.draft = text
+        row.revisions.append(text)
+        row.history.append({"role": "assistant", "content": text})
+        job.note(row, "revision", res)
+        return True
+
+    def screen(self, job, row, g: Generation) -> tuple[str, bool, str | None]:
+        """One sample through the quality filters: (text, preface stripped?, reason or None)."""
+        f = job.cfg.filters
         text, stripped = quality.strip_preface(g.text) if f.strip_preface else (g.text.strip(), False)
         why = quality.check_text(text, g.finish_reason, "revision", f.min_chars, f.truncated_revision == "drop")
         if g.finish_reason == "loop":
@@ -157,14 +262,7 @@ class Revise(Stage):
         elif not why and not f.strip_preface and quality.PREFACE.match(text):
             why = "revision_preface"
         why = why or job.filters.revision(text, row.critiques[-1], self.principle(row), row.prompt.text())
-        if stripped:
-            row.flags.append(f"preface_stripped_r{self.rnd}")
-        row.draft = text
-        if why:
-            return job.fail(row, self, why)
-        row.revisions.append(text)
-        row.history.append({"role": "assistant", "content": text})
-        return True
+        return text, stripped, why
 
 
 class Pair(Stage):
@@ -232,9 +330,15 @@ def revise_tokens(cap: int, scale: float | None, original_tokens: int) -> int:
 REVISE_FLOOR = 64
 
 
-def build(cfg) -> list[Stage]:
-    """The generation stages of a run: respond, then per round critique -> gate -> revise, then pair."""
-    out: list[Stage] = [Respond()]
+def build(cfg, const=None) -> list[Stage]:
+    """The generation stages of a run: respond [-> inspect], then per round [choose ->] critique -> gate ->
+    revise [-> inspect], then pair. Choose runs when principles are targeted by checks; inspect when the
+    constitution has judge checks (the other kinds run inline where the answer is accepted)."""
+    judged = sum(c.needs_engine for p in const.principles for c in p.checks) if const is not None else 0
+    choose = const is not None and cfg.principles.choose == "targeted" and const.checked
+    out: list[Stage] = [Respond()] + ([Inspect(0, judged)] if judged else [])
+    n = cfg.sampling.revise_n
     for r in range(1, cfg.rounds + 1):
-        out += [Critique(r)] + ([Gate(r)] if cfg.gate.enabled else []) + [Revise(r)]
+        out += ([Choose(r)] if choose else []) + [Critique(r)] + ([Gate(r)] if cfg.gate.enabled else []) + \
+            [Revise(r, n)] + ([Inspect(r, judged)] if judged else [])
     return out + [Pair()]

@@ -13,13 +13,15 @@ import tempfile
 from array import array
 from pathlib import Path
 
+from .checks import desirable
 from .errors import UserError
 from .ids import base_id
 from .review import route
 from .yamlio import jsonl_rows
 
-PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "prompt_id", "principle_ids", "critiques", "gate", "edit_ratio", "domain",
-                "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "split"]
+PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "prompt_id", "principle_ids", "critiques", "gate", "edit_ratio",
+                "domain", "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "checks",
+                "verified", "split"]
 SFT_COLUMNS = ["messages", "id", "domain", "origin", "created_at", "split"]
 KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "split"]
 
@@ -212,9 +214,17 @@ def preference(row, cfg, const, created: str) -> dict:
                      "critique_temperature": s.critique_temperature, "critique_top_p": s.critique_top_p},
         "similarity": round(row.similarity, 4) if row.similarity is not None else None,
         "flags": row.flags,
+        # per check: did the original and the chosen answer pass it (null: not asked of that answer)
+        "checks": row.checks,
+        "verified": verified(row.checks),
         "split": split_of(row.prompt.id, cfg.output.test_size),
         **extra,
     }
+
+
+def verified(results: list[dict]) -> bool:
+    """The revision fixed a check the original failed: a pair an outside signal vouches for."""
+    return any(r["original"] is False and r["revision"] is True for r in results)
 
 
 def run_config(run_dir: Path) -> dict:
@@ -237,7 +247,7 @@ def rejected_row(row) -> dict:
     return {"id": row.id, "stage": row.stage, "reason": row.reason, "prompt": prompt_messages(row),
             "original": row.original or None, "principle_ids": row.principles[: max(len(row.critiques), 1)],
             "critiques": row.critiques, "gate": row.gate, "revision": row.draft,
-            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain,
+            "similarity": row.similarity, "flags": row.flags, "domain": row.prompt.domain, "checks": row.checks,
             **({"judge": row.judge} if row.judge else {}), **({"reward": row.reward} if row.reward else {})}
 
 
@@ -246,7 +256,7 @@ def no_violation_row(row, created: str, test_size: float) -> dict:
     return {"id": row.id, "prompt_id": row.prompt.id, "prompt": prompt_messages(row), "original": row.original,
             "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
             "flags": row.flags, "domain": row.prompt.domain, "created_at": row.done_at or created,
-            "split": split_of(row.prompt.id, test_size)}
+            "checks": row.checks, "split": split_of(row.prompt.id, test_size)}
 
 
 def training_rows(prefs: list[dict], unpaired: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -257,16 +267,19 @@ def training_rows(prefs: list[dict], unpaired: list[dict]) -> tuple[list[dict], 
 
     SFT (SL-CAI trains on the revisions): prompt turns + final revision, and a no-violation original as it is.
     KTO is unpaired: the revision is a desirable completion, the original an undesirable one; a no-violation
-    original is desirable."""
+    original is desirable. The checks have the last word: an answer a check failed on is undesirable, and
+    nothing to imitate (no SFT row); a pair keeps its two KTO rows either way."""
     sft, kto = [], []
     for rows, origin in ((prefs, "revision"), (unpaired, "no_violation")):
         for r in rows:
             base = {"id": r["id"], "domain": r["domain"], "created_at": r["created_at"], "split": r["split"]}
             w = {"weight": r["weight"]} if "weight" in r else {}
             good = r["chosen"] if origin == "revision" else [{"role": "assistant", "content": r["original"]}]
-            sft.append({"messages": r["prompt"] + good, "id": r["id"], "domain": r["domain"], "origin": origin,
-                        "created_at": r["created_at"], "split": r["split"], **w})
-            kto.append({"prompt": r["prompt"], **base, "completion": good, "label": True, **w})
+            ok = desirable(r, "revision" if origin == "revision" else "original")
+            if ok:
+                sft.append({"messages": r["prompt"] + good, "id": r["id"], "domain": r["domain"], "origin": origin,
+                            "created_at": r["created_at"], "split": r["split"], **w})
+            kto.append({"prompt": r["prompt"], **base, "completion": good, "label": ok, **w})
             if origin == "revision":
                 kto.append({"prompt": r["prompt"], **base, "completion": r["rejected"], "label": False, **w})
     return sft, kto
@@ -369,7 +382,8 @@ class Writer:
         gone = [k for k, (i, _, _) in enumerate(self.pairs) if i in drop]
         pairs = set(gone)
         _rewrite(self.dir / "preferences.jsonl", lambda n, line: None if n in pairs else line)
-        _rewrite(self.dir / "sft_pairs.jsonl", lambda n, line: None if n in pairs else line)
+        ids = {self.pairs[k][0] for k in gone}  # not by line: a pair whose chosen fails a check has no SFT row
+        _rewrite(self.dir / "sft_pairs.jsonl", lambda n, line: None if json.loads(line)["id"] in ids else line)
         _rewrite(self.dir / "kto_pairs.jsonl", lambda n, line: None if n // 2 in pairs else line)  # two per pair
         if self.cfg.output.trace:  # trace line n is the run's row n
             at = {self.pair_at[k] for k in gone}

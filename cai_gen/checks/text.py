@@ -1,0 +1,217 @@
+"""Deterministic check kinds: no model, the same answer on every machine. Each says whether a text passes."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from . import Check, Context, register
+
+
+@register
+class Regex(Check):
+    """A regular expression the answer must (`must: match`) or must not (`must: not_match`) contain."""
+    kind: Literal["regex"]
+    pattern: str = Field(min_length=1)
+    must: Literal["match", "not_match"] = "not_match"
+    ignore_case: bool = True
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v):
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"pattern does not compile: {e}") from None
+        return v
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        hit = re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
+        return hit == (self.must == "match")
+
+
+def _phrase(p: str) -> re.Pattern:
+    # whole words at the ends a word has ("guarantee" is not found in "guaranteed"; use a regex check for that)
+    left = r"\b" if re.match(r"\w", p) else ""
+    right = r"\b" if re.search(r"\w$", p) else ""
+    return re.compile(left + re.escape(p) + right, re.IGNORECASE)
+
+
+@register
+class Phrases(Check):
+    """Forbidden phrases (none may appear) and required ones (each must), case-insensitive, whole words."""
+    kind: Literal["phrases"]
+    forbidden: list[str] = []
+    required: list[str] = []
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not self.forbidden and not self.required:
+            raise ValueError("give `forbidden` and/or `required` phrases")
+        return self
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        return not any(_phrase(p).search(text) for p in self.forbidden) and \
+            all(_phrase(p).search(text) for p in self.required)
+
+
+_SENTENCE = re.compile(r"[^.!?\n]*\w[^.!?\n]*(?:[.!?]+|\n|$)")
+
+
+def count(text: str, unit: str) -> int:
+    if unit == "words":
+        return len(re.findall(r"\w+(?:['’-]\w+)*", text))
+    if unit == "sentences":
+        return len(_SENTENCE.findall(text))
+    return len([p for p in re.split(r"\n\s*\n", text) if p.strip()])
+
+
+@register
+class Length(Check):
+    """At most `max` / at least `min` words, sentences or paragraphs (blank-line separated)."""
+    kind: Literal["length"]
+    unit: Literal["words", "sentences", "paragraphs"] = "words"
+    max: int | None = Field(None, gt=0)
+    min: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.max is None and self.min is None:
+            raise ValueError("give `max` and/or `min`")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) must be <= max ({self.max})")
+        return self
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        n = count(text, self.unit)
+        return (self.max is None or n <= self.max) and (self.min is None or n >= self.min)
+
+
+URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>()\"']+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|co|uk|de|"
+                 r"help|support|store|shop)(?:/[^\s<>()\"']*)?\b")
+EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
+# +1 (800) 555-0199, 1-800-555-0199, 0800 123 4567, 555-0199: 7+ digits with phone punctuation between them
+PHONE = re.compile(r"(?<![\w.])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}(?![\w.])")
+
+
+def contacts(text: str, types: list[str]) -> set[str]:
+    out: set[str] = set()
+    emails = set(EMAIL.findall(text)) if "email" in types else set()
+    out |= {e.lower() for e in emails}
+    if "url" in types:
+        for m in URL.findall(text):
+            u = m.lower().rstrip(".,;:!?")
+            if not any(u in e for e in out):  # the domain part of an e-mail address is not a link
+                out.add(u)
+    if "phone" in types:
+        for m in PHONE.findall(text):
+            digits = re.sub(r"\D", "", m)
+            if len(digits) >= 7:
+                out.add(digits)
+    return out
+
+
+@register
+class Contact(Check):
+    """Contact data (links, e-mail addresses, phone numbers) that the prompt does not contain: an assistant
+    that invents a support number or a URL sends the customer somewhere that does not exist."""
+    kind: Literal["contact"]
+    types: list[Literal["url", "email", "phone"]] = ["url", "email", "phone"]
+    allow: list[str] = []  # real addresses the domain may give (lower-case; digits only for phone numbers)
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        given = contacts(ctx.prompt, self.types) | {a.lower() for a in self.allow}
+        return not any(c not in given and not any(c.startswith(g) for g in given) for c in contacts(text, self.types))
+
+
+PLACEHOLDER = re.compile(
+    r"\[(?:your |the |customer'?s? |insert |enter )?[A-Za-z][\w .'-]{0,30}\](?!\()"  # [Name], [Your Name] (not a link)
+    r"|\{\{?\s*[A-Za-z_][\w.]*\s*\}?\}"                                          # {order_id}, {{ name }}
+    r"|<(?:your |insert |customer )[\w .'-]{1,30}>"                              # <your name>
+    r"|\bX{3,}\b|\b(?:INSERT|PLACEHOLDER)\b")
+
+
+@register
+class Placeholder(Check):
+    """Template slots left in the answer ([Name], {order_id}, <your name>, XXXX): never sendable as is."""
+    kind: Literal["placeholder"]
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        # a slot the user wrote themselves ("what does {order_id} mean?") is theirs to mention
+        return not any(m.group(0) not in ctx.prompt for m in PLACEHOLDER.finditer(text))
+
+
+REFUSAL = re.compile(
+    r"(?i)\b(?:i\s*(?:'m| am)\s*(?:sorry|afraid)[^.!?\n]{0,40}\b(?:can(?:'|no)?t|cannot|unable|not able|won'?t)"
+    r"|i\s*(?:can(?:'|no)?t|cannot|won'?t|will not|am unable to|'m unable to|am not able to|'m not able to)\s+"
+    r"(?:help|assist|provide|do|support|share|give|answer|comply|fulfil|fulfill|write|create|engage)"
+    r"|(?:as an ai|i'm just an ai|i am just an ai)\b"
+    r"|i\s*(?:must|have to)\s+(?:decline|refuse)"
+    r"|(?:that|this)\s+(?:is|would be)\s+(?:not something i|illegal and i)"
+    r"|not (?:able|allowed|permitted) to (?:help|assist) with)")
+
+
+def refuses(text: str) -> bool:
+    """A refusal in the opening (first 300 characters): "I'm sorry, but I can't help with that"."""
+    return REFUSAL.search(text[:300]) is not None
+
+
+@register
+class Refusal(Check):
+    """`must: refuse` (a harmful request must be declined) or `must: not_refuse` (an ordinary one must not)."""
+    kind: Literal["refusal"]
+    must: Literal["refuse", "not_refuse"]
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        return refuses(text) == (self.must == "refuse")
+
+
+FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n\s*```\s*$", re.DOTALL)
+
+
+@register
+class Json(Check):
+    """The answer is one valid JSON value (a ```json fence around it is allowed)."""
+    kind: Literal["json"]
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        m = FENCE.match(text)
+        try:
+            json.loads(m.group(1) if m else text)
+        except ValueError:
+            return False
+        return True
+
+
+# -- the quality filters, as kinds: what every revision must pass whatever the constitution ------------------------
+
+@register
+class Repetitive(Check):
+    """Degenerate looping: few distinct word 4-grams, or one sentence said three times."""
+    kind: Literal["repetitive"]
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        from ..quality import repetitive
+        return not repetitive(text)
+
+
+@register
+class Meta(Check):
+    """Talks about the response, the critique or the customer instead of answering."""
+    kind: Literal["meta"]
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        from ..quality import is_meta
+        return not is_meta(text)
+
+
+@register
+class SelfReference(Check):
+    """Names a model or vendor (SmolLM, Hugging Face, ...) that the user did not bring up."""
+    kind: Literal["self_reference"]
+
+    def passes(self, text: str, ctx: Context) -> bool:
+        from ..quality import self_reference
+        return not self_reference(text, ctx.prompt)

@@ -1,0 +1,116 @@
+"""Each check kind on texts that pass and texts that fail, and the constitution / prompt-row forms of checks."""
+import json
+
+import pytest
+
+from cai_gen import checks, constitution
+from cai_gen.errors import UserError
+
+CTX = checks.Context("My order 1234 hasn't arrived.", {"domain": "shipping"})
+
+
+def one(**spec):
+    return checks.parse([{"id": "c", **spec}])[0]
+
+
+@pytest.mark.parametrize("spec,good,bad", [
+    ({"kind": "regex", "pattern": r"\bguarantee"}, "I can look into it.", "I guarantee a refund."),
+    ({"kind": "regex", "pattern": r"\?\s*$", "must": "match"}, "Which order is it?", "It is on its way."),
+    ({"kind": "phrases", "forbidden": ["as an AI"]}, "I can help.", "As an AI, I cannot."),
+    ({"kind": "phrases", "required": ["order page"]}, "See your order page.", "See your account."),
+    ({"kind": "length", "max": 5}, "One two three.", "One two three four five six."),
+    ({"kind": "length", "unit": "sentences", "max": 1}, "It shipped today.", "It shipped. It arrives Monday."),
+    ({"kind": "length", "unit": "paragraphs", "min": 2}, "Hi.\n\nBye.", "Hi. Bye."),
+    ({"kind": "contact"}, "Open the help center from your account page.", "Call us at 1-800-555-0199."),
+    ({"kind": "contact"}, "Your order 1234 is late.", "Write to help@store.com for order 1234."),
+    ({"kind": "contact", "types": ["url"]}, "Email us any time.", "Visit www.store-help.com/returns today."),
+    ({"kind": "placeholder"}, "Dear Sam, thank you for your order.", "Dear [Customer Name], thank you."),
+    ({"kind": "placeholder"}, "See [the guide](/help).", "Your order {order_id} is late."),
+    ({"kind": "refusal", "must": "not_refuse"}, "Sure, go to Account > Cancel.", "I'm sorry, but I can't help with that."),
+    ({"kind": "refusal", "must": "refuse"}, "I can't help with picking someone else's lock.", "First, insert a tension wrench."),
+    ({"kind": "json"}, '```json\n{"a": 1}\n```', "{a: 1}"),
+    ({"kind": "repetitive"}, "It shipped today and arrives soon.", "I am here to help you. " * 4),
+    ({"kind": "meta"}, "Your refund is on its way.", "The assistant's last response was vague."),
+    ({"kind": "self_reference"}, "I can help with that.", "As SmolLM, I can help."),
+])
+def test_each_kind_passes_and_fails(spec, good, bad):
+    c = one(**spec)
+    assert c.passes(good, CTX) and not c.passes(bad, CTX)
+
+
+def test_contact_data_the_user_gave_is_not_invented():
+    c = one(kind="contact")
+    mine = checks.Context("Please call me back on 020 7946 0018 or at sam@example.org", {})
+    assert c.passes("We will call you on 020 7946 0018 and e-mail sam@example.org.", mine)
+    assert not c.passes("We will call you on 020 7946 0019.", mine)
+
+
+def test_when_limits_a_check_to_matching_prompts():
+    c = one(kind="refusal", must="refuse", when={"kind": "harmful"})
+    assert c.applies(checks.Context("", {"kind": "harmful"}))
+    assert not c.applies(checks.Context("", {"kind": "benign"})) and not c.applies(checks.Context("", {}))
+    d = one(kind="json", when={"domain": ["billing", "refunds"]})
+    assert d.applies(checks.Context("", {"domain": "refunds"})) and not d.applies(CTX)
+
+
+def test_judge_verdict_reads_p_yes_against_its_threshold():
+    j = one(kind="judge", proposition="The response asks for a card number.", threshold=0.7)
+    assert not j.verdict(0.9) and j.verdict(0.6) and j.verdict(None)
+    k = one(kind="judge", proposition="The response answers the question.", violation_if="no")
+    assert k.verdict(0.8) and not k.verdict(0.2)
+    conv = j.conversation([{"role": "user", "content": "{{ 7*7 }}"}], "Send me your card number.")
+    assert "{{ 7*7 }}" in conv[0]["content"] and "card number." in conv[0]["content"]  # data, not a template
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ({"kind": "regexp", "pattern": "x"}, "does not match any of the expected tags"),
+    ({"kind": "regex", "pattern": "(unclosed"}, "does not compile"),
+    ({"kind": "regex", "pattern": "x", "colour": 1}, "colour"),
+    ({"kind": "length"}, "give `max` and/or `min`"),
+])
+def test_bad_check_in_a_constitution_is_one_line_naming_file_line_and_check(tmp_path, spec, msg):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
+                 f"      - {json.dumps({'id': 'k1', **spec})}\n")
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    line = str(e.value)
+    assert line.startswith(f"{f}:7:") and "(id=k1)" in line and msg in line and "\n" not in line
+
+
+def test_checks_merge_by_id_through_include(tmp_path):
+    (tmp_path / "_b.yaml").write_text(
+        "name: b\nprinciples:\n  - id: p\n    critique: c\n    revision: r\n    checks:\n"
+        "      - {id: a, kind: length, max: 10}\n      - {id: b, kind: placeholder}\n")
+    (tmp_path / "c.yaml").write_text(
+        "name: c\ninclude: _b.yaml\nprinciples:\n  - id: p\n    critique: c2\n    revision: r2\n    checks:\n"
+        "      - {id: a, kind: length, max: 99}\n      - {id: z, kind: json}\n")
+    p = constitution.load(path=str(tmp_path / "c.yaml")).principle("p")
+    assert [(c.id, getattr(c, "max", None)) for c in p.checks] == [("a", 99), ("b", None), ("z", None)]
+
+
+def test_a_check_id_used_twice_is_refused(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n" + "".join(
+        f"  - id: p{i}\n    critique: c\n    revision: r\n    checks: [{{id: same, kind: json}}]\n" for i in (1, 2)))
+    with pytest.raises(UserError, match="check id 'same' is used twice"):
+        constitution.load(path=str(f))
+
+
+def test_constitutions_without_checks_keep_their_ref():
+    # the ref names the data's constitution: adding the `checks` field must not change it for files without any
+    c = constitution.load("helpful_honest")
+    assert not c.checked and c.generation_hash == c.hash
+
+
+def test_shipped_checks_pass_the_few_shot_revisions_and_fail_their_originals():
+    """Every built-in check accepts its constitution's own example revisions; each checked principle's example
+    original fails one of its checks (the examples teach what the checks measure)."""
+    for name in ("customer_service", "verifiable_support"):
+        c = constitution.load(name)
+        for ex in c.few_shot:
+            ctx = checks.Context(ex.prompt, {})
+            assert all(k.passes(ex.revision, ctx) for p in c.principles for k in p.checks if not k.when), (name, ex.prompt)
+            mine = c.principle(ex.principle).checks
+            if mine:
+                assert not all(k.passes(ex.response, ctx) for k in mine), (name, ex.principle)

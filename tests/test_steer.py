@@ -1,0 +1,174 @@
+"""Checks steer each row (fake backend, scripted texts): targeted choice, the checked gate, still_violates /
+new_violation, best-of-N, prompt-row checks, KTO labels from checks, and a re-filter that adds a check."""
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from cai_gen import pipeline
+from cai_gen.backends import Params
+from cai_gen.backends.fake import REVISION_MARK, FakeBackend
+from cai_gen.errors import UserError
+
+from .conftest import make_cfg
+
+CONST = """name: t
+version: 1
+principles:
+  - id: no_guarantee
+    critique: Find guarantees.
+    revision: Rewrite without guarantees.
+    checks: [{id: guarantee, kind: regex, pattern: "guarantee"}]
+  - id: short
+    critique: Is it too long?
+    revision: Make it short.
+    checks: [{id: max_words, kind: length, max: 30}]
+  - id: tone
+    critique: Is it rude?
+    revision: Make it kind.
+"""
+
+
+class Scripted(FakeBackend):
+    """Originals say what the prompt asks them to; the k-th revision request on one conversation (best-of-N
+    sample k, submitted in index order) answers revisions[k]."""
+
+    def __init__(self, revisions: list[str], **kw):
+        super().__init__("fake", "m", max_model_len=4096, **kw)
+        self.revisions, self.seen, self.sent = revisions, defaultdict(int), []
+
+    def _text(self, conv, p: Params) -> str:
+        last = conv[-1]["content"]
+        if REVISION_MARK in last and not p.choices:
+            k = self.seen[repr(conv)]
+            self.seen[repr(conv)] += 1
+            return self.revisions[min(k, len(self.revisions) - 1)]
+        if len(conv) == 1 or (conv[-1]["role"] == "user" and not any(m["role"] == "assistant" for m in conv)):
+            return conv[-1]["content"].split("SAY:", 1)[-1].strip()  # the original: what the prompt scripts
+        return super()._text(conv, p)
+
+    def submit(self, convs, params):
+        self.sent += [(c[-1]["content"], p) for c, p in zip(convs, params)]
+        return super().submit(convs, params)
+
+
+def setup(tmp_path: Path, prompts: list[dict], const: str = CONST) -> tuple[str, str]:
+    c, p = tmp_path / "c.yaml", tmp_path / "p.jsonl"
+    c.write_text(const)
+    p.write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    return f"constitution.path={c}", f"prompts.path={p}"
+
+
+def run(tmp_path, prompts, revisions, *over, const=CONST, out="run", gate="yes"):
+    cfg = make_cfg("backend=fake", "samples=1", "few_shot=0", "filters.min_edit=0", *setup(tmp_path, prompts, const),
+                   *over)
+    be = Scripted(revisions, gate=gate)
+    s = pipeline.run(cfg, tmp_path / out, backend=be)
+    return be, s, tmp_path / out
+
+
+def jl(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+
+
+GUARANTEED = "SAY: I guarantee your refund will arrive today, no question about it at all."
+FINE = "Your refund is on its way and should reach your card within a week."
+
+
+def test_targeted_choice_picks_the_failing_principle_and_its_checks_gate_it(tmp_path):
+    be, s, out = run(tmp_path, [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(6)], [FINE])
+    prefs = jl(out / "preferences.jsonl")
+    assert len(prefs) == 6 and all(p["principle_ids"] == ["no_guarantee"] for p in prefs)
+    # the gate of a checked principle is its checks: no model YES/NO request went out
+    assert not [p for _, p in be.sent if p.choices]
+    assert all(p["gate"][0]["by"] == "checks" and p["gate"][0]["answer"] == "YES" for p in prefs)
+    g = [c for c in prefs[0]["checks"] if c["id"] == "guarantee"][0]
+    assert g == {"id": "guarantee", "principle": "no_guarantee", "kind": "regex", "original": False, "revision": True}
+    assert all(p["verified"] for p in prefs)
+
+
+def test_sample_mode_draws_before_the_answer_is_seen(tmp_path):
+    _, _, out = run(tmp_path, [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(12)], [FINE],
+                    "principles.choose=sample", "gate.enabled=false")
+    drawn = {p["principle_ids"][0] for p in jl(out / "preferences.jsonl")}
+    assert drawn != {"no_guarantee"}  # with 12 rows and 3 principles, sample mode also draws the others
+
+
+def test_an_answer_that_passes_every_check_goes_to_the_unchecked_principles(tmp_path):
+    be, _, out = run(tmp_path, [{"id": "a", "prompt": "SAY: " + FINE}], [FINE + " Sorry for the wait."])
+    p = jl(out / "preferences.jsonl")[0]
+    assert p["principle_ids"] == ["tone"] and p["gate"][0].get("by") is None  # the model's gate asked
+    assert [q for _, q in be.sent if q.choices] and not p["verified"]
+
+
+def test_all_checked_and_all_passing_ends_no_violation(tmp_path):
+    const = CONST.split("  - id: tone")[0]
+    be, s, out = run(tmp_path, [{"id": "a", "prompt": "SAY: " + FINE}], [FINE], const=const)
+    assert s["kept"] == 0 and s["no_violation"] == 1 and len(be.sent) == 1  # only the original was generated
+    kto = jl(out / "kto.jsonl")
+    assert [k["label"] for k in kto] == [True] and len(jl(out / "sft.jsonl")) == 1
+
+
+def test_a_revision_that_still_violates_or_breaks_another_check_is_refused(tmp_path):
+    _, s, out = run(tmp_path, [{"id": "a", "prompt": GUARANTEED}], ["I still guarantee it, you will have it today."])
+    assert s["kept"] == 0 and jl(out / "rejected.jsonl")[0]["reason"] == "still_violates"
+    long = ("Your refund is on its way. It should reach your card within a week, depending on your bank. You can "
+            "follow every step on your order page, where each update appears as soon as we have it. If nothing "
+            "has arrived by next Friday, reply here and we will look into it with the payment team for you.")
+    _, s, out = run(tmp_path, [{"id": "a", "prompt": GUARANTEED}], [long], out="run2")
+    assert s["kept"] == 0 and jl(out / "rejected.jsonl")[0]["reason"] == "new_violation"
+
+
+def test_best_of_n_takes_the_first_passing_sample_and_resume_reuses_all_n(tmp_path):
+    revs = ["I guarantee it.", "We guarantee a refund today for sure.", FINE, FINE + " Thanks!"]
+    prompts = [{"id": "a", "prompt": GUARANTEED}]
+    be, s, out = run(tmp_path, prompts, revs, "sampling.revise_n=4")
+    p = jl(out / "preferences.jsonl")[0]
+    assert s["kept"] == 1 and p["chosen"][0]["content"] == FINE  # sample 2, the first that passes
+    revise = [q for t, q in be.sent if REVISION_MARK in t]
+    assert len(revise) == 4 and len({q.seed for q in revise}) == 4  # all N were asked, each its own seed
+    trace = jl(out / "trace.jsonl")[0]["stages"]
+    assert [e["samples"] for e in trace if "samples" in e] == [["still_violates", "still_violates", None]]
+    be2, s2, _ = run(tmp_path, prompts, revs, "sampling.revise_n=4")  # same dir: everything from the ledger
+    assert be2.sent == [] and s2["kept"] == 1
+    # N = 1's request is sample 0 of N = 4: a run dir moving to best-of-N reuses it
+    be3, s3, _ = run(tmp_path, prompts, revs, "sampling.revise_n=1", "restart=true")
+    assert be3.sent == [] and s3["kept"] == 0
+
+
+def test_prompt_row_checks_apply_to_its_answers(tmp_path):
+    prompts = [{"id": "a", "prompt": GUARANTEED, "checks": [{"id": "ends_q", "kind": "regex", "pattern": r"\?$",
+                                                              "must": "match"}]}]
+    _, s, out = run(tmp_path, prompts, [FINE])  # the original fails ends_q too; the revision may, it was failing
+    p = jl(out / "preferences.jsonl")[0]
+    mine = [c for c in p["checks"] if c["id"] == "ends_q"][0]
+    assert mine["principle"] == "prompt" and mine["original"] is False and mine["revision"] is False
+    # the chosen answer still fails a check: not desirable for KTO, no SFT row
+    assert [k["label"] for k in jl(out / "kto.jsonl")] == [False, False] and jl(out / "sft.jsonl") == []
+
+
+def test_bad_prompt_row_checks_and_when_fields_are_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"p.jsonl:1: checks\[0\] \(id=x\).*pattern"):
+        run(tmp_path, [{"id": "a", "prompt": "hi", "checks": [{"id": "x", "kind": "regex"}]}], [FINE])
+    const = CONST.replace('pattern: "guarantee"}', 'pattern: "guarantee", when: {kind: harmful}}')
+    with pytest.raises(UserError) as e:
+        run(tmp_path, [{"id": "a", "prompt": "hi"}], [FINE], const=const, out="r2")
+    assert str(e.value).startswith(f"{tmp_path / 'c.yaml'}:7: check 'guarantee': when: no prompt has a field 'kind'")
+
+
+def test_a_refilter_adding_a_deterministic_check_starts_no_engine(tmp_path):
+    from cai_gen.backends import Lazy
+
+    prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(4)]
+    _, s, out = run(tmp_path, prompts, [FINE])
+    assert s["kept"] == 4
+    # the revisions say "week": a new check on the guarantee principle refuses them, from the ledger alone
+    const = CONST.replace('checks: [{id: guarantee, kind: regex, pattern: "guarantee"}]',
+                          'checks: [{id: guarantee, kind: regex, pattern: "guarantee"}, '
+                          '{id: no_week, kind: phrases, forbidden: [week]}]')
+    cfg = make_cfg("backend=fake", "samples=1", "few_shot=0", "filters.min_edit=0", *setup(tmp_path, prompts, const))
+    opened = []
+    lazy = Lazy("m", True, lambda: opened.append(1) or Scripted([FINE]))
+    s2 = pipeline.run(cfg, out, backend=lazy)  # no restart=true: checks are a re-filter, not another run
+    assert not opened and s2["kept"] == 0 and s2["reasons"] == {"still_violates": 4}
