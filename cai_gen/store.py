@@ -181,7 +181,7 @@ def preference(row, cfg, const, created: str) -> dict:
         "chosen": chosen,
         "rejected": rejected,
         "id": row.id,
-        "principle_ids": row.principles[: len(row.critiques)],
+        "principle_ids": row.revised(),  # not a round the gate said NO to: nothing was revised there
         "critiques": row.critiques,
         "gate": row.gate,
         "edit_ratio": round(1.0 - row.similarity, 4) if row.similarity is not None else None,
