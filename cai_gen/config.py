@@ -321,6 +321,7 @@ class SynthConfig(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(128, gt=0)
     verbose: bool = False
+    restart: bool = False  # rerun an out= whose work dir was made with another config (its ledger stays)
     include_path: list[str] = Field(default_factory=list)
     filters: SynthFiltersCfg = SynthFiltersCfg()
     dedup: SynthDedupCfg = SynthDedupCfg()

@@ -18,17 +18,22 @@ from .store import atomic_write
 # where files are found: the constitution's content is checked through its ref (a hash).
 FREE = {"output", "resume", "restart", "verbose", "include_path", "limit", "chunk_size", "pipelined", "judge",
         "reward", "review", "executor", "filters", "gate"}
-# How the model is run is not what it generates: the ledger keys hold the model name, the conversation and the
-# sampling params, never the engine. So a run moves freely between the local vLLM engine, a server of the same
+# How the model is run is not what it generates: the ledger keys hold the model's identity (models.identity), the
+# conversation and the sampling params, never which real engine ran it. So a run moves freely between the local vLLM engine, a server of the same
 # model (backend=openai) and the transformers backend; only the fake engine (tests, dry runs) is its own kind,
-# and its scripted behaviour (mode, gate, judge) is part of what it "generates".
+# and its scripted behaviour (mode, gate, judge) is part of what it "generates" (in its ledger keys too).
 ENGINES = {"vllm": "model", "openai": "model", "transformers": "model", "fake": "fake"}
 KEPT_FLAT = {"backend.kind", "backend.mode", "backend.gate", "backend.judge"}
+# model knobs that change nothing generated: where the converted checkpoint is cached, GPUs per engine
+NO_OUTPUT = {"model.cache_dir", "model.tensor_parallel_size"}
+# cai_gen.synth's work dir: what only decides how many candidates run or which are kept may change (a larger n
+# continues the same requests); the model, engine kind, constitution, seed and sampling may not
+SYNTH_FREE = {"out", "restart", "verbose", "include_path", "n", "oversample", "rounds", "budget", "filters", "dedup"}
 
 
 def _identity(flat: dict) -> dict:
     """The keys that make a run dir what it is, from a flat config (today's, or one read back from run.json)."""
-    out = {k: v for k, v in flat.items() if not k.startswith("backend.") or k in KEPT_FLAT}
+    out = {k: v for k, v in flat.items() if (not k.startswith("backend.") or k in KEPT_FLAT) and k not in NO_OUTPUT}
     if "backend.kind" in out:
         out["backend.kind"] = ENGINES.get(out["backend.kind"], out["backend.kind"])
     if out.get("backend.kind") != "fake":
@@ -47,21 +52,30 @@ def _flat(d: dict, pre: str = "") -> dict:
     return out
 
 
-def check(out: Path, cfg, const) -> None:
-    now = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in FREE}
+def check(out: Path, cfg, const, model_id: str, free: set = FREE, elsewhere: str = "use a new run dir") -> None:
+    """model_id: models.identity of the generating model (its path's files, not its display name), so a
+    changed checkpoint at the same path is a different config too."""
+    now = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in free}
     # checks only decide what is kept (and which stored requests are made): a re-filter, not another run
     now["constitution_ref"] = f"{const.name}@{const.version}#{const.generation_hash}"
     # JSON round trip so tuples compare equal to the lists read back from run.json
     now = _identity(json.loads(json.dumps(_flat(now))))
+    now["model.identity"] = model_id
     f = out / "work" / "run.json"
     if f.exists():
         try:
             old = _identity(json.loads(f.read_text()))  # a record written by an older version compares too
         except ValueError:
-            raise UserError(f"{f}: damaged run record; use a new run dir or restart=true") from None
+            raise UserError(f"{f}: damaged run record; {elsewhere} or restart=true") from None
+        if "model.identity" not in old:  # written before identities: its model is known by its config only
+            if old.get("backend.kind") == "fake" and now.get("backend.kind") != "fake":
+                # its ledger keys (the model's name) are the keys a real engine's requests have now
+                raise UserError(f"{out}: made by the fake engine with an older cai_gen, whose generations would "
+                                f"answer a real engine's requests; {elsewhere}")
+            old["model.identity"] = model_id
         changed = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
         if changed and not cfg.restart:
             raise UserError(f"{out}: this run dir was made with a different config (changed: {', '.join(changed[:6])}); "
-                            "use a new run dir, or restart=true to rerun it with this config (unchanged requests "
+                            f"{elsewhere}, or restart=true to rerun it with this config (unchanged requests "
                             "are reused)")
     atomic_write(f, json.dumps(now, indent=1, sort_keys=True) + "\n")

@@ -20,7 +20,7 @@ def conversation(const, row, order: str, rubric: list[str]) -> list[dict]:
     part of the rubric."""
     revision, original = row.revisions[-1], row.original
     a, b = (original, revision) if order == "original_first" else (revision, original)
-    principles = [const.principle(pid).critique.strip() for pid in dict.fromkeys(row.principles[: len(row.critiques)])]
+    principles = [const.principle(pid).critique.strip() for pid in dict.fromkeys(row.revised())]
     text = turns.render("judge", rubric=rubric, principles=principles, constitution=const.name,
                         system=row.prompt.system or "", context=row.prompt.turns(), prompt=row.prompt.prompt,
                         a=a, b=b)

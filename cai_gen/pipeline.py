@@ -58,6 +58,13 @@ class Row:
     checks: list[dict] = field(default_factory=list)  # per check: id, principle, kind, original/revision pass
     now: dict = field(default_factory=dict)            # check id -> passes, on the row's current answer
 
+    def revised(self) -> list[str]:
+        """The principle of each round that revised or tried to (its revision kept, or failed a check), not of a
+        round whose gate said NO (nothing was revised there): principle_ids, the judge's rubric, the card's
+        principle counts and the review's rounds follow it."""
+        no = {g["round"] for g in self.gate if g["answer"] == "NO"}
+        return [p for r, p in enumerate(self.principles[:len(self.critiques)], 1) if r not in no]
+
 
 def _seed(*key) -> int:
     return int.from_bytes(hashlib.sha256(json.dumps(key).encode()).digest()[:4], "big") & 0x7FFFFFFF
@@ -99,8 +106,17 @@ class Run:
     """What the stages share for one run: config, constitution, filters, ledger, the dropped and ended rows.
     The stage objects (stages.py) build requests and accept generations; flow.py schedules them."""
 
-    def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger):
+    def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger,
+                 model_id: str | None = None):
         self.cfg, self.backend, self.const, self.tracker, self.ledger = cfg, backend, const, tracker, ledger
+        # the model part of every ledger key: what generates (models.identity, and the fake engine's script), never
+        # the display name; judge requests on a separate judge model take that model's
+        mid = model_id or models.identity(cfg.model.source, cfg.model.path)
+        self.key_model = models.engine_identity(mid, cfg.backend)
+        jm = cfg.judge.model if cfg.judge.enabled else None
+        self.key_judge = (models.engine_identity(models.identity(jm.source, jm.path), cfg.backend) if jm is not None
+                          else self.key_model)
+        self.judge_started = False  # a separate judge engine started (summary.engine_started)
         self.style = cfg.revision_style or const.revision_style
         self.fs = turns.few_shot_turns(const, cfg.few_shot, self.style)
         self.filters = quality.Filters(cfg.filters, const)
@@ -207,7 +223,8 @@ class Run:
         """Ledger keys and generations already finished (a resumed or re-filtered run) for a row's requests;
         the context check for the rest (which is what opens a lazy engine). None when a request does not fit:
         the row failed (or, in a later round, kept its last revision: row.reason stays None)."""
-        keys = [request_key(backend.model, r.conv, r.params) for r in reqs]
+        mid = self.key_judge if stage.name == "judge" else self.key_model
+        keys = [request_key(mid, r.conv, r.params) for r in reqs]
         gens = [self.ledger.get(k) for k in keys]
         miss = [j for j, g in enumerate(gens) if g is None]
         if miss:
@@ -271,6 +288,7 @@ def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: boo
     try:
         return judge(job, kept, judge_backend)
     finally:
+        job.judge_started = judge_backend.opened
         judge_backend.close()
 
 
@@ -361,7 +379,8 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
                               "(prompts.keep_duplicates=true keeps them)")
     checks_mod.preflight(const, recs)
-    fingerprint.check(out_dir, cfg, const)
+    model_id = models.identity(cfg.model.source, cfg.model.path)  # once per run: it reads the model dir's files
+    fingerprint.check(out_dir, cfg, const, model_id)
     preflight(cfg, own_engine=backend is None)
     if cfg.reward.model:
         from . import reward as reward_mod
@@ -391,7 +410,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         built = build_rows(cfg, recs, const)
         order = {r.id: i for i, r in enumerate(built)}  # replicas return rows in the order they finished
         rows = sorted(ray_exec.generate(cfg, out_dir, built, const, tracker), key=lambda r: order[r.id])
-        job = Run(cfg, None, const, tracker, None)
+        job = Run(cfg, None, const, tracker, None, model_id)
         job.rejected = [r for r in rows if r.reason is not None]
         job.ended = [r for r in rows if r.end is not None]
         emit(job, rows, [r for r in rows if r.reason is None and r.end is None])
@@ -402,9 +421,10 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         ledger = Ledger(out_dir / "work" / "generations.jsonl")
         # engine logs go to engine.log, the terminal shows our progress (a fake engine or a server client is quiet)
         quiet = own and not cfg.verbose and cfg.backend.kind in ("vllm", "transformers")
+        job = None
         with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
             try:
-                job = Run(cfg, backend, const, tracker, ledger)
+                job = Run(cfg, backend, const, tracker, ledger, model_id)
                 for chunk in chunks:
                     rows = build_rows(cfg, chunk, const)
                     kept = generate(job, rows)
@@ -422,6 +442,8 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
                 if own:
                     started = backend.opened
                     backend.close()
+                if job is not None and job.judge_started:
+                    started = True  # a separate judge model's engine (beside a caller's engine, too)
         if whole:  # the reward model loads only now, with the generator's engine closed
             emit(job, rows, kept)
     n_prompts = len(recs)

@@ -201,7 +201,7 @@ def preference(row, cfg, const, created: str) -> dict:
         "rejected": rejected,
         "id": row.id,
         "prompt_id": row.prompt.id,  # what `split` is a hash of, so a reader can re-split (evaluate --test-size)
-        "principle_ids": row.principles[: len(row.critiques)],
+        "principle_ids": row.revised(),  # not a round the gate said NO to: nothing was revised there
         "critiques": row.critiques,
         "gate": row.gate,
         "edit_ratio": round(1.0 - row.similarity, 4) if row.similarity is not None else None,

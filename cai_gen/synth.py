@@ -134,14 +134,15 @@ def select(cands: list[Candidate], cells: list[Cell], cfg, few_shot: list[str]) 
     return sel
 
 
-def generate(cands: list[Candidate], backend, ledger, tracker, label: str) -> int:
+def generate(cands: list[Candidate], backend, ledger, tracker, label: str, key_model: str) -> int:
     """Fill in each candidate's generation: from the ledger where it is finished, else from the engine, each
-    committed to the ledger as it finishes (a kill -9 loses only requests in flight). Returns how many ran now."""
+    committed to the ledger as it finishes (a kill -9 loses only requests in flight). Returns how many ran now.
+    key_model: the model part of the ledger keys (models.engine_identity), as in the run."""
     from .ledger import request_key
 
     todo = []
     for c in cands:
-        c.key = request_key(backend.model, c.conv, c.params)
+        c.key = request_key(key_model, c.conv, c.params)
         c.gen = ledger.get(c.key)
         if c.gen is None:
             todo.append(c)
@@ -186,7 +187,7 @@ def run(cfg, backend=None, tracker=None) -> dict:
 
 
 def _run(cfg, const, backend, tracker) -> dict:
-    from . import enginelog, models
+    from . import enginelog, fingerprint, models
     from .backends import Lazy
     from .constitution import Synth
     from .ledger import Ledger
@@ -197,6 +198,11 @@ def _run(cfg, const, backend, tracker) -> dict:
     cells = plan(cfg.n, spec.mix, [p.id for p in const.principles])
     few_shot = [fs.prompt for fs in const.few_shot]
     tracker = tracker or Tracker()
+    # the run's rules: the work dir is refused for another model, engine kind, constitution, seed or sampling
+    # unless restart=true, and its keys name what generates (a fake generation never answers a real engine)
+    model_id = models.identity(cfg.model.source, cfg.model.path)
+    fingerprint.check(work, cfg, const, model_id, fingerprint.SYNTH_FREE, "use another out=")
+    key_model = models.engine_identity(model_id, cfg.backend)
     own = backend is None
     if own:
         if cfg.backend.kind in ("vllm", "transformers"):
@@ -223,7 +229,7 @@ def _run(cfg, const, backend, tracker) -> dict:
                     want = _trim(want, left)
                 start = [sum(1 for c in cands if c.cell == i) for i in range(len(cells))]
                 new = [candidate(cfg, const, cells, i, start[i] + k) for i, w in enumerate(want) for k in range(w)]
-                ran = generate(new, backend, ledger, tracker, f"synth r{r}")
+                ran = generate(new, backend, ledger, tracker, f"synth r{r}", key_model)
                 cands += new
                 rounds.append({"round": r, "requests": len(new), "generated": ran, "reused": len(new) - ran})
     finally:

@@ -129,15 +129,13 @@ class Lazy:
 
     def __init__(self, model: str, queued_: bool, open_: Callable[[], Backend]):
         self.model, self.queued, self._open, self.backend = model, queued_, open_, None
+        self.opened = False  # whether the engine was started, even if closed since (summary.engine_started)
 
     def _get(self) -> Backend:
         if self.backend is None:
             self.backend = self._open()
+            self.opened = True
         return self.backend
-
-    @property
-    def opened(self) -> bool:
-        return self.backend is not None
 
     @property
     def max_model_len(self) -> int:
