@@ -185,3 +185,21 @@ def test_third_party_info_lines_stay_off_the_terminal(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert list((tmp_path / "mpl").glob("fontlist*.json")), "matplotlib built no font cache: the test tests nothing"
     assert "INFO" not in r.stdout + r.stderr and "fontManager" not in r.stdout + r.stderr, r.stdout
+
+
+def test_compose_does_not_import_the_entry_point():
+    """config.compose used to import cai_gen.__main__ (an upward import) for register_groups."""
+    r = subprocess.run([sys.executable, "-c", "import sys; from cai_gen.config import compose; compose('backend=fake'); "
+                        "print(sorted(m for m in sys.modules if m in ('cai_gen.__main__', 'cai_gen.synth')))"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
+
+
+def test_request_seeds_and_answer_text_are_defined_once():
+    """pipeline and synth each had their own _seed, stats and review.route their own text(): one of each now."""
+    from cai_gen import backends, pipeline, stats, synth
+    from cai_gen.review import route
+
+    assert not hasattr(pipeline, "_seed") and not hasattr(synth, "_seed")
+    assert route.text is backends.last_text and not hasattr(stats, "text")
+    assert backends.seed_of(0, "p-1", 0, "respond") == 27642809  # the value the old _seed gave: ledgers still match
