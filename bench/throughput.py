@@ -6,14 +6,19 @@ so its peak RSS (the whole process tree, sampled every 0.2 s) is its own, except
 share one process and one engine (the raw pass replays cai_gen's requests on it): their peak RSS and engine start
 are one measurement, printed once across both columns:
 
-  engine   cai_gen end to end (pipeline.run, one vLLM engine, stage batches), then the raw engine: one LLM.chat
-           call over exactly the requests cai_gen sent (recorded), the ceiling. Same engine, same process.
+  engine   cai_gen end to end (pipeline.run, one vLLM engine, stage batches) and the raw engine: one LLM.chat
+           call over exactly the requests cai_gen sent (recorded), the ceiling. Same engine, same process. One
+           untimed cai_gen pass on 4 prompts first (engine warm-up), then --blocks blocks of
+           cai_gen, raw, raw, cai_gen, so neither side always runs first on a warmer (or busier) engine; the
+           tok/s ratio of each adjacent (cai_gen, raw) pair gives `cai_gen tok/s of raw: MEDIAN (MIN-MAX, N
+           pairs)`, and the table shows each side's median pass.
   naive    the tutorial loop: transformers generate, one conversation at a time, respond -> critique -> revise,
            on the first --naive-rows rows (a rate; it would take hours on all of them).
   peer     distilabel 1.5.3 (bench/peer-requirements.txt, installed apart in bench/.peer). Its in-process vLLM
            wrapper fails on vLLM >= 0.11 (it passes `logits_processors` to SamplingParams; see --peer-inproc), so
            the peer is distilabel's supported vLLM route: its Pipeline of three ChatGeneration steps with
-           ClientvLLM against `vllm serve` of the same model on localhost.
+           ClientvLLM against `vllm serve` of the same model on localhost. Its packages missing: one line saying
+           how to install them, and the other systems run.
 
 Pairs = rows taken through respond, critique and revise (quality filters and gate off for the count: truncated
 answers kept, so every system does the same work per row); cai_gen's kept pairs after its filters are shown too.
@@ -22,7 +27,8 @@ engine; the naive loop's and the peer's (original, critique, revision) rows thro
 and default filters (no gate: they have none; a text at its max tokens counts as cut). Kept pairs, generated
 tokens per kept pair, kept pairs per minute, and the lines `cai_gen tokens per kept pair of peer: X` (gate on)
 and `cai_gen tokens per kept pair, gate on of gate off: Y`.
-Prints a table, the lines `cai_gen vs naive: X` (pairs/min ratio) and `cai_gen tok/s of raw: Y`, then JSON.
+Prints a table, the lines `cai_gen vs naive: X` (pairs/min ratio) and `cai_gen tok/s of raw: Y (MIN-MAX, ...)`,
+then JSON.
 
     .venv/bin/python bench/throughput.py --quick      # < 15 min on 2 CPU cores (eager engine, short answers)
     .venv/bin/python bench/throughput.py              # 300 rows, full max tokens (--no-eager: compiled engine)
@@ -44,8 +50,8 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT), str(HERE)]
 
 PRESETS = {
-    "quick": dict(prompts=24, samples=2, naive_rows=3, respond=128, critique=96, revise=128, eager=True),
-    "full": dict(prompts=150, samples=2, naive_rows=8, respond=256, critique=160, revise=256, eager=True),
+    "quick": dict(prompts=24, samples=2, naive_rows=3, respond=128, critique=96, revise=128, eager=True, blocks=1),
+    "full": dict(prompts=150, samples=2, naive_rows=8, respond=256, critique=160, revise=256, eager=True, blocks=2),
 }
 
 
@@ -73,6 +79,32 @@ def overrides(a, prompts: Path, same_work: bool = True) -> list[str]:
 
 # ---------------------------------------------------------------- systems (each runs in a subprocess)
 
+def alternate(run_cai_gen, run_raw, blocks: int) -> tuple[list[dict], list[dict]]:
+    """Timed passes in blocks of cai_gen, raw, raw, cai_gen: each side runs first as often as second, so a
+    drifting engine or machine (warming caches, a neighbour's load) does not favour one. Returns both sides'
+    passes in pair order: pair i is (cai_gen[i], raw[i]), which ran next to each other."""
+    cg, raw = [], []
+    for _ in range(blocks):
+        cg.append(run_cai_gen())
+        raw.append(run_raw())
+        raw.append(run_raw())
+        cg.append(run_cai_gen())
+    return cg, raw
+
+
+def tps_ratio(cg: list[dict], raw: list[dict]) -> dict:
+    """cai_gen tok/s of raw over adjacent pairs: the median and its spread (min, max)."""
+    import statistics
+
+    ratios = sorted((c["tokens"] / c["seconds"]) / (r["tokens"] / r["seconds"]) for c, r in zip(cg, raw))
+    return {"median": statistics.median(ratios), "min": ratios[0], "max": ratios[-1], "pairs": len(ratios)}
+
+
+def median_pass(passes: list[dict]) -> dict:
+    """The pass of median duration (every pass does the same requests, so its counts are the run's)."""
+    return sorted(passes, key=lambda p: p["seconds"])[(len(passes) - 1) // 2]
+
+
 def sys_engine(a, prompts: Path) -> dict:
     from overhead import cai_gen_pass, raw_pass, start_engine
 
@@ -80,8 +112,20 @@ def sys_engine(a, prompts: Path) -> dict:
 
     cfg = compose(*overrides(a, prompts))
     rec, start = start_engine(cfg, a.eager)
-    cg = cai_gen_pass(cfg, rec)
-    raw = raw_pass(rec, rec.calls)
+    # warm-up, untimed, on the first 4 prompts: the first batches after the engine start are slower for either side
+    cai_gen_pass(compose(*overrides(a, prompts), "limit=4"), rec)
+    calls: list = []  # the requests of one full cai_gen pass (every pass sends the same: seeds are keyed by row)
+
+    def cg_pass():
+        rec.calls.clear()
+        r = cai_gen_pass(cfg, rec)
+        if not calls:  # the first timed pass records what raw replays (raw never runs before it)
+            calls.extend(rec.calls)
+        return r
+
+    cgs, raws = alternate(cg_pass, lambda: raw_pass(rec, calls), a.blocks)
+    cg, raw = median_pass(cgs), median_pass(raws)
+    raw["of_raw"] = tps_ratio(cgs, raws)
     # what a kept pair costs with cai_gen's defaults, gate on and off, on the same engine (own run dirs: no reuse)
     cost = {}
     for gate in ("true", "false"):
@@ -177,8 +221,15 @@ def refilter(a, prompts: Path, texts: list[dict]) -> int:
     return kept
 
 
+PEER_INSTALL = ".venv/bin/pip install --no-deps --target bench/.peer -r bench/peer-requirements.txt"
+
+
 def sys_peer(a, prompts: Path) -> dict:
-    import peer
+    try:
+        import peer
+    except ModuleNotFoundError as e:  # the peer lives apart, in bench/.peer: not there, say how to get it
+        missing = (e.name or "distilabel").split(".")[0]
+        return {"peer": {"error": f"skipped: {missing} is not installed; install the peer once with {PEER_INSTALL}"}}
 
     return {"peer": peer.run(a, prompts)}
 
@@ -241,6 +292,8 @@ def run_system(name: str, a, prompts: Path) -> dict:
     res = json.loads(out.read_text())
     shared = [k for k in res if k in ("cai_gen", "raw")]
     for k, v in res.items():
+        if "error" in v:  # skipped (the peer not installed): no figures of its own
+            continue
         v["peak_rss_mb"] = round(peak / 2**20)
         if len(shared) > 1 and k in shared:
             v["shared_process"] = "+".join(shared)  # one process: not two separate measurements
@@ -282,8 +335,10 @@ def report(res: dict) -> None:
             print(f"cai_gen vs naive: {cg['pairs_per_min'] / res['naive']['pairs_per_min']:.1f}x pairs/min")
         if "pairs_per_min" in res.get("peer", {}):
             print(f"cai_gen vs peer: {cg['pairs_per_min'] / res['peer']['pairs_per_min']:.2f}x pairs/min")
-        if "tok_per_s" in res.get("raw", {}):
-            print(f"cai_gen tok/s of raw: {cg['tok_per_s'] / res['raw']['tok_per_s']:.2f}")
+        if "of_raw" in res.get("raw", {}):
+            q = res["raw"]["of_raw"]
+            print(f"cai_gen tok/s of raw: {q['median']:.2f} ({q['min']:.2f}-{q['max']:.2f}, median of {q['pairs']} "
+                  "adjacent pairs)")
     cost = dict(res.get("cost") or {})
     for c in ("naive", "peer"):  # their pairs through cai_gen's filters (no gate: they have none)
         if "kept" in res.get(c, {}):
@@ -320,6 +375,7 @@ def main() -> None:
     ap.add_argument("--critique", type=int, help="max tokens: critique")
     ap.add_argument("--revise", type=int, help="max tokens: revise")
     ap.add_argument("--eager", action=argparse.BooleanOptionalAction, default=None, help="vLLM enforce_eager")
+    ap.add_argument("--blocks", type=int, help="timed blocks of cai_gen, raw, raw, cai_gen after the warm-up")
     ap.add_argument("--skip", default="", help="comma list of systems to skip: naive,peer")
     ap.add_argument("--system", choices=list(SYSTEMS), help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

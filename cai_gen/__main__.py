@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from .paths import CONF
@@ -12,40 +11,27 @@ if not (CONF / "config.yaml").is_file():  # a package built without its data: sa
     sys.exit(f"cai_gen: config folder {CONF} not found; reinstall cai_gen (pip install .) or run from a checkout")
 
 import hydra  # noqa: E402
-from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from . import constitution, paths, prompts  # noqa: E402  (light: pydantic + yaml only)
-from .errors import UserError  # noqa: E402
+from .cli import prepare, register_groups  # noqa: E402,F401  (register_groups: for tests that compose by hand)
+from .errors import Resumable, UserError  # noqa: E402
 
 
-def register_groups(include: Sequence[str] = ()) -> None:
-    """constitution=<name> and prompts=<name> choose files found by scanning constitutions/ and prompts/ (the
-    user's include path first, then the built-ins): a new domain is a new YAML there, no conf/ entry needed."""
-    cs = ConfigStore.instance()
-    for name in constitution.available(include):
-        cs.store(group="constitution", name=name, node={"name": name, "path": None})
-    for name in prompts.available(include):
-        cs.store(group="prompts", name=name, node={"name": name, "path": None, "dataset": None, "split": "train",
-                                                   "column": "prompt", "id_column": None, "domain_column": None,
-                                                   "messages_column": None, "config": None, "revision": None,
-                                                   "data_files": None, "keep_duplicates": False})
+def resume_command(out: Path, resumed: bool) -> str:
+    """The command that continues this run: its own overrides into its own dir. "The same command" is not it
+    when the run dir is the default timestamped one (a new dir, everything generated again), nor for one job of
+    a sweep (-m makes a new sweep dir)."""
+    import shlex
 
+    from hydra.core.hydra_config import HydraConfig
 
-def check_group_choices(argv: list[str], include: Sequence[str] = ()) -> None:
-    """One-line error for `group=unknown` before Hydra prints its multi-line composition error."""
-    groups = {"constitution": constitution.available(include), "prompts": prompts.available(include)}
-    for g in ("model", "backend", "sampling", "judge"):
-        groups[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
-    for arg in argv:
-        key, eq, val = arg.partition("=")
-        options = groups.get(key.lstrip("+~"))
-        if not eq or options is None:
-            continue
-        for choice in val.split(","):  # sweeps: -m constitution=a,b
-            if choice and choice not in options:
-                print(f"cai_gen: error: {key}={choice}: unknown option (have: {', '.join(options)})", file=sys.stderr)
-                sys.exit(2)
+    ov = HydraConfig.get().overrides
+    # the sweep's mode, dirs and launcher made this job; the job itself runs on its own
+    drop = ("hydra.mode=", "hydra.run.dir=", "hydra.sweep.", "hydra/launcher=", "hydra.launcher.")
+    args = [a for a in ov.hydra if not a.lstrip("+~").startswith(drop)] + list(ov.task)
+    if not resumed:  # resume=DIR already names the dir
+        args.append(f"hydra.run.dir={out.resolve()}")
+    return " ".join(["python", "-m", "cai_gen", *map(shlex.quote, args)])
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")
@@ -66,13 +52,14 @@ def main(cfg: DictConfig) -> None:
 
         try:
             summary = pipeline.run(run_cfg, out)
-        except KeyboardInterrupt:
-            # every finished generation is in the ledger (flushed as it came); the same command picks up there
+        except (KeyboardInterrupt, Resumable) as e:
+            # every finished generation is in the ledger (flushed as it came); a rerun into this dir picks up there
             from .ledger import saved
 
-            print(f"cai_gen: stopped; {saved(out / 'work')} generations saved; rerun the same command to resume",
-                  file=sys.stderr)
-            sys.exit(130)
+            what = f"error: {e}" if isinstance(e, Resumable) else "stopped"
+            print(f"cai_gen: {what}; {saved(out / 'work')} generations saved; resume: "
+                  f"{resume_command(out, bool(run_cfg.resume))}", file=sys.stderr)
+            sys.exit(2 if isinstance(e, Resumable) else 130)
         report.print_summary(summary, out)
     except UserError as e:
         print(f"cai_gen: error: {e}", file=sys.stderr)
@@ -81,14 +68,9 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    try:
-        # the groups must be registered before Hydra composes, so include_path is read from the command line here
-        include = paths.from_overrides(sys.argv[1:])
-        register_groups(include)
-    except UserError as e:
-        print(f"cai_gen: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    check_group_choices(sys.argv[1:], include)
+    from .config import RunConfig
+
+    sys.argv[1:] = prepare(sys.argv[1:], RunConfig, "cai_gen")
     try:
         main()
     except KeyboardInterrupt:  # before the run started (composing, loading prompts): nothing to save

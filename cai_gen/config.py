@@ -354,9 +354,11 @@ def compose(*overrides: str) -> RunConfig:
     from omegaconf import OmegaConf
 
     from . import paths
-    from .__main__ import register_groups
+    from .cli import check_overrides, register_groups
 
-    register_groups(paths.from_overrides(overrides))
+    include = paths.from_overrides(overrides)
+    register_groups(include)
+    overrides = check_overrides(overrides, RunConfig, include)  # a typo'd key: UserError naming it, as on the CLI
     with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+        cfg = hydra_compose(config_name="config", overrides=overrides)
     return validate(OmegaConf.to_container(cfg, resolve=True))

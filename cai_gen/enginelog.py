@@ -14,7 +14,7 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Resumable, UserError
 
 
 ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
@@ -56,7 +56,8 @@ def to_log(path: Path, console):
             traceback.print_exc(file=f)  # into the log, beside the engine's own messages
         first = (str(e).strip().splitlines() or [""])[0][:200]
         cause = root_cause(path, start, first)
-        raise UserError(f"engine: {cause or f'{type(e).__name__}: {first}'} (full log: {path})") from None
+        # Resumable: what the engine finished before it failed is in the ledger; the entry point says how to go on
+        raise Resumable(f"engine: {cause or f'{type(e).__name__}: {first}'} (full log: {path})") from None
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

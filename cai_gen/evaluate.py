@@ -185,7 +185,8 @@ def evaluate(a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .stats import longer_chosen, text
+    from .backends import last_text as text
+    from .stats import longer_chosen
 
     t0 = time.perf_counter()
     train_rows, test_rows = load_pairs(a.run, a.test_size)

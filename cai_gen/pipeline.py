@@ -6,7 +6,6 @@ respond -> (critique -> gate -> revise) x rounds -> pair [-> judge] [-> reward] 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -19,7 +18,7 @@ from . import constitution as constitution_mod
 from . import prompts as prompts_mod
 from . import checks as checks_mod
 from . import enginelog, fingerprint, flow, models, quality, report, stages as stages_mod, store, turns
-from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued
+from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued, seed_of
 from .config import RunConfig
 from .ledger import Ledger, request_key
 from .lock import RunLock
@@ -66,10 +65,6 @@ class Row:
         return [p for r, p in enumerate(self.principles[:len(self.critiques)], 1) if r not in no]
 
 
-def _seed(*key) -> int:
-    return int.from_bytes(hashlib.sha256(json.dumps(key).encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
 def _draw(rng: random.Random, r) -> float:
     lo, hi = (r, r) if isinstance(r, (int, float)) else r
     return round(rng.uniform(lo, hi), 4)
@@ -83,7 +78,7 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
         for s in range(cfg.samples):
             rng = random.Random(json.dumps([cfg.seed, "sampling", rec.id, s]))
             params = Params(temperature=_draw(rng, cfg.sampling.temperature), top_p=_draw(rng, cfg.sampling.top_p),
-                            max_tokens=cfg.sampling.max_tokens.respond, seed=_seed(cfg.seed, rec.id, s, "respond"))
+                            max_tokens=cfg.sampling.max_tokens.respond, seed=seed_of(cfg.seed, rec.id, s, "respond"))
             # targeted choice picks each round's principle once the answer's checks are in (stages.Choose)
             pre = [] if targeted(cfg, const) else const.sample(cfg.rounds, cfg.seed, rec.id, s)
             rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=applicable(const, rec)))
@@ -125,7 +120,7 @@ class Run:
         self.ended: list[Row] = []
 
     def seed(self, *key) -> int:
-        return _seed(self.cfg.seed, *key)
+        return seed_of(self.cfg.seed, *key)
 
     def reject(self, row: Row, stage: str, reason: str) -> bool:
         """Drop the row with its reason (written to rejected.jsonl). Returns False: the row leaves the flow."""

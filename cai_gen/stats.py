@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import judge as judge_mod
 from . import store
+from .backends import last_text
 from .store import run_config
 from .yamlio import jsonl_rows
 
@@ -39,10 +40,6 @@ def longer_chosen(cw: list[int], rw: list[int]) -> float | None:
     if not cw:
         return None
     return round(sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(cw, rw)) / len(cw), 4)
-
-
-def text(msgs: list[dict]) -> str:
-    return msgs[-1]["content"] if msgs else ""
 
 
 def histogram(xs: list[float], bins: list[float]) -> list[int]:
@@ -109,7 +106,7 @@ def compute(out: Path) -> dict:
         common(p)
         if p.get("edit_ratio") is not None:
             edits.append(p["edit_ratio"])
-        c, j = text(p["chosen"]), text(p["rejected"])
+        c, j = last_text(p["chosen"]), last_text(p["rejected"])
         cw.append(len(c.split()))
         rw.append(len(j.split()))
         cc.append(len(c))

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Resumable, UserError
 from .paths import CONF
 
 KINDS = ("targeted", "borderline", "ordinary")
@@ -76,14 +76,10 @@ def plan(n: int, mix: dict[str, float], principles: list[str]) -> list[Cell]:
     return [Cell(p, k, quota[(p, k)]) for p in principles for k in kinds if quota.get((p, k))]
 
 
-def _seed(*key) -> int:
-    return int.from_bytes(hashlib.sha256(json.dumps(key).encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
 def candidate(cfg, const, cells: list[Cell], i: int, j: int) -> Candidate:
     """The request for cell i's j-th candidate. Principle texts, description, axis values and examples are
     passed to the template as data (turns.render: sandboxed, StrictUndefined)."""
-    from .backends import Params
+    from .backends import Params, seed_of
     from .constitution import Synth
     from .turns import render
 
@@ -96,7 +92,7 @@ def candidate(cfg, const, cells: list[Cell], i: int, j: int) -> Candidate:
     text = render("synth", description=const.description.strip() or f"an assistant for {const.name}",
                   rule=p.id.replace("_", " "), check=p.critique.strip(), kind=cell.kind,
                   axes=[(k.replace("_", " "), v) for k, v in axes.items()], examples=examples)
-    params = Params(cfg.temperature, cfg.top_p, cfg.max_tokens, _seed(cfg.seed, "synth", cell.principle, cell.kind, j))
+    params = Params(cfg.temperature, cfg.top_p, cfg.max_tokens, seed_of(cfg.seed, "synth", cell.principle, cell.kind, j))
     return Candidate(i, j, axes, [{"role": "user", "content": text}], params)
 
 
@@ -298,17 +294,10 @@ def _cli() -> None:
     import hydra
     from omegaconf import OmegaConf
 
-    from . import paths
-    from .__main__ import check_group_choices, register_groups
+    from .cli import prepare
     from .config import SynthConfig, validate
 
-    try:
-        include = paths.from_overrides(sys.argv[1:])
-        register_groups(include)  # constitution=<name>: every constitutions/*.yaml on the search path
-    except UserError as e:
-        print(f"cai_gen.synth: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    check_group_choices(sys.argv[1:], include)
+    sys.argv[1:] = prepare(sys.argv[1:], SynthConfig, "cai_gen.synth")  # groups registered, keys checked
 
     @hydra.main(version_base="1.3", config_path=str(CONF), config_name="synth")
     def main(cfg) -> None:
@@ -316,13 +305,15 @@ def _cli() -> None:
             scfg = validate(OmegaConf.to_container(cfg, resolve=True), SynthConfig)
             try:
                 run(scfg)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Resumable) as e:
                 from .ledger import saved
 
+                # the work dir follows from out=, so here the same command does resume
                 work = paths_of(scfg.out)[2] / "work"
-                print(f"cai_gen.synth: stopped; {saved(work)} generations saved; rerun the same command to resume",
+                what = f"error: {e}" if isinstance(e, Resumable) else "stopped"
+                print(f"cai_gen.synth: {what}; {saved(work)} generations saved; rerun the same command to resume",
                       file=sys.stderr)
-                sys.exit(130)
+                sys.exit(2 if isinstance(e, Resumable) else 130)
         except UserError as e:
             print(f"cai_gen.synth: error: {e}", file=sys.stderr)
             sys.exit(2)

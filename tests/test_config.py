@@ -134,3 +134,72 @@ def test_min_edit_above_max_edit_is_refused():
     with pytest.raises(UserError, match=r"filters: .*min_edit \(0\.9\) must be <= max_edit \(0\.5\)"):
         make_cfg("filters.min_edit=0.9", "filters.max_edit=0.5")
     assert make_cfg("filters.min_edit=0.9").filters.max_edit == 1.0
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["samplez=4"], "samplez=4: unknown key samplez (did you mean samples?)"),
+    (["gate.treshold=0.3"], "gate.treshold=0.3: unknown key gate.treshold (did you mean gate.threshold?)"),
+    (["+gate.treshold=0.3"], "+gate.treshold=0.3: unknown key gate.treshold (did you mean gate.threshold?)"),
+    (["~samplez"], "~samplez: unknown key samplez (did you mean samples?)"),
+    (["-m", "samplez=1,2"], "samplez=1,2: unknown key samplez (did you mean samples?)"),
+    (["gate.zzz=1"], "gate.zzz=1: unknown key gate.zzz (gate has: enabled, threshold)"),
+    (["samples.x=1"], "samples.x=1: samples takes a value, not keys"),
+])
+def test_cli_typo_key_is_one_line_exit_2(args, msg, tmp_path):
+    """A key the schema does not have is one line naming it (with the close one), exit 2, before Hydra composes
+    (it used to print six lines of its own and exit 1)."""
+    r = run_cli(*args, "backend=fake", f"hydra.run.dir={tmp_path}/out", f"hydra.sweep.dir={tmp_path}/sweep")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"cai_gen: error: {msg}"), r.stderr[-2000:]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_compose_names_a_typo_key_too():
+    with pytest.raises(UserError, match=r"^gate\.treshold=0\.3: unknown key gate\.treshold \(did you mean gate\.threshold\?\)$"):
+        make_cfg("gate.treshold=0.3")
+
+
+def test_cli_overrides_the_schema_allows_still_run(tmp_path):
+    """Group selections, +key, a key inside a dict-valued field (with or without +), hydra.* and a -m sweep all
+    pass the key check and run."""
+    import json
+
+    r = run_cli("-m", "backend=fake", "judge=self", "limit=1", "samples=1,2", "backend.extra_body.x=1",
+                "+backend.extra_body.y=2", "hydra.job.chdir=false", f"hydra.sweep.dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/config.json"))
+    assert len(runs) == 2
+    cfgs = [json.loads((d / "config.json").read_text()) for d in runs]
+    assert sorted(c["samples"] for c in cfgs) == [1, 2]
+    assert all(c["backend"]["extra_body"] == {"x": 1, "y": 2} and c["judge"]["enabled"] for c in cfgs)
+
+
+def test_third_party_info_lines_stay_off_the_terminal(tmp_path):
+    """matplotlib logs "generated new fontManager" (INFO) when it builds its font cache; Hydra's default job
+    logging put every such line on the terminal."""
+    import os
+
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "mpl"))  # no font cache yet: matplotlib builds one
+    r = subprocess.run([sys.executable, "-m", "cai_gen", "backend=fake", "limit=1", "samples=1",
+                        f"hydra.run.dir={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list((tmp_path / "mpl").glob("fontlist*.json")), "matplotlib built no font cache: the test tests nothing"
+    assert "INFO" not in r.stdout + r.stderr and "fontManager" not in r.stdout + r.stderr, r.stdout
+
+
+def test_compose_does_not_import_the_entry_point():
+    """config.compose used to import cai_gen.__main__ (an upward import) for register_groups."""
+    r = subprocess.run([sys.executable, "-c", "import sys; from cai_gen.config import compose; compose('backend=fake'); "
+                        "print(sorted(m for m in sys.modules if m in ('cai_gen.__main__', 'cai_gen.synth')))"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
+
+
+def test_request_seeds_and_answer_text_are_defined_once():
+    """pipeline and synth each had their own _seed, stats and review.route their own text(): one of each now."""
+    from cai_gen import backends, pipeline, stats, synth
+    from cai_gen.review import route
+
+    assert not hasattr(pipeline, "_seed") and not hasattr(synth, "_seed")
+    assert route.text is backends.last_text and not hasattr(stats, "text")
+    assert backends.seed_of(0, "p-1", 0, "respond") == 27642809  # the value the old _seed gave: ledgers still match

@@ -11,7 +11,7 @@ import pytest
 from cai_gen import pipeline
 from cai_gen.backends import Params, make_backend
 from cai_gen.backends.fake import FakeBackend
-from cai_gen.errors import UserError
+from cai_gen.errors import Resumable, UserError
 
 from .conftest import ROOT, make_cfg
 from .openai_stub import Stub
@@ -101,7 +101,7 @@ def test_gives_up_with_one_line_then_resumes_where_it_stopped(stub, tmp_path, fa
     cfg = cfg_for(stub, "judge=self", "backend.max_retries=2")
     stub.script = [None] * 10  # ten answers, then the server is down for good
     stub.down = True
-    with pytest.raises(UserError, match=r"failed 3 times \(last: 503 scripted 503\).*rerun the same command"):
+    with pytest.raises(Resumable, match=r"failed 3 times \(last: 503 scripted 503\)$"):  # __main__ adds the resume
         pipeline.run(cfg, tmp_path)
     kept = len((tmp_path / "work" / "generations.jsonl").read_text().splitlines())
     assert 1 <= kept <= stub.completed == 10  # the answers in hand when it gave up are kept
@@ -116,6 +116,35 @@ def test_gives_up_with_one_line_then_resumes_where_it_stopped(stub, tmp_path, fa
     # only the missing requests were sent again: counted on the resumed run's own client (the stub's counter
     # also sees the first run's last retries landing late, which made this flaky), and nothing is in twice
     assert be.next == len(keys) - kept and len(keys) == len(set(keys))
+
+
+def test_giving_up_on_the_command_line_prints_the_command_that_resumes(stub, tmp_path):
+    """The default run dir is a new timestamped one: the give-up line names the command that continues this one
+    (rerunning the same command would not); run as printed, it finishes there. httpx's INFO line per request
+    stays off the terminal (Hydra's job logging showed every one)."""
+    import os
+    import shlex
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # outputs/ lands in tmp_path, the code is this checkout's
+    cmd = [sys.executable, "-m", "cai_gen", "backend=openai", f"backend.base_url={stub.url}", "backend.count_tokens=none",
+           "backend.backoff=0.01", "backend.max_model_len=2048", "limit=6", "backend.max_retries=2"]
+    stub.script = [None] * 10  # ten answers, then the server is down for good
+    stub.down = True
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    last = r.stderr.strip().splitlines()[-1]
+    runs = list(tmp_path.glob("outputs/*/*/work"))
+    n = len((runs[0] / "generations.jsonl").read_text().splitlines())
+    assert r.returncode == 2 and len(runs) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert last.startswith(f"cai_gen: error: backend: {stub.url}/chat/completions failed 3 times (last: 503 scripted "
+                           f"503); {n} generations saved; resume: python -m cai_gen "), last
+    assert "HTTP Request" not in r.stdout + r.stderr
+    stub.down = False
+    again = shlex.split(last.partition("; resume: ")[2])
+    r = subprocess.run([sys.executable, *again[1:]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert list(tmp_path.glob("outputs/*/*/work")) == runs and (runs[0].parent / "preferences.jsonl").is_file()
+    keys = [json.loads(x)["key"] for x in (runs[0] / "generations.jsonl").read_text().splitlines()]
+    assert len(keys) == len(set(keys)) and len(keys) > n
 
 
 def test_client_errors_fail_at_once_with_the_servers_message(stub, tmp_path):

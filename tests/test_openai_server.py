@@ -81,7 +81,8 @@ def test_server_killed_mid_run_resume_and_retry(default_model_dir, tmp_path):
     _, err = a.communicate(timeout=120)
     assert a.returncode == 2, err[-2000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("cai_gen: error: backend:") and "rerun the same command" in last
+    assert last.startswith("cai_gen: error: backend:") and "generations saved; resume: python -m cai_gen" in last
+    assert last.endswith(f" hydra.run.dir={run.resolve()}"), last  # what step 2 reruns
     first = len(ledger_lines(run))
     assert first >= 8
 

@@ -8,7 +8,7 @@ import pytest
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
-from cai_gen.errors import UserError
+from cai_gen.errors import Resumable, UserError
 
 from .conftest import make_cfg
 
@@ -79,6 +79,7 @@ def test_a_failing_replica_is_one_line(tmp_path):
         pipeline.run(cfg, tmp_path)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("executor=ray: backend: http://127.0.0.1:9/v1/chat/completions failed 1 times")
+    assert isinstance(e.value, Resumable)  # the replica's give-up stays resumable: __main__ prints the command
 
 
 def test_config_rules(tmp_path):

@@ -223,25 +223,42 @@ def test_the_lock_is_per_dir_and_released_after_a_run(tmp_path):
         pass
 
 
-def test_ctrl_c_is_one_line_exit_130_and_the_rerun_finishes(tmp_path):
-    """Ctrl-C mid-run: no traceback, one line saying how many generations are saved (exactly the ledger's
-    lines) and how to resume; the same command then finishes with each request generated once."""
-    out = tmp_path / "run"
-    p = cli(out, delay=0.05, wait=False)
-    led = out / "work" / "generations.jsonl"
+def resume_args(line: str) -> list[str]:
+    """The command a stop line prints after `resume: `, runnable here."""
+    import shlex
+
+    cmd = shlex.split(line.partition("; resume: ")[2])
+    assert cmd[:3] == ["python", "-m", "cai_gen"], line
+    return [sys.executable, *cmd[1:]]
+
+
+def test_ctrl_c_is_one_line_exit_130_and_the_printed_command_resumes(tmp_path):
+    """Ctrl-C mid-run in the default (timestamped) run dir: no traceback, one line saying how many generations
+    are saved (exactly the ledger's lines) and the command that resumes, which names that dir: "the same
+    command" would open a new timestamped dir and generate everything again. That command then finishes the
+    run in the same dir with each request generated once."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # run from tmp_path (outputs/ lands there) with this checkout
+    cmd = [sys.executable, "-m", "cai_gen", *ARGS, "backend.delay=0.05"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
-    while (not led.exists() or len(led.read_text().splitlines()) < 10) and p.poll() is None and time.time() - t0 < 120:
+    while (len(leds := list(tmp_path.glob("outputs/*/*/work/generations.jsonl"))) != 1
+           or len(leds[0].read_text().splitlines()) < 10) and p.poll() is None and time.time() - t0 < 120:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
+    led = leds[0]
     n = len(led.read_text().splitlines())
     assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
-    assert err.strip().splitlines()[-1] == f"cai_gen: stopped; {n} generations saved; rerun the same command to resume"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"cai_gen: stopped; {n} generations saved; resume: python -m cai_gen "), last
+    assert f"hydra.run.dir={led.parent.parent}" in last
     assert 10 <= n < 80
-    r = cli(out)
+    r = subprocess.run(resume_args(last), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert list(tmp_path.glob("outputs/*/*/work")) == [led.parent]  # no second run dir
     keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 80
+    assert len(keys) == len(set(keys)) == 80  # only the missing requests were generated
+    assert (led.parent.parent / "preferences.jsonl").is_file()
 
 
 def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_path, monkeypatch):

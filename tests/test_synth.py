@@ -269,7 +269,10 @@ def test_principle_text_is_data_not_template(tmp_path):
     ([], "out: "),
     (["constitution.path=BAD", "axes"], ":6: synth.axes.colour: unknown key"),
     (["constitution.path=BAD", "empty"], "principles: List should have at least 1 item"),
-    (["+typo=1"], "typo: Extra inputs"),
+    (["+typo=1"], "+typo=1: unknown key typo"),
+    (["oversampel=2"], "oversampel=2: unknown key oversampel (did you mean oversample?)"),  # before Hydra composes
+    (["filters.min_wrods=2"], "unknown key filters.min_wrods (did you mean filters.min_words?)"),
+    (["prompts=customer_service"], "prompts=customer_service: unknown key prompts"),  # a group of the run, not synth
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, says):
     bad = tmp_path / "bad.yaml"

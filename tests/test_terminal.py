@@ -37,7 +37,9 @@ def test_quiet_terminal_and_ctrl_c_on_the_real_engine(tmp_path):
     n = len(led.read_text().splitlines())
     assert p.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr + stdout
-    assert stderr.strip().splitlines()[-1] == f"cai_gen: stopped; {n} generations saved; rerun the same command to resume"
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cai_gen: stopped; {n} generations saved; resume: python -m cai_gen limit=2 "), last
+    assert last.endswith(f" hydra.run.dir={out.resolve()}"), last  # the command below is that one
 
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

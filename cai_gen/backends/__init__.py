@@ -5,6 +5,8 @@ each backend module so `--help` and config errors never pay for torch or vllm.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -45,6 +47,17 @@ class Generation:
 
 
 OnDone = Callable[[int, Generation], None]
+
+
+def seed_of(*key) -> int:
+    """A request's sampling seed from what it is (run seed, prompt or cell, sample, stage): the same request gets
+    the same seed in every run, executor and shard, so its ledger key (which holds the params) is the same."""
+    return int.from_bytes(hashlib.sha256(json.dumps(key).encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def last_text(conv: Conversation) -> str:
+    """The last message's text: a chosen or rejected answer is one assistant message."""
+    return conv[-1]["content"] if conv else ""
 
 _SENTENCE_END = re.compile(r"[.!?\n]+")
 _WORD = re.compile(r"[a-z0-9']+")

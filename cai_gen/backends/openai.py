@@ -16,14 +16,15 @@ import threading
 import queue
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-from ..errors import UserError
+from ..errors import Resumable, UserError
 from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
-class BackendError(UserError):
-    """The endpoint failed a request for good; finished requests are in the ledger (rerun to resume)."""
+class BackendError(Resumable):
+    """The endpoint failed a request for good; finished requests are in the ledger (the entry point prints the
+    command that resumes)."""
 
 
 class OpenAIBackend:
@@ -134,8 +135,7 @@ class OpenAIBackend:
             except httpx.TransportError as e:  # refused, reset, timed out: the server may be restarting
                 why = f"{type(e).__name__}: {e}"
             if attempt == self.max_retries:
-                raise BackendError(f"backend: {self.url} failed {attempt + 1} times (last: {why}); finished "
-                                   "requests are saved, rerun the same command to resume")
+                raise BackendError(f"backend: {self.url} failed {attempt + 1} times (last: {why})")
             with self.lock:
                 self.retries += 1
             self.stop.wait(wait_s if wait_s is not None else

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import UserError
+from ..errors import Resumable, UserError
 
 
 class Replica:
@@ -52,9 +52,10 @@ class Replica:
             if self.cfg.judge.enabled and kept:
                 pipeline.judge(job, kept, self.backend)
         except UserError as e:  # the endpoint gave up, a bad input: the driver says it in one line
-            # (returned, not raised: Ray's wrappers would bury the message in a stack of its own)
+            # (returned, not raised: Ray's wrappers would bury the message in a stack of its own; pickled, so the
+            # driver knows a Resumable one, such as an endpoint that gave up, and says how to resume)
             return {"row": np.array([b""], dtype=object), "stats": np.array([b""], dtype=object),
-                    "error": np.array([str(e)], dtype=object)}
+                    "error": np.array([pickle.dumps(e)], dtype=object)}
         finally:
             self.ledger.sync()  # the batch's generations are on disk before its rows leave the replica
         stats = {k: {f: v - before.get(k, {}).get(f, 0) for f, v in vars(st).items()}
@@ -63,7 +64,7 @@ class Replica:
             stats["_engine_start_s"], self.start_s = self.start_s, None
         return {"row": np.array([pickle.dumps(r) for r in rows], dtype=object),
                 "stats": np.array([pickle.dumps(stats)] + [b""] * (len(rows) - 1), dtype=object),
-                "error": np.array([""] * len(rows), dtype=object)}
+                "error": np.array([b""] * len(rows), dtype=object)}
 
 
 def _root(e: BaseException) -> BaseException:
@@ -124,9 +125,9 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
     with tracker.stage("ray", len(rows)) as on_done:
         try:
             for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-                err = next((m for m in batch["error"] if m), None)
+                err = next((pickle.loads(m) for m in batch["error"] if m), None)
                 if err:
-                    raise UserError(f"executor=ray: {err}")
+                    raise (Resumable if isinstance(err, Resumable) else UserError)(f"executor=ray: {err}")
                 for b in batch["stats"]:
                     if b:
                         st_all = pickle.loads(b)
@@ -146,8 +147,8 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
                 raise
             root = _root(e)
             last = str(root).strip().splitlines()[-1] if str(root).strip() else ""
-            raise UserError(f"executor=ray: a replica failed ({type(root).__name__}: {last[:300]}); finished "
-                            "requests are saved in the run dir, rerun the same command to resume") from None
+            # finished requests are in the run dir's ledger: the entry point says how many, and how to resume
+            raise Resumable(f"executor=ray: a replica failed ({type(root).__name__}: {last[:300]})") from None
     tracker.stages.pop("ray", None)  # the per-stage stats above are the real ones; keep the wall time
     # generation time = the pass minus the slowest replica's engine start (replicas start side by side)
     tracker.gen_seconds = max(0.0, tracker.gen_seconds - max(starts, default=0.0))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import re
 
+from ..backends import last_text as text  # noqa: F401  (review/merge.py imports it from here)
+
 # judge outcomes that mean "the model could not tell" (see judge.py): both go to a human when asked
 UNSURE = ("judge_low_confidence", "judge_inconsistent")
 
@@ -34,10 +36,6 @@ def reasons(pref: dict, cfg, seed: int) -> list[str]:
     if cfg.sample_rate and sampled(seed, pref["id"], cfg.sample_rate):
         why.append("sample")
     return why
-
-
-def text(msgs: list[dict]) -> str:
-    return msgs[-1]["content"] if msgs else ""
 
 
 def item(pref: dict, why: list[str], principles: dict[str, dict]) -> dict:
