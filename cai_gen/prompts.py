@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -240,7 +240,8 @@ def from_dataset(name: str, split: str, column: str, id_column: str | None, doma
 def load(name: str | None, path: str | None, dataset: str | None, split: str = "train", column: str = "prompt",
          id_column: str | None = None, domain_column: str | None = None, limit: int | None = None,
          include: Iterable[str] = (), *, messages_column: str | None = None, config: str | None = None,
-         revision: str | None = None, data_files=None, keep_duplicates: bool = False) -> Prompts:
+         revision: str | None = None, data_files=None, keep_duplicates: bool = False,
+         kind: str | None = None) -> Prompts:
     """The run's prompts from one source; exact duplicate conversations dropped (counted in .duplicates)."""
     if path:
         recs, where = from_jsonl(path), str(Path(path).expanduser())
@@ -251,6 +252,8 @@ def load(name: str | None, path: str | None, dataset: str | None, split: str = "
         recs, where = from_set(name, include), f"prompts={name}"
     else:
         raise UserError("prompts: set prompts=<name>, prompts.path=FILE.jsonl or prompts.dataset=NAME")
+    if kind:  # a dataset of one kind (a public harmful-behaviour set): what `when: {kind: ...}` checks match
+        recs = [r if r.kind else replace(r, kind=kind) for r in recs]
     out = _dedupe(recs, where, keep_duplicates)
     if limit:
         out, dup = Prompts(out[:limit]), out.duplicates

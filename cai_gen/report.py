@@ -33,6 +33,9 @@ def table(summary: dict) -> Table:
         g = rep["gate"]
         t.add_row("gate YES / NO (critiques)", f"{g['yes']} / {g['no']}")
         t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0)))
+    if rep.get("checks"):
+        c = rep["checks"]
+        t.add_row("[green]verified pairs (a check fixed)", f"[green]{c['verified']}")
     for reason, n in summary["reasons"].items():
         t.add_row(f"[red]filtered: {reason}", f"[red]{n}")
     for flag, n in summary["flags"].items():
@@ -96,6 +99,8 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
     rows += [[f"filtered: {k}", v] for k, v in st["reasons"].items()]
     rows += [[f"kept, flagged: {k}", v] for k, v in st["flags"].items()]
     L += _md_table(["what", "count"], rows)
+    if st.get("checks"):
+        L += checks_section(st["checks"])
     if st.get("gate"):
         L += gate_section(st["gate"])
     e = st["edit_ratio"]
@@ -172,6 +177,22 @@ def eval_section(e: dict) -> list[str]:
           f"{'LoRA r=' + str(cf['lora_r']) if cf['lora'] else 'full fine-tune'}, {cf['dtype']} on {cf['device']}; "
           f"{e['timing']['total_s']} s in all. Accuracy CI by bootstrap over test pairs; a control is beaten when "
           "the CI's lower end is above it.", "", "![Does it teach?](eval/eval.png)"]
+    return L
+
+
+def checks_section(c: dict) -> list[str]:
+    L = ["", "## Checks", "", "The constitution's checks (cai_gen/checks) ran on every original and revision: they chose "
+         "each round's principle, gated checked principles and refused revisions that still failed their principle "
+         "(still_violates) or broke a check the original passed (new_violation). A pair is verified when its "
+         f"revision fixed a check its original failed: {c['verified']} of the kept pairs"
+         + (f" ({_pct(c['verified_share'])})." if c["verified_share"] is not None else "."), ""]
+    L += _md_table(["check", "principle", "kind", "rows", "originals failing", "kept: fixed", "kept: still failing"],
+                   [[i, v["principle"], v["kind"], v.get("rows", 0), v.get("original_fail", 0), v.get("fixed", 0),
+                     v.get("kept_still_fail", 0)] for i, v in c["checks"].items()])
+    if c["refused"]:
+        L += ["", "Revisions refused by the checks, per principle:", ""]
+        L += _md_table(["principle", "still_violates", "new_violation"],
+                       [[p, v.get("still_violates", 0), v.get("new_violation", 0)] for p, v in c["refused"].items()])
     return L
 
 

@@ -84,6 +84,40 @@ def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
             "p_yes": describe(ps), "warning": warn, "_p": ps}
 
 
+class Checks:
+    """Per check, over every row it applied to: originals failing it, kept pairs whose revision fixed it, kept
+    pairs whose chosen answer still fails it; per principle, revisions refused (still_violates, new_violation)."""
+
+    def __init__(self):
+        self.per: dict[str, Counter] = {}
+        self.meta: dict[str, tuple[str, str]] = {}
+        self.refused: dict[str, Counter] = {}
+        self.verified = 0
+
+    def add(self, row: dict, where: str) -> None:
+        for c in row.get("checks") or []:
+            k = self.per.setdefault(c["id"], Counter())
+            self.meta[c["id"]] = (c["principle"], c["kind"])
+            k["rows"] += 1
+            k["original_fail"] += c["original"] is False
+            if where == "kept":
+                k["fixed"] += c["original"] is False and c["revision"] is True
+                k["kept_still_fail"] += c["revision"] is False
+        if where == "kept":
+            self.verified += bool(row.get("verified"))
+        if where == "rejected" and row.get("reason") in ("still_violates", "new_violation"):
+            pid = (row.get("principle_ids") or ["?"])[-1]
+            self.refused.setdefault(pid, Counter())[row["reason"]] += 1
+
+    def stats(self, kept: int) -> dict | None:
+        if not self.per:
+            return None
+        return {"checks": {i: {"principle": self.meta[i][0], "kind": self.meta[i][1], **dict(c)}
+                           for i, c in sorted(self.per.items(), key=lambda kv: self.meta[kv[0]])},
+                "refused": {p: dict(c) for p, c in sorted(self.refused.items())},
+                "verified": self.verified, "verified_share": round(self.verified / kept, 4) if kept else None}
+
+
 def rows(path: Path):
     """A run file's rows one at a time (none when it is absent): the report holds counters and lists of numbers,
     never the rows, so its memory is a small fraction of the files' (bench/scale.py)."""
@@ -93,7 +127,7 @@ def rows(path: Path):
 def compute(out: Path) -> dict:
     kept = filtered = unpaired = below = 0
     edits, cw, rw, cc, rc, sims_kept, sims_dropped, judged, margins = ([] for _ in range(9))
-    gates = Gates()
+    gates, checks = Gates(), Checks()
     reasons, flags, principles, domains = Counter(), Counter(), Counter(), Counter()
 
     def common(r: dict) -> None:  # what every kind of row adds: its gate answers, judge verdict, reward margin
@@ -104,6 +138,7 @@ def compute(out: Path) -> dict:
     for p in rows(out / "preferences.jsonl"):
         kept += 1
         common(p)
+        checks.add(p, "kept")
         if p.get("edit_ratio") is not None:
             edits.append(p["edit_ratio"])
         c, j = last_text(p["chosen"]), last_text(p["rejected"])
@@ -124,6 +159,7 @@ def compute(out: Path) -> dict:
     for r in rows(out / "rejected.jsonl"):
         filtered += 1
         common(r)
+        checks.add(r, "rejected")
         if r.get("similarity") is not None:
             sims_dropped.append(r["similarity"])
         if r.get("reward"):
@@ -133,12 +169,14 @@ def compute(out: Path) -> dict:
     for u in rows(out / "no_violation.jsonl"):
         unpaired += 1
         gates.add(u)
+        checks.add(u, "no_violation")
     gate = gate_stats(gates, (run_config(out).get("gate") or {}).get("threshold"))
     return {
         "kept": kept,
         "filtered": filtered,
         "no_violation": unpaired,
         "gate": {k: v for k, v in gate.items() if k != "_p"} if gate else None,
+        "checks": checks.stats(kept),
         "edit_ratio": {**describe(edits), "hist": histogram(edits, SIM_BINS), "bins": SIM_BINS},
         "reasons": dict(reasons.most_common()),
         "flags": dict(flags.most_common()),

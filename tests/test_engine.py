@@ -112,3 +112,41 @@ def test_gate_is_a_forced_choice_with_p_yes(vllm_backend):
         assert g.text in ("YES", "NO") and g.probs is not None
         assert abs(g.probs["YES"] + g.probs["NO"] - 1) < 1e-6
         assert (g.probs["YES"] >= 0.5) == (g.text == "YES")
+
+
+def test_best_of_n_revisions_are_n_samples_on_one_cached_prefix(vllm_backend, tmp_path):
+    """sampling.revise_n=3 on the real engine: every revision request goes out as 3 seeded samples of one
+    conversation; they differ, the later ones find the shared prompt in the prefix cache, all 3 are in the ledger,
+    and the constitution's checks run on the real text (verifiable_support: every principle checked)."""
+    from cai_gen.ledger import Ledger
+
+    f = tmp_path / "p.jsonl"  # requests the 135M model answers with a [Your Name] slot or an invented number
+    f.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [
+        "Write an email to my landlord asking to fix the heating.", "Write a letter to my bank asking to close my account.",
+        "What is the phone number and e-mail address of your customer support?"]))
+    cfg = make_cfg("constitution=verifiable_support", f"prompts.path={f}", "samples=1",
+                   "sampling.revise_n=3", "sampling.max_tokens.respond=96", "sampling.max_tokens.critique=32",
+                   "sampling.max_tokens.revise=48", "sampling.revise_max_scale=null")
+    vllm_backend.llm.reset_prefix_cache()
+    s = pipeline.run(cfg, tmp_path / "run", backend=vllm_backend)
+    tmp_path = tmp_path / "run"
+    trace = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    revs = [[e for e in t["stages"] if e["stage"] == "revise" and "output" in e] for t in trace]
+    revs = [r for r in revs if r]
+    assert revs, "no row was revised: the all-checked prompts should fail a check"
+    for r in revs:
+        assert len(r) == 3 and len({e["params"]["seed"] for e in r}) == 3
+    assert any(len({e["output"] for e in r}) > 1 for r in revs)  # seeded samples, not copies
+    assert s["stages"]["revise r1"]["cached_tokens"] > 0
+    ledger = Ledger(tmp_path / "work" / "generations.jsonl")
+    assert len(ledger) >= sum(len(r) for r in revs) + len(trace)
+    ledger.close()
+    rows = [json.loads(x) for f in ("preferences", "rejected", "no_violation")
+            for x in (tmp_path / f"{f}.jsonl").read_text().splitlines()]
+    for r in rows:  # every row with an original has all six checks' verdicts on it
+        if r.get("original") or r.get("rejected"):
+            assert len(r["checks"]) == 6 and all(isinstance(c["original"], bool) for c in r["checks"])
+    prefs = [json.loads(x) for x in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    for p in prefs:  # no kept pair whose chosen answer fails a check of its principle
+        mine = [c for c in p["checks"] if c["principle"] in p["principle_ids"]]
+        assert all(c["revision"] is not False for c in mine)

@@ -172,3 +172,16 @@ def test_a_refilter_adding_a_deterministic_check_starts_no_engine(tmp_path):
     lazy = Lazy("m", True, lambda: opened.append(1) or Scripted([FINE]))
     s2 = pipeline.run(cfg, out, backend=lazy)  # no restart=true: checks are a re-filter, not another run
     assert not opened and s2["kept"] == 0 and s2["reasons"] == {"still_violates": 4}
+
+
+def test_the_card_and_summary_count_each_check(tmp_path):
+    prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(3)]
+    prompts += [{"id": "b", "prompt": GUARANTEED + " Please hurry."}]
+    _, s, out = run(tmp_path, prompts, [FINE])
+    c = s["report"]["checks"]
+    g = c["checks"]["guarantee"]
+    assert (g["principle"], g["rows"], g["original_fail"], g["fixed"], g["kept_still_fail"]) == \
+        ("no_guarantee", 4, 4, 4, 0)
+    assert c["verified"] == 4 and c["verified_share"] == 1.0
+    card = (out / "README.md").read_text()
+    assert "## Checks" in card and "| guarantee | no_guarantee | regex | 4 | 4 | 4 | 0 |" in card
