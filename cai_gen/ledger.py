@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .backends import Conversation, Generation, Params
-from .errors import UserError
+from .errors import Resumable, UserError
 
 
 def request_key(model: str, conv: Conversation, params: Params) -> str:
@@ -114,8 +114,8 @@ class Ledger:
             f.flush()
         except OSError as e:  # disk full, quota, a vanished mount: the lines before this one are safe
             self.broken = True
-            raise UserError(f"{self.path}: cannot write ({e.strerror or e}); {saved(self.path.parent)} generations "
-                            "saved; free space and rerun the same command to resume") from None
+            # the entry point adds how much is saved and the command that resumes (this run dir, by name)
+            raise Resumable(f"{self.path}: cannot write ({e.strerror or e}); free space, then resume") from None
         self.index[bytes.fromhex(key)] = (len(self.files) - 1) << OFFSET_BITS | off
         self.pending += 1
         if self.pending >= self.fsync_every:

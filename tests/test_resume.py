@@ -11,8 +11,8 @@ import pytest
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
-from cai_gen.errors import UserError
-from cai_gen.ledger import Ledger
+from cai_gen.errors import Resumable, UserError
+from cai_gen.ledger import Ledger, saved
 
 from .conftest import ROOT, make_cfg
 
@@ -273,9 +273,10 @@ def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_pa
         return open("/dev/full", "ab") if writes["n"] > 30 else real_file(self)
 
     monkeypatch.setattr(Ledger, "_file", fill_up)
-    with pytest.raises(UserError, match=r"generations.jsonl: cannot write \(No space left on device\); 30 generations "
-                                        r"saved; free space and rerun the same command to resume"):
+    with pytest.raises(Resumable, match=r"generations.jsonl: cannot write \(No space left on device\); free space, "
+                                        r"then resume"):
         pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    assert saved(tmp_path / "work") == 30  # what the entry point reports as saved, beside the resume command
     monkeypatch.undo()
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
