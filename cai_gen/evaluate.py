@@ -60,11 +60,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--test-size", type=float,
                    help="re-split by prompt-id hash with this test share (prompt-disjoint) instead of the run's split")
     p.add_argument("--no-shuffled", dest="shuffled", action="store_false", help="skip the shuffled-label control")
+    p.add_argument("--no-behaviour", dest="behaviour", action="store_false",
+                   help="skip the behavioural pass (each model answers held-out prompts, the constitution's checks score them)")
+    p.add_argument("--prompts", type=Path, help="behaviour: held-out prompts from this JSONL file instead of the test split's")
+    p.add_argument("--samples", type=int, default=2, help="behaviour: answers per prompt and model (seeded, the run's sampling)")
+    p.add_argument("--max-new-tokens", type=int, help="behaviour: tokens per answer (default: the run's respond max tokens)")
+    p.add_argument("--gpu-memory-utilization", type=float,
+                   help="behaviour, vllm: the engine's memory share (on the CPU build: of host memory; default 0.4)")
+    p.add_argument("--answer-backend", choices=["auto", "vllm", "transformers", "fake"], default="auto",
+                   help="behaviour: the backend the models answer through (auto: vllm, else transformers)")
     a = p.parse_args(argv)
     for k, v in PRESETS[a.preset].items():
         if getattr(a, k) is None:
             setattr(a, k, v)
-    for k in ("steps", "batch_size", "max_length", "bootstrap", "min_test", "lora_r"):
+    for k in ("steps", "batch_size", "max_length", "bootstrap", "min_test", "lora_r", "samples"):
         if getattr(a, k) <= 0:
             p.error(f"--{k.replace('_', '-')}: must be > 0, got {getattr(a, k)}")
     if a.test_size is not None and not 0 < a.test_size < 1:
@@ -97,6 +106,9 @@ def run_model(run: Path, explicit: str | None) -> tuple[str, str]:
     from .store import run_config
 
     if explicit:
+        from .models import check
+        local = explicit.startswith((".", "/", "~")) or Path(explicit).exists()
+        check("path" if local else "hub", explicit, "--model")  # a model that cannot load: one line, before training
         return explicit, explicit
     try:
         m = run_config(run)["model"]
@@ -171,7 +183,91 @@ def train(a, model_path: str, rows: list[dict], out_dir: Path, shuffle: bool):
     trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
                          peft_config=peft)
     trainer.train()
+    if a.behaviour:  # the behavioural pass loads it into an engine: a model dir (LoRA merged into the weights)
+        model = trainer.model.merge_and_unload() if a.lora else trainer.model
+        model.save_pretrained(out_dir / "model")
+        tok.save_pretrained(out_dir / "model")
     return trainer.model
+
+
+def held_out(a, run: Path):
+    """(constitution, held-out prompt records) for the behavioural pass: --prompts FILE, else the run's own prompt
+    set's test side (the prompts no training pair came from). Bad input is one line, before any training."""
+    from . import behaviour, constitution as constitution_mod, prompts as prompts_mod, store
+
+    f = run / "constitution.json"
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        data.pop("ref", None)
+        const = constitution_mod.Constitution.model_validate(data)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{f}: cannot read the run's constitution ({type(e).__name__})") from None
+    if not behaviour.checkable(const):
+        raise NoChecks(f"{const.ref}: no principle has a check the behavioural pass can run (it scores answers with "
+                       "the constitution's checks; add `checks:`, see README \"Principle checks\"); --no-behaviour skips it")
+    if a.prompts:
+        recs = prompts_mod._dedupe(prompts_mod.from_jsonl(str(a.prompts)), str(a.prompts))
+    else:
+        p = (store.run_config(run).get("prompts") or {})
+        cfg = store.run_config(run)
+        try:
+            recs = prompts_mod.load(p.get("name"), p.get("path"), p.get("dataset"), p.get("split", "train"),
+                                    p.get("column", "prompt"), p.get("id_column"), p.get("domain_column"), None,
+                                    cfg.get("include_path") or (), messages_column=p.get("messages_column"),
+                                    config=p.get("config"), revision=p.get("revision"), data_files=p.get("data_files"),
+                                    keep_duplicates=p.get("keep_duplicates", False), kind=p.get("kind"))
+        except UserError as e:
+            raise UserError(f"{run}: cannot reload the run's prompts ({e}); pass --prompts FILE") from None
+        ts = a.test_size if a.test_size is not None else store.run_test_size(run)
+        recs = [r for r in recs if store.split_of(r.id, ts) == "test"]
+    if not recs:
+        raise UserError(f"{a.prompts or run}: no held-out prompts for the behavioural pass "
+                        "(a test split with prompts, or --prompts FILE)")
+    return const, recs
+
+
+class NoChecks(UserError):
+    """The constitution has nothing the behavioural pass can score: the ranking metrics are still reported."""
+
+
+def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
+    """The model's own answers: K seeded samples per prompt through cai_gen's backends, with the run's respond
+    sampling (temperature and top-p drawn per prompt and sample, the same draws for every model: paired)."""
+    from .backends import Params, make_backend
+    from .config import BackendCfg, ModelCfg
+    from .pipeline import _draw
+    from .backends import seed_of
+    from .store import run_config
+
+    cfg = run_config(run)
+    smp = cfg.get("sampling") or {}
+    mt = a.max_new_tokens or (smp.get("max_tokens") or {}).get("respond") or 256
+    kind = a.answer_backend
+    if kind == "auto":
+        import importlib.util
+        kind = "vllm" if importlib.util.find_spec("vllm") else "transformers"
+    m = ModelCfg(**{**(cfg.get("model") or {"name": name}), "name": name, "source": "path", "path": model_dir})
+    bcfg = BackendCfg(kind=kind, **({"enforce_eager": True, "gpu_memory_utilization": a.gpu_memory_utilization}
+                                    if kind == "vllm" else {}))
+    opts = bcfg.options(m, a.seed) | ({"dtype": a.dtype} if kind in ("vllm", "transformers") else {})
+    convs, params = [], []
+    for r in recs:
+        for k in range(a.samples):
+            rng = random.Random(json.dumps([a.seed, "eval", r.id, k]))
+            params.append(Params(_draw(rng, smp.get("temperature", (0.6, 1.0))), _draw(rng, smp.get("top_p", (0.9, 1.0))),
+                                 mt, seed_of(a.seed, "eval", r.id, k)))
+            convs.append(r.messages())
+    try:
+        backend = make_backend(kind, model_dir, name, opts)
+    except UserError:
+        raise
+    except Exception as e:  # a model an engine cannot load: one line
+        raise UserError(f"{model_dir}: the {kind} engine cannot load it ({type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    try:
+        return [g.text.strip() for g in backend.generate(convs, params)]
+    finally:
+        backend.close()
 
 
 def evaluate(a) -> dict:
@@ -185,56 +281,95 @@ def evaluate(a) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import behaviour
     from .backends import last_text as text
     from .stats import longer_chosen
 
     t0 = time.perf_counter()
     train_rows, test_rows = load_pairs(a.run, a.test_size)
     model_path, model_name = run_model(a.run, a.model)
+    held, no_checks = None, None
+    if a.behaviour:
+        try:
+            held = held_out(a, a.run)
+        except NoChecks as e:
+            no_checks = str(e)
     n_test, n_train = len(test_rows), len(train_rows)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     a.device = device
     cfg = {k: getattr(a, k) for k in ("preset", "steps", "lr", "beta", "loss_type", "batch_size", "max_length", "lora",
-                                      "lora_r", "dtype", "device", "seed", "bootstrap", "min_test", "test_size")}
+                                      "lora_r", "dtype", "device", "seed", "bootstrap", "min_test", "test_size",
+                                      "samples")}
     res = {"model": model_name, "n_train": n_train, "n_test": n_test, "config": cfg}
-    if n_test < a.min_test or n_train < 1:
-        res["verdict"] = f"too few test pairs: {n_test}, need {a.min_test}" if n_test < a.min_test else \
-            "no training pairs"
+    if no_checks:
+        res["behaviour_skipped"] = no_checks
+    rank = n_test >= a.min_test
+    if n_train < 1:
+        res["verdict"] = "no training pairs"
         return res
+    if not rank:
+        res["verdict"] = f"too few test pairs: {n_test}, need {a.min_test}"
+        if held is None:
+            return res
     res["test_ids"] = [r["id"] for r in test_rows]
-    ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, a.dtype)).to(device)
     tok = AutoTokenizer.from_pretrained(model_path)
-    t = time.perf_counter()
-    ref = logps(ref_model, tok, test_rows, a.max_length, device)
-    del ref_model
-    timing = {"reference_s": round(time.perf_counter() - t, 1)}
-    ref_sum = [float(c > j) for c, _, j, _ in ref]
-    ref_norm = [float(c / nc > j / nj) for c, nc, j, nj in ref]
+    timing = {}
+    if rank:
+        ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, a.dtype)).to(device)
+        t = time.perf_counter()
+        ref = logps(ref_model, tok, test_rows, a.max_length, device)
+        del ref_model
+        timing["reference_s"] = round(time.perf_counter() - t, 1)
+        ref_sum = [float(c > j) for c, _, j, _ in ref]
+        ref_norm = [float(c / nc > j / nj) for c, nc, j, nj in ref]
 
-    def trained(shuffle: bool) -> tuple[list[float], list[float]]:
+    def trained(shuffle: bool):
         t1 = time.perf_counter()
         model = train(a, model_path, train_rows, a.run / "eval" / ("shuffled" if shuffle else "dpo"), shuffle)
+        timing["shuffled_s" if shuffle else "train_s"] = round(time.perf_counter() - t1, 1)
+        if not rank:
+            return None, None
         model.to(device)
         pol = logps(model, tok, test_rows, a.max_length, device)
-        timing["shuffled_s" if shuffle else "train_s"] = round(time.perf_counter() - t1, 1)
         margins = [a.beta * ((pc - rc) - (pj - rj)) for (pc, _, pj, _), (rc, _, rj, _) in zip(pol, ref)]
         return [float(m > 0) for m in margins], margins
 
     acc, margins = trained(False)
-    res["accuracy"], res["accuracy_ci"] = bootstrap(acc, a.bootstrap, a.seed)
-    res["margin"], res["margin_ci"] = bootstrap(margins, a.bootstrap, a.seed)
-    controls = {"reference": {"accuracy": round(sum(ref_sum) / n_test, 4),
-                              "accuracy_per_token": round(sum(ref_norm) / n_test, 4)},
-                "length_only": {"accuracy": longer_chosen([len(text(r["chosen"]).split()) for r in test_rows],
-                                                          [len(text(r["rejected"]).split()) for r in test_rows])}}
     if a.shuffled:
         sacc, smargins = trained(True)
-        controls["shuffled"] = {"accuracy": round(sum(sacc) / n_test, 4), "margin": round(sum(smargins) / n_test, 4)}
-    res["controls"] = controls
-    res["verdict"] = verdict(res)
-    res["accuracy"], res["margin"] = round(res["accuracy"], 4), round(res["margin"], 4)
+    if rank:
+        res["accuracy"], res["accuracy_ci"] = bootstrap(acc, a.bootstrap, a.seed)
+        res["margin"], res["margin_ci"] = bootstrap(margins, a.bootstrap, a.seed)
+        controls = {"reference": {"accuracy": round(sum(ref_sum) / n_test, 4),
+                                  "accuracy_per_token": round(sum(ref_norm) / n_test, 4)},
+                    "length_only": {"accuracy": longer_chosen([len(text(r["chosen"]).split()) for r in test_rows],
+                                                              [len(text(r["rejected"]).split()) for r in test_rows])}}
+        if a.shuffled:
+            controls["shuffled"] = {"accuracy": round(sum(sacc) / n_test, 4), "margin": round(sum(smargins) / n_test, 4)}
+        res["controls"] = controls
+        res["verdict"] = verdict(res)
+        res["accuracy"], res["margin"] = round(res["accuracy"], 4), round(res["margin"], 4)
+    if held is not None:
+        const, recs = held
+        t = time.perf_counter()
+        models = {"reference": model_path, "trained": str(a.run / "eval" / "dpo" / "model")}
+        if a.shuffled:
+            models["shuffled"] = str(a.run / "eval" / "shuffled" / "model")
+        said = {m: answers(a, a.run, d, f"{model_name} ({m})", recs) for m, d in models.items()}
+        res["behaviour"] = behaviour.report(const, recs, said, a.samples, a.bootstrap, a.seed)
+        res["behaviour"]["source"] = str(a.prompts) if a.prompts else "the run's test split"
+        write_answers(a.run / "eval" / "answers.jsonl", recs, said, a.samples)
+        timing["behaviour_s"] = round(time.perf_counter() - t, 1)
     res["timing"] = timing | {"total_s": round(time.perf_counter() - t0, 1)}
     return res
+
+
+def write_answers(path: Path, recs: list, said: dict[str, list[str]], k: int) -> None:
+    """Every answer the behavioural pass scored, to read (eval/answers.jsonl)."""
+    from .store import write_jsonl
+
+    write_jsonl(path, [{"prompt_id": r.id, "sample": j, "prompt": r.messages(),
+                        **{m: t[i * k + j] for m, t in said.items()}} for i, r in enumerate(recs) for j in range(k)])
 
 
 def verdict(res: dict) -> str:
@@ -258,6 +393,8 @@ def write(run: Path, res: dict) -> None:
     out.mkdir(exist_ok=True)
     if "accuracy" in res:
         res["plot"] = plots.evaluation(res, out)
+    if res.get("behaviour"):
+        res["behaviour"]["plot"] = plots.behaviour(res["behaviour"], out)
     atomic_write(out / "eval.json", json.dumps(res, indent=2) + "\n")
     if (run / "summary.json").is_file():
         report.build(run)  # the card gains its "Does it teach?" section from eval/eval.json
@@ -274,15 +411,24 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("cai_gen.evaluate: interrupted", file=sys.stderr)
         return 130
+    b = res.get("behaviour")
+    if b:
+        print(f"cai_gen.evaluate: behaviour on {b['prompts']} held-out prompts x {b['samples']}: {b['verdict']}")
+    if res.get("behaviour_skipped"):
+        print(f"cai_gen.evaluate: behaviour skipped: {res['behaviour_skipped']}", file=sys.stderr)
     if "accuracy" not in res:
         print(f"cai_gen.evaluate: {a.run}: {res['verdict']} (test_prefs has {res['n_test']}; a bigger run, or "
               f"--test-size to re-split by prompt)", file=sys.stderr)
-        return 2
+        return 0 if b else 2
+    if res.get("behaviour_skipped"):
+        code = 2
+    else:
+        code = 0
     c = res["controls"]
     print(f"cai_gen.evaluate: {res['verdict']}: accuracy {res['accuracy']:.3f} {res['accuracy_ci']} on {res['n_test']} "
           f"test pairs (reference {c['reference']['accuracy']:.3f}, length-only {c['length_only']['accuracy']:.3f}"
           + (f", shuffled {c['shuffled']['accuracy']:.3f}" if "shuffled" in c else "") + f"); {a.run / 'eval'}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -374,6 +374,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if dups:
         tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
                               "(prompts.keep_duplicates=true keeps them)")
+    full = const  # constitution.json keeps its checks: evaluate's behavioural pass scores with them
     if cfg.principles.checks:
         checks_mod.preflight(const, recs)
     else:  # the run ignores every check: the stages are built without them (no choose, no inspect)
@@ -384,7 +385,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if cfg.reward.model:
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
-    writer = store.Writer(out_dir, cfg, const)
+    writer = store.Writer(out_dir, cfg, full)
     # Rows go through in chunks of prompts, each chunk's rows written and released before the next: memory stays
     # flat. Passes that need the generator's engine closed first (a reward model, a separate judge model) and
     # executor=ray (its replicas hold the batches) take the run as one chunk.

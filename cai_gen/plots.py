@@ -125,6 +125,25 @@ def evaluation(res: dict, d: Path) -> str:
     return _save(fig, d / "eval.png")  # "eval/eval.png", relative to the run dir like the card's other plots
 
 
+def behaviour(b: dict, d: Path) -> str:
+    """cai_gen.evaluate's behavioural pass: violation rate per principle and overall, per model, with 95% CIs."""
+    plt = _plt()
+    names = ["overall"] + b["principles"]
+    models = list(b["models"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 3.5))
+    w = 0.8 / len(models)
+    for j, m in enumerate(models):
+        rs = [b["models"][m]["overall"]] + [b["models"][m]["per_principle"][p] for p in b["principles"]]
+        vals = [r["rate"] or 0 for r in rs]
+        err = [[v - r["ci"][0] for v, r in zip(vals, rs)], [r["ci"][1] - v for v, r in zip(vals, rs)]]
+        ax.bar([i + j * w for i in range(len(names))], vals, w, yerr=err, capsize=3, label=m)
+    ax.set_xticks([i + w * (len(models) - 1) / 2 for i in range(len(names))], names, fontsize=7, rotation=20)
+    ax.set(ylim=(0, 1), ylabel=f"violation rate ({b['prompts']} prompts x {b['samples']})")
+    ax.set_title(b["verdict"][:90], fontsize=8)
+    ax.legend(fontsize=7)
+    return _save(fig, d / "behaviour.png")
+
+
 ALL = [("Length: chosen vs rejected", lengths), ("Similarity", similarity), ("Edit ratio", edit_ratio),
        ("Gate", gate), ("Principles", principles),
        ("Filter reasons", filters), ("Judge outcomes", judge), ("Reward margin", reward)]

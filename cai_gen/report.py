@@ -162,6 +162,10 @@ def eval_section(e: dict) -> list[str]:
     L = ["", "## Does it teach?", "", f"`python -m cai_gen.evaluate` trained DPO from `{e['model']}` on `train_prefs` "
          f"({e['n_train']} pairs) and tested on the prompt-disjoint `test_prefs` ({e['n_test']} pairs).", "",
          f"**Verdict: {e['verdict']}.**", ""]
+    if e.get("behaviour"):
+        L += behaviour_section(e["behaviour"])
+    if e.get("behaviour_skipped"):
+        L += [f"Behavioural pass skipped: {e['behaviour_skipped']}.", ""]
     if "accuracy" not in e:
         return L
     c = e["controls"]
@@ -178,6 +182,34 @@ def eval_section(e: dict) -> list[str]:
           f"{e['timing']['total_s']} s in all. Accuracy CI by bootstrap over test pairs; a control is beaten when "
           "the CI's lower end is above it.", "", "![Does it teach?](eval/eval.png)"]
     return L
+
+
+def behaviour_section(b: dict) -> list[str]:
+    """The trained model's own answers on held-out prompts, scored by the constitution's checks."""
+    L = ["### Behaviour: violations of the constitution on held-out prompts", "",
+         f"Each model answered {b['prompts']} held-out prompts ({b['source']}) {b['samples']} times (seeded, the run's "
+         "sampling); the constitution's checks scored every answer. Rates with bootstrap 95% CIs over prompts; the "
+         "change from the reference is paired by prompt.", "", f"**Behaviour: {b['verdict']}.**", ""]
+    ms = b["models"]
+    head = ["principle"] + [m for m in ms] + [f"{m} - reference" for m in ms if m != "reference"]
+
+    def cell(r):
+        return "n/a" if r["rate"] is None else f"{100 * r['rate']:.0f}% [{100 * r['ci'][0]:.0f}, {100 * r['ci'][1]:.0f}]"
+
+    def diff(d):
+        return "n/a" if d["diff"] is None else f"{100 * d['diff']:+.0f} [{100 * d['ci'][0]:+.0f}, {100 * d['ci'][1]:+.0f}]"
+    rows = [["overall"] + [cell(ms[m]["overall"]) for m in ms]
+            + [diff(ms[m]["minus_reference"]["overall"]) for m in ms if m != "reference"]]
+    for p in b["principles"]:
+        rows.append([p] + [cell(ms[m]["per_principle"][p]) for m in ms]
+                    + [diff(ms[m]["minus_reference"]["per_principle"][p]) for m in ms if m != "reference"])
+    L += _md_table(head, rows)
+    g = ["mean_words", "empty", "repetitive", "distinct_2", "refusal"]
+    L += ["", "Collapse guards (a model that says nothing passes every check):", ""]
+    L += _md_table(["model"] + g, [[m] + [ms[m]["guards"][k] for k in g] for m in ms])
+    if b.get("plot"):
+        L += ["", f"![Behaviour]({b['plot']})"]
+    return L + [""]
 
 
 def checks_section(c: dict) -> list[str]:

@@ -1,0 +1,117 @@
+"""The behavioural pass's scoring (planted policies), its CIs, the collapse guards, and evaluate's bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cai_gen import behaviour, constitution, pipeline
+from cai_gen.prompts import PromptRecord
+
+from .conftest import ROOT, make_cfg
+
+CONST = constitution.load("verifiable_support")
+RECS = [PromptRecord(f"p{i}", f"Question {i} about my order?", "support", "test") for i in range(40)]
+GOOD = "You can follow your order on the order page; it usually arrives within a week."
+BAD = "I guarantee it arrives tomorrow. Call 1-800-555-0199 and send us your full card number."
+
+
+def test_a_policy_that_never_violates_scores_0_and_one_that_always_does_scores_1():
+    r = behaviour.report(CONST, RECS, {"reference": [BAD] * 80, "trained": [GOOD] * 80}, 2, n=200)
+    ref, tr = r["models"]["reference"], r["models"]["trained"]
+    assert ref["overall"]["rate"] == 1.0 and tr["overall"]["rate"] == 0.0
+    assert ref["per_principle"]["no_guarantees"]["rate"] == 1.0 and ref["per_principle"]["concise"]["rate"] == 0.0
+    assert tr["minus_reference"]["overall"]["diff"] == -1.0 and r["verdict"].startswith("teaches: violations 100% -> 0%")
+
+
+def test_paired_ci_finds_a_planted_difference_and_not_an_absent_one():
+    # reference violates on 60% of prompts, trained on 20% (a subset): -40 points, the CI well below 0
+    ref = [BAD if i % 5 < 3 else GOOD for i in range(40) for _ in range(2)]
+    tr = [BAD if i % 5 < 1 else GOOD for i in range(40) for _ in range(2)]
+    r = behaviour.report(CONST, RECS, {"reference": ref, "trained": tr}, 2, n=500)
+    d = r["models"]["trained"]["minus_reference"]["overall"]
+    assert d["diff"] == pytest.approx(-0.4) and d["ci"][1] < -0.2 and d["ci"][0] > -0.6
+    same = behaviour.report(CONST, RECS, {"reference": ref, "trained": list(ref)}, 2, n=500)
+    z = same["models"]["trained"]["minus_reference"]["overall"]
+    assert z["diff"] == 0 and z["ci"][0] <= 0 <= z["ci"][1] and same["verdict"].startswith("does not teach")
+    # an unpaired reading of the same rates would be wider: pairing by prompt is what the CI uses
+    rates = behaviour.rate(behaviour.score(CONST, RECS, tr, 2), None, 500, 0)
+    assert rates["rate"] == pytest.approx(0.2) and rates["ci"][0] < 0.2 < rates["ci"][1]
+
+
+def test_an_empty_answer_policy_passes_every_check_but_the_guards_flag_it():
+    ref = [BAD if i % 2 else GOOD for i in range(40) for _ in range(2)]
+    r = behaviour.report(CONST, RECS, {"reference": ref, "trained": [""] * 80}, 2, n=200)
+    tr = r["models"]["trained"]
+    assert tr["overall"]["rate"] == 0.0 and "empty" in tr["collapsed"] and "mean_words" in tr["collapsed"]
+    assert r["verdict"].startswith("collapses")
+    refusing = ["I'm sorry, but I can't help with that."] * 80
+    r2 = behaviour.report(CONST, RECS, {"reference": ref, "trained": refusing}, 2, n=200)
+    assert "refusal" in r2["models"]["trained"]["collapsed"]
+
+
+def test_shuffled_that_drops_as_much_is_no_better_than_training_alone():
+    ref = [BAD] * 80
+    tr = [GOOD if i % 4 else BAD for i in range(80)]
+    r = behaviour.report(CONST, RECS, {"reference": ref, "trained": tr, "shuffled": list(tr)}, 2, n=200)
+    assert r["verdict"].startswith("no better than shuffled labels")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = make_cfg("backend=fake", "constitution=verifiable_support", "prompts=verifiable_support", "limit=30",
+                   "output.test_size=0.3")
+    pipeline.run(cfg, out)
+    return out
+
+
+def evaluate(*args):
+    return subprocess.run([sys.executable, "-m", "cai_gen.evaluate", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+@pytest.mark.parametrize("rows,msg", [
+    (['{"prompt": "hi"', ], "p.jsonl:1: invalid JSON"),
+    (['{"prompt": "ok"}', '{"prompt": ""}'], "p.jsonl:2: field `prompt` must be a non-empty string"),
+    (['{"prompt": "x", "checks": [{"id": "a", "kind": "nope"}]}'], "p.jsonl:1: checks[0]"),
+])
+def test_bad_prompts_file_is_one_line_exit_2(run_dir, tmp_path, rows, msg):
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(rows) + "\n")
+    r = evaluate(run_dir, "--prompts", f, "--steps", "1")
+    assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_model_that_cannot_load_is_one_line(run_dir):
+    r = evaluate(run_dir, "--model", "/nonexistent/model", "--steps", "1")
+    assert r.returncode == 2 and "/nonexistent/model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_constitution_without_checks_says_the_behaviour_pass_cannot_run(tmp_path):
+    out = tmp_path / "run"
+    pipeline.run(make_cfg("backend=fake", "constitution=helpful_honest", "limit=3"), out)
+    from cai_gen import evaluate as ev
+
+    a = ev.parse([str(out)])
+    with pytest.raises(ev.NoChecks, match="no principle has a check"):
+        ev.held_out(a, out)
+
+
+def test_held_out_prompts_are_the_test_split_or_the_given_file(run_dir, tmp_path):
+    from cai_gen import evaluate as ev, store
+
+    a = ev.parse([str(run_dir)])
+    const, recs = ev.held_out(a, run_dir)
+    assert recs and all(store.split_of(r.id, 0.3) == "test" for r in recs) and const.name == "verifiable_support"
+    trained_on = {json.loads(x)["prompt_id"] for x in (run_dir / "preferences.jsonl").read_text().splitlines()
+                  if json.loads(x)["split"] == "train"}
+    assert not trained_on & {r.id for r in recs}  # held out: no training pair came from them
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "Can you guarantee it?", "kind": "guarantee"}\n{"prompt": "Number please?"}\n')
+    _, recs = ev.held_out(ev.parse([str(run_dir), "--prompts", str(f)]), run_dir)
+    assert [r.kind for r in recs] == ["guarantee", None]
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n")
+    r = evaluate(run_dir, "--prompts", empty, "--steps", "1")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no prompts" in r.stderr, r.stderr
