@@ -201,7 +201,8 @@ def held_out(a, run: Path):
         data.pop("ref", None)
         const = constitution_mod.Constitution.model_validate(data)
     except (OSError, ValueError) as e:
-        raise UserError(f"{f}: cannot read the run's constitution ({type(e).__name__})") from None
+        raise UserError(f"{f}: cannot read the run's constitution ({type(e).__name__}); --no-behaviour skips the "
+                        "behavioural pass") from None
     if not behaviour.checkable(const):
         raise NoChecks(f"{const.ref}: no principle has a check the behavioural pass can run (it scores answers with "
                        "the constitution's checks; add `checks:`, see README \"Principle checks\"); --no-behaviour skips it")

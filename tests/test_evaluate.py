@@ -50,7 +50,7 @@ def make_run(d: Path, n: int, kind: str, seed: int = 0) -> Path:
 
 def evaluate_run(run: Path, *extra: str) -> tuple[int, dict, str]:
     r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(run), "--steps", "24", "--lr", "2e-5",
-                        "--batch-size", "4", "--bootstrap", "500", *extra],
+                        "--batch-size", "4", "--bootstrap", "500", "--no-behaviour", *extra],  # the ranking metrics
                        cwd=ROOT, capture_output=True, text=True, timeout=1200)
     f = run / "eval" / "eval.json"
     return r.returncode, json.loads(f.read_text()) if f.is_file() else {}, r.stderr
@@ -82,14 +82,14 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
                            text=True, timeout=300)
         assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     run = make_run(tmp_path / "few", 8, "planted")
-    r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(run)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(run), "--no-behaviour"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "too few test pairs" in r.stderr and "need 10" in r.stderr
     assert json.loads((run / "eval" / "eval.json").read_text())["verdict"].startswith("too few test pairs")
     cfg = json.loads((run / "config.json").read_text())
     cfg["model"] = {"name": "mine", "source": "path", "path": str(tmp_path / "gone"), "cache_dir": None}
     (run / "config.json").write_text(json.dumps(cfg))
-    r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(run)], cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(run), "--no-behaviour"], cwd=ROOT, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "pass --model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
