@@ -26,8 +26,7 @@ def score(const, recs: Sequence, texts: list[str], k: int) -> list[list[dict[str
     out = []
     for i, rec in enumerate(recs):
         ctx = checks_mod.Context(rec.text(), rec.fields())
-        mine = [(p.id, c) for p in const.principles for c in p.checks if not c.needs_engine and c.applies(ctx)]
-        mine += [("prompt", c) for c in rec.checks if c.applies(ctx)]
+        mine = [(pid, c) for pid, c in checks_mod.applicable(const, rec) if not c.needs_engine]
         per = []
         for t in texts[i * k:(i + 1) * k]:
             v: dict[str, bool] = {}

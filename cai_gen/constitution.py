@@ -151,9 +151,6 @@ class Constitution(BaseModel):
         out._files = self._files
         return out
 
-    def checks_of(self, pid: str) -> list:
-        return self.principle(pid).checks
-
     def where(self, check_id: str) -> str:
         """file:line of a check's entry (its `id:` line), for one-line errors about it."""
         pat = re.compile(rf"""\bid:\s*["']?{re.escape(check_id)}["']?\s*[,}}\n]""")
@@ -183,7 +180,6 @@ class Constitution(BaseModel):
             pool.remove(p)
             out.append(p.id)
         return out
-
 
 def available(include: Iterable[str] = ()) -> list[str]:
     """Names selectable as constitution=<name>: every constitutions/*.yaml on the search path not starting with

@@ -207,10 +207,10 @@ def held_out(a, run: Path):
         raise NoChecks(f"{const.ref}: no principle has a check the behavioural pass can run (it scores answers with "
                        "the constitution's checks; add `checks:`, see README \"Principle checks\"); --no-behaviour skips it")
     if a.prompts:
-        recs = prompts_mod._dedupe(prompts_mod.from_jsonl(str(a.prompts)), str(a.prompts))
+        recs = prompts_mod.load(None, str(a.prompts), None)
     else:
-        p = (store.run_config(run).get("prompts") or {})
         cfg = store.run_config(run)
+        p = cfg.get("prompts") or {}
         try:
             recs = prompts_mod.load(p.get("name"), p.get("path"), p.get("dataset"), p.get("split", "train"),
                                     p.get("column", "prompt"), p.get("id_column"), p.get("domain_column"), None,
@@ -234,10 +234,9 @@ class NoChecks(UserError):
 def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
     """The model's own answers: K seeded samples per prompt through cai_gen's backends, with the run's respond
     sampling (temperature and top-p drawn per prompt and sample, the same draws for every model: paired)."""
-    from .backends import Params, make_backend
+    from .backends import Params, make_backend, seed_of
     from .config import BackendCfg, ModelCfg
     from .pipeline import _draw
-    from .backends import seed_of
     from .store import run_config
 
     cfg = run_config(run)
@@ -421,10 +420,7 @@ def main(argv: list[str]) -> int:
         print(f"cai_gen.evaluate: {a.run}: {res['verdict']} (test_prefs has {res['n_test']}; a bigger run, or "
               f"--test-size to re-split by prompt)", file=sys.stderr)
         return 0 if b else 2
-    if res.get("behaviour_skipped"):
-        code = 2
-    else:
-        code = 0
+    code = 2 if res.get("behaviour_skipped") else 0  # the ranking metrics are reported, the pass could not run
     c = res["controls"]
     print(f"cai_gen.evaluate: {res['verdict']}: accuracy {res['accuracy']:.3f} {res['accuracy_ci']} on {res['n_test']} "
           f"test pairs (reference {c['reference']['accuracy']:.3f}, length-only {c['length_only']['accuracy']:.3f}"

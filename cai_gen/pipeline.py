@@ -80,21 +80,12 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
             params = Params(temperature=_draw(rng, cfg.sampling.temperature), top_p=_draw(rng, cfg.sampling.top_p),
                             max_tokens=cfg.sampling.max_tokens.respond, seed=seed_of(cfg.seed, rec.id, s, "respond"))
             # targeted choice picks each round's principle once the answer's checks are in (stages.Choose)
-            pre = [] if targeted(cfg, const) else const.sample(cfg.rounds, cfg.seed, rec.id, s)
-            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=applicable(const, rec) if cfg.principles.checks else []))
+            pre = [] if stages_mod.targeted(cfg, const) else const.sample(cfg.rounds, cfg.seed, rec.id, s)
+            mine = checks_mod.applicable(const, rec) if cfg.principles.checks else []
+            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=mine))
     return rows
 
 
-def targeted(cfg: RunConfig, const) -> bool:
-    """Principles chosen from the answer's checks; a constitution without checks keeps the choice it always had."""
-    return cfg.principles.choose == "targeted" and const.checked
-
-
-def applicable(const, rec: PromptRecord) -> list:
-    """The checks that apply to a prompt: every principle's checks whose `when:` matches, then the row's own."""
-    ctx = checks_mod.Context(rec.text(), rec.fields())
-    out = [(p.id, c) for p in const.principles for c in p.checks if c.applies(ctx)]
-    return out + [("prompt", c) for c in rec.checks if c.applies(ctx)]
 
 
 class Run:

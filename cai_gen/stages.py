@@ -330,12 +330,18 @@ def revise_tokens(cap: int, scale: float | None, original_tokens: int) -> int:
 REVISE_FLOOR = 64
 
 
+def targeted(cfg, const) -> bool:
+    """Principles chosen from the answer's checks (stages.Choose); a constitution without checks keeps the
+    choice it always had (drawn up front, pipeline.build_rows)."""
+    return cfg.principles.choose == "targeted" and const.checked
+
+
 def build(cfg, const=None) -> list[Stage]:
     """The generation stages of a run: respond [-> inspect], then per round [choose ->] critique -> gate ->
     revise [-> inspect], then pair. Choose runs when principles are targeted by checks; inspect when the
     constitution has judge checks (the other kinds run inline where the answer is accepted)."""
     judged = sum(c.needs_engine for p in const.principles for c in p.checks) if const is not None else 0
-    choose = const is not None and cfg.principles.choose == "targeted" and const.checked
+    choose = const is not None and targeted(cfg, const)
     out: list[Stage] = [Respond()] + ([Inspect(0, judged)] if judged else [])
     n = cfg.sampling.revise_n
     for r in range(1, cfg.rounds + 1):

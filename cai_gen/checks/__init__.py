@@ -80,6 +80,14 @@ def kinds() -> dict[str, type[Check]]:
     return dict(KINDS)
 
 
+def applicable(const, rec) -> list[tuple[str, Check]]:
+    """The checks that apply to a prompt record: every principle's checks whose `when:` matches, then the row's
+    own ("prompt"), as (principle id, check)."""
+    ctx = Context(rec.text(), rec.fields())
+    out = [(p.id, c) for p in const.principles for c in p.checks if c.applies(ctx)]
+    return out + [("prompt", c) for c in rec.checks if c.applies(ctx)]
+
+
 # -- what a row's checks said: pass/fail per answer, and what that makes each answer ------------------------------
 
 def outcome(results: list[dict], answer: str) -> bool:
