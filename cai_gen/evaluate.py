@@ -257,17 +257,39 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
             params.append(Params(_draw(rng, smp.get("temperature", (0.6, 1.0))), _draw(rng, smp.get("top_p", (0.9, 1.0))),
                                  mt, seed_of(a.seed, "eval", r.id, k)))
             convs.append(r.messages())
-    try:
-        backend = make_backend(kind, model_dir, name, opts)
-    except UserError:
-        raise
-    except Exception as e:  # a model an engine cannot load: one line
-        raise UserError(f"{model_dir}: the {kind} engine cannot load it ({type(e).__name__}: "
-                        f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
-    try:
-        return [g.text.strip() for g in backend.generate(convs, params)]
-    finally:
-        backend.close()
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from . import enginelog
+
+    console = Console(stderr=True)
+    # the engine's own log lines go to eval/engine.log (as a run's go to engine.log); the terminal shows progress
+    quiet = kind in ("vllm", "transformers") and not getattr(a, "verbose", False)
+    with enginelog.to_log(run / "eval" / "engine.log", console) if quiet else nullcontext():
+        try:
+            backend = make_backend(kind, model_dir, name, opts)
+        except UserError:
+            raise
+        except Exception as e:  # a model an engine cannot load: one line
+            raise UserError(f"{model_dir}: the {kind} engine cannot load it ({type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+        tokens, t0 = [0], time.perf_counter()
+        bar = Progress(TextColumn(f"answers: {name}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
+
+        def done(i, g):
+            tokens[0] += g.completion_tokens
+            bar.update(task, advance=1, rate=f"{tokens[0] / max(time.perf_counter() - t0, 1e-6):.0f} tok/s")
+
+        try:
+            with bar:
+                task = bar.add_task("answers", total=len(convs), rate="")
+                gens = backend.generate(convs, params, done)
+            return [g.text.strip() for g in gens]
+        finally:
+            backend.close()
 
 
 def evaluate(a) -> dict:

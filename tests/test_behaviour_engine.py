@@ -33,6 +33,10 @@ def test_behavioural_pass_on_a_small_run_with_the_real_engine(tmp_path, default_
         assert 0 <= m["overall"]["rate"] <= 1 and m["overall"]["ci"][0] <= m["overall"]["rate"] <= m["overall"]["ci"][1]
         assert set(m["per_principle"]) == set(b["principles"]) and len(b["principles"]) == 6
     assert "behaviour on" in r.stdout and b["verdict"] in r.stdout
+    # the engine's own log lines go to eval/engine.log, not the terminal (three engines started: one log each)
+    log = (out / "eval" / "engine.log").read_text()
+    assert log.count("Loading safetensors checkpoint shards") >= 3
+    assert "INFO" not in r.stderr + r.stdout and "Loading safetensors" not in r.stderr + r.stdout
     card = (out / "README.md").read_text()
     assert "### Behaviour: violations of the constitution" in card and "eval/behaviour.png" in card
     assert (out / "eval" / "behaviour.png").is_file() and (out / "eval" / "dpo" / "model" / "config.json").is_file()

@@ -42,3 +42,20 @@ def test_missing_peer_packages_is_one_line_how_to_install_and_the_rest_goes_on(m
     out = capsys.readouterr().out.splitlines()
     assert [line for line in out if "peer" in line and "install" in line] == [f"peer: {err}"]
     assert any(line.startswith("pairs/min") and "30.00" in line for line in out)  # the naive column still reports
+
+
+def test_efficacy_rejection_sampling_pairs_a_passing_with_a_failing_answer_of_the_same_prompt():
+    import efficacy
+    from cai_gen.prompts import PromptRecord
+
+    recs = [PromptRecord("p1", "q1", "support", "t"), PromptRecord("p2", "q2", "support", "t"),
+            PromptRecord("p3", "q3", "support", "t")]
+    k = 2
+    texts = ["bad1", "good1", "good2", "good2b", "  ", "bad3"]
+    scored = [[{"x": True}, {"x": False}],     # p1: a failing then a passing answer: one pair
+              [{"x": False}, {"x": False}],    # p2: both pass: no rejected, no pair
+              [{"x": False}, {"x": True}]]     # p3: the passing one is empty: no pair
+    rows = efficacy.pick(recs, texts, scored, k)
+    assert [(r["prompt_id"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows] == \
+        [("p1", "good1", "bad1")]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "q1"}]

