@@ -131,6 +131,15 @@ def bootstrap(xs: list[float], n: int, seed: int) -> tuple[float, list[float]]:
     return float(a.mean()), [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
+def fitting(tok, rows: list[dict], max_length: int) -> tuple[list[dict], int]:
+    """The pairs whose prompt leaves room for an answer token within max_length, and how many do not. A prompt that
+    fills max_length alone scores no answer token: both models would score 0 and count as a tie, not a pair."""
+    keep = [r for r in rows
+            if len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                           return_dict=False)) < max_length]
+    return keep, len(rows) - len(keep)
+
+
 def logps(model, tok, rows: list[dict], max_length: int, device: str) -> list[tuple[float, int, float, int]]:
     """Per pair: (sum log p(chosen), chosen tokens, sum log p(rejected), rejected tokens) under `model`."""
     import torch
@@ -316,6 +325,8 @@ def evaluate(a) -> dict:
             held = held_out(a, a.run)
         except NoChecks as e:
             no_checks = str(e)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    test_rows, too_long = fitting(tok, test_rows, a.max_length)
     n_test, n_train = len(test_rows), len(train_rows)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     a.device = device
@@ -323,6 +334,8 @@ def evaluate(a) -> dict:
                                       "lora_r", "dtype", "device", "seed", "bootstrap", "min_test", "test_size",
                                       "samples")}
     res = {"model": model_name, "n_train": n_train, "n_test": n_test, "config": cfg}
+    if too_long:  # left out of the ranking metrics, counted: their prompt alone fills --max-length
+        res["test_skipped_long_prompt"] = too_long
     if no_checks:
         res["behaviour_skipped"] = no_checks
     rank = n_test >= a.min_test
@@ -334,7 +347,6 @@ def evaluate(a) -> dict:
         if held is None:
             return res
     res["test_ids"] = [r["id"] for r in test_rows]
-    tok = AutoTokenizer.from_pretrained(model_path)
     timing = {}
     if rank:
         ref_model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, a.dtype)).to(device)
@@ -444,6 +456,9 @@ def main(argv: list[str]) -> int:
         return 0 if b else 2
     code = 2 if res.get("behaviour_skipped") else 0  # the ranking metrics are reported, the pass could not run
     c = res["controls"]
+    if res.get("test_skipped_long_prompt"):
+        print(f"cai_gen.evaluate: {res['test_skipped_long_prompt']} test pairs left out: the prompt alone fills "
+              f"--max-length {a.max_length}", file=sys.stderr)
     print(f"cai_gen.evaluate: {res['verdict']}: accuracy {res['accuracy']:.3f} {res['accuracy_ci']} on {res['n_test']} "
           f"test pairs (reference {c['reference']['accuracy']:.3f}, length-only {c['length_only']['accuracy']:.3f}"
           + (f", shuffled {c['shuffled']['accuracy']:.3f}" if "shuffled" in c else "") + f"); {a.run / 'eval'}")
