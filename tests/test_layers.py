@@ -66,3 +66,15 @@ def test_the_reader_sees_lazy_and_relative_imports(tmp_path, monkeypatch):
                                  "    import cai_gen.stats\n")
     monkeypatch.setitem(globals(), "PKG", fake)
     assert cai_imports("low") == {"errors", "review.route", "stats"}
+
+
+def test_the_run_writes_chunks_without_a_closure_over_job_state():
+    """pipeline._run held an `emit` closure that handed the Run's rejected/ended lists to the writer and swapped
+    them for empty ones; each row carries its outcome, so pipeline.emit reads it off the chunk's rows."""
+    tree = ast.parse((PKG / "pipeline.py").read_text(encoding="utf-8"))
+    run = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_run")
+    nested = [n.name for n in ast.walk(run) if isinstance(n, ast.FunctionDef) and n is not run]
+    assert nested == [], f"pipeline._run defines {nested}"
+    kept_lists = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("rejected", "ended")
+                  and isinstance(n.value, ast.Name) and n.value.id in ("job", "self")]
+    assert kept_lists == [], f"pipeline.py keeps per-chunk lists on the Run: {kept_lists}"
