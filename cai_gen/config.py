@@ -205,7 +205,7 @@ class RewardCfg(Strict):
 
 
 class ReviewCfg(Strict):
-    """Which kept pairs go to expert review (a pair goes when any rule matches); see cai_gen/review/route.py."""
+    """Which kept pairs go to expert review (a pair goes when any rule matches); see cai_gen/routing.py."""
     domains: list[str] = Field(default_factory=list)
     sample_rate: float = Field(0.0, ge=0, le=1)
     judge_low_confidence: bool = True

@@ -20,7 +20,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstrain
 
 from . import checks as checks_mod, paths
 from .errors import UserError
-from .yamlio import line_of, load_yaml, pydantic_msg
+from .yamlio import line_of, load_yaml, validation_error
 
 
 class Principle(BaseModel):
@@ -227,8 +227,7 @@ def _principle_line(file: Path, data: dict, loc: list) -> int | None:
         i = next(k for k, p in enumerate(own) if isinstance(p, dict) and p.get("id") == pid)
     except (IndexError, KeyError, AttributeError, StopIteration, UserError):
         return None
-    # the tag pydantic adds for a discriminated union ("regex") is not a YAML key
-    rest = [p for p in loc[2:] if not (isinstance(p, str) and p in checks_mod.kinds())]
+    rest = loc[2:]  # without the union's tag ("regex"): validation_error took it out
     for k in range(len(rest), -1, -1):
         line = line_of(file, ["principles", i, *rest[:k]])
         if line is not None:
@@ -264,12 +263,8 @@ def load(name: str | None = None, path: str | None = None, include: Iterable[str
         const._files = files
         return const
     except ValidationError as e:
-        # an unknown argument says more than the "field required" a misspelt one also causes
-        err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
-        loc = [p for p in err["loc"] if p != "[key]"]
-        if err["loc"] and err["loc"][-1] == "[key]":  # a Literal-keyed dict (synth.mix, synth.axes): the key is unknown
-            err = {**err, "loc": loc, "msg": "unknown key; " + err["msg"].replace("Input should be", "use")}
         # `synth` is taken whole from one file (scalar merge), so its line is exact where the top file has it; a
         # principle's entry (its checks) is found by its id in the top file
-        line = line_of(file, err["loc"]) if loc and loc[0] == "synth" else _principle_line(file, data, loc)
-        raise UserError(f"{file}{f':{line}' if line else ''}: {pydantic_msg(err, data)}") from None
+        def line(loc):
+            return line_of(file, loc) if loc and loc[0] == "synth" else _principle_line(file, data, loc)
+        raise validation_error(e, data, str(file), line=line, tags=checks_mod.kinds()) from None

@@ -89,7 +89,7 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
 
 
 class Run:
-    """What the stages share for one run: config, constitution, filters, ledger, the dropped and ended rows.
+    """What the stages share for one run: config, constitution, filters, ledger (a row carries its own outcome).
     The stage objects (stages.py) build requests and accept generations; flow.py schedules them."""
 
     def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger,
@@ -107,8 +107,6 @@ class Run:
         self.fs = turns.few_shot_turns(const, cfg.few_shot, self.style)
         self.filters = quality.Filters(cfg.filters, const)
         self.stages = stages_mod.build(cfg, const)
-        self.rejected: list[Row] = []
-        self.ended: list[Row] = []
 
     def seed(self, *key) -> int:
         return seed_of(self.cfg.seed, *key)
@@ -117,13 +115,11 @@ class Run:
         """Drop the row with its reason (written to rejected.jsonl). Returns False: the row leaves the flow."""
         if row.reason is None:
             row.reason, row.stage = reason, stage
-            self.rejected.append(row)
         return False
 
     def end(self, row: Row, stage: str, why: str) -> bool:
         """End the row early without a pair (not a filter failure: the gate found nothing to fix)."""
         row.end, row.stage = why, stage
-        self.ended.append(row)
         return False
 
     def fail(self, row: Row, stage, why: str, where: str | None = None) -> bool:
@@ -344,6 +340,18 @@ def release_memory() -> None:
         pass
 
 
+def emit(writer: store.Writer, job: Run, rows: list[Row], kept: list[Row]) -> None:
+    """Write one chunk: its kept pairs (scored first when a reward model is set), the rows dropped with a reason
+    and those ended without a pair. Each row carries its own outcome (reason, end), so what is written is read
+    off the chunk's rows: the Run keeps no per-chunk lists to hand over and reset."""
+    if job.cfg.reward.model and kept:
+        kept = job.reward(kept)
+    pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished
+    kept = sorted(kept, key=lambda r: pos[r.id])
+    writer.add(rows, kept, [r for r in rows if r.reason is not None], [r for r in rows if r.end is not None],
+               datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
 def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: Tracker | None = None) -> dict:
     """Run the whole job into out_dir. Pass `backend` to reuse a loaded engine (tests, sweeps in one process).
     One run per dir at a time: a second process gets one line naming the holder (cai_gen/lock.py)."""
@@ -385,15 +393,6 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     per = max(1, (cfg.chunk_size or CHUNK_ROWS) // cfg.samples)
     chunks = [recs] if whole else [recs[i:i + per] for i in range(0, len(recs), per)] or [[]]
 
-    def emit(job: Run, rows: list[Row], kept: list[Row]) -> None:
-        if cfg.reward.model and kept:
-            kept = job.reward(kept)
-        pos = {r.id: i for i, r in enumerate(rows)}  # files list rows in prompt order whatever order they finished
-        for part in (kept, job.rejected, job.ended):
-            part.sort(key=lambda r: pos[r.id])
-        writer.add(rows, kept, job.rejected, job.ended, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        job.rejected, job.ended = [], []
-
     started = None  # whether this run started an engine (a re-filter of a finished run dir does not)
     if cfg.executor.kind == "ray" and backend is None:
         from .executors import ray as ray_exec
@@ -402,9 +401,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         order = {r.id: i for i, r in enumerate(built)}  # replicas return rows in the order they finished
         rows = sorted(ray_exec.generate(cfg, out_dir, built, const, tracker), key=lambda r: order[r.id])
         job = Run(cfg, None, const, tracker, None, model_id)
-        job.rejected = [r for r in rows if r.reason is not None]
-        job.ended = [r for r in rows if r.end is not None]
-        emit(job, rows, [r for r in rows if r.reason is None and r.end is None])
+        emit(writer, job, rows, [r for r in rows if r.reason is None and r.end is None])
     else:
         own = backend is None
         if own:  # opened at the first request the ledger does not hold
@@ -422,7 +419,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
                     if cfg.judge.enabled and kept:
                         kept = _judge(job, cfg, kept, backend, own, tracker)
                     if not whole:
-                        emit(job, rows, kept)
+                        emit(writer, job, rows, kept)
             except BaseException:
                 writer.close()  # the run stops; its parts are rebuilt from the ledger by the rerun
                 raise
@@ -436,7 +433,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
                 if job is not None and job.judge_started:
                     started = True  # a separate judge model's engine (beside a caller's engine, too)
         if whole:  # the reward model loads only now, with the generator's engine closed
-            emit(job, rows, kept)
+            emit(writer, job, rows, kept)
     n_prompts = len(recs)
     # what generation held (the ledger's index, the prompts, the last chunk's rows) goes before the files are
     # joined and the datasets copies built, so their peak does not stack on it (bench/scale.py)

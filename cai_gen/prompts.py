@@ -126,16 +126,14 @@ def _checks(specs, where: str) -> tuple:
     from pydantic import ValidationError
 
     from . import checks
-    from .yamlio import pydantic_msg
+    from .yamlio import validation_error
 
     if not isinstance(specs, list):
         raise UserError(f"{where}: field `checks` must be a list of checks ({{id, kind, ...}})")
     try:
         out = tuple(checks.parse(specs))
     except ValidationError as e:
-        err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p in checks.kinds())]
-        raise UserError(f"{where}: {pydantic_msg({**err, 'loc': ['checks', *loc]}, {'checks': specs})}") from None
+        raise validation_error(e, {"checks": specs}, where, tags=checks.kinds(), prefix=["checks"]) from None
     if any(c.needs_engine for c in out):
         raise UserError(f"{where}: checks: a prompt row's checks must be deterministic or classifier checks "
                         "(judge checks belong to a constitution's principles)")

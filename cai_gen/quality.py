@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from difflib import SequenceMatcher
 
-from .backends import loop_end
+from .checks import Context, kinds
+# the registry's filters (one implementation, in checks/text.py), named here too for behaviour.py and the tests
+from .checks.text import is_meta, repetitive, self_reference  # noqa: F401
 from .turns import render
 
 # A leading line that announces a revision instead of being one. Stripped when what follows is a real answer.
@@ -26,42 +28,6 @@ PREFACE = re.compile(
     re.IGNORECASE,
 )
 
-_QUAL = r"(?:(?:original|previous|revised|rewritten|last|above|initial|first|new|assistant'?s?|ai'?s?|model'?s?)\s+)"
-# An opening that discusses an answer (its own or another's) or talks about the customer in the third person,
-# instead of answering. Narrow on purpose: "The answer is 42", "Your answer will reach billing today", "You are
-# right to be worried" and "This response time is usually 2 days." are answers and must pass.
-META_OPENING = re.compile(
-    r"^\W*(?:"
-    rf"(?:the|this|my|your|that)\s+{_QUAL}*(?:response|revision|critique|reply)\b(?:'s)?"
-    r"(?!\s+(?:time|times|rate|rates|team|window|center|centre|form|code|email|number|address)\b)"
-    rf"|(?:the|this|my|that)\s+{_QUAL}+answer\b"
-    r"|(?:the|this)\s+(?:customer|user|client|buyer|person|requester)(?:'s)?\b"
-    r"(?!\s+(?:service|support|care|portal|account|center|centre|team|id|number|agreement|experience)\b)"
-    r"|(?:the|this)\s+(?:ai\s+)?assistant(?:'s)?\b"
-    rf"|in\s+(?:the|this|my|your)\s+{_QUAL}*(?:response|answer|revision)\b"
-    r"|(?:you(?:'re| are)\s+(?:right|correct)|i agree)\s*[,.!]"
-    r"|thank(?:s| you)\s+for\s+(?:the|your)\s+(?:feedback|critique)"
-    r")",
-    re.IGNORECASE,
-)
-# The same discussion anywhere near the start: "..., but the assistant's last response asked ...".
-META_ANYWHERE = re.compile(
-    r"\b(?:the|my)\s+(?:assistant'?s?\s+)?(?:last|original|previous|initial|above|revised|rewritten)\s+"
-    r"(?:response|answer|reply)\b"
-    r"|\bthe\s+(?:ai\s+)?assistant\b"
-    r"|\bthe\s+(?:previous|above|earlier)\s+example\b"
-    r"|\bthe critique\b"
-    r"|\bthe\s+(?:customer|user)s?(?:'s)?\b(?!\s+(?:service|support|care|manual|guide|settings|account|portal|"
-    r"interface|agreement|name|id|number|team|center|centre|experience|reviews?)\b)"
-    r"|\b(?:the|your)\s+(?:revision|critique)\s+request\b",
-    re.IGNORECASE,
-)
-# Model or vendor names that have no place in a reply (a "- SmolLM, by Hugging Face" sign-off).
-SELF_NAMES = re.compile(
-    r"\b(?:smol\s*lm\w*|hugging\s*face|huggingface|open\s*ai|chat\s*gpt|gpt-?[345]\w*|llama\s*\d*|"
-    r"anthropic|claude|qwen\w*|mistral|gemini|language model|ai model)\b",
-    re.IGNORECASE,
-)
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -121,42 +87,32 @@ def check_text(text: str, finish: str, what: str, min_chars: int, drop_truncated
     return None
 
 
-def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
-    """Degenerate looping ("It's not supported. It's not supported. ..."): few distinct word n-grams, or one
-    sentence of 4+ words said three times ("I'm here to help." as filler between every other sentence)."""
-    w = text.lower().split()
-    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
-    if len(grams) >= 12 and len(set(grams)) / len(grams) < min_unique:
-        return True
-    return loop_end(text + "\n", 3) is not None  # the last sentence counts too, closed or not
+# The filters that are check kinds of the registry, with the reason a revision failing one is dropped with.
+# repetitive and meta come first (check_revision), self_reference last (Filters.revision): the first failing
+# filter names the reason, so the order is part of what a run writes.
+FILTER_KINDS = {"repetitive": "repetitive_revision",
+                "meta": "revision_is_meta",  # talks about the response/critique/customer instead of answering
+                "self_reference": "self_reference"}
 
 
-# Unmistakable anywhere in a reply, not only near its start: the revision request or its own commentary
-# ("... Rewrite the response to remove any harmful part.", "(This is the original response, as is ...)").
-META_LATE = re.compile(
-    r"\brewrite\s+(?:the|this|my|your)\s+(?:assistant'?s?\s+)?(?:last\s+|original\s+|previous\s+)?(?:response|answer|reply)\b"
-    r"|\b(?:the|this\s+is\s+the)\s+(?:original|previous|revised|rewritten)\s+(?:response|answer|reply)\b"
-    r"|\bthe critique\b",
-    re.IGNORECASE,
-)
+def filter_check(kind: str):
+    """The registry's check of a filter kind (no `when:`: a filter applies to every revision)."""
+    return kinds()[kind](id=kind, kind=kind)
 
 
-def is_meta(text: str) -> bool:
-    head = text[:300]
-    return bool(META_OPENING.match(head) or META_ANYWHERE.search(head) or META_LATE.search(text))
+def failed(checks, text: str, ctx: Context) -> str | None:
+    """The reason of the first of `checks` (check, reason) that `text` fails, or None."""
+    return next((why for c, why in checks if not c.passes(text, ctx)), None)
 
 
-def self_reference(text: str, prompt: str) -> bool:
-    """Names a model or vendor that the user's prompt did not bring up."""
-    return any(m.group(0).lower() not in prompt.lower() for m in SELF_NAMES.finditer(text))
-
-
-def check_revision(revision: str, critique: str, max_critique_similarity: float) -> str | None:
-    """The checks every revision gets whatever the run's constitution (see Filters for the ones that need it)."""
-    if repetitive(revision):
-        return "repetitive_revision"
-    if is_meta(revision):
-        return "revision_is_meta"  # talks about the response/critique/customer instead of answering
+def check_revision(revision: str, critique: str, max_critique_similarity: float, base=None) -> str | None:
+    """The checks every revision gets whatever the run's constitution (see Filters for the ones that need it).
+    `base`: the (check, reason) pairs of repetitive and meta (Filters passes its own; default: built here)."""
+    if base is None:
+        base = [(filter_check(k), FILTER_KINDS[k]) for k in ("repetitive", "meta")]
+    why = failed(base, revision, Context())
+    if why:
+        return why
     if similarity(revision, critique) > max_critique_similarity:
         return "revision_echoes_critique"
     return None
@@ -189,6 +145,9 @@ class Filters:
         # the whole revision turn as sent (principle request + the template's own lines, minimal style included)
         self.instruction = {p.id: ngrams(render("revision", request=p.revision, principle_id=p.id, round=1,
                                                 minimal=True), m) if m else set() for p in const.principles}
+        # the text filters, as the registry's check kinds (the same objects a constitution's checks are)
+        self.base = [(filter_check(k), FILTER_KINDS[k]) for k in ("repetitive", "meta")]
+        self.late = [(filter_check("self_reference"), FILTER_KINDS["self_reference"])] if cfg.self_reference else []
 
     def critique(self, text: str) -> str | None:
         if len(text) < self.cfg.min_chars:
@@ -198,7 +157,7 @@ class Filters:
         return None
 
     def revision(self, text: str, critique: str, principle: str, prompt: str) -> str | None:
-        why = check_revision(text, critique, self.cfg.max_critique_similarity)
+        why = check_revision(text, critique, self.cfg.max_critique_similarity, self.base)
         if why:
             return why
         if shares_span(text, self.few_shot, self.cfg.few_shot_span):
@@ -206,9 +165,7 @@ class Filters:
         if shares_span(text, self.instruction.get(principle, set()), self.cfg.instruction_span) or \
                 re.match(r"^\W*rewrite\b", text, re.IGNORECASE):
             return "leaked_instruction"
-        if self.cfg.self_reference and self_reference(text, prompt):
-            return "self_reference"
-        return None
+        return failed(self.late, text, Context(prompt=prompt))
 
 
 def length_balance(pairs: list[tuple[str, int, int]], seed: int, band: float = 0.05) -> set[str]:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from .checks import desirable
 from .errors import UserError
+from . import routing
 from .ids import base_id
-from .review import route
 from .yamlio import jsonl_rows
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "prompt_id", "principle_ids", "critiques", "gate", "edit_ratio",
@@ -366,8 +366,8 @@ class Writer:
                 continue
             _concat([self.dir / f"{p}.jsonl" for p in parts], out / name)
         # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
-        write_jsonl(out / "review_queue.jsonl", route.queue(jsonl_rows(out / "preferences.jsonl"), cfg.review,
-                                                             cfg.seed, const))
+        write_jsonl(out / "review_queue.jsonl", routing.queue(jsonl_rows(out / "preferences.jsonl"), cfg.review,
+                                                               cfg.seed, const))
         if cfg.output.save_dataset:
             save_splits_from_files(out)
         else:

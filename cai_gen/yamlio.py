@@ -84,6 +84,23 @@ def pydantic_msg(err: dict, data) -> str:
     return f"{'.'.join(parts) or 'top level'}: {err['msg']}"
 
 
+def validation_error(e, data, where: str, *, line=None, tags=(), prefix=()) -> UserError:
+    """One line for a pydantic ValidationError `e` about `data`: 'WHERE[:LINE]: field.path: message', the one
+    format of every file's validation errors (constitution.load, a prompt row's checks). `line(loc)`: the
+    line in WHERE of a key path, or None; `tags`: the names pydantic puts in a path for a discriminated union
+    (a check's kind), not keys of the file; `prefix`: the path `data` sits at (a prompt row's ["checks"])."""
+    # an unknown argument says more than the "field required" a misspelt one also causes
+    err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
+    raw, msg = list(err["loc"]), err["msg"]
+    if raw and raw[-1] == "[key]":  # a Literal-keyed dict (synth.mix, synth.axes): the key itself is unknown
+        raw, msg = raw[:-1], "unknown key; " + msg.replace("Input should be", "use")
+    # a union's tag comes right after the list index of the entry it picked (checks[0].regex.pattern)
+    loc = [*prefix, *(x for k, x in enumerate(raw)
+                      if not (x in tags and isinstance(x, str) and k and isinstance(raw[k - 1], int)))]
+    n = line(loc) if line else None
+    return UserError(f"{where}{f':{n}' if n else ''}: {pydantic_msg({**err, 'loc': loc, 'msg': msg}, data)}")
+
+
 def line_of(path: Path, loc) -> int | None:
     """The 1-based line of a key path (pydantic's error loc: keys, list indexes, a trailing "[key]") in a YAML
     file, so an error can say file:line; None when the file does not hold the whole path (an included base)."""

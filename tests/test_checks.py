@@ -114,3 +114,43 @@ def test_shipped_checks_pass_the_few_shot_revisions_and_fail_their_originals():
             mine = c.principle(ex.principle).checks
             if mine:
                 assert not all(k.passes(ex.response, ctx) for k in mine), (name, ex.principle)
+
+
+def test_quality_filters_are_the_registry_kinds(monkeypatch):
+    """quality.Filters used to call its own repetitive/meta/self_reference functions beside the registry's kinds:
+    now a revision is judged by the registry's check objects, so changing a kind changes the filter."""
+    from cai_gen import quality
+    from cai_gen.config import FiltersCfg
+
+    f = quality.Filters(FiltersCfg(), constitution.load("customer_service"))
+    clean = "Open a claim from your order page; we will update you there."
+    assert f.revision("The revised response is more polite.", "crit", "x", "where is it?") == "revision_is_meta"
+    assert f.revision(clean + " - SmolLM, by Hugging Face", "crit", "x", "where is it?") == "self_reference"
+    assert f.revision(clean + " - SmolLM", "crit", "x", "is SmolLM any good?") is None  # the prompt named it
+    kinds = checks.kinds()
+    monkeypatch.setattr(kinds["meta"], "passes", lambda self, text, ctx: True)
+    monkeypatch.setattr(kinds["repetitive"], "passes", lambda self, text, ctx: "order page" not in text)
+    f = quality.Filters(FiltersCfg(), constitution.load("customer_service"))
+    assert f.revision("The revised response is more polite.", "crit", "x", "where is it?") is None
+    assert f.revision(clean, "crit", "x", "where is it?") == "repetitive_revision"
+    assert quality.check_revision(clean, "crit", 0.6) == "repetitive_revision"
+
+
+@pytest.mark.parametrize("spec,tail", [
+    ({"kind": "regex"}, "checks[0] (id=k1).pattern: Field required"),
+    ({"kind": "regex", "pattern": "x", "colour": 1}, "checks[0] (id=k1).colour: Extra inputs are not permitted"),
+])
+def test_a_bad_check_reads_the_same_in_a_constitution_and_a_prompt_row(tmp_path, spec, tail):
+    """One formatter for both (yamlio.validation_error): the constitution's line used to keep pydantic's union
+    tag ("checks[0] (id=k1).regex.pattern"), which is no key of the file; the prompt row's did not."""
+    from cai_gen import prompts
+
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
+                 f"      - {json.dumps({'id': 'k1', **spec})}\n")
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    assert str(e.value) == f"{f}:7: principles[0] (id=p1).{tail}"
+    with pytest.raises(UserError) as e:
+        prompts._checks([{"id": "k1", **spec}], "p.jsonl:3")
+    assert str(e.value) == f"p.jsonl:3: {tail}"

@@ -197,9 +197,9 @@ def test_compose_does_not_import_the_entry_point():
 
 def test_request_seeds_and_answer_text_are_defined_once():
     """pipeline and synth each had their own _seed, stats and review.route their own text(): one of each now."""
-    from cai_gen import backends, pipeline, stats, synth
-    from cai_gen.review import route
+    from cai_gen import backends, pipeline, routing, stats, synth
+    from cai_gen.review import merge
 
     assert not hasattr(pipeline, "_seed") and not hasattr(synth, "_seed")
-    assert route.text is backends.last_text and not hasattr(stats, "text")
+    assert merge.text is backends.last_text and not hasattr(routing, "text") and not hasattr(stats, "text")
     assert backends.seed_of(0, "p-1", 0, "respond") == 27642809  # the value the old _seed gave: ledgers still match

@@ -17,7 +17,8 @@ from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
 from cai_gen.config import ReviewCfg
 from cai_gen.errors import UserError
-from cai_gen.review import auth, db, exchange, merge, route
+from cai_gen import routing as route
+from cai_gen.review import auth, db, exchange, merge
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..backends import loop_end
 from . import Check, Context, register
 
 
@@ -186,6 +187,73 @@ class Json(Check):
 
 
 # -- the quality filters, as kinds: what every revision must pass whatever the constitution ------------------------
+# Their one implementation: quality.Filters builds its filters from these kinds (reasons: quality.FILTER_KINDS).
+
+_QUAL = r"(?:(?:original|previous|revised|rewritten|last|above|initial|first|new|assistant'?s?|ai'?s?|model'?s?)\s+)"
+# An opening that discusses an answer (its own or another's) or talks about the customer in the third person,
+# instead of answering. Narrow on purpose: "The answer is 42", "Your answer will reach billing today", "You are
+# right to be worried" and "This response time is usually 2 days." are answers and must pass.
+META_OPENING = re.compile(
+    r"^\W*(?:"
+    rf"(?:the|this|my|your|that)\s+{_QUAL}*(?:response|revision|critique|reply)\b(?:'s)?"
+    r"(?!\s+(?:time|times|rate|rates|team|window|center|centre|form|code|email|number|address)\b)"
+    rf"|(?:the|this|my|that)\s+{_QUAL}+answer\b"
+    r"|(?:the|this)\s+(?:customer|user|client|buyer|person|requester)(?:'s)?\b"
+    r"(?!\s+(?:service|support|care|portal|account|center|centre|team|id|number|agreement|experience)\b)"
+    r"|(?:the|this)\s+(?:ai\s+)?assistant(?:'s)?\b"
+    rf"|in\s+(?:the|this|my|your)\s+{_QUAL}*(?:response|answer|revision)\b"
+    r"|(?:you(?:'re| are)\s+(?:right|correct)|i agree)\s*[,.!]"
+    r"|thank(?:s| you)\s+for\s+(?:the|your)\s+(?:feedback|critique)"
+    r")",
+    re.IGNORECASE,
+)
+# The same discussion anywhere near the start: "..., but the assistant's last response asked ...".
+META_ANYWHERE = re.compile(
+    r"\b(?:the|my)\s+(?:assistant'?s?\s+)?(?:last|original|previous|initial|above|revised|rewritten)\s+"
+    r"(?:response|answer|reply)\b"
+    r"|\bthe\s+(?:ai\s+)?assistant\b"
+    r"|\bthe\s+(?:previous|above|earlier)\s+example\b"
+    r"|\bthe critique\b"
+    r"|\bthe\s+(?:customer|user)s?(?:'s)?\b(?!\s+(?:service|support|care|manual|guide|settings|account|portal|"
+    r"interface|agreement|name|id|number|team|center|centre|experience|reviews?)\b)"
+    r"|\b(?:the|your)\s+(?:revision|critique)\s+request\b",
+    re.IGNORECASE,
+)
+# Model or vendor names that have no place in a reply (a "- SmolLM, by Hugging Face" sign-off).
+SELF_NAMES = re.compile(
+    r"\b(?:smol\s*lm\w*|hugging\s*face|huggingface|open\s*ai|chat\s*gpt|gpt-?[345]\w*|llama\s*\d*|"
+    r"anthropic|claude|qwen\w*|mistral|gemini|language model|ai model)\b",
+    re.IGNORECASE,
+)
+def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
+    """Degenerate looping ("It's not supported. It's not supported. ..."): few distinct word n-grams, or one
+    sentence of 4+ words said three times ("I'm here to help." as filler between every other sentence)."""
+    w = text.lower().split()
+    grams = [tuple(w[i:i + n]) for i in range(len(w) - n + 1)]
+    if len(grams) >= 12 and len(set(grams)) / len(grams) < min_unique:
+        return True
+    return loop_end(text + "\n", 3) is not None  # the last sentence counts too, closed or not
+
+
+# Unmistakable anywhere in a reply, not only near its start: the revision request or its own commentary
+# ("... Rewrite the response to remove any harmful part.", "(This is the original response, as is ...)").
+META_LATE = re.compile(
+    r"\brewrite\s+(?:the|this|my|your)\s+(?:assistant'?s?\s+)?(?:last\s+|original\s+|previous\s+)?(?:response|answer|reply)\b"
+    r"|\b(?:the|this\s+is\s+the)\s+(?:original|previous|revised|rewritten)\s+(?:response|answer|reply)\b"
+    r"|\bthe critique\b",
+    re.IGNORECASE,
+)
+
+
+def is_meta(text: str) -> bool:
+    head = text[:300]
+    return bool(META_OPENING.match(head) or META_ANYWHERE.search(head) or META_LATE.search(text))
+
+
+def self_reference(text: str, prompt: str) -> bool:
+    """Names a model or vendor that the user's prompt did not bring up."""
+    return any(m.group(0).lower() not in prompt.lower() for m in SELF_NAMES.finditer(text))
+
 
 @register
 class Repetitive(Check):
@@ -193,7 +261,6 @@ class Repetitive(Check):
     kind: Literal["repetitive"]
 
     def passes(self, text: str, ctx: Context) -> bool:
-        from ..quality import repetitive
         return not repetitive(text)
 
 
@@ -203,7 +270,6 @@ class Meta(Check):
     kind: Literal["meta"]
 
     def passes(self, text: str, ctx: Context) -> bool:
-        from ..quality import is_meta
         return not is_meta(text)
 
 
@@ -213,5 +279,4 @@ class SelfReference(Check):
     kind: Literal["self_reference"]
 
     def passes(self, text: str, ctx: Context) -> bool:
-        from ..quality import self_reference
         return not self_reference(text, ctx.prompt)

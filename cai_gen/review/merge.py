@@ -24,9 +24,9 @@ from pathlib import Path
 from statistics import median
 
 from .. import store
+from ..backends import last_text as text
 from ..yamlio import jsonl_rows
 from . import db
-from .route import text
 
 # position: what each deciding reviewer saw as A ("revision" / "original"; "labelled" for the labelled view or
 # an import), in the order of `reviewer`; votes: every current vote on the pair, with its seconds

@@ -2,13 +2,15 @@
 
 A pair is routed when any rule of the `review:` config matches; every matching rule is recorded, so a
 reviewer (and the card) can tell a random audit sample from a pair sent because the judge was unsure.
+Top-level, below store.py (which writes review_queue.jsonl at the end of a run) and the review package (which
+serves and merges the queue): the lowest I/O layer imports nothing above it.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 
-from ..backends import last_text as text  # noqa: F401  (review/merge.py imports it from here)
+from .backends import last_text
 
 # judge outcomes that mean "the model could not tell" (see judge.py): both go to a human when asked
 UNSURE = ("judge_low_confidence", "judge_inconsistent")
@@ -41,7 +43,7 @@ def reasons(pref: dict, cfg, seed: int) -> list[str]:
 def item(pref: dict, why: list[str], principles: dict[str, dict]) -> dict:
     """What the review page shows for one pair. Original and revision are named as such (not chosen/rejected),
     so a judge swap cannot confuse the expert's verdict."""
-    chosen, rejected = text(pref["chosen"]), text(pref["rejected"])
+    chosen, rejected = last_text(pref["chosen"]), last_text(pref["rejected"])
     original, revision = (chosen, rejected) if "judge_swapped" in pref.get("flags", []) else (rejected, chosen)
     return {
         "id": pref["id"],
