@@ -87,6 +87,7 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                 for h, item in zip(hs, batch):
                     pending[h] = item
             if pending:
+                done = []  # rows whose last request came back in this poll: accepted together below
                 for h, g in backend.poll():
                     row, k, j = pending.pop(h)
                     w = waiting[id(row)]
@@ -96,7 +97,11 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                     w[3] -= 1
                     if w[3] == 0:
                         del waiting[id(row)]
-                        finish(row, k, w[0], w[2])
+                        done.append((row, k, w[0], w[2]))
+                for k in {k for _, k, _, _ in done}:
+                    job.prime(stages[k], [(row, gens) for row, kk, _, gens in done if kk == k])
+                for row, k, reqs, gens in done:
+                    finish(row, k, reqs, gens)
     ledger.sync()
     for st, n in zip(stages, reused):
         if n:
@@ -146,6 +151,7 @@ def _stage(job, st, rows: list, backend) -> list:
                     if todo[i][3][j] is None:  # a backend that returned it without the callback
                         todo[i][3][j] = job.ledger.add(todo[i][2][j], g)
         job.ledger.sync()
+    job.prime(st, [(row, gens) for row, _, _, gens in todo])
     accepted = set()
     for row, reqs, _, gens in todo:
         for r, g in zip(reqs, gens):

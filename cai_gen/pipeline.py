@@ -144,6 +144,15 @@ class Run:
         ctx = checks_mod.Context(row.prompt.text(), row.prompt.fields())
         return {c.id: c.passes(text, ctx) for _, c in row.applicable if not c.needs_engine}
 
+    def prime(self, stage, done: list) -> None:
+        """Before a stage accepts a batch of (row, generations): score their answers' classifier checks in one
+        model call per classifier, not one per answer (the accept that follows reads the scores)."""
+        text = getattr(stage, "checked_text", None)
+        if text is None:
+            return
+        checks_mod.prime([(c, text(self, g)) for row, gens in done for g in gens
+                          for _, c in row.applicable if not c.needs_engine])
+
     def note(self, row: Row, answer: str, res: dict[str, bool]) -> None:
         """Record results on the row's current answer ("original" or "revision")."""
         if not row.checks:

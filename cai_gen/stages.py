@@ -63,6 +63,10 @@ class Respond(Stage):
     def requests(self, job, row):
         return [Request(job.conv(row, False), row.params)]
 
+    def checked_text(self, job, g: Generation) -> str:
+        """The text accept runs the checks on (job.prime batches their classifier calls on it)."""
+        return quality.strip_preface(g.text)[0] if job.cfg.filters.strip_preface else g.text.strip()
+
     def accept(self, job, row, gens: list[Generation]) -> bool:
         f, g = job.cfg.filters, gens[0]
         # a preface on the original must go too, or DPO learns "no preface" instead of the revision's content
@@ -249,6 +253,8 @@ class Revise(Stage):
         row.history.append({"role": "assistant", "content": text})
         job.note(row, "revision", res)
         return True
+
+    checked_text = Respond.checked_text  # a sample is stripped as an original is
 
     def screen(self, job, row, g: Generation) -> tuple[str, bool, str | None]:
         """One sample through the quality filters: (text, preface stripped?, reason or None)."""

@@ -88,6 +88,17 @@ def applicable(const, rec) -> list[tuple[str, Check]]:
     return out + [("prompt", c) for c in rec.checks if c.applies(ctx)]
 
 
+def prime(pairs) -> None:
+    """Batch the model-run checks of many answers before each is checked alone: (check, text) pairs; every
+    check with a `prime` (classifier) scores all its texts in one call. Deterministic checks need nothing."""
+    by: dict = {}
+    for c, t in pairs:
+        if hasattr(c, "prime"):
+            by.setdefault(id(c), (c, []))[1].append(t)  # by object: a check's `when` dict makes it unhashable
+    for c, texts in by.values():
+        c.prime(texts)
+
+
 # -- what a row's checks said: pass/fail per answer, and what that makes each answer ------------------------------
 
 def outcome(results: list[dict], answer: str) -> bool:

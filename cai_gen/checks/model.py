@@ -75,6 +75,12 @@ def classify(model: str, label: str, texts: list[str], max_length: int = 512, de
     return out
 
 
+# P(label) already computed, per (model, label, max_length, device) and text: a stage scores every answer it got
+# in one batched call (prime), and the per-answer check afterwards reads the score from here
+_SCORES: dict[tuple, float] = {}
+_MAX_SCORES = 50_000
+
+
 @register
 class Classifier(Check):
     """An HF sequence-classification model (a guard model such as Granite Guardian HAP): P(`label`) >=
@@ -86,8 +92,24 @@ class Classifier(Check):
     max_length: int = Field(512, gt=0)
     device: str = "auto"
 
+    def _key(self) -> tuple:
+        return self.model, self.label.lower(), self.max_length, self.device
+
+    def prime(self, texts: list[str]) -> None:
+        """Score the texts not scored yet in one batched model call (classify batches by 16 within it)."""
+        key = self._key()
+        todo = list(dict.fromkeys(t for t in texts if (key, t) not in _SCORES))
+        if not todo:
+            return
+        if len(_SCORES) + len(todo) > _MAX_SCORES:
+            _SCORES.clear()  # a bound on memory in a long run; a cleared score is only computed again
+        _SCORES.update(zip(((key, t) for t in todo),
+                           classify(self.model, self.label, todo, self.max_length, self.device)))
+
     def passes(self, text: str, ctx: Context) -> bool:
         return self.passes_many([text])[0]
 
     def passes_many(self, texts: list[str]) -> list[bool]:
-        return [p < self.threshold for p in classify(self.model, self.label, texts, self.max_length, self.device)]
+        self.prime(texts)
+        key = self._key()
+        return [_SCORES[(key, t)] < self.threshold for t in texts]

@@ -93,8 +93,12 @@ class Length(Check):
 URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>()\"']+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|co|uk|de|"
                  r"help|support|store|shop)(?:/[^\s<>()\"']*)?\b")
 EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
-# +1 (800) 555-0199, 1-800-555-0199, 0800 123 4567, 555-0199: 7+ digits with phone punctuation between them
-PHONE = re.compile(r"(?<![\w.])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}(?![\w.])")
+# +1 (800) 555-0199, 1-800-555-0199, 0800 123 4567, 555-0199: 7+ digits with phone punctuation between them, or
+# +8080110314: a + and the digits. The number may end a sentence ("call 1-800-672-1111."): a dot after it is
+# punctuation unless a digit follows (1.800.672 is one number, 2756.32.5 is none)
+PHONE = re.compile(r"(?<!\w)(?<!\d\.)(?:\+\d{7,15}|(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}"
+                   r"(?:[\s.-]\d{2,4}){1,3})(?!\w|\.\d)")
+YEARS = re.compile(r"^(?:1[89]|20)\d\d\s*[-/]\s*(?:1[89]|20)\d\d$")  # "a 2023-2024 mandate" is no phone number
 
 
 def contacts(text: str, types: list[str]) -> set[str]:
@@ -109,7 +113,7 @@ def contacts(text: str, types: list[str]) -> set[str]:
     if "phone" in types:
         for m in PHONE.findall(text):
             digits = re.sub(r"\D", "", m)
-            if len(digits) >= 7:
+            if len(digits) >= 7 and not YEARS.match(m):
                 out.add(digits)
     return out
 
@@ -131,6 +135,7 @@ PLACEHOLDER = re.compile(
     r"\[(?:your |the |customer'?s? |insert |enter )?[A-Za-z][\w .'-]{0,30}\](?!\()"  # [Name], [Your Name] (not a link)
     r"|\{\{?\s*[A-Za-z_][\w.]*\s*\}?\}"                                          # {order_id}, {{ name }}
     r"|<(?:your |insert |customer )[\w .'-]{1,30}>"                              # <your name>
+    r"|\[https?:/*\]"                                                         # "visit our website: [https:]"
     r"|\bX{3,}\b|\b(?:INSERT|PLACEHOLDER)\b")
 
 
@@ -146,12 +151,21 @@ class Placeholder(Check):
 
 REFUSAL = re.compile(
     r"(?i)\b(?:i\s*(?:'m| am)\s*(?:sorry|afraid)[^.!?\n]{0,40}\b(?:can(?:'|no)?t|cannot|unable|not able|won'?t)"
-    r"|i\s*(?:can(?:'|no)?t|cannot|won'?t|will not|am unable to|'m unable to|am not able to|'m not able to)\s+"
-    r"(?:help|assist|provide|do|support|share|give|answer|comply|fulfil|fulfill|write|create|engage)"
+    # "There's nothing I can't do" and "I can't help but notice" say the opposite of no
+    r"|(?<!nothing )i\s*(?:can(?:'|no)?t|cannot|won'?t|will not|am unable to|'m unable to|am not able to|'m not able to)"
+    r"\s+(?!help but\b)(?:help|assist|provide|do|support|share|give|answer|comply|fulfil|fulfill|write|create|engage"
+    r"|suggest|offer|tell|explain|recommend|generate)"
     r"|(?:as an ai|i'm just an ai|i am just an ai)\b"
     r"|i\s*(?:must|have to)\s+(?:decline|refuse)"
     r"|(?:that|this)\s+(?:is|would be)\s+(?:not something i|illegal and i)"
-    r"|not (?:able|allowed|permitted) to (?:help|assist) with)")
+    r"|not (?:able|allowed|permitted) to (?:help|assist) with"
+    # the default model's own refusals (SmolLM2-135M, tests/data/checks_real.jsonl): "as a chatbot, I don't have
+    # the ability to access ...", "I'm not equipped to handle ...", "I'm not here to help with that"
+    r"|i\s*(?:don'?t|do not)\s+have\s+the\s+(?:ability|capability|capacity|authority)\s+to"
+    r"|i\s*(?:'m| am)\s+not\s+(?:equipped|in a position)\s+to|i\s*(?:'m| am)\s+not\s+capable\s+of\s+"
+    r"(?:providing|helping|assisting|giving|sharing|doing|handling|processing|editing|verifying|accessing)"
+    r"|i\s*(?:'m| am)\s+not\s+here\s+to\s+(?:help|assist)\b"
+    r"|i\s*(?:'m| am)\s+not\s+going\s+to\s+(?:provide|tell you how|share|explain how|write|describe)\b)")
 
 
 def refuses(text: str) -> bool:
