@@ -1,6 +1,7 @@
-"""Crash safety: kill -9 a run at several points, rerun the same command, get exactly a clean run's rows."""
+"""Crash safety: kill -9 a run at several points, rerun the same command, get exactly a clean run's files."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from cai_gen.errors import Resumable, UserError
 from cai_gen.ledger import Ledger, saved
 
 from .conftest import ROOT, make_cfg
+from .run_files import assert_same_files, files
 
 ARGS = ["backend=fake", "limit=10", "samples=2"]
 
@@ -30,36 +32,52 @@ def rows(out: Path) -> list[dict]:
     return [json.loads(l) for l in (out / "preferences.jsonl").read_text().splitlines()]
 
 
-def content(out: Path):
-    return sorted((r["id"], r["chosen"][0]["content"], r["rejected"][0]["content"]) for r in rows(out))
+def ledger_keys(out: Path) -> list[str]:
+    return [json.loads(l)["key"] for l in (out / "work" / "generations.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
-    out = tmp_path_factory.mktemp("clean") / "run"
-    assert cli(out).returncode == 0
-    return content(out)
+    """clean(*extra): a clean CLI run's output files (run_files.files) and ledger keys, one run per `extra`. The
+    engine's delay is in the run's config.json and card, so a resumed run is compared with a clean run of its own
+    delay (the kill tests resume with none, the Ctrl-C test's printed command keeps it)."""
+    made = {}
+
+    def get(*extra: str, delay: float = 0.0):
+        if (extra, delay) not in made:
+            out = tmp_path_factory.mktemp("clean") / "run"
+            r = cli(out, *extra, delay=delay)
+            assert r.returncode == 0, r.stderr
+            made[extra, delay] = files(out), set(ledger_keys(out))
+        return made[extra, delay]
+    return get
 
 
 def test_ledger_reuses_everything_on_rerun(tmp_path):
     cfg = make_cfg(*ARGS)
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
-    first = content(tmp_path)
+    first = files(tmp_path)
     be2 = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be2)
-    assert be2.calls == [] and content(tmp_path) == first  # nothing regenerated, same rows
+    assert be2.calls == []  # nothing regenerated
+    assert_same_files(files(tmp_path), first)
 
 
 STAGES = ["respond", "critique", "gate", "revise"]  # 20 requests each (10 prompts x 2 samples), 0.05 s apiece
 
 
 # staged (pipelined=false): the ledger's line count says which stage was running when the kill landed; pipelined
-# (the default): the kill lands while every stage has requests in flight
+# (the default): the kill lands while every stage has requests in flight, and the gate says NO to about half the
+# rows and a filter drops some pairs, so no_violation, rejected and the KTO/SFT rows of both go through a resume too
+MIXED = ("backend.gate=mixed", "filters.max_edit=0.85")
+
+
 @pytest.mark.parametrize("schedule,stage", [("staged", s) for s in range(4)] + [("pipelined", None)])
-def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, schedule, stage):
+def test_kill_9_then_rerun_gives_the_clean_files(tmp_path, clean, schedule, stage):
     out = tmp_path / "run"
-    extra = ("pipelined=false",) if schedule == "staged" else ()
+    extra = ("pipelined=false",) if schedule == "staged" else MIXED
+    want, want_keys = clean(*extra)
     p = cli(out, *extra, delay=0.05, wait=False)
     led = out / "work" / "generations.jsonl"
     at = 20 * stage + 5 if stage is not None else 30  # a quarter into the stage
@@ -74,17 +92,64 @@ def test_kill_9_then_rerun_gives_the_clean_rows(tmp_path, clean, schedule, stage
     if stage is not None:  # the kill landed inside the stage under test, not after it
         assert at <= done_before < 20 * (stage + 1), f"{done_before} generations: not inside {STAGES[stage]}"
     else:
-        assert at <= done_before < 80
+        assert at <= done_before < len(want_keys)
     r = cli(out, *extra)
     assert r.returncode == 0, r.stderr
-    got = content(out)
-    assert got == clean and len({g[0] for g in got}) == len(got)
-    # the finished generations were reused, not redone: the ledger holds each request once
-    keys = [json.loads(l)["key"] for l in led.read_text().splitlines()]
-    assert len(keys) == len(set(keys)) == 80
+    assert_same_files(files(out), want)  # every output file, not only the pairs (README: "exactly as a clean run's")
+    # the finished generations were reused, not redone: the ledger holds each of the clean run's requests once
+    keys = ledger_keys(out)
+    assert len(keys) == len(set(keys)) and set(keys) == want_keys
 
 
-def test_torn_ledger_line_is_dropped(tmp_path):
+def test_the_file_comparison_sees_a_difference(tmp_path, clean):
+    """The check above can fail: one changed character in a row, one dropped row, one dataset row, a missing
+    plot, each is named; a row's created_at (when its generation was committed) is not compared."""
+    import shutil
+
+    import pyarrow as pa
+
+    want, _ = clean()
+    src = tmp_path / "src"
+    assert cli(src).returncode == 0
+    assert_same_files(files(src), want)
+
+    def planted(change) -> str:
+        out = tmp_path / f"p{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(src, out)
+        change(out)
+        with pytest.raises(AssertionError) as e:
+            assert_same_files(files(out), want)
+        return str(e.value)
+
+    def edit(name, f):
+        def change(out):
+            lines = (out / name).read_text().splitlines()
+            (out / name).write_text("".join(x + "\n" for x in f(lines)))
+        return change
+
+    def arrow_row(out):
+        p = next((out / "kto").glob("train/*.arrow"))
+        t = pa.ipc.open_stream(p.read_bytes()).read_all().slice(1)  # read, not mapped: the file is rewritten
+        with pa.OSFile(str(p), "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+            w.write_table(t)
+
+    assert "kto.jsonl differs" in planted(edit("kto.jsonl", lambda ls: [ls[0].replace('true', 'false', 1)] + ls[1:]))
+    assert "sft.jsonl differs" in planted(edit("sft.jsonl", lambda ls: ls[:-1]))
+    assert "trace.jsonl differs" in planted(edit("trace.jsonl", lambda ls: ls[::-1]))
+    assert "kto/train/data-00000-of-00001.arrow differs" in planted(arrow_row)
+    assert "plots/gate.png" in planted(lambda out: (out / "plots" / "gate.png").unlink())
+    assert "summary.json differs" in planted(edit("summary.json", lambda ls: [x.replace('"kept": 20', '"kept": 19')
+                                                                              for x in ls]))
+    # created_at is the one row field a resumed run may hold otherwise: it is not compared
+    stamp = edit("preferences.jsonl", lambda ls: [re.sub(r'"created_at": "[^"]*"', '"created_at": "2020-01-01"', x)
+                                                  for x in ls])
+    out = tmp_path / "stamped"
+    shutil.copytree(src, out)
+    stamp(out)
+    assert_same_files(files(out), want)
+
+
+def test_torn_ledger_line_is_dropped(tmp_path, clean):
     cfg = make_cfg(*ARGS)
     pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
     led = tmp_path / "work" / "generations.jsonl"
@@ -93,20 +158,28 @@ def test_torn_ledger_line_is_dropped(tmp_path):
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
     assert sum(be.calls) == 1 and len(led.read_text().splitlines()) == 80
+    assert_same_files(files(tmp_path), clean()[0])
 
 
 def test_changed_config_is_refused_unless_restart(tmp_path):
     cfg = make_cfg(*ARGS)
-    pipeline.run(cfg, tmp_path, backend=FakeBackend("f", cfg.model.name))
+    run = tmp_path / "run"
+    pipeline.run(cfg, run, backend=FakeBackend("f", cfg.model.name))
     with pytest.raises(UserError, match="different config \\(changed: samples\\)"):
-        pipeline.run(make_cfg("backend=fake", "limit=10", "samples=3"), tmp_path, backend=FakeBackend("f", "m"))
-    pipeline.run(make_cfg(*ARGS[:-1], "samples=3", "restart=true"), tmp_path, backend=FakeBackend("f", cfg.model.name))
-    assert len(rows(tmp_path)) == 30
-    # limit is free: a bigger limit in the same dir only adds rows
-    be = FakeBackend("f", cfg.model.name)
-    pipeline.run(make_cfg("backend=fake", "limit=12", "samples=3", "restart=true", "pipelined=false"), tmp_path,
-                 backend=be)
-    assert be.calls == [6, 6, 6, 6]  # respond, critique, gate, revise for the 2 new prompts x 3
+        pipeline.run(make_cfg("backend=fake", "limit=10", "samples=3"), run, backend=FakeBackend("f", "m"))
+    pipeline.run(make_cfg(*ARGS[:-1], "samples=3", "restart=true"), run, backend=FakeBackend("f", cfg.model.name))
+    assert len(rows(run)) == 30
+    # limit is free (README: `limit` ... may change freely, "raise `limit` to extend a run"), and so is pipelined:
+    # no restart=true. A bigger limit in the same dir generates only the new prompts' requests, a smaller one
+    # none, and either writes the files a clean run of that limit writes
+    for limit, calls in ((12, [6, 6, 6, 6]), (5, [])):  # 12: respond, critique, gate, revise for 2 new prompts x 3
+        clean = tmp_path / f"clean{limit}"
+        pipeline.run(make_cfg("backend=fake", f"limit={limit}", "samples=3", "pipelined=false"), clean,
+                     backend=FakeBackend("f", cfg.model.name))
+        be = FakeBackend("f", cfg.model.name)
+        pipeline.run(make_cfg("backend=fake", f"limit={limit}", "samples=3", "pipelined=false"), run, backend=be)
+        assert be.calls == calls and len(rows(run)) == 3 * limit
+        assert_same_files(files(run), files(clean))
 
 
 def test_resume_knob_continues_a_named_dir(tmp_path):
@@ -188,7 +261,7 @@ def test_created_at_is_when_the_rows_last_generation_finished(tmp_path):
     assert all(sft[p["id"]] == p["created_at"] for p in prefs)
 
 
-def test_a_second_run_into_a_busy_dir_refuses_and_a_dead_holders_lock_is_taken_over(tmp_path):
+def test_a_second_run_into_a_busy_dir_refuses_and_a_dead_holders_lock_is_taken_over(tmp_path, clean):
     """Regression: two processes started into one run dir each generated the same requests and appended to one
     ledger. The second now refuses in one line naming the holder; after the holder is killed -9, a rerun takes the
     lock over and finishes with each request generated once."""
@@ -208,6 +281,7 @@ def test_a_second_run_into_a_busy_dir_refuses_and_a_dead_holders_lock_is_taken_o
     assert third.returncode == 0, third.stderr[-2000:]
     keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 80  # 20 rows x respond, critique, gate, revise: none twice
+    assert_same_files(files(out), clean()[0])
 
 
 def test_the_lock_is_per_dir_and_released_after_a_run(tmp_path):
@@ -232,7 +306,7 @@ def resume_args(line: str) -> list[str]:
     return [sys.executable, *cmd[1:]]
 
 
-def test_ctrl_c_is_one_line_exit_130_and_the_printed_command_resumes(tmp_path):
+def test_ctrl_c_is_one_line_exit_130_and_the_printed_command_resumes(tmp_path, clean):
     """Ctrl-C mid-run in the default (timestamped) run dir: no traceback, one line saying how many generations
     are saved (exactly the ledger's lines) and the command that resumes, which names that dir: "the same
     command" would open a new timestamped dir and generate everything again. That command then finishes the
@@ -258,10 +332,10 @@ def test_ctrl_c_is_one_line_exit_130_and_the_printed_command_resumes(tmp_path):
     assert list(tmp_path.glob("outputs/*/*/work")) == [led.parent]  # no second run dir
     keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 80  # only the missing requests were generated
-    assert (led.parent.parent / "preferences.jsonl").is_file()
+    assert_same_files(files(led.parent.parent), clean(delay=0.05)[0])
 
 
-def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_path, monkeypatch):
+def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_path, monkeypatch, clean):
     """A real ENOSPC (the kernel's /dev/full) on a ledger write: one line naming the file and what is saved, and
     the lines written before it stay whole, so the rerun resumes from them."""
     cfg = make_cfg(*ARGS)
@@ -281,3 +355,4 @@ def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_pa
     be = FakeBackend("f", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
     assert sum(be.calls) == 50
+    assert_same_files(files(tmp_path), clean()[0])

@@ -185,3 +185,20 @@ def test_the_card_and_summary_count_each_check(tmp_path):
     assert c["verified"] == 4 and c["verified_share"] == 1.0
     card = (out / "README.md").read_text()
     assert "## Checks" in card and "| guarantee | no_guarantee | regex | 4 | 4 | 4 | 0 |" in card
+
+
+def test_kto_and_sft_rows_follow_the_gate_and_the_checks(tmp_path):
+    """The KTO/SFT relation the real-engine e2e test asserts (run_files.check_training_rows), on a run where it is
+    not 2 rows per pair: the gate says NO to some rows (no-violation: one KTO row, SFT row), a prompt-row check
+    fails on some revisions (KTO False, no SFT row) and some pairs are clean."""
+    from .run_files import check_training_rows
+
+    ends_q = [{"id": "ends_q", "kind": "regex", "pattern": r"\?$", "must": "match"}]
+    prompts = ([{"id": f"g{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(3)]
+               + [{"id": f"q{i}", "prompt": f"{GUARANTEED} Item {i}.", "checks": ends_q} for i in range(2)]
+               + [{"id": f"n{i}", "prompt": f"SAY: Your parcel {i} left the depot this morning."} for i in range(6)])
+    _, s, out = run(tmp_path, prompts, [FINE], gate="mixed")
+    nv, kto = jl(out / "no_violation.jsonl"), jl(out / "kto.jsonl")
+    assert nv and s["kept"] >= 5 and len(kto) == 2 * s["kept"] + len(nv)
+    assert sum(not k["label"] for k in kto) > s["kept"]  # a failed check made a revision undesirable too
+    check_training_rows(out)

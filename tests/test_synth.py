@@ -247,6 +247,15 @@ def test_kill_9_then_rerun_writes_the_clean_file_with_no_duplicates(tmp_path):
     r = cli("backend=fake", "n=40", f"out={out}")
     assert r.returncode == 0, r.stderr
     assert out.read_text() == clean_out.read_text()
+    # and its report, but for what is this invocation's: the out path (the two runs write to two dirs) and each
+    # round's generated/reused split (the rerun reused what the killed run had generated)
+    def report(p: Path) -> dict:
+        r = json.loads(p.with_name("p.report.json").read_text())
+        r.pop("out")
+        for rd in r["rounds"]:
+            assert rd.pop("generated") + rd.pop("reused") == rd["requests"]
+        return r
+    assert report(out) == report(clean_out)
     rows = jl(out)
     assert len(rows) == 40 and len({r["id"] for r in rows}) == 40 and len({r["prompt"] for r in rows}) == 40
     keys = [json.loads(l)["key"] for l in led.read_text().splitlines()]
