@@ -19,7 +19,8 @@ answers are generated once and shared by every comparison.
 Every stage leaves its result in WORK and is skipped when it is there, so a stopped bench resumes and `--quick`
 then the full bench share (a). Prints the table, then JSON; writes WORK/efficacy.json and WORK/efficacy.md.
 
-    .venv/bin/python bench/efficacy.py --quick          # (a) and its shuffled control only
+    .venv/bin/python bench/efficacy.py --quick          # (a) and its shuffled control only: 31 min on 2 cores
+    .venv/bin/python bench/efficacy.py --quick --tag rpo --loss-type sigmoid,sft --lr 5e-6   # the README's run
     .venv/bin/python bench/efficacy.py                  # (a), (b), (c)
     .venv/bin/python bench/efficacy.py --work /tmp/eff --steps 40 --lr 2e-5
 """

@@ -133,7 +133,10 @@ def verdict(res: dict) -> str:
     line = (f"violations {100 * ref['rate']:.0f}% -> {100 * tr['overall']['rate']:.0f}%, {100 * d['diff']:+.0f} points, "
             f"CI {100 * d['ci'][0]:+.0f} to {100 * d['ci'][1]:+.0f}{shuf}")
     if tr["collapsed"]:
-        return f"collapses ({', '.join(tr['collapsed'])} moved past {100 * GUARD_POINTS:.0f} points): {line}"
+        # the shares move by points, mean_words by half: name the rule each guard broke
+        why = [f"{g} under half the reference's" if g == "mean_words" else f"{g} {100 * GUARD_POINTS:.0f}+ points off"
+               for g in tr["collapsed"]]
+        return f"collapses ({', '.join(why)}): {line}"
     if d["ci"][1] >= 0:
         return f"does not teach (the CI of the change reaches 0): {line}"
     if "shuffled" in ms:
