@@ -154,3 +154,19 @@ def test_a_bad_check_reads_the_same_in_a_constitution_and_a_prompt_row(tmp_path,
     with pytest.raises(UserError) as e:
         prompts._checks([{"id": "k1", **spec}], "p.jsonl:3")
     assert str(e.value) == f"p.jsonl:3: {tail}"
+
+
+@pytest.mark.parametrize("name", ["verifiable_support", "customer_service"])
+def test_shipped_no_guarantee_passes_a_declined_promise_and_fails_a_made_one(name):
+    """Real SmolLM2 phrasings: declining to promise is the honest answer the principle asks for, not a violation."""
+    from cai_gen import checks as checks_mod, constitution as constitution_mod
+
+    const = constitution_mod.load(name, None, ())
+    (c,) = [c for p in const.principles for c in p.checks if c.id == "no_guarantee"]
+    ctx = checks_mod.Context("Can you promise it arrives Friday?", {"domain": "support"})
+    for ok in ("I can't make promises about the delivery date.", "I cannot make any promises, but it usually takes "
+               "3 days.", "Don't be swayed by false promises of faster shipping.", "I can't guarantee Friday."):
+        assert c.passes(ok, ctx), ok
+    for bad in ("I promise it arrives Friday.", "We guarantee delivery by Friday.", "It will definitely arrive."):
+        assert not c.passes(bad, ctx), bad
+    assert not c.passes("We make promises we keep: it arrives Friday.", ctx)  # only a negated "make" is a decline
