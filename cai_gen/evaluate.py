@@ -19,6 +19,7 @@ import json
 import random
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from .errors import UserError
@@ -47,8 +48,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="DPO optimizer steps")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--beta", type=float, help="DPO beta (also scales the implicit reward)")
-    p.add_argument("--loss-type", default="sigmoid", help="TRL DPO loss_type: sigmoid, ipo, apo_zero, ...; comma-separated losses add up (sigmoid,sft: DPO plus "
-                        "the chosen answer's NLL, RPO, which keeps DPO from driving both answers' likelihood down)")
+    p.add_argument("--loss-type", default="sigmoid",
+                   help="TRL DPO loss_type: sigmoid, ipo, apo_zero, ...; comma-separated losses add up (sigmoid,sft: "
+                        "DPO plus the chosen answer's NLL, RPO, which keeps DPO from driving both answers' likelihood down)")
     p.add_argument("--batch-size", type=int, help="pairs per step")
     p.add_argument("--max-length", type=int, help="tokens per prompt + answer")
     p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None, help="train LoRA adapters (peft)")
@@ -267,17 +269,12 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
             params.append(Params(_draw(rng, smp.get("temperature", (0.6, 1.0))), _draw(rng, smp.get("top_p", (0.9, 1.0))),
                                  mt, seed_of(a.seed, "eval", r.id, k)))
             convs.append(r.messages())
-    from contextlib import nullcontext
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from . import enginelog
+    from .progress import Tracker
 
-    console = Console(stderr=True)
+    tracker = Tracker()  # the run's own progress bar (answers, tok/s, ETA); a summary line when not a terminal
     # the engine's own log lines go to eval/engine.log (as a run's go to engine.log); the terminal shows progress
-    quiet = kind in ("vllm", "transformers") and not getattr(a, "verbose", False)
-    with enginelog.to_log(run / "eval" / "engine.log", console) if quiet else nullcontext():
+    with enginelog.to_log(run / "eval" / "engine.log", tracker.console) if kind != "fake" else nullcontext():
         try:
             backend = make_backend(kind, model_dir, name, opts)
         except UserError:
@@ -285,18 +282,9 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
         except Exception as e:  # a model an engine cannot load: one line
             raise UserError(f"{model_dir}: the {kind} engine cannot load it ({type(e).__name__}: "
                             f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
-        tokens, t0 = [0], time.perf_counter()
-        bar = Progress(TextColumn(f"answers: {name}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console, transient=True)
-
-        def done(i, g):
-            tokens[0] += g.completion_tokens
-            bar.update(task, advance=1, rate=f"{tokens[0] / max(time.perf_counter() - t0, 1e-6):.0f} tok/s")
-
         try:
-            with bar:
-                task = bar.add_task("answers", total=len(convs), rate="")
-                gens = backend.generate(convs, params, done)
+            with tracker.stage(f"answers: {name}", len(convs)) as on_done:
+                gens = backend.generate(convs, params, on_done)
             return [g.text.strip() for g in gens]
         finally:
             backend.close()
