@@ -23,10 +23,13 @@ Answer = Callable[[list, int], list[str]]  # (prompt records, samples) -> texts,
 def score(const, recs: Sequence, texts: list[str], k: int) -> list[list[dict[str, bool]]]:
     """Per prompt, per sample: principle id -> violated? (only the principles with a check that applies), plus
     "prompt" for the row's own checks. Judge checks need an engine and are left out (reported by `checkable`)."""
-    out = []
+    out, mine_of = [], [[(pid, c) for pid, c in checks_mod.applicable(const, rec) if not c.needs_engine]
+                        for rec in recs]
+    # classifier checks score every answer in one batched call per classifier, not one call per answer
+    checks_mod.prime([(c, t) for i, mine in enumerate(mine_of) for _, c in mine for t in texts[i * k:(i + 1) * k]])
     for i, rec in enumerate(recs):
         ctx = checks_mod.Context(rec.text(), rec.fields())
-        mine = [(pid, c) for pid, c in checks_mod.applicable(const, rec) if not c.needs_engine]
+        mine = mine_of[i]
         per = []
         for t in texts[i * k:(i + 1) * k]:
             v: dict[str, bool] = {}

@@ -113,3 +113,26 @@ def test_a_stage_scores_all_its_answers_in_one_classifier_call(tmp_path, guard_d
     assert sum(calls) == n + 1  # n distinct originals, one revision text (the same for every row)
     if not pipelined:
         assert calls == [n, 1], calls  # the originals in one call, the revisions in one more
+
+
+def test_the_behavioural_pass_scores_every_answer_in_one_classifier_call(tmp_path, guard_dir, monkeypatch):
+    """behaviour.score over 3 prompts x 2 samples: one batched call for the 6 answers, and the same verdicts as
+    scoring them one by one."""
+    from cai_gen import behaviour
+    from cai_gen.prompts import PromptRecord
+
+    calls = []
+    real = check_model.classify
+
+    def counted(model, label, texts, *a, **k):
+        calls.append(len(texts))
+        return real(model, label, texts, *a, **k)
+
+    monkeypatch.setattr(check_model, "classify", counted)
+    getattr(check_model, "_SCORES", {}).clear()  # scores from other tests would hide calls
+    const = constitution.load(path=str(const_with(tmp_path, guard_dir, device="cpu")))
+    recs = [PromptRecord(f"p{i}", "hello", "support", "t") for i in range(3)]
+    texts = ["you stupid idiots", "thanks for waiting", "hello friend", "all idiots", "fine", "ok then"]
+    scored = behaviour.score(const, recs, texts, 2)
+    assert calls == [6]
+    assert [v["kind"] for per in scored for v in per] == [True, False, False, True, False, False]
