@@ -86,8 +86,6 @@ def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
     return rows
 
 
-
-
 class Run:
     """What the stages share for one run: config, constitution, filters, ledger (a row carries its own outcome).
     The stage objects (stages.py) build requests and accept generations; flow.py schedules them."""

@@ -239,6 +239,8 @@ SELF_NAMES = re.compile(
     r"anthropic|claude|qwen\w*|mistral|gemini|language model|ai model)\b",
     re.IGNORECASE,
 )
+
+
 def repetitive(text: str, n: int = 4, min_unique: float = 0.5) -> bool:
     """Degenerate looping ("It's not supported. It's not supported. ..."): few distinct word n-grams, or one
     sentence of 4+ words said three times ("I'm here to help." as filler between every other sentence)."""
