@@ -181,6 +181,7 @@ class Constitution(BaseModel):
             out.append(p.id)
         return out
 
+
 def available(include: Iterable[str] = ()) -> list[str]:
     """Names selectable as constitution=<name>: every constitutions/*.yaml on the search path not starting with
     '_' (bases)."""
