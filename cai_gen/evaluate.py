@@ -32,6 +32,10 @@ PRESETS = {
     "gpu_8b_lora": dict(steps=200, lr=5e-5, beta=0.1, batch_size=8, max_length=1024, lora=True, dtype="bfloat16"),
 }
 MIN_TEST = 10
+# TRL's DPOTrainer loss types (TRL 1.16; its trainer raises on any other, but only at the first step, after the
+# model load and the reference pass): checked at parse time so a typo is one line, before anything loads
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
 class Parser(argparse.ArgumentParser):
@@ -79,6 +83,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     for k in ("steps", "batch_size", "max_length", "bootstrap", "min_test", "lora_r", "samples"):
         if getattr(a, k) <= 0:
             p.error(f"--{k.replace('_', '-')}: must be > 0, got {getattr(a, k)}")
+    bad = [t for t in a.loss_type.split(",") if t not in LOSS_TYPES]
+    if bad:
+        p.error(f"--loss-type: unknown {', '.join(map(repr, bad))} (TRL's: {', '.join(LOSS_TYPES)}; "
+                "comma-separated to combine)")
     if a.test_size is not None and not 0 < a.test_size < 1:
         p.error(f"--test-size: must be between 0 and 1, got {a.test_size}")
     return a
