@@ -334,6 +334,15 @@ def generate(job: Run, rows: list[Row]) -> list[Row]:
     return kept
 
 
+def batch(cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger, rows: list[Row]) -> None:
+    """One executor=ray replica's batch, with the local run's code: the stages, then the judge when judge=self.
+    The rows carry their results back (ray_exec.Replica calls this; the executor does not import the pipeline)."""
+    job = Run(cfg, backend, const, tracker, ledger)
+    kept = generate(job, rows)
+    if cfg.judge.enabled and kept:
+        judge(job, kept, backend)
+
+
 def release_memory() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere): the
     datasets copies are built by Arrow's own allocator, which cannot reuse what Python's heap keeps."""
@@ -368,23 +377,8 @@ def run(cfg: RunConfig, out_dir: Path, backend: Backend | None = None, tracker: 
 
 def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracker | None) -> dict:
     t0 = time.perf_counter()
-    const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path, cfg.include_path)
-    p = cfg.prompts
-    recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit,
-                            cfg.include_path, messages_column=p.messages_column, config=p.config,
-                            revision=p.revision, data_files=p.data_files, keep_duplicates=p.keep_duplicates,
-                            kind=p.kind)
-    dups = recs.duplicates
-    recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
     tracker = tracker or Tracker()
-    if dups:
-        tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
-                              "(prompts.keep_duplicates=true keeps them)")
-    full = const  # constitution.json keeps its checks: evaluate's behavioural pass scores with them
-    if cfg.principles.checks:
-        checks_mod.preflight(const, recs)
-    else:  # the run ignores every check: the stages are built without them (no choose, no inspect)
-        const = const.without_checks()
+    full, const, recs, dups = inputs(cfg, tracker)
     model_id = models.identity(cfg.model.source, cfg.model.path)  # once per run: it reads the model dir's files
     fingerprint.check(out_dir, cfg, const, model_id)
     preflight(cfg, own_engine=backend is None)
@@ -392,59 +386,16 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
     writer = store.Writer(out_dir, cfg, full)
-    # Rows go through in chunks of prompts, each chunk's rows written and released before the next: memory stays
-    # flat. Passes that need the generator's engine closed first (a reward model, a separate judge model) and
-    # executor=ray (its replicas hold the batches) take the run as one chunk.
-    whole = bool(cfg.reward.model or (cfg.judge.enabled and cfg.judge.model is not None)
-                 or (cfg.executor.kind == "ray" and backend is None))
-    per = max(1, (cfg.chunk_size or CHUNK_ROWS) // cfg.samples)
-    chunks = [recs] if whole else [recs[i:i + per] for i in range(0, len(recs), per)] or [[]]
-
-    started = None  # whether this run started an engine (a re-filter of a finished run dir does not)
     if cfg.executor.kind == "ray" and backend is None:
-        from .executors import ray as ray_exec
-        # every replica runs generate() (and the judge) on its batches; rows come back with their results
-        built = build_rows(cfg, recs, const)
-        order = {r.id: i for i, r in enumerate(built)}  # replicas return rows in the order they finished
-        rows = sorted(ray_exec.generate(cfg, out_dir, built, const, tracker), key=lambda r: order[r.id])
-        job = Run(cfg, None, const, tracker, None, model_id)
-        emit(writer, job, rows, [r for r in rows if r.reason is None and r.end is None])
+        started = None
+        run_ray(cfg, out_dir, recs, const, tracker, writer, model_id)
     else:
-        own = backend is None
-        if own:  # opened at the first request the ledger does not hold
-            backend = Lazy(cfg.model.name, cfg.backend.kind != "transformers", lambda: open_backend(cfg, tracker))
-        ledger = Ledger(out_dir / "work" / "generations.jsonl")
-        # engine logs go to engine.log, the terminal shows our progress (a fake engine or a server client is quiet)
-        quiet = own and not cfg.verbose and cfg.backend.kind in ("vllm", "transformers")
-        job = None
-        with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
-            try:
-                job = Run(cfg, backend, const, tracker, ledger, model_id)
-                for chunk in chunks:
-                    rows = build_rows(cfg, chunk, const)
-                    kept = generate(job, rows)
-                    if cfg.judge.enabled and kept:
-                        kept = _judge(job, cfg, kept, backend, own, tracker)
-                    if not whole:
-                        emit(writer, job, rows, kept)
-            except BaseException:
-                writer.close()  # the run stops; its parts are rebuilt from the ledger by the rerun
-                raise
-            finally:
-                ledger.close()
-                if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
-                    tracker.console.print(f"[bold]backend[/]: {backend.retries} request tries failed and were retried")
-                if own:
-                    started = backend.opened
-                    backend.close()
-                if job is not None and job.judge_started:
-                    started = True  # a separate judge model's engine (beside a caller's engine, too)
-        if whole:  # the reward model loads only now, with the generator's engine closed
-            emit(writer, job, rows, kept)
+        started = run_local(cfg, out_dir, recs, const, backend, tracker, writer, model_id)
     n_prompts = len(recs)
-    # what generation held (the ledger's index, the prompts, the last chunk's rows) goes before the files are
-    # joined and the datasets copies built, so their peak does not stack on it (bench/scale.py)
-    recs = chunks = rows = kept = job = ledger = None  # noqa: F841
+    # what generation held (the ledger's index, the prompts, the last chunk's rows) was released with the calls
+    # above; the prompts go too before the files are joined and the datasets copies built, so their peak does not
+    # stack on it (bench/scale.py)
+    recs = None  # noqa: F841
     release_memory()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     # output.length_balance=match: the fewest pairs (seeded) dropped so chosen is the longer answer in 50% +- 5,
@@ -457,3 +408,82 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     store.write_summary(out_dir, summary)
     # card, plots and statistics come from the files just written (constitution.json is the one used here)
     return report.build(out_dir)
+
+
+def inputs(cfg: RunConfig, tracker: Tracker):
+    """The run's constitution (as written to constitution.json, and as the stages use it) and its prompts (this
+    shard's), with the count of exact duplicates dropped."""
+    const = constitution_mod.load(cfg.constitution.name, cfg.constitution.path, cfg.include_path)
+    p = cfg.prompts
+    recs = prompts_mod.load(p.name, p.path, p.dataset, p.split, p.column, p.id_column, p.domain_column, cfg.limit,
+                            cfg.include_path, messages_column=p.messages_column, config=p.config,
+                            revision=p.revision, data_files=p.data_files, keep_duplicates=p.keep_duplicates,
+                            kind=p.kind)
+    dups = recs.duplicates
+    recs = prompts_mod.shard(recs, cfg.shard.index, cfg.shard.count)
+    if dups:
+        tracker.console.print(f"[bold]prompts[/]: {dups} exact duplicate prompts dropped "
+                              "(prompts.keep_duplicates=true keeps them)")
+    full = const  # constitution.json keeps its checks: evaluate's behavioural pass scores with them
+    if cfg.principles.checks:
+        checks_mod.preflight(const, recs)
+    else:  # the run ignores every check: the stages are built without them (no choose, no inspect)
+        const = const.without_checks()
+    return full, const, recs, dups
+
+
+def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer: store.Writer, model_id) -> None:
+    """executor=ray: every replica runs generate() (and the judge) on its batches; rows come back with their
+    results and are written as one chunk (the replicas hold the batches)."""
+    from .executors import ray as ray_exec
+    built = build_rows(cfg, recs, const)
+    order = {r.id: i for i, r in enumerate(built)}  # replicas return rows in the order they finished
+    rows = sorted(ray_exec.generate(cfg, out_dir, built, const, tracker, open_backend, batch),
+                  key=lambda r: order[r.id])
+    job = Run(cfg, None, const, tracker, None, model_id)
+    emit(writer, job, rows, [r for r in rows if r.reason is None and r.end is None])
+
+
+def run_local(cfg: RunConfig, out_dir: Path, recs, const, backend: Backend | None, tracker: Tracker,
+              writer: store.Writer, model_id) -> bool | None:
+    """Generate in this process, on `backend` or on an engine of our own opened at the first request the ledger
+    does not hold. Returns whether an engine started (None with a caller's engine and no judge of our own)."""
+    # Rows go through in chunks of prompts, each chunk's rows written and released before the next: memory stays
+    # flat. Passes that need the generator's engine closed first (a reward model, a separate judge model) take
+    # the run as one chunk.
+    whole = bool(cfg.reward.model or (cfg.judge.enabled and cfg.judge.model is not None))
+    per = max(1, (cfg.chunk_size or CHUNK_ROWS) // cfg.samples)
+    chunks = [recs] if whole else [recs[i:i + per] for i in range(0, len(recs), per)] or [[]]
+    started = None
+    own = backend is None
+    if own:
+        backend = Lazy(cfg.model.name, cfg.backend.kind != "transformers", lambda: open_backend(cfg, tracker))
+    ledger = Ledger(out_dir / "work" / "generations.jsonl")
+    # engine logs go to engine.log, the terminal shows our progress (a fake engine or a server client is quiet)
+    quiet = own and not cfg.verbose and cfg.backend.kind in ("vllm", "transformers")
+    job = None
+    with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
+        try:
+            job = Run(cfg, backend, const, tracker, ledger, model_id)
+            for chunk in chunks:
+                rows = build_rows(cfg, chunk, const)
+                kept = generate(job, rows)
+                if cfg.judge.enabled and kept:
+                    kept = _judge(job, cfg, kept, backend, own, tracker)
+                if not whole:
+                    emit(writer, job, rows, kept)
+        except BaseException:
+            writer.close()  # the run stops; its parts are rebuilt from the ledger by the rerun
+            raise
+        finally:
+            ledger.close()
+            if getattr(backend, "retries", 0):  # an endpoint that failed now and then (429, 5xx, restarts)
+                tracker.console.print(f"[bold]backend[/]: {backend.retries} request tries failed and were retried")
+            if own:
+                started = backend.opened
+                backend.close()
+            if job is not None and job.judge_started:
+                started = True  # a separate judge model's engine (beside a caller's engine, too)
+    if whole:  # the reward model loads only now, with the generator's engine closed
+        emit(writer, job, rows, kept)
+    return started

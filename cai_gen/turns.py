@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
-from .constitution import Constitution
+if TYPE_CHECKING:  # annotations only: the constitution imports checks, whose judge kind renders with this module
+    from .constitution import Constitution
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

@@ -24,17 +24,20 @@ from ..errors import Resumable, UserError
 
 
 class Replica:
-    """One engine, many batches. Ray constructs it once per actor (map_batches with a callable class)."""
+    """One engine, many batches. Ray constructs it once per actor (map_batches with a callable class).
+    `open_backend(cfg, tracker)` and `work(cfg, backend, const, tracker, ledger, rows)` are the caller's
+    (pipeline.open_backend, pipeline.batch): handed in, not imported, so the pipeline calls this executor and
+    the executor never imports the pipeline back (they travel pickled by name and resolve on the worker)."""
 
-    def __init__(self, cfg_blob: bytes, out_dir: str, const_blob: bytes):
-        from .. import pipeline
+    def __init__(self, cfg_blob: bytes, out_dir: str, const_blob: bytes, hooks_blob: bytes):
         from ..ledger import Ledger
         from ..progress import Tracker
 
         self.cfg, self.const = pickle.loads(cfg_blob), pickle.loads(const_blob)
+        open_backend, self.work = pickle.loads(hooks_blob)
         self.tracker = Tracker(console=Console(file=io.StringIO()))  # the driver shows progress
         t = time.perf_counter()
-        self.backend = pipeline.open_backend(self.cfg, self.tracker)
+        self.backend = open_backend(self.cfg, self.tracker)
         self.start_s = time.perf_counter() - t  # reported with the first batch: not generation time
         # this replica's own segment; opening it reads every earlier segment once (what a rerun resumes from)
         self.ledger = Ledger(Path(out_dir) / "work" / f"generations-{uuid.uuid4().hex[:12]}.jsonl")
@@ -42,15 +45,10 @@ class Replica:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from .. import pipeline
-
         rows = [pickle.loads(b) for b in batch["row"]]
         before = {k: vars(v).copy() for k, v in self.tracker.stages.items()}
         try:
-            job = pipeline.Run(self.cfg, self.backend, self.const, self.tracker, self.ledger)
-            kept = pipeline.generate(job, rows)
-            if self.cfg.judge.enabled and kept:
-                pipeline.judge(job, kept, self.backend)
+            self.work(self.cfg, self.backend, self.const, self.tracker, self.ledger, rows)
         except UserError as e:  # the endpoint gave up, a bad input: the driver says it in one line
             # (returned, not raised: Ray's wrappers would bury the message in a stack of its own; pickled, so the
             # driver knows a Resumable one, such as an endpoint that gave up, and says how to resume)
@@ -89,8 +87,9 @@ def _replicas(cfg, ray) -> tuple[int, float]:
     return n, per
 
 
-def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
-    """Every row through the stages on the cluster; returns the rows with their results, in any order."""
+def generate(cfg, out_dir: Path, rows: list, const, tracker, open_backend, work) -> list:
+    """Every row through the stages on the cluster; returns the rows with their results, in any order.
+    `open_backend` and `work` run on each replica (see Replica): module-level functions, so they pickle."""
     from ..backends import Generation
     from ..progress import StageStats
 
@@ -115,7 +114,8 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker) -> list:
                           f"{time.perf_counter() - t0:.0f}s")
     size = min(cfg.executor.batch_size, max(1, -(-len(rows) // n)))  # enough batches to keep every replica busy
     ds = ray.data.from_items([{"row": pickle.dumps(r)} for r in rows], override_num_blocks=-(-len(rows) // size))
-    kwargs = {"cfg_blob": pickle.dumps(cfg), "const_blob": pickle.dumps(const), "out_dir": str(Path(out_dir).resolve())}
+    kwargs = {"cfg_blob": pickle.dumps(cfg), "const_blob": pickle.dumps(const), "out_dir": str(Path(out_dir).resolve()),
+              "hooks_blob": pickle.dumps((open_backend, work))}
     out = ds.map_batches(Replica, fn_constructor_kwargs=kwargs, batch_size=size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=n), num_gpus=gpus,
                          num_cpus=cfg.executor.cpus_per_replica)
