@@ -73,6 +73,7 @@ class BackendCfg(Strict):
     mode: Literal["good", "echo", "preface", "loop"] = "good"
     gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
     delay: float = Field(0.0, ge=0)
+    hold_file: str | None = None  # fake: after the number of generations this file holds, wait while it exists (tests)
     judge: Literal["revision", "original", "first", "low", "original_low", "tie", "prose"] = "revision"
     max_model_len: int | None = Field(None, gt=0)
 
@@ -93,7 +94,7 @@ class BackendCfg(Strict):
                         backoff_max=self.backoff_max, choices_via=self.choices_via, count_tokens=self.count_tokens,
                         extra_body=self.extra_body, trust_remote_code=model.trust_remote_code)
         return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay,
-                    judge=self.judge, gate=self.gate)
+                    judge=self.judge, gate=self.gate, hold_file=self.hold_file)
 
 
 class ConstitutionCfg(Strict):

@@ -312,27 +312,32 @@ def test_ctrl_c_is_one_line_exit_130_and_the_printed_command_resumes(tmp_path, c
     command" would open a new timestamped dir and generate everything again. That command then finishes the
     run in the same dir with each request generated once."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))  # run from tmp_path (outputs/ lands there) with this checkout
-    cmd = [sys.executable, "-m", "cai_gen", *ARGS, "backend.delay=0.05"]
+    hold = tmp_path / "hold"
+    hold.write_text("25")  # the fake engine stops after 25 generations until this file goes: however loaded the
+    # machine, the interrupt lands mid-run (a timed delay let the run finish first under load)
+    cmd = [sys.executable, "-m", "cai_gen", *ARGS, f"backend.hold_file={hold}"]
     p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
     while (len(leds := list(tmp_path.glob("outputs/*/*/work/generations.jsonl"))) != 1
-           or len(leds[0].read_text().splitlines()) < 10) and p.poll() is None and time.time() - t0 < 120:
+           or len(leds[0].read_text().splitlines()) < 25) and p.poll() is None and time.time() - t0 < 300:
         time.sleep(0.05)
+    assert p.poll() is None, p.stderr.read()[-2000:]
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
+    hold.unlink()  # the printed command, run as printed, must not hang
     led = leds[0]
     n = len(led.read_text().splitlines())
     assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"cai_gen: stopped; {n} generations saved; resume: python -m cai_gen "), last
     assert f"hydra.run.dir={led.parent.parent}" in last
-    assert 10 <= n < 80
+    assert n == 25
     r = subprocess.run(resume_args(last), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert list(tmp_path.glob("outputs/*/*/work")) == [led.parent]  # no second run dir
     keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 80  # only the missing requests were generated
-    assert_same_files(files(led.parent.parent), clean(delay=0.05)[0])
+    assert_same_files(files(led.parent.parent), clean(f"backend.hold_file={hold}")[0])  # the knob is in config.json
 
 
 def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_path, monkeypatch, clean):

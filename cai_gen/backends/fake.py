@@ -8,8 +8,9 @@ with an assistant turn asks for a critique; otherwise it is a first response. To
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 import time
+from collections import deque
+from pathlib import Path
 
 from . import Conversation, Generation, OnDone, Params, loop_end
 
@@ -28,9 +29,10 @@ class FakeBackend:
     name = "fake"
 
     def __init__(self, model_path: str, model_name: str, *, mode: str = "good", max_model_len: int = 2048,
-                 delay: float = 0.0, judge: str = "revision", gate: str = "yes"):
+                 delay: float = 0.0, judge: str = "revision", gate: str = "yes", hold_file: str | None = None):
         self.model, self.mode, self.max_model_len, self.delay = model_name, mode, max_model_len, delay
-        self.judge, self.gate = judge, gate
+        self.judge, self.gate, self.hold_file = judge, gate, hold_file
+        self.made = 0  # generations made by this engine (hold_file counts them)
         self.calls: list[int] = []  # batch size of each generate/submit call (tests check stages are batched)
         self.queue: deque[tuple[int, Conversation, Params]] = deque()
         self._next = 0
@@ -90,7 +92,22 @@ class FakeBackend:
                 on_done(i, gen)
         return out
 
+    def _hold(self) -> None:
+        """A hung engine, for the interrupt tests: once it has made the number of generations written in
+        `hold_file`, it waits while that file exists. A test interrupts it at a known point, however loaded the
+        machine (a timed delay races the run to its end), then removes the file so the resumed run goes on."""
+        while self.hold_file:
+            try:
+                n = int(Path(self.hold_file).read_text() or 0)
+            except (FileNotFoundError, ValueError):
+                return
+            if self.made < n:
+                return
+            time.sleep(0.02)
+
     def _one(self, conv: Conversation, p: Params) -> Generation:
+        self._hold()
+        self.made += 1
         words = self._text(conv, p).split(" ")
         finish = "length" if len(words) > p.max_tokens else "stop"
         end = loop_end(" ".join(words[: p.max_tokens]), p.loop_stop) if p.loop_stop else None
