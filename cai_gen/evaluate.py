@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from .errors import UserError
+from .errors import ArgParser, UserError
 
 PRESETS = {
     # the default model on a CPU: full fine-tune. A step on 4 real pairs (~400 tokens each) took ~25 s on 2 cores,
@@ -38,14 +38,8 @@ LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage + error over two)
-        print(f"cai_gen.evaluate: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = Parser(prog="python -m cai_gen.evaluate", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="python -m cai_gen.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("run", type=Path, help="a finished run dir (with preferences/)")
     p.add_argument("--preset", choices=list(PRESETS), default="cpu_small", help="knob defaults (cpu_small)")
     p.add_argument("--model", help="model dir or hub id to start from (default: the run's own model)")

@@ -20,14 +20,13 @@ filter (ds.filter(lambda r: r["weight"] > 0.25)).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import store
-from .errors import UserError
+from .errors import ArgParser, UserError
 from .yamlio import read_jsonl
 
 
@@ -157,7 +156,7 @@ def write(out: Path, rows: list[dict], unpaired: list[dict], info: dict) -> None
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m cai_gen.merge", description=__doc__.split("\n\n")[0])
+    p = ArgParser(prog="python -m cai_gen.merge", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run dirs (shards, or runs from different times)")
     p.add_argument("--out", type=Path, required=True, help="where the merged dataset goes")
     p.add_argument("--duplicates", choices=["newest", "first", "error"], default="newest",

@@ -151,7 +151,7 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 6
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
                                          "comment": None, "at": "t", "source": "web",
                                          "hash": db.content_hash(old), "shown_first": None, "seconds": None}]
@@ -176,7 +176,7 @@ def test_v2_database_from_before_a_rerun_is_migrated_and_refreshed(run_dir):
     same, changed = queue[0], {**queue[1], "revision": "the revision an earlier run made"}
     v2_database(run_dir / db.FILE, [same, changed], [(same["id"], "ann", "reject"), (changed["id"], "ann", "swap")])
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
     stored = {it["id"]: it for it in db.items(conn)}
     assert stored[changed["id"]] == queue[1]  # the current run's text, not the one the old code kept
     cur = db.current(conn)
@@ -749,12 +749,13 @@ def test_v4_database_is_upgraded_old_sessions_end_and_search_and_ab_key_are_fill
     conn.execute("INSERT INTO items(id, payload, added_at, content_hash, routed_by) VALUES (?, ?, 't', ?, '')",
                  (it["id"], json.dumps(it), db.content_hash(it)))
     used, fresh = "used-token", "fresh-token"
-    conn.executemany("INSERT INTO tokens(name, role, token_hash, created_at) VALUES (?, 'reviewer', ?, 't')",
-                     [("ann", auth._hash(used)), ("ben", auth._hash(fresh))])
+    # made just now: v6 ends an unused link INVITE_HOURS after it was made, so ben's still works
+    conn.executemany("INSERT INTO tokens(name, role, token_hash, created_at) VALUES (?, 'reviewer', ?, ?)",
+                     [("ann", auth._hash(used), db.now()), ("ben", auth._hash(fresh), db.now())])
     conn.execute("INSERT INTO sessions VALUES (?, 1, 't')", (auth._hash("old-session"),))
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5 and len(db.get_meta(conn, "ab_key")) == 64
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 6 and len(db.get_meta(conn, "ab_key")) == 64
     assert auth.by_session(conn, "old-session") is None  # it never expired before v5: it ends now
     assert auth.redeem(conn, used) is None and auth.redeem(conn, fresh)[0].name == "ben"
     from cai_gen.review import api

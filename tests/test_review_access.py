@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from cai_gen.errors import UserError
-from cai_gen.review import api, db, exchange, merge
+from cai_gen.review import api, auth, db, exchange, merge
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
@@ -99,6 +99,39 @@ def test_an_invite_link_works_once(server, run_dir):  # noqa: F811
     assert call(server, "/api/invite", {"token": token}, who=None)[0] == 401
     # nor is an invite a bearer credential any more: only a session is
     assert call(server, "/api/state", headers={"Authorization": f"Bearer {token}"}, who=None)[0] == 401
+
+
+def test_an_unused_invite_stops_working_after_valid_hours(server, run_dir, capsys):  # noqa: F811
+    """Issue 24 item 12: an invite nobody used was a credential for ever. It ends after `--valid-hours`."""
+    assert review_main(["invite", str(run_dir), "erin", "--valid-hours", "2"]) == 0
+    token = capsys.readouterr().out.strip().split("token=")[1]
+    conn = db.connect(server.db_path)
+    created, expires = conn.execute("SELECT created_at, expires_at FROM tokens WHERE name = 'erin'").fetchone()
+    assert (datetime.fromisoformat(expires) - datetime.fromisoformat(created)).total_seconds() == 7200
+    # two hours later, unused (the stored end moved back instead of waiting)
+    conn.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00+00:00' WHERE name = 'erin'")
+    conn.close()
+    code, h, body = signin(server, token)
+    assert code == 401 and "Set-Cookie" not in h and b"expired" in body
+    assert call(server, "/api/invite", {"token": token}, who=None)[0] == 401  # the confirmation page: not hers
+    assert review_main(["reviewers", str(run_dir)]) == 0
+    assert "expired 2000-01-01" in next(ln for ln in capsys.readouterr().out.splitlines() if "erin" in ln)
+    assert review_main(["invite", str(run_dir), "erin", "--valid-hours", "0"]) == 2
+    assert "--valid-hours: must be > 0" in capsys.readouterr().err
+
+
+def test_invites_from_before_expiry_get_the_default_from_when_they_were_made(run_dir):  # noqa: F811
+    """A database made before v6: its unused links had no end. After the upgrade they end INVITE_HOURS after
+    they were made, so last month's forgotten link is dead and today's still works."""
+    old, new = invite(run_dir, "olga", "nico").values()
+    conn = db.connect(run_dir / db.FILE)
+    conn.execute("UPDATE tokens SET expires_at = NULL")  # what v5 stored
+    conn.execute("UPDATE tokens SET created_at = '2026-01-01T00:00:00+00:00' WHERE name = 'olga'")
+    db._v6(conn)
+    conn.commit()
+    assert conn.execute("SELECT expires_at FROM tokens WHERE name = 'olga'").fetchone()[0] == "2026-01-04T00:00:00+00:00"
+    assert auth.by_invite(conn, old) is None and auth.by_invite(conn, new).name == "nico"
+    conn.close()
 
 
 def test_login_csrf_a_get_with_an_attackers_token_signs_nobody_in(server, run_dir):  # noqa: F811
@@ -466,3 +499,19 @@ def big_queue(run, n: int) -> list[dict]:
              for i in range(n)]
     (run / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in queue))
     return queue
+
+
+@pytest.mark.parametrize("argv", [["-m", "cai_gen.review", "serve", "RUN", "--port", "abc"],
+                                  ["-m", "cai_gen.review", "bogus"],
+                                  ["-m", "cai_gen.merge", "RUN"],
+                                  ["-m", "cai_gen.evaluate", "RUN", "--steps", "x"]])
+def test_a_bad_flag_is_one_line_exit_2(argv):
+    """Issue 24 item 14: argparse printed the usage and the error over two lines; every entry point's parser
+    (errors.ArgParser) says it in one, naming the command."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"python {' '.join(argv[:2])}") and ": error: " in lines[0], r.stderr

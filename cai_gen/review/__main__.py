@@ -1,6 +1,7 @@
 """python -m cai_gen.review {invite,revoke,reviewers,serve,status,merge,export,import} RUN_DIR ...
 
-  invite RUN_DIR NAME [--role reviewer|admin] [--public-url URL]   a single-use sign-in link for NAME (shown once)
+  invite RUN_DIR NAME [--role reviewer|admin] [--public-url URL] [--valid-hours 72]   a single-use sign-in link
+                                                   for NAME (shown once), dead after --valid-hours if unused
   revoke RUN_DIR NAME                              NAME's links and sessions stop working
   reviewers RUN_DIR                                who is invited, role, used, revoked, verdicts
   serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind] [--session-hours 24]   the page
@@ -15,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import ArgParser, UserError
 
 LOCAL = "http://127.0.0.1:8765/"
 
@@ -28,10 +29,10 @@ def _invites(a) -> None:
         if a.cmd == "invite":
             # the address `serve` last used (its real port, or its --public-url), unless told another
             base = auth.public_url(a.public_url) or db.get_meta(conn, "serve_url") or LOCAL
-            token = auth.invite(conn, a.name, a.role)
+            token = auth.invite(conn, a.name, a.role, a.valid_hours)
             print(f"{base}?token={token}")
             print(f"  ({a.role} {a.name}: send this link privately; only its hash is stored, so it is shown once. "
-                  f"It signs in once, after a confirmation click; `revoke {a.run_dir} {a.name}` ends it)",
+                  f"It signs in once, after a confirmation click, within {a.valid_hours:g} hours; `revoke {a.run_dir} {a.name}` ends it)",
                   file=sys.stderr)
         elif a.cmd == "revoke":
             n, ended = auth.revoke(conn, a.name)
@@ -42,20 +43,24 @@ def _invites(a) -> None:
                 print("no reviewers invited yet (python -m cai_gen.review invite RUN_DIR NAME)")
             for r in rs:
                 state = (f"revoked {r['revoked_at']}" if r["revoked_at"] else
-                         f"signed in {r['used_at']}" if r["used_at"] else "not used yet")
+                         f"signed in {r['used_at']}" if r["used_at"] else
+                         f"expired {r['expires_at']}" if r["expires_at"] <= db.now() else
+                         f"not used yet (until {r['expires_at']})")
                 print(f"  {r['name']:<20} {r['role']:<8} invited {r['created_at']}  {state}  {r['verdicts']} verdict(s)")
     finally:
         conn.close()
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m cai_gen.review", description="Expert review of routed pairs.")
+    p = ArgParser(prog="python -m cai_gen.review", description="Expert review of routed pairs.")
     sub = p.add_subparsers(dest="cmd", required=True)
     i = sub.add_parser("invite", help="make a sign-in link for a reviewer (the link is shown once)")
     i.add_argument("run_dir", type=Path)
     i.add_argument("name")
     i.add_argument("--role", choices=["reviewer", "admin"], default="reviewer", help="admin: also sees /api/stats")
     i.add_argument("--public-url", help=f"the address reviewers open (default {LOCAL})")
+    i.add_argument("--valid-hours", type=float, default=72.0,
+                   help="an unused link stops working after this long (default 72)")
     r = sub.add_parser("revoke", help="revoke a reviewer's links and sessions")
     r.add_argument("run_dir", type=Path)
     r.add_argument("name")

@@ -1,8 +1,9 @@
 """Who is asking, and whether the request may come from where it comes from.
 
 Reviewers: `python -m cai_gen.review invite RUN NAME` makes a random token; review.sqlite keeps only its SHA-256,
-so a copied database file lets nobody in. The invite link works once. Opening it (a GET) only shows whose link
-it is and asks to confirm: a GET never signs anyone in, so a hostile page that sends a reviewer's browser to
+so a copied database file lets nobody in. The invite link works once, and only within `invite --valid-hours`
+(72): a link forgotten in a mailbox is not a standing credential. Opening it (a GET) only shows whose link it is
+and asks to confirm: a GET never signs anyone in, so a hostile page that sends a reviewer's browser to
 `/?token=<its own invite>` (login CSRF) sets no session. The confirmation is a JSON POST (which another site
 cannot send without a CORS preflight this server never grants); it burns the invite and sets up a session (a
 second random secret, also stored hashed, ending after --session-hours) in an HttpOnly, SameSite=Strict cookie.
@@ -56,17 +57,20 @@ class Who:
         return None if self.session is None else hmac.new(self.session.encode(), b"csrf", hashlib.sha256).hexdigest()
 
 
-def invite(conn: sqlite3.Connection, name: str, role: str = "reviewer") -> str:
+def invite(conn: sqlite3.Connection, name: str, role: str = "reviewer", hours: float = db.INVITE_HOURS) -> str:
     """A new single-use token for NAME (a reviewer may hold several, e.g. one per machine, or a new one after
-    their session ended); returns the raw token."""
+    their session ended), usable for `hours`; returns the raw token."""
+    if not hours > 0:
+        raise UserError(f"--valid-hours: must be > 0, got {hours}")
     if not isinstance(name, str) or not db.NAME.match(name) or name != name.strip():
         raise UserError(f"name: {name!r} is not a name (1-64 letters, digits, space . @ - _)")
     if role not in ROLES:
         raise UserError(f"role: {role!r} is not one of {', '.join(ROLES)}")
     token = secrets.token_urlsafe(32)
     with db._tx(conn):
-        conn.execute("INSERT INTO tokens(name, role, token_hash, created_at) VALUES (?, ?, ?, ?)",
-                     (name, role, _hash(token), db.now()))
+        at = datetime.now(timezone.utc)
+        conn.execute("INSERT INTO tokens(name, role, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+                     (name, role, _hash(token), _iso(at), _iso(at + timedelta(hours=hours))))
     return token
 
 
@@ -84,9 +88,10 @@ def revoke(conn: sqlite3.Connection, name: str) -> tuple[int, int]:
 
 
 def reviewers(conn: sqlite3.Connection) -> list[dict]:
-    q = ("SELECT t.name, t.role, t.created_at, t.used_at, t.revoked_at, (SELECT count(*) FROM verdicts v WHERE "
-         "v.reviewer = t.name) FROM tokens t ORDER BY t.id")
-    return [dict(zip(("name", "role", "created_at", "used_at", "revoked_at", "verdicts"), r)) for r in conn.execute(q)]
+    q = ("SELECT t.name, t.role, t.created_at, t.used_at, t.revoked_at, t.expires_at, (SELECT count(*) FROM "
+         "verdicts v WHERE v.reviewer = t.name) FROM tokens t ORDER BY t.id")
+    return [dict(zip(("name", "role", "created_at", "used_at", "revoked_at", "expires_at", "verdicts"), r))
+            for r in conn.execute(q)]
 
 
 def live_invites(conn: sqlite3.Connection) -> int:
@@ -96,7 +101,7 @@ def live_invites(conn: sqlite3.Connection) -> int:
 def _token_row(conn: sqlite3.Connection, token: str):
     h = _hash(token)
     row = conn.execute("SELECT id, name, role, token_hash FROM tokens WHERE token_hash = ? AND revoked_at IS NULL "
-                       "AND used_at IS NULL", (h,)).fetchone()
+                       "AND used_at IS NULL AND expires_at > ?", (h, db.now())).fetchone()
     # the lookup is by hash already; compare_digest keeps the final check constant-time all the same
     return row if row is not None and hmac.compare_digest(row[3], h) else None
 

@@ -18,7 +18,7 @@ import json
 import re
 import secrets
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ..errors import UserError
@@ -136,6 +136,21 @@ def _v5(conn: sqlite3.Connection) -> None:
                  (at,))
 
 
+INVITE_HOURS = 72.0  # an invite link not used within three days stops working (review invite --valid-hours)
+
+
+def _v6(conn: sqlite3.Connection) -> None:
+    # invites that end: an unused link stops working at expires_at. Links made before v6 had no end: they get
+    # the default, counted from when they were made (a forgotten link from last month is dead now)
+    _add_column(conn, "tokens", "expires_at", "TEXT")
+    for tid, created in conn.execute("SELECT id, created_at FROM tokens WHERE expires_at IS NULL").fetchall():
+        try:
+            end = datetime.fromisoformat(created) + timedelta(hours=INVITE_HOURS)
+        except (TypeError, ValueError):
+            end = datetime.now(timezone.utc)
+        conn.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (end.isoformat(timespec="seconds"), tid))
+
+
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row and row[0]
@@ -177,6 +192,8 @@ MIGRATIONS = [
     _v4,
     # v5: search columns, the A/B key, single-use invites, expiring sessions
     _v5,
+    # v6: invites that expire
+    _v6,
 ]
 VERSION = len(MIGRATIONS)
 

@@ -33,7 +33,7 @@ from ..errors import UserError
 from ..store import run_config
 from . import api, auth, db, merge
 
-INVALID = "this invite link is not valid (already used, revoked or mistyped): ask for a new one"
+INVALID = "this invite link is not valid (already used, expired, revoked or mistyped): ask for a new one"
 MAX_BODY = 1 << 20  # an edited answer is text, not uploads
 TIMEOUT = 10.0  # seconds a client may stall mid-request before its connection is dropped
 DIGITS = re.compile(r"[0-9]+")  # not int() alone: it takes "-1", " 12", "+3" and "1_000"
