@@ -1,4 +1,5 @@
-"""The schedules: how a list of stages (stages.py) runs over rows on one backend.
+"""The schedules: how a list of stages (stages.py) runs over rows on one backend (the judge checks may go to a
+judge server beside it: Run.engine_for).
 
 pipelined: every row moves to its next stage the moment its request finishes. The staged schedule (one engine
 batch per stage) leaves the engine half empty at the end of every stage while the last long answers finish:
@@ -23,7 +24,8 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
     """Take rows through the stages; returns the rows that came through all of them."""
     ledger = job.ledger
     kept: list = []
-    pending: dict[int, tuple] = {}  # engine handle -> (row, step, request index)
+    pending: dict[tuple, tuple] = {}  # (engine, handle) -> (row, step, request index)
+    engines: dict[int, object] = {}  # id -> the engines requests went to
     waiting: dict[int, list] = {}    # id(row) -> [requests, keys, generations, still missing]
     ready = deque((row, 0) for row in rows)
     reused = [0] * len(stages)
@@ -62,7 +64,7 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                 if not reqs:
                     finish(row, k, [], [])
                     continue
-                found = job.lookup(row, st, reqs, backend)
+                found = job.lookup(row, st, reqs, job.engine_for(st, backend))
                 if found is None:  # did not fit the context
                     if row.reason is None:
                         left(k, st.per_row)
@@ -81,15 +83,21 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
                     continue
                 waiting[id(row)] = [reqs, keys, gens, len(miss)]
                 batch += [(row, k, j) for j in miss]
-            if batch:
-                reqs_of = [waiting[id(row)][0][j] for row, _, j in batch]
-                hs = backend.submit([r.conv for r in reqs_of], [r.params for r in reqs_of])
-                for h, item in zip(hs, batch):
-                    pending[h] = item
+            # each stage's engine: the generator's, or a judge server for the judge checks (job.engine_for);
+            # handles are per engine, so pending keys on (engine, handle) and only an engine with requests out
+            # is polled (a lazy one would open on its first poll)
+            for eng in {id(e): e for e in (job.engine_for(stages[k], backend) for _, k, _ in batch)}.values():
+                mine = [item for item in batch if job.engine_for(stages[item[1]], backend) is eng]
+                reqs_of = [waiting[id(row)][0][j] for row, _, j in mine]
+                hs = eng.submit([r.conv for r in reqs_of], [r.params for r in reqs_of])
+                for h, item in zip(hs, mine):
+                    pending[id(eng), h] = item
+                engines[id(eng)] = eng
             if pending:
                 done = []  # rows whose last request came back in this poll: accepted together below
-                for h, g in backend.poll():
-                    row, k, j = pending.pop(h)
+                polled = [(e, h, g) for e in {i for i, _ in pending} for h, g in engines[e].poll()]
+                for e, h, g in polled:
+                    row, k, j = pending.pop((e, h))
                     w = waiting[id(row)]
                     g = ledger.add(w[1][j], g)
                     on_done(k, g)
@@ -128,7 +136,7 @@ def _stage(job, st, rows: list, backend) -> list:
         if not reqs:
             todo.append((row, [], [], []))
             continue
-        found = job.lookup(row, st, reqs, backend)
+        found = job.lookup(row, st, reqs, job.engine_for(st, backend))
         if found is None:
             if row.reason is None:
                 passed.add(id(row))
@@ -145,7 +153,7 @@ def _stage(job, st, rows: list, backend) -> list:
                 todo[i][3][j] = job.ledger.add(todo[i][2][j], g)  # the stamped generation
                 on_done(n, g)
             if flat:
-                new = backend.generate([todo[i][1][j].conv for i, j in flat],
+                new = job.engine_for(st, backend).generate([todo[i][1][j].conv for i, j in flat],
                                        [todo[i][1][j].params for i, j in flat], commit)
                 for (i, j), g in zip(flat, new):
                     if todo[i][3][j] is None:  # a backend that returned it without the callback

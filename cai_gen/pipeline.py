@@ -101,6 +101,7 @@ class Run:
         self.key_judge = (models.engine_identity(models.identity(jm.source, jm.path), cfg.backend) if jm is not None
                           else self.key_model)
         self.judge_started = False  # a separate judge engine started (summary.engine_started)
+        self.inspector: Backend | None = None  # the judge checks' engine when not the generator's (judge_server)
         self.style = cfg.revision_style or const.revision_style
         self.fs = turns.few_shot_turns(const, cfg.few_shot, self.style)
         self.filters = quality.Filters(cfg.filters, const)
@@ -108,6 +109,11 @@ class Run:
 
     def seed(self, *key) -> int:
         return seed_of(self.cfg.seed, *key)
+
+    def engine_for(self, stage, backend):
+        """Where a stage's requests go: the judge checks (inspect) to the judge server when one is set up
+        (judge_server), everything else to `backend`."""
+        return self.inspector if stage.name == "inspect" and self.inspector is not None else backend
 
     def reject(self, row: Row, stage: str, reason: str) -> bool:
         """Drop the row with its reason (written to rejected.jsonl). Returns False: the row leaves the flow."""
@@ -212,7 +218,7 @@ class Run:
         """Ledger keys and generations already finished (a resumed or re-filtered run) for a row's requests;
         the context check for the rest (which is what opens a lazy engine). None when a request does not fit:
         the row failed (or, in a later round, kept its last revision: row.reason stays None)."""
-        mid = self.key_judge if stage.name == "judge" else self.key_model
+        mid = self.key_judge if stage.name == "judge" or self.engine_for(stage, None) is not None else self.key_model
         keys = [request_key(mid, r.conv, r.params) for r in reqs]
         gens = [self.ledger.get(k) for k in keys]
         miss = [j for j, g in enumerate(gens) if g is None]
@@ -279,6 +285,23 @@ def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: boo
     finally:
         job.judge_started = judge_backend.opened
         judge_backend.close()
+
+
+def judge_server(cfg: RunConfig, const, tracker: Tracker) -> Backend | None:
+    """The judge checks' engine when a separate judge model is served (backend=openai with judge.model): a
+    client to the judge's endpoint beside the generator's, opened at its first request, so the checks steer
+    each row with the judge's P(YES), not the generator's. With a local engine the judge checks run on the
+    generating model (two local engines rarely fit), and the run says so once."""
+    jm = cfg.judge.model if cfg.judge.enabled else None
+    if jm is None or not any(c.needs_engine for p in const.principles for c in p.checks):
+        return None
+    if cfg.backend.kind != "openai":
+        tracker.console.print(f"[bold]checks[/]: judge checks run on the generating model; judge.model "
+                              f"({jm.name}) judges them only over backend=openai (a judge server beside the "
+                              "generator's), and judges the pairs after generation")
+        return None
+    path = resolve(jm.source, jm.path, jm.cache_dir)  # the judge's tokenizer counts its context, as in _judge
+    return Lazy(jm.name, True, lambda: make_backend("openai", path, jm.name, judge_options(cfg)))
 
 
 def judge_options(cfg: RunConfig) -> dict:
@@ -465,6 +488,7 @@ def run_local(cfg: RunConfig, out_dir: Path, recs, const, backend: Backend | Non
     with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
         try:
             job = Run(cfg, backend, const, tracker, ledger, model_id)
+            job.inspector = judge_server(cfg, const, tracker)
             for chunk in chunks:
                 rows = build_rows(cfg, chunk, const)
                 kept = generate(job, rows)
@@ -482,6 +506,9 @@ def run_local(cfg: RunConfig, out_dir: Path, recs, const, backend: Backend | Non
             if own:
                 started = backend.opened
                 backend.close()
+            if job is not None and job.inspector is not None:
+                job.judge_started |= job.inspector.opened
+                job.inspector.close()
             if job is not None and job.judge_started:
                 started = True  # a separate judge model's engine (beside a caller's engine, too)
     if whole:  # the reward model loads only now, with the generator's engine closed

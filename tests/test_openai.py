@@ -272,3 +272,63 @@ def test_a_request_stuck_on_a_silent_server_does_not_hold_the_process_open():
     (600 s by default). Found as a hung pytest exit."""
     r = subprocess.run([sys.executable, "-c", HANG], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+JUDGED = """name: t
+version: 1
+principles:
+  - id: no_promise
+    critique: Find promises.
+    revision: Rewrite without promises.
+    checks: [{id: promise, kind: judge, proposition: "The response makes a promise."}]
+  - id: tone
+    critique: Is it rude?
+    revision: Make it kind.
+"""
+
+
+def test_judge_checks_go_to_the_judge_server_with_its_keys(stub, tmp_path):
+    """Issue 23: a `judge` check is asked of a separate judge model when one is served (judge.model over
+    backend=openai), not of the generator: every check request reaches the judge's server, none the generator's,
+    and the ledger keys them on the judge's identity (a rerun without the judge server asks the generator)."""
+    c = tmp_path / "c.yaml"
+    c.write_text(JUDGED)
+    jstub = Stub("qwen-judge", judge="revision")
+    try:
+        args = ("judge=qwen25_7b", f"judge.base_url={jstub.url}", "judge.served_model=qwen-judge", "limit=3",
+                f"constitution.path={c}", "samples=1")
+        s = pipeline.run(cfg_for(stub, *args), tmp_path / "run")
+        is_check = lambda r: "Statement: The response makes a promise." in r["messages"][-1]["content"]  # noqa: E731
+        checks = [r for r in jstub.requests if is_check(r)]
+        assert len(checks) >= 3 and {r["model"] for r in checks} == {"qwen-judge"}  # one per original at least
+        assert not any(map(is_check, stub.requests))
+        trace = [json.loads(x) for x in (tmp_path / "run" / "trace.jsonl").read_text().splitlines()]
+        inspect = [st for t in trace for st in t["stages"] if st.get("stage") == "inspect"]
+        assert len(inspect) == len(checks)
+        # the same run dir on the generator alone: the check requests are not the judge's, so they are asked again
+        n = len(stub.requests)
+        pipeline.run(cfg_for(stub, f"constitution.path={c}", "samples=1", "limit=3", "restart=true"),
+                     tmp_path / "run")
+        assert sum(map(is_check, stub.requests[n:])) == len(checks)
+        assert s["rows"] == 3
+    finally:
+        jstub.close()
+
+
+def test_judge_checks_on_a_local_engine_say_where_they_run(tmp_path, capsys):
+    """judge.model with a local engine: the judge checks stay on the generating model (two local engines rarely
+    fit), and the run says so in one line instead of silently ignoring judge.model for them."""
+    from cai_gen.progress import Tracker
+    from rich.console import Console
+    import io
+
+    c = tmp_path / "c.yaml"
+    c.write_text(JUDGED)
+    cfg = make_cfg("backend=fake", "judge=qwen25_7b", f"constitution.path={c}", "limit=2", "samples=1")
+    out = io.StringIO()
+    from cai_gen import constitution
+    const = constitution.load(None, str(c), ())
+    assert pipeline.judge_server(cfg, const, Tracker(console=Console(file=out))) is None
+    assert "judge checks run on the generating model" in out.getvalue()
+    assert pipeline.judge_server(make_cfg("backend=fake", f"constitution.path={c}"), const,
+                                 Tracker(console=Console(file=io.StringIO()))) is None
