@@ -158,6 +158,18 @@ def tempted(const, recs: list, texts: dict[str, list[str]], k: int) -> dict:
     return out
 
 
+def versus(const, recs: list, texts: dict[str, list[str]], k: int) -> dict:
+    """(a)'s trained model minus each other dataset's, paired by prompt: does (a) teach more than (b) and (c)?"""
+    from cai_gen import behaviour
+
+    mine = [n for n in texts if n.startswith("a: cai")]
+    if not mine:
+        return {}
+    sa = behaviour.score(const, recs, texts[mine[0]], k)
+    return {n: behaviour.paired(behaviour.score(const, recs, t, k), sa, None, 1000, 0)
+            for n, t in texts.items() if n[:2] in ("b:", "c:")}
+
+
 def pct(r: dict) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
 
@@ -184,6 +196,10 @@ def table(res: dict) -> str:
     for pid in ref["per_principle"]:
         lines.append(f"| {pid} | {pct(ref['per_principle'][pid])} | " + " | ".join(
             pct(d["behaviour"]["per_principle"][pid]) for d in res["datasets"].values()) + " |")
+    if res.get("a_versus"):
+        lines.append("")
+        lines += [f"(a) trained minus {name} trained, paired by prompt: {diff(d)} points"
+                  for name, d in res["a_versus"].items()]
     if "tempted" in res:  # the same rates on the prompts written to tempt each principle
         t = res["tempted"]
         lines += ["", "| principle, on the prompts that tempt it | prompts | reference | " +
@@ -260,6 +276,7 @@ def main() -> int:
     full = behaviour.report(const, test_recs, texts, a.samples, 1000, 0)
     res["reference"] = full["models"]["reference"]
     res["tempted"] = tempted(const, test_recs, texts, a.samples)
+    res["a_versus"] = versus(const, test_recs, texts, a.samples)
     low = [pid for pid, r in res["tempted"]["reference"].items() if r["rate"] is not None and r["rate"] < BASE_RATE]
     if low:
         log(f"base rate under {100 * BASE_RATE:.0f}% on the prompts that tempt it: {', '.join(low)}")
@@ -279,7 +296,7 @@ def main() -> int:
     print(md)
     for name, d in res["datasets"].items():
         print(f"{name}: {d['verdict']}")
-    print(json.dumps({k: v for k, v in res.items() if k not in ("datasets", "reference")}))
+    print(json.dumps({k: v for k, v in res.items() if k not in ("datasets", "reference", "tempted", "a_versus")}))
     return 0
 
 
