@@ -65,6 +65,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="skip the behavioural pass (each model answers held-out prompts, the constitution's checks score them)")
     p.add_argument("--prompts", type=Path, help="behaviour: held-out prompts from this JSONL file instead of the test split's")
     p.add_argument("--samples", type=int, default=2, help="behaviour: answers per prompt and model (seeded, the run's sampling)")
+    p.add_argument("--no-fluency", dest="fluency", action="store_false",
+                   help="behaviour: skip the nonsense guard (each answer's NLL under the reference model)")
     p.add_argument("--max-new-tokens", type=int, help="behaviour: tokens per answer (default: the run's respond max tokens)")
     p.add_argument("--gpu-memory-utilization", type=float,
                    help="behaviour, vllm: the engine's memory share (on the CPU build: of host memory; default 0.4)")
@@ -381,7 +383,15 @@ def evaluate(a) -> dict:
         if a.shuffled:
             models["shuffled"] = str(a.run / "eval" / "shuffled" / "model")
         said = {m: answers(a, a.run, d, f"{model_name} ({m})", recs) for m, d in models.items()}
-        res["behaviour"] = behaviour.report(const, recs, said, a.samples, a.bootstrap, a.seed)
+        nll = None
+        if a.fluency:  # the nonsense guard: every model's answers scored by the reference model
+            from . import fluency
+            from .progress import Tracker
+
+            tracker = Tracker()
+            nll = {m: fluency.nll(model_path, recs, t, a.samples, a.device, tracker=tracker, label=f"fluency: {m}")
+                   for m, t in said.items()}
+        res["behaviour"] = behaviour.report(const, recs, said, a.samples, a.bootstrap, a.seed, nll)
         res["behaviour"]["source"] = str(a.prompts) if a.prompts else "the run's test split"
         write_answers(a.run / "eval" / "answers.jsonl", recs, said, a.samples)
         timing["behaviour_s"] = round(time.perf_counter() - t, 1)

@@ -205,7 +205,10 @@ def behaviour_section(b: dict) -> list[str]:
                     + [diff(ms[m]["minus_reference"]["per_principle"][p]) for m in ms if m != "reference"])
     L += _md_table(head, rows)
     g = ["mean_words", "empty", "repetitive", "distinct_2", "refusal"]
-    L += ["", "Collapse guards (a model that says nothing passes every check):", ""]
+    if all("nonsense" in ms[m]["guards"] for m in ms):  # each answer's NLL under the reference (fluency.py)
+        g += ["nonsense", "mean_nll"]
+    L += ["", "Collapse guards (a model that says nothing passes every check; nonsense: answers more surprising to "
+          "the reference model than 95% of its own):", ""]
     L += _md_table(["model"] + g, [[m] + [ms[m]["guards"][k] for k in g] for m in ms])
     if b.get("plot"):
         L += ["", f"![Behaviour]({b['plot']})"]

@@ -50,6 +50,39 @@ def test_an_empty_answer_policy_passes_every_check_but_the_guards_flag_it():
     assert "refusal" in r2["models"]["trained"]["collapsed"]
 
 
+def test_short_nonsense_passes_every_check_and_the_other_guards_but_not_the_nonsense_guard():
+    """The guard the plain-DPO run needed: "Hustle."-like answers, as long as the reference's, fail no check and
+    trip no other guard; their NLL under the reference model is what gives them away (planted NLLs here; the
+    real model's in test_fluency_of_real_answers)."""
+    ref = [BAD if i % 2 else GOOD for i in range(40) for _ in range(2)]
+    odd = [GOOD.replace("order page", "hustle grapes") for _ in range(80)]  # checks pass, words as many
+    ref_nll = [1.0 + 0.01 * i for i in range(80)]  # the reference's own: its 95th percentile is 1.76
+    nll = {"reference": ref_nll, "trained": [1.2] * 60 + [4.0] * 20, "fine": [1.1] * 80}
+    r = behaviour.report(CONST, RECS, {"reference": ref, "trained": odd, "fine": [GOOD] * 80}, 2, n=200, nll=nll)
+    tr = r["models"]["trained"]
+    assert tr["overall"]["rate"] == 0.0 and r["nonsense_cut"] == pytest.approx(1.76)
+    assert tr["guards"]["nonsense"] == 0.25 and r["models"]["reference"]["guards"]["nonsense"] == pytest.approx(0.05, abs=0.02)
+    assert tr["collapsed"] == ["nonsense"] and r["verdict"].startswith("collapses (nonsense 5+ points off)")
+    assert r["models"]["fine"]["collapsed"] == []
+    without = behaviour.report(CONST, RECS, {"reference": ref, "trained": odd}, 2, n=200)  # no NLL given
+    assert "nonsense" not in without["models"]["trained"]["guards"] and without["models"]["trained"]["collapsed"] == []
+
+
+@pytest.mark.slow
+def test_fluency_of_real_answers(default_model_dir):
+    """The real default model finds its own kind of answer less surprising than nonsense of the same length, or
+    than no answer at all."""
+    from cai_gen import fluency
+
+    recs = [PromptRecord("p", "My package has not arrived yet. What should I do?", "support", "test")]
+    texts = ["I'm sorry to hear that. Please check the tracking page for your order; if it still shows no update "
+             "after two days, contact our support team and we will look into it.",
+             "Hustle grapes lamp seventeen the the of purple running quietly banana system ladder cloud fork sun.",
+             ""]
+    a, b, e = fluency.nll(default_model_dir, recs, texts, 3)
+    assert 0 < a < b and a < e  # ending the turn at once is surprising too
+
+
 def test_shuffled_that_drops_as_much_is_no_better_than_training_alone():
     ref = [BAD] * 80
     tr = [GOOD if i % 4 else BAD for i in range(80)]

@@ -1,0 +1,70 @@
+"""How surprising an answer is to the reference model: the collapse guard for short nonsense.
+
+A model trained on shorter-is-better pairs can pass every check with answers like "Hustle." or "No, no, no": not
+empty, not looping, not refusing, only nonsense. Each answer's mean per-token negative log-likelihood under the
+reference model (the untrained model, the prompt as context) measures that: the reference's own answers set the
+scale, and an answer above the 95th percentile of the reference's own is "nonsense" (so about 5% of the
+reference's answers are, by construction). A share more than 5 points above that is a collapse (behaviour.collapsed).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+
+from .backends import Generation
+
+QUANTILE = 0.95  # an answer more surprising than 95% of the reference's own answers is nonsense
+
+
+def nll(model_dir: str, recs: Sequence, texts: list[str], k: int, device: str = "cpu", max_length: int = 512,
+        batch: int = 8, tracker=None, label: str = "fluency") -> list[float]:
+    """Per answer (K per prompt, prompt-major): mean negative log-likelihood per answer token under the model at
+    `model_dir`, the prompt's conversation as context. The answer's tokens include the chat template's end of
+    turn, so stopping where the reference would not (an empty or cut-off answer) counts too. Batched, right-padded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    items = []  # (token ids, where the answer starts)
+    for i, r in enumerate(recs):
+        msgs = r.messages()
+        start = len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
+        for t in texts[i * k:(i + 1) * k]:
+            ids = tok.apply_chat_template(msgs + [{"role": "assistant", "content": t}], tokenize=True,
+                                          return_dict=False)[:max_length]
+            items.append((ids, min(start, len(ids))))
+    out = [0.0] * len(items)
+    order = sorted(range(len(items)), key=lambda j: len(items[j][0]))  # similar lengths together: less padding
+    bar = tracker.stage(label, len(items), generating=False) if tracker is not None else nullcontext(None)
+    with bar as on_done, torch.no_grad():
+        for b in range(0, len(order), batch):
+            js = order[b:b + batch]
+            width = max(len(items[j][0]) for j in js)
+            x = torch.full((len(js), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(js), width), dtype=torch.long)
+            for row, j in enumerate(js):
+                ids = items[j][0]
+                x[row, :len(ids)] = torch.tensor(ids)
+                mask[row, :len(ids)] = 1
+            x, mask = x.to(device), mask.to(device)
+            lp = model(input_ids=x, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
+            tok_lp = lp.gather(2, x[:, 1:, None])[..., 0]
+            for n, (row, j) in enumerate(enumerate(js)):
+                ids, start = items[j]
+                span = tok_lp[row, max(start - 1, 0):len(ids) - 1]  # the answer's tokens, each given what precedes
+                out[j] = round(float(-span.mean()), 4) if span.numel() else 0.0
+                if on_done is not None:  # the bar counts scored answer tokens (tok/s)
+                    on_done(b + n, Generation("", "stop", start, span.numel()))
+    return out
+
+
+def cut(reference: list[float]) -> float:
+    """The reference answers' QUANTILE: above it an answer is more surprising than nearly all of the model's own."""
+    xs = sorted(reference)
+    return xs[min(len(xs) - 1, int(QUANTILE * len(xs)))] if xs else float("inf")
+
+
+def share(values: list[float], threshold: float) -> float:
+    return round(sum(v > threshold for v in values) / (len(values) or 1), 4)
