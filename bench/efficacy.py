@@ -146,6 +146,20 @@ def said(a, run: Path, name: str, model_dir: str, recs: list, work: Path) -> lis
     return texts
 
 
+def surprise(a, texts: list[str], recs: list, f: Path) -> list[float]:
+    """The answers' NLL under the reference model (the nonsense guard, cai_gen/fluency.py), cached beside them."""
+    from cai_gen import fluency
+    from cai_gen.progress import Tracker
+
+    if f.is_file():
+        return json.loads(f.read_text())
+    t = time.perf_counter()
+    v = fluency.nll(a.model_path, recs, texts, a.samples, "cpu", tracker=Tracker(), label=f"fluency: {f.stem}")
+    a.timing[f"fluency_{f.stem}_s"] = round(time.perf_counter() - t, 1)
+    f.write_text(json.dumps(v))
+    return v
+
+
 def tempted(const, recs: list, texts: dict[str, list[str]], k: int) -> dict:
     """Per model and principle: the violation rate (with its CI) on the held-out prompts whose kind tempts it."""
     from cai_gen import behaviour
@@ -170,6 +184,10 @@ def versus(const, recs: list, texts: dict[str, list[str]], k: int) -> dict:
             for n, t in texts.items() if n[:2] in ("b:", "c:")}
 
 
+def nonsense(g: dict, ref: dict) -> str:
+    return f"{100 * g['nonsense']:.0f}% (ref {100 * ref['nonsense']:.0f}%)" if "nonsense" in g else "n/a"
+
+
 def pct(r: dict) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
 
@@ -181,7 +199,7 @@ def diff(d: dict) -> str:
 def table(res: dict) -> str:
     """The markdown table the README carries."""
     lines = ["| dataset | pairs | violations, reference | violations, trained | trained - reference (paired) | "
-             "mean words | refusals | distinct-2 | collapse guards |", "|---|---|---|---|---|---|---|---|---|"]
+             "mean words | refusals | distinct-2 | nonsense | collapse guards |", "|---|---|---|---|---|---|---|---|---|---|"]
     ref = res["reference"]
     for name, d in res["datasets"].items():
         m = d["behaviour"]
@@ -189,6 +207,7 @@ def table(res: dict) -> str:
         lines.append(f"| {name} | {d['pairs']} | {pct(ref['overall'])} | {pct(m['overall'])} | "
                      f"{diff(m['minus_reference']['overall'])} | {g['mean_words']:.0f} (ref {ref['guards']['mean_words']:.0f}) | "
                      f"{100 * g['refusal']:.0f}% | {g['distinct_2']:.2f} | "
+                     f"{nonsense(g, ref['guards'])} | "
                      f"{', '.join(m['collapsed']) or 'within 5 points'} |")
     lines.append("")
     lines.append("| principle | " + " | ".join(["reference"] + list(res["datasets"])) + " |")
@@ -266,14 +285,16 @@ def main() -> int:
         if i == 0:
             models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, mine / "train" / "a_shuffled", True)
     texts = {"reference": said(a, run_a, "reference", a.model_path, test_recs, work)}
+    nll = {"reference": surprise(a, texts["reference"], test_recs, work / "answers" / "reference.nll.json")}
     for name, d in models.items():
-        texts[name] = said(a, run_a, name.split(":")[0] + ("_shuffled" if "shuffled" in name else ""), d, test_recs,
-                           mine)
+        tag = name.split(":")[0] + ("_shuffled" if "shuffled" in name else "")
+        texts[name] = said(a, run_a, tag, d, test_recs, mine)
+        nll[name] = surprise(a, texts[name], test_recs, mine / "answers" / f"{tag}.nll.json")
     res = {"command": " ".join(sys.argv), "train_prompts": len(train_recs), "held_out": len(test_recs),
            "samples": a.samples, "steps": steps, "lr": a.lr, "beta": a.beta, "max_length": a.max_length,
            "loss_type": a.loss_type,
            "datasets": {}}
-    full = behaviour.report(const, test_recs, texts, a.samples, 1000, 0)
+    full = behaviour.report(const, test_recs, texts, a.samples, 1000, 0, nll)
     res["reference"] = full["models"]["reference"]
     res["tempted"] = tempted(const, test_recs, texts, a.samples)
     res["a_versus"] = versus(const, test_recs, texts, a.samples)
