@@ -146,18 +146,21 @@ def said(a, run: Path, name: str, model_dir: str, recs: list, work: Path) -> lis
     return texts
 
 
-def surprise(a, texts: list[str], recs: list, f: Path) -> list[float]:
-    """The answers' NLL under the reference model (the nonsense guard, cai_gen/fluency.py), cached beside them."""
+def surprise(a, texts: dict[str, list[str]], recs: list, files: dict[str, Path]) -> dict[str, list[float]]:
+    """The answers' NLL under the reference model (the nonsense guard, cai_gen/fluency.py), cached beside them;
+    the sets not cached yet are scored together, on one load of the model."""
     from cai_gen import fluency
     from cai_gen.progress import Tracker
 
-    if f.is_file():
-        return json.loads(f.read_text())
-    t = time.perf_counter()
-    v = fluency.nll(a.model_path, recs, texts, a.samples, "cpu", tracker=Tracker(), label=f"fluency: {f.stem}")
-    a.timing[f"fluency_{f.stem}_s"] = round(time.perf_counter() - t, 1)
-    f.write_text(json.dumps(v))
-    return v
+    out = {n: json.loads(f.read_text()) for n, f in files.items() if f.is_file()}
+    todo = {n: texts[n] for n in files if n not in out}
+    if todo:
+        t = time.perf_counter()
+        out |= fluency.nll(a.model_path, recs, todo, a.samples, "cpu", tracker=Tracker())
+        a.timing["fluency_s"] = round(time.perf_counter() - t, 1)
+        for n in todo:
+            files[n].write_text(json.dumps(out[n]))
+    return out
 
 
 def tempted(const, recs: list, texts: dict[str, list[str]], k: int) -> dict:
@@ -285,11 +288,12 @@ def main() -> int:
         if i == 0:
             models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, mine / "train" / "a_shuffled", True)
     texts = {"reference": said(a, run_a, "reference", a.model_path, test_recs, work)}
-    nll = {"reference": surprise(a, texts["reference"], test_recs, work / "answers" / "reference.nll.json")}
+    files = {"reference": work / "answers" / "reference.nll.json"}
     for name, d in models.items():
         tag = name.split(":")[0] + ("_shuffled" if "shuffled" in name else "")
         texts[name] = said(a, run_a, tag, d, test_recs, mine)
-        nll[name] = surprise(a, texts[name], test_recs, mine / "answers" / f"{tag}.nll.json")
+        files[name] = mine / "answers" / f"{tag}.nll.json"
+    nll = surprise(a, texts, test_recs, files)
     res = {"command": " ".join(sys.argv), "train_prompts": len(train_recs), "held_out": len(test_recs),
            "samples": a.samples, "steps": steps, "lr": a.lr, "beta": a.beta, "max_length": a.max_length,
            "loss_type": a.loss_type,

@@ -15,7 +15,6 @@ class Resumable(UserError):
     which only it knows (the run dir may be a fresh timestamped one that "the same command" would not reopen)."""
 
 
-
 class ArgParser(argparse.ArgumentParser):
     """argparse whose mistakes are one line and exit 2, like every other user error here (argparse itself prints
     the usage and the error over two lines). Subcommands get the same class (add_subparsers uses type(self))."""

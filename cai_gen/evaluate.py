@@ -388,9 +388,7 @@ def evaluate(a) -> dict:
             from . import fluency
             from .progress import Tracker
 
-            tracker = Tracker()
-            nll = {m: fluency.nll(model_path, recs, t, a.samples, a.device, tracker=tracker, label=f"fluency: {m}")
-                   for m, t in said.items()}
+            nll = fluency.nll(model_path, recs, said, a.samples, a.device, tracker=Tracker())
         res["behaviour"] = behaviour.report(const, recs, said, a.samples, a.bootstrap, a.seed, nll)
         res["behaviour"]["source"] = str(a.prompts) if a.prompts else "the run's test split"
         write_answers(a.run / "eval" / "answers.jsonl", recs, said, a.samples)

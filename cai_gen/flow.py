@@ -86,13 +86,16 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
             # each stage's engine: the generator's, or a judge server for the judge checks (job.engine_for);
             # handles are per engine, so pending keys on (engine, handle) and only an engine with requests out
             # is polled (a lazy one would open on its first poll)
-            for eng in {id(e): e for e in (job.engine_for(stages[k], backend) for _, k, _ in batch)}.values():
-                mine = [item for item in batch if job.engine_for(stages[item[1]], backend) is eng]
-                reqs_of = [waiting[id(row)][0][j] for row, _, j in mine]
-                hs = eng.submit([r.conv for r in reqs_of], [r.params for r in reqs_of])
-                for h, item in zip(hs, mine):
-                    pending[id(eng), h] = item
+            by_engine: dict[int, list] = {}
+            for item in batch:
+                eng = job.engine_for(stages[item[1]], backend)
                 engines[id(eng)] = eng
+                by_engine.setdefault(id(eng), []).append(item)
+            for e, mine in by_engine.items():
+                reqs_of = [waiting[id(row)][0][j] for row, _, j in mine]
+                hs = engines[e].submit([r.conv for r in reqs_of], [r.params for r in reqs_of])
+                for h, item in zip(hs, mine):
+                    pending[e, h] = item
             if pending:
                 done = []  # rows whose last request came back in this poll: accepted together below
                 polled = [(e, h, g) for e in {i for i, _ in pending} for h, g in engines[e].poll()]

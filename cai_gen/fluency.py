@@ -16,16 +16,25 @@ from .backends import Generation
 QUANTILE = 0.95  # an answer more surprising than 95% of the reference's own answers is nonsense
 
 
-def nll(model_dir: str, recs: Sequence, texts: list[str], k: int, device: str = "cpu", max_length: int = 512,
-        batch: int = 8, tracker=None, label: str = "fluency") -> list[float]:
-    """Per answer (K per prompt, prompt-major): mean negative log-likelihood per answer token under the model at
-    `model_dir`, the prompt's conversation as context. The answer's tokens include the chat template's end of
-    turn, so stopping where the reference would not (an empty or cut-off answer) counts too. Batched, right-padded."""
+def nll(model_dir: str, recs: Sequence, answers: dict[str, list[str]], k: int, device: str = "cpu",
+        max_length: int = 512, batch: int = 8, tracker=None) -> dict[str, list[float]]:
+    """Per answer set (name -> K answers per prompt, prompt-major), per answer: mean negative log-likelihood per
+    answer token under the model at `model_dir` (loaded once for every set), the prompt's conversation as context.
+    The answer's tokens include the chat template's end of turn, so stopping where the reference would not (an
+    empty or cut-off answer) counts too. Batched, right-padded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+    return {name: _score(tok, model, recs, texts, k, device, max_length, batch, tracker, f"fluency: {name}")
+            for name, texts in answers.items()}
+
+
+def _score(tok, model, recs: Sequence, texts: list[str], k: int, device: str, max_length: int, batch: int,
+           tracker, label: str) -> list[float]:
+    import torch
+
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     items = []  # (token ids, where the answer starts)
     for i, r in enumerate(recs):

@@ -273,6 +273,8 @@ def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: boo
         return judge(job, kept, backend)
     if own:
         backend.close()
+    if job.inspector is not None:  # the judge server the judge checks already ask: one client, not two
+        return judge(job, kept, job.inspector)
 
     def load() -> Backend:
         path = resolve(jm.source, jm.path, jm.cache_dir)

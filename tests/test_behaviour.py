@@ -79,7 +79,7 @@ def test_fluency_of_real_answers(default_model_dir):
              "after two days, contact our support team and we will look into it.",
              "Hustle grapes lamp seventeen the the of purple running quietly banana system ladder cloud fork sun.",
              ""]
-    a, b, e = fluency.nll(default_model_dir, recs, texts, 3)
+    a, b, e = fluency.nll(default_model_dir, recs, {"m": texts}, 3)["m"]
     assert 0 < a < b and a < e  # ending the turn at once is surprising too
 
 
