@@ -13,6 +13,7 @@ generated tokens, tokens per kept pair, the top drop reasons. Prints a table, th
 
     .venv/bin/python bench/redteam.py                       # 40 behaviours, checks off / N=1 / N=4: ~25 min on 2 cores
     .venv/bin/python bench/redteam.py --revise-n 1,4,8 --keep /tmp/rt   # keeps the run dirs (bench/blind.py deal)
+    .venv/bin/python bench/redteam.py --before old.yaml   # adds the tool as it was: another constitution, checks off
 """
 import argparse
 import json
@@ -49,8 +50,11 @@ def write_prompts(path: Path, items: list[str]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
-def settings(ns: list[int]) -> dict[str, list[str]]:
-    out = {"checks off": ["principles.checks=false"]}
+def settings(ns: list[int], before: str | None = None) -> dict[str, list[str]]:
+    # the tool before checks: the model's critique and gate decide, one revision sample per request
+    off = ["principles.checks=false", "sampling.revise_n=1"]
+    out = {"before": [f"constitution.path={Path(before).resolve()}", *off]} if before else {}
+    out |= {"checks off": off}
     out |= {f"N={n}": [f"sampling.revise_n={n}"] for n in ns}
     return out
 
@@ -86,6 +90,8 @@ def main() -> int:
     p.add_argument("--revise-n", default="1,4", help="best-of-N settings with the checks (comma-separated)")
     p.add_argument("--work", default="outputs/redteam", help="the wheel and the prompt file")
     p.add_argument("--keep", help="keep each setting's run dir here")
+    p.add_argument("--before", help="a constitution YAML run first with the checks off (the tool as it was: e.g. "
+                   "`git show 03bc9ad^:constitutions/harmless.yaml`, the revision request before the refusal wording)")
     a = p.parse_args()
     from overhead import start_engine
 
@@ -100,7 +106,7 @@ def main() -> int:
     res, rec = {}, None
     with tempfile.TemporaryDirectory() as d:
         root = Path(a.keep or d)
-        for name, extra in settings([int(n) for n in a.revise_n.split(",")]).items():
+        for name, extra in settings([int(n) for n in a.revise_n.split(",")], a.before).items():
             cfg = compose("constitution=harmless", f"prompts.path={prompts}", "samples=1", *extra)
             if rec is None:
                 rec, _ = start_engine(cfg, True)

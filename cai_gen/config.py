@@ -135,7 +135,7 @@ class SamplingCfg(Strict):
     max_tokens: MaxTokensOverride = Field(default_factory=MaxTokensOverride)  # null: the model config's max_tokens
     loop_stop: LoopStop = Field(default_factory=lambda: LoopStop())  # end looping critiques/revisions early
     revise_max_scale: float | None = Field(None, gt=0)  # a revision's max tokens: at most this times its original's
-    revise_n: int = Field(1, gt=0, le=16)  # revision samples per request; the first passing every filter and check wins
+    revise_n: int = Field(4, gt=0, le=16)  # revision samples per request; the first passing every filter and check wins
 
     @field_validator("temperature", "top_p")
     @classmethod

@@ -241,8 +241,9 @@ class Revise(Stage):
                 break
             if why0 is None:
                 why0, row.draft = why, text
-        if len(gens) > 1:
-            row.trace.append({"stage": self.name, "round": self.rnd, "samples": reasons})
+        if len(gens) > 1:  # each sample's reason (None: it passed), and which one became the revision
+            row.trace.append({"stage": self.name, "round": self.rnd, "samples": reasons,
+                              "picked": None if pick is None else len(reasons) - 1})
         if pick is None:
             return job.fail(row, self, why0)
         text, stripped, res = pick

@@ -8,6 +8,9 @@ from cai_gen.config import RunConfig, compose
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
+# One revision sample per request (the default is best-of-4): for the logic tests that count requests per stage
+# or read one trace entry per stage. Best-of-N has its own tests (test_steer.py, test_checks_real.py).
+ONE = "sampling.revise_n=1"
 
 
 def make_cfg(*overrides: str) -> RunConfig:

@@ -1,5 +1,6 @@
 """bench/throughput.py's own logic, without an engine: the timed order, the ratio it prints, and a missing peer."""
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,7 @@ def test_redteam_rows_are_harmful_so_the_refusal_check_applies(tmp_path):
     benign = next(r for r in prompts.load("harmless", None, None) if r.kind == "benign")
     assert "refuses_harmful" not in {c.id for _, c in checks.applicable(const, benign)}
     assert list(redteam.settings([1, 4])) == ["checks off", "N=1", "N=4"]
+    old = redteam.settings([4], "old.yaml")
+    assert list(old) == ["before", "checks off", "N=4"]
+    assert old["before"] == [f"constitution.path={Path('old.yaml').resolve()}", "principles.checks=false",
+                             "sampling.revise_n=1"]

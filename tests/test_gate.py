@@ -7,11 +7,11 @@ from cai_gen import pipeline, stages
 from cai_gen.backends import Generation, choice_probs
 from cai_gen.backends.fake import FakeBackend
 
-from .conftest import make_cfg
+from .conftest import ONE, make_cfg
 
 
 def run(tmp_path: Path, *overrides: str, gate: str = "yes", mode: str = "good"):
-    cfg = make_cfg("backend=fake", "limit=5", *overrides)
+    cfg = make_cfg("backend=fake", ONE, "limit=5", *overrides)
     be = FakeBackend("fake", cfg.model.name, mode=mode, gate=gate, max_model_len=cfg.backend.max_model_len or 2048)
     return be, pipeline.run(cfg, tmp_path, backend=be)
 
@@ -101,13 +101,13 @@ def test_failed_round_2_revision_keeps_round_1(tmp_path, monkeypatch):
 
 def test_refilter_uses_no_engine(tmp_path):
     """Changing filters or gate knobs on a finished run dir: everything from the ledger, no engine start."""
-    cfg = make_cfg("backend=fake", "limit=5")
+    cfg = make_cfg("backend=fake", ONE, "limit=5")
     s = pipeline.run(cfg, tmp_path)
     assert s["engine_started"] is True and s["kept"] == 10
-    s = pipeline.run(make_cfg("backend=fake", "limit=5", "filters.min_edit=1.0", "gate.threshold=0.4"), tmp_path)
+    s = pipeline.run(make_cfg("backend=fake", ONE, "limit=5", "filters.min_edit=1.0", "gate.threshold=0.4"), tmp_path)
     assert s["engine_started"] is False and s["kept"] == 0 and s["reasons"] == {"too_similar": 10}
     be = FakeBackend("fake", cfg.model.name)
-    pipeline.run(make_cfg("backend=fake", "limit=5", "filters.max_edit=0.5"), tmp_path, backend=be)
+    pipeline.run(make_cfg("backend=fake", ONE, "limit=5", "filters.max_edit=0.5"), tmp_path, backend=be)
     assert be.calls == []
 
 

@@ -10,10 +10,10 @@ from cai_gen import models, pipeline, synth
 from cai_gen.backends.fake import FakeBackend
 from cai_gen.errors import UserError
 
-from .conftest import make_cfg
+from .conftest import ONE, make_cfg
 from .test_synth import cfg_of
 
-ARGS = ("backend=fake", "limit=3", "samples=1")
+ARGS = ("backend=fake", "limit=3", "samples=1", ONE)
 
 
 def jl(p: Path) -> list[dict]:
@@ -76,8 +76,8 @@ def test_fake_generations_never_answer_a_real_engine(tmp_path, real_engine):
     pipeline.run(make_cfg(*ARGS), tmp_path)
     real_engine.clear()  # the fake run's own engine came through make_backend too
     with pytest.raises(UserError, match="different config"):
-        pipeline.run(make_cfg("backend=vllm", "limit=3", "samples=1"), tmp_path)
-    s = pipeline.run(make_cfg("backend=vllm", "limit=3", "samples=1", "restart=true"), tmp_path)
+        pipeline.run(make_cfg("backend=vllm", "limit=3", "samples=1", ONE), tmp_path)
+    s = pipeline.run(make_cfg("backend=vllm", "limit=3", "samples=1", ONE, "restart=true"), tmp_path)
     [(kind, be)] = real_engine
     assert kind == "vllm" and sum(be.calls) == 12 and s["engine_started"] is True  # respond, critique, gate, revise
 
@@ -91,7 +91,7 @@ def test_a_fake_dir_from_before_identities_is_refused_for_a_real_engine(tmp_path
     rec.write_text(json.dumps(old))
     real_engine.clear()
     with pytest.raises(UserError, match="fake engine with an older cai_gen"):
-        pipeline.run(make_cfg("backend=vllm", "limit=3", "samples=1", "restart=true"), tmp_path)
+        pipeline.run(make_cfg("backend=vllm", "limit=3", "samples=1", ONE, "restart=true"), tmp_path)
     assert real_engine == []
     pipeline.run(make_cfg(*ARGS), tmp_path)  # the fake engine may go on with it
 

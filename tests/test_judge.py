@@ -8,11 +8,11 @@ import pytest
 from cai_gen import judge, pipeline
 from cai_gen.backends.fake import FakeBackend
 
-from .conftest import make_cfg
+from .conftest import ONE, make_cfg
 
 
 def run(tmp_path: Path, *overrides: str, verdicts: str = "revision"):
-    cfg = make_cfg("backend=fake", "judge=self", "limit=5", *overrides)
+    cfg = make_cfg("backend=fake", ONE, "judge=self", "limit=5", *overrides)
     be = FakeBackend("fake", cfg.model.name, max_model_len=2048, judge=verdicts)
     summary = pipeline.run(cfg, tmp_path, backend=be)
     return be, summary
@@ -126,7 +126,7 @@ def test_judge_sees_principles_and_keeps_text_as_data(tmp_path):
 
 
 def test_judge_can_be_added_to_a_finished_run_and_resumes(tmp_path):
-    cfg = make_cfg("backend=fake", "limit=3")
+    cfg = make_cfg("backend=fake", ONE, "limit=3")
     be = FakeBackend("fake", cfg.model.name)
     pipeline.run(cfg, tmp_path, backend=be)
     assert "judge" not in jl(tmp_path / "preferences.jsonl")[0]

@@ -13,7 +13,7 @@ from cai_gen.backends.fake import FakeBackend
 from cai_gen.ledger import request_key
 from cai_gen.stages import REVISE_FLOOR, revise_tokens
 
-from .conftest import make_cfg
+from .conftest import ONE, make_cfg
 
 LOOP = "Thanks for asking. I can help with that today. " + "I am here to help you today. " * 6
 
@@ -43,7 +43,7 @@ def test_ledger_keys_without_the_new_fields_are_unchanged():
 
 
 def run(tmp_path: Path, *overrides: str, mode: str = "good"):
-    cfg = make_cfg("backend=fake", "limit=3", *overrides)
+    cfg = make_cfg("backend=fake", ONE, "limit=3", *overrides)
     be = FakeBackend("fake", cfg.model.name, mode=mode, max_model_len=2048)
     return pipeline.run(cfg, tmp_path, backend=be)
 

@@ -10,11 +10,11 @@ import pytest
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
 
-from .conftest import ROOT, make_cfg
+from .conftest import ONE, ROOT, make_cfg
 
 
 def run(tmp_path: Path, *overrides: str, mode: str = "good"):
-    cfg = make_cfg("backend=fake", *overrides)
+    cfg = make_cfg("backend=fake", ONE, *overrides)
     be = FakeBackend("fake", cfg.model.name, mode=mode, max_model_len=cfg.backend.max_model_len or 2048)
     summary = pipeline.run(cfg, tmp_path, backend=be)
     return cfg, be, summary
@@ -216,7 +216,7 @@ def test_rows_are_written_chunk_by_chunk_and_the_files_equal_an_unchunked_run(tm
             return super().generate(convs, params, on_done)
 
     run(tmp_path / "a", "limit=5", "samples=2", "pipelined=false")
-    cfg = make_cfg("backend=fake", "limit=5", "samples=2", "pipelined=false", "chunk_size=4")
+    cfg = make_cfg("backend=fake", ONE, "limit=5", "samples=2", "pipelined=false", "chunk_size=4")
     pipeline.run(cfg, tmp_path / "b", backend=Watch("fake", cfg.model.name, max_model_len=2048))
     # 3 chunks x 4 stages; the parts grow by each chunk's kept pairs before the next chunk's first request
     assert [n for n, _ in seen[::4]] == [0, 4, 8] and not any(final for _, final in seen)
@@ -236,6 +236,6 @@ def test_a_null_chunk_size_takes_4000_rows_at_a_time(tmp_path, monkeypatch):
                                for i in range(2050)))
     sizes = []
     monkeypatch.setattr(pipeline, "generate", lambda job, rows: sizes.append(len(rows)) or [])
-    cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "samples=2")
+    cfg = make_cfg("backend=fake", ONE, f"prompts.path={prompts}", "samples=2")
     pipeline.run(cfg, tmp_path / "out", backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
     assert sizes == [4000, 100]

@@ -15,10 +15,10 @@ from cai_gen.backends.fake import FakeBackend
 from cai_gen.errors import Resumable, UserError
 from cai_gen.ledger import Ledger, saved
 
-from .conftest import ROOT, make_cfg
+from .conftest import ONE, ROOT, make_cfg
 from .run_files import assert_same_files, files
 
-ARGS = ["backend=fake", "limit=10", "samples=2"]
+ARGS = ["backend=fake", ONE, "limit=10", "samples=2"]
 
 
 def cli(out: Path, *extra: str, delay: float = 0.0, wait: bool = True):
@@ -166,7 +166,7 @@ def test_changed_config_is_refused_unless_restart(tmp_path):
     run = tmp_path / "run"
     pipeline.run(cfg, run, backend=FakeBackend("f", cfg.model.name))
     with pytest.raises(UserError, match="different config \\(changed: samples\\)"):
-        pipeline.run(make_cfg("backend=fake", "limit=10", "samples=3"), run, backend=FakeBackend("f", "m"))
+        pipeline.run(make_cfg("backend=fake", ONE, "limit=10", "samples=3"), run, backend=FakeBackend("f", "m"))
     pipeline.run(make_cfg(*ARGS[:-1], "samples=3", "restart=true"), run, backend=FakeBackend("f", cfg.model.name))
     assert len(rows(run)) == 30
     # limit is free (README: `limit` ... may change freely, "raise `limit` to extend a run"), and so is pipelined:
@@ -174,10 +174,10 @@ def test_changed_config_is_refused_unless_restart(tmp_path):
     # none, and either writes the files a clean run of that limit writes
     for limit, calls in ((12, [6, 6, 6, 6]), (5, [])):  # 12: respond, critique, gate, revise for 2 new prompts x 3
         clean = tmp_path / f"clean{limit}"
-        pipeline.run(make_cfg("backend=fake", f"limit={limit}", "samples=3", "pipelined=false"), clean,
+        pipeline.run(make_cfg("backend=fake", ONE, f"limit={limit}", "samples=3", "pipelined=false"), clean,
                      backend=FakeBackend("f", cfg.model.name))
         be = FakeBackend("f", cfg.model.name)
-        pipeline.run(make_cfg("backend=fake", f"limit={limit}", "samples=3", "pipelined=false"), run, backend=be)
+        pipeline.run(make_cfg("backend=fake", ONE, f"limit={limit}", "samples=3", "pipelined=false"), run, backend=be)
         assert be.calls == calls and len(rows(run)) == 3 * limit
         assert_same_files(files(run), files(clean))
 

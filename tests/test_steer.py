@@ -130,6 +130,7 @@ def test_best_of_n_takes_the_first_passing_sample_and_resume_reuses_all_n(tmp_pa
     assert len(revise) == 4 and len({q.seed for q in revise}) == 4  # all N were asked, each its own seed
     trace = jl(out / "trace.jsonl")[0]["stages"]
     assert [e["samples"] for e in trace if "samples" in e] == [["still_violates", "still_violates", None]]
+    assert [e["picked"] for e in trace if "samples" in e] == [2]
     be2, s2, _ = run(tmp_path, prompts, revs, "sampling.revise_n=4")  # same dir: everything from the ledger
     assert be2.sent == [] and s2["kept"] == 1
     # N = 1's request is sample 0 of N = 4: a run dir moving to best-of-N reuses it
