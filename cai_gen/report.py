@@ -31,7 +31,11 @@ def table(summary: dict) -> Table:
     t.add_row("[green]pairs kept", f"[green]{summary['kept']}")
     if rep.get("gate"):
         g = rep["gate"]
-        t.add_row("gate YES / NO (critiques)", f"{g['yes']} / {g['no']}")
+        if g["yes"] + g["no"]:
+            t.add_row("gate YES / NO (the model's)", f"{g['yes']} / {g['no']}")
+        if g.get("by_checks"):
+            t.add_row("gate YES / NO (by checks)", "{} / {}".format(*(sum(v[k] for v in g["by_checks"].values())
+                                                                      for k in ("YES", "NO"))))
         t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0)))
     if rep.get("checks"):
         c = rep["checks"]
@@ -232,10 +236,20 @@ def checks_section(c: dict) -> list[str]:
 
 
 def gate_section(g: dict) -> list[str]:
-    L = ["", "## Gate", "", "After each critique the model was asked, as a forced YES/NO choice, whether its answer "
-         f"violates the principle; YES when P(YES) >= {g['threshold']}. NO ends the row without a revision: its "
-         "original stands (an SFT row and a KTO desirable row). A small model's gate can be close to chance or "
-         "one-sided; the counts below say how this one behaved.", ""]
+    L = ["", "## Gate", ""]
+    by_checks = g.get("by_checks") or {}  # older report.json files lack it
+    if by_checks:
+        L += ["A principle with checks is gated by them, with no model request: YES when the answer fails one of "
+              "the principle's checks.", ""]
+        L += _md_table(["principle (gated by its checks)", "YES", "NO"],
+                       [[k, v["YES"], v["NO"]] for k, v in by_checks.items()]) + [""]
+    if not g["yes"] + g["no"]:
+        return L
+    L += ["After each critique " + ("of a principle without checks " if by_checks else "") + "the model was asked, "
+          "as a forced YES/NO choice, whether its answer violates the principle; YES when P(YES) >= "
+          f"{g['threshold']}. NO ends the row without a revision: its original stands (an SFT row and a KTO "
+          "desirable row). A small model's gate can be close to chance or one-sided; the counts below say how this "
+          "one behaved.", ""]
     if g["warning"]:
         L += [f"**Warning: {g['warning']}.**", ""]
     p = g["p_yes"]

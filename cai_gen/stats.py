@@ -54,33 +54,38 @@ class Gates:
     """Every gated critique's answer (kept, filtered and no-violation rows), counted as the rows stream by."""
 
     def __init__(self):
-        self.per: dict[str, Counter] = {}  # principle -> YES/NO counts
+        self.per: dict[str, Counter] = {}  # principle -> the model's YES/NO counts
+        self.checks: dict[str, Counter] = {}  # principle -> YES/NO of gates decided by its checks (no model asked)
         self.ps: list[float] = []          # P(YES) of each, for the plot
 
     def add(self, row: dict) -> None:
         for g in row.get("gate") or []:
-            self.per.setdefault(g["principle"], Counter())[g["answer"]] += 1
+            per = self.checks if g.get("by") == "checks" else self.per
+            per.setdefault(g["principle"], Counter())[g["answer"]] += 1
             if g.get("p_yes") is not None:
                 self.ps.append(g["p_yes"])
 
 
 def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
-    """YES/NO per principle, and a plain warning when the gate is one-sided: a weak model's gate can say YES (or
-    NO) to nearly everything."""
+    """The model's YES/NO per principle, and a plain warning when it is one-sided: a weak model's gate can say YES
+    (or NO) to nearly everything. Gates decided by a principle's checks are counted apart: they asked no model, so
+    they say nothing of its gate."""
     per, ps = gates.per, gates.ps
-    if not per:
+    if not per and not gates.checks:
         return None
     yes = sum(c["YES"] for c in per.values())
     no = sum(c["NO"] for c in per.values())
-    share_no = no / (yes + no)
+    share_no = no / (yes + no) if yes + no else None
+    by_checks = {k: {"YES": c["YES"], "NO": c["NO"]} for k, c in sorted(gates.checks.items())}
     warn = None
     if yes + no >= 10 and share_no < 0.05:
         warn = (f"the gate said YES to {100 * (1 - share_no):.0f}% of answers: on this model it barely filters, "
                 "so nearly every answer is revised as if the gate were off")
     elif yes + no >= 10 and share_no > 0.95:
         warn = f"the gate said NO to {100 * share_no:.0f}% of answers: few pairs come out; check gate.threshold"
-    return {"yes": yes, "no": no, "share_no": round(share_no, 4), "threshold": threshold,
+    return {"yes": yes, "no": no, "share_no": None if share_no is None else round(share_no, 4), "threshold": threshold,
             "per_principle": {k: {"YES": c["YES"], "NO": c["NO"]} for k, c in sorted(per.items())},
+            "by_checks": by_checks,
             "p_yes": describe(ps), "warning": warn, "_p": ps}
 
 

@@ -88,6 +88,20 @@ def test_targeted_choice_picks_the_failing_principle_and_its_checks_gate_it(tmp_
     assert all(p["verified"] for p in prefs)
 
 
+def test_a_gate_decided_by_checks_is_not_reported_as_the_models(tmp_path):
+    """Regression: the card and the terminal counted the checks' gates as the model's, so a red-team run whose
+    every gate was its refusal check warned "the gate said YES to 100% of answers: on this model it barely
+    filters" and "the model was asked ..." though no model gate request went out."""
+    _, s, out = run(tmp_path, [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(12)], [FINE])
+    g = s["report"]["gate"]
+    assert g["yes"] + g["no"] == 0 and g["warning"] is None
+    assert g["by_checks"] == {"no_guarantee": {"YES": 12, "NO": 0}}
+    card = (out / "README.md").read_text()
+    gate = card.split("## Gate", 1)[1].split("\n## ", 1)[0]
+    assert "gated by them" in gate and "no_guarantee" in gate
+    assert "barely filters" not in card and "the model was asked" not in gate
+
+
 def test_sample_mode_draws_before_the_answer_is_seen(tmp_path):
     _, _, out = run(tmp_path, [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(12)], [FINE],
                     "principles.choose=sample", "gate.enabled=false")
