@@ -21,9 +21,9 @@ KNOWN_REASONS = {"truncated_original", "empty_original", "empty_critique", "trun
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    # best-of-4 revisions: on this model 16 rows keep ~1-2 pairs at revise_n=1, too few for evaluate to get a pair on
-    # each side of its split; at 4 they kept 6 (4 train / 2 test at --test-size 0.5)
-    r = subprocess.run([sys.executable, "-m", "cai_gen", "limit=8", "samples=2", "sampling.revise_n=4",
+    # the default run (best-of-4 revisions): on this model 16 rows keep ~1-2 pairs at revise_n=1, too few for
+    # evaluate to get a pair on each side of its split; at 4 they kept 6 (4 train / 2 test at --test-size 0.5)
+    r = subprocess.run([sys.executable, "-m", "cai_gen", "limit=8", "samples=2",
                         "backend.enforce_eager=true", f"hydra.run.dir={out}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
