@@ -14,7 +14,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from .cli import prepare, register_groups  # noqa: E402,F401  (register_groups: for tests that compose by hand)
-from .errors import Resumable, UserError  # noqa: E402
+from .errors import Resumable, Terminated, UserError, stop_code, stop_on_sigterm  # noqa: E402
 
 
 def resume_command(out: Path, resumed: bool) -> str:
@@ -56,10 +56,11 @@ def main(cfg: DictConfig) -> None:
             # every finished generation is in the ledger (flushed as it came); a rerun into this dir picks up there
             from .ledger import saved
 
-            what = f"error: {e}" if isinstance(e, Resumable) else "stopped"
+            what = f"error: {e}" if isinstance(e, Resumable) else \
+                "stopped by SIGTERM" if isinstance(e, Terminated) else "stopped"
             print(f"cai_gen: {what}; {saved(out / 'work')} generations saved; resume: "
                   f"{resume_command(out, bool(run_cfg.resume))}", file=sys.stderr)
-            sys.exit(2 if isinstance(e, Resumable) else 130)
+            sys.exit(2 if isinstance(e, Resumable) else stop_code(e))
         report.print_summary(summary, out)
     except UserError as e:
         print(f"cai_gen: error: {e}", file=sys.stderr)
@@ -70,9 +71,10 @@ if __name__ == "__main__":
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     from .config import RunConfig
 
+    stop_on_sigterm()
     sys.argv[1:] = prepare(sys.argv[1:], RunConfig, "cai_gen")
     try:
         main()
-    except KeyboardInterrupt:  # before the run started (composing, loading prompts): nothing to save
+    except KeyboardInterrupt as e:  # before the run started (composing, loading prompts): nothing to save
         print("cai_gen: stopped", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(stop_code(e))

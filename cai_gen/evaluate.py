@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from .errors import ArgParser, UserError
+from .errors import ArgParser, UserError, stop_code, stop_on_sigterm
 
 PRESETS = {
     # the default model on a CPU: full fine-tune. A step on 4 real pairs (~400 tokens each) took ~25 s on 2 cores,
@@ -441,9 +441,9 @@ def main(argv: list[str]) -> int:
     except UserError as e:
         print(f"cai_gen.evaluate: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (errors.Terminated): the engine closed on the way out
         print("cai_gen.evaluate: interrupted", file=sys.stderr)
-        return 130
+        return stop_code(e)
     b = res.get("behaviour")
     if b:
         print(f"cai_gen.evaluate: behaviour on {b['prompts']} held-out prompts x {b['samples']}: {b['verdict']}")
@@ -465,4 +465,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    stop_on_sigterm()
     sys.exit(main(sys.argv[1:]))

@@ -25,7 +25,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import Resumable, UserError
+from .errors import Resumable, UserError, stop_code, stop_on_sigterm
 from .paths import CONF
 
 KINDS = ("targeted", "borderline", "ordinary")
@@ -313,20 +313,21 @@ def _cli() -> None:
                 what = f"error: {e}" if isinstance(e, Resumable) else "stopped"
                 print(f"cai_gen.synth: {what}; {saved(work)} generations saved; rerun the same command to resume",
                       file=sys.stderr)
-                sys.exit(2 if isinstance(e, Resumable) else 130)
+                sys.exit(2 if isinstance(e, Resumable) else stop_code(e))
         except UserError as e:
             print(f"cai_gen.synth: error: {e}", file=sys.stderr)
             sys.exit(2)
 
     try:
         main()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("cai_gen.synth: stopped", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(stop_code(e))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     if not (CONF / "synth.yaml").is_file():  # a package built without its data: say so instead of Hydra's trace
         sys.exit(f"cai_gen.synth: config {CONF / 'synth.yaml'} not found; reinstall cai_gen (pip install .)")
+    stop_on_sigterm()
     _cli()

@@ -340,6 +340,31 @@ def test_ctrl_c_is_one_line_exit_130_and_the_printed_command_resumes(tmp_path, c
     assert_same_files(files(led.parent.parent), clean(f"backend.hold_file={hold}")[0])  # the knob is in config.json
 
 
+def test_sigterm_stops_like_ctrl_c_exit_143_and_the_printed_command_resumes(tmp_path):
+    """`kill`, `timeout` and a scheduler's preemption send SIGTERM, which Python's default turned into an instant
+    death: no line, no engine shutdown (vLLM's worker outlived us, holding its memory). It is now a Ctrl-C with
+    its own exit status: one line with what is saved and the command that resumes, exit 143."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    hold, out = tmp_path / "hold", tmp_path / "run"
+    hold.write_text("25")
+    cmd = [sys.executable, "-m", "cai_gen", *ARGS, f"backend.hold_file={hold}", f"hydra.run.dir={out}"]
+    p = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    led, t0 = out / "work" / "generations.jsonl", time.time()
+    while (not led.exists() or len(led.read_text().splitlines()) < 25) and p.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.05)
+    assert p.poll() is None, p.stderr.read()[-2000:]
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    hold.unlink()
+    assert p.returncode == 143 and "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cai_gen: stopped by SIGTERM; 25 generations saved; resume: python -m cai_gen "), last
+    r = subprocess.run(resume_args(last), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 80
+
+
 def test_disk_full_while_writing_the_ledger_is_one_line_and_loses_nothing(tmp_path, monkeypatch, clean):
     """A real ENOSPC (the kernel's /dev/full) on a ledger write: one line naming the file and what is saved, and
     the lines written before it stay whole, so the rerun resumes from them."""

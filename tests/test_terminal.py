@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,20 @@ pytestmark = pytest.mark.slow
 
 # vLLM's log format ("WARNING 11-24 13:02:11 [cpu.py:88] ..."), and the other engine noise the issue names
 ENGINE_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d \d\d:\d\d:\d\d|Triton|NUMA|libtcmalloc|libiomp")
+
+
+def alive_in_group(pgid: int) -> list[str]:
+    """The names of the live (not zombie: an orphan's zombie waits for init) processes in a process group."""
+    names = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        if int(rest[2]) == pgid and rest[0] != "Z":
+            names.append(name)
+    return names
 
 
 def test_quiet_terminal_and_ctrl_c_on_the_real_engine(tmp_path):
@@ -52,3 +67,35 @@ def test_quiet_terminal_and_ctrl_c_on_the_real_engine(tmp_path):
     assert ENGINE_LINE.search(log)  # the engine's lines are kept, in the run dir
     keys = [json.loads(x)["key"] for x in led.read_text().splitlines()]
     assert len(keys) == len(set(keys))  # nothing generated twice across the stop
+
+
+def test_sigterm_to_the_parent_alone_leaves_no_engine_process_behind(tmp_path):
+    """`kill PID` or `timeout` signals only our process. Regression: Python died at once and vLLM's engine-core and
+    worker processes lived on (seen: a 4 GB orphan for an hour after its bench was killed). SIGTERM now stops the
+    run like a Ctrl-C, closing the engine: nothing of its process group is left."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cai_gen", "limit=2", "samples=2", "backend.enforce_eager=true",
+           "sampling.max_tokens.respond=48", "sampling.max_tokens.critique=32", "sampling.max_tokens.revise=48",
+           f"hydra.run.dir={out}"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # its own group: what is left of it can be counted and cleaned
+    led = out / "work" / "generations.jsonl"
+    t0 = time.time()
+    try:
+        while p.poll() is None and time.time() - t0 < 900:
+            if led.exists() and len(led.read_text().splitlines()) >= 4:  # the engine is up and generating
+                break
+            time.sleep(0.1)
+        p.send_signal(signal.SIGTERM)  # the parent only, not the group
+        _, stderr = p.communicate(timeout=300)
+        assert p.returncode == 143 and "Traceback" not in stderr, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1].startswith("cai_gen: stopped by SIGTERM; ")
+        t1 = time.time()
+        while (left := alive_in_group(p.pid)) and time.time() - t1 < 60:  # give an exiting process a moment
+            time.sleep(0.5)
+        assert not left, f"processes outlived the run: {left}"
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
