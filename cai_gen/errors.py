@@ -19,7 +19,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (`kill`, `timeout`, a scheduler's preemption) stops a run the way Ctrl-C does: the engine is closed
     (its worker processes would otherwise outlive us, holding their memory), the ledger stays whole, and one line
     says what is saved; exit 143 (128 + SIGTERM) instead of 130."""
-    code = 143
 
 
 def stop_on_sigterm() -> None:
@@ -34,7 +33,7 @@ def stop_on_sigterm() -> None:
 
 def stop_code(e: BaseException) -> int:
     """The exit status of a stopped run: 143 for SIGTERM, 130 for Ctrl-C."""
-    return getattr(e, "code", 130) if isinstance(e, KeyboardInterrupt) else 130
+    return 143 if isinstance(e, Terminated) else 130
 
 
 class ArgParser(argparse.ArgumentParser):
