@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from datetime import datetime
+from email.message import Message
 from urllib.parse import quote
 
 import pytest
@@ -27,7 +28,7 @@ def server(run_dir):  # noqa: F811
     srv.server_close()
 
 
-def raw(srv, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, dict, bytes]:
+def raw(srv, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, Message, bytes]:
     """One request with exactly these headers (http.client adds none we did not ask for but Content-Length)."""
     host, port = srv.server_address[:2]
     c = http.client.HTTPConnection(host, port, timeout=10)  # timeout: a hang fails the test instead of stalling it
@@ -38,7 +39,7 @@ def raw(srv, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[
         c.putheader("Content-Length", str(len(body)))
     c.endheaders(body)
     r = c.getresponse()
-    out = (r.status, dict(r.getheaders()), r.read())
+    out = (r.status, r.headers, r.read())  # header names are case-insensitive (uvicorn sends them in lower case)
     c.close()
     return out
 
