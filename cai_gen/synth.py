@@ -19,6 +19,8 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 import sys
 from collections import Counter
 from contextlib import nullcontext
@@ -242,7 +244,7 @@ def _run(cfg, const, backend, tracker) -> dict:
     # the prompts first, then the report: a report on disk always describes the prompts file beside it
     atomic_write(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     atomic_write(report_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _print(report, tracker.console, out, report_path)
+    _print(report, tracker.console, out, report_path, cfg)
     return report
 
 
@@ -269,7 +271,8 @@ def _report(cfg, const, spec, cells, cands, sel: Selection, rows, rounds) -> dic
                                            "threshold": cfg.dedup.threshold, "ngram": cfg.dedup.ngram}}
 
 
-def _print(report: dict, console, out: Path, report_path: Path) -> None:
+def _print(report: dict, console, out: Path, report_path: Path, cfg) -> None:
+    from rich.markup import escape  # a path is text, not markup: [x] in it would be read as a style tag
     from rich.table import Table
 
     kinds = [k for k in KINDS if k in report["mix"] and report["mix"][k] > 0]
@@ -285,7 +288,27 @@ def _print(report: dict, console, out: Path, report_path: Path) -> None:
     if report["short"]:
         console.print(f"[yellow]short by {report['short']}[/]: the filters passed too few within rounds/budget; "
                       "raise budget= or rounds=, or rerun with another seed")
-    console.print(f"[bold]wrote[/] {out} (report: {report_path}); run it: python -m cai_gen prompts.path={out}")
+    console.print(f"[bold]wrote[/] {escape(str(out))} (report: {escape(str(report_path))}); run it: "
+                  f"{escape(run_command(cfg, out))}")
+
+
+def _hydra(v: str) -> str:
+    """A value as Hydra's override parser reads it back unchanged: as is when plain, else single-quoted (a quote,
+    and the backslashes before it or before the closing quote, escaped: Hydra's rule)."""
+    if re.fullmatch(r"[\w/.~:+@%-]+", v):  # a comma would make a sweep, a bracket or space a parse error
+        return v
+    return "'" + re.sub(r"(\\*)('|\Z)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), v) + "'"
+
+
+def run_command(cfg, out: Path) -> str:
+    """`python -m cai_gen` on these prompts with the constitution they were written for: without it the run's
+    default constitution would judge them (and one found by name in include_path needs that include_path)."""
+    c = cfg.constitution
+    args = [f"constitution.path={_hydra(c.path)}" if c.path else f"constitution={_hydra(c.name)}"]
+    if cfg.include_path and not c.path:
+        args.append("include_path=[" + ",".join(_hydra(d) for d in cfg.include_path) + "]")
+    args.append(f"prompts.path={_hydra(str(out))}")
+    return " ".join(["python", "-m", "cai_gen", *map(shlex.quote, args)])
 
 
 def _cli() -> None:

@@ -182,6 +182,41 @@ def test_the_constitutions_synth_block_sets_mix_and_axes(tmp_path):
     assert all(set(r["axes"]) == {"region", "language_style"} and r["domain"] == "legal" for r in rows)
 
 
+@pytest.mark.parametrize("how", ["plain", "path", "include_path"])
+def test_the_run_it_command_runs_the_prompts_with_their_constitution(tmp_path, how):
+    """Issue 31 item 18: the closing "run it:" command left out constitution.path, so copying it judged the new
+    prompts by the default constitution. Composed as printed, it names the constitution synth used (by path, or
+    by name with the include_path that finds it), in folders whose names need quoting."""
+    import io
+    import shlex
+
+    from rich.console import Console
+
+    from cai_gen.progress import Tracker
+
+    from .conftest import make_cfg
+
+    # a space, a comma, brackets: each breaks an unquoted Hydra value
+    home = tmp_path / ("plain" if how == "plain" else "my consts, v[2]")
+    (home / "constitutions").mkdir(parents=True)
+    const = home / "constitutions" / ("legal_it's.yaml" if how == "path" else "legal.yaml")
+    const.write_text("name: legal\ndescription: A legal-information assistant.\nprinciples:\n"
+                     "  - {id: no_legal_advice, critique: 'Does it give advice?', revision: Rewrite it.}\n")
+    quoted = lambda p: "'" + str(p).replace("'", "\\'") + "'"  # noqa: E731  (Hydra's quoting, by hand)
+    use = ([f"constitution.path={quoted(const)}"] if how != "include_path" else
+           [f"include_path=[{quoted(home)}]", "constitution=legal"])
+    out = home / "p.jsonl"
+    console = Console(file=io.StringIO(), width=10_000, record=True)
+    report = synth.run(cfg_of(quoted(out), *use, "n=4"), tracker=Tracker(console=console))
+    line = next(ln for ln in console.export_text().splitlines() if "run it: " in ln)
+    argv = shlex.split(line.split("run it: ", 1)[1])
+    assert argv[:3] == ["python", "-m", "cai_gen"]
+    cfg = make_cfg(*argv[3:], "backend=fake")
+    assert cfg.prompts.path == str(out)
+    ran = constitution.load(cfg.constitution.name, cfg.constitution.path, cfg.include_path)
+    assert ran.ref == report["constitution"] and ran.name == "legal"
+
+
 class Planted(FakeBackend):
     """The fake engine plus the failures a small model makes, keyed by the request's seed: near copies of the
     few-shot prompt, one message again and again with small changes, answers instead of requests."""
