@@ -829,6 +829,14 @@ def test_serve_on_a_port_out_of_range_is_one_line(run_dir, capsys):
     assert len(err) == 1 and "--port: 99999 is not a port number" in err[0]
 
 
+@pytest.mark.parametrize("flag, value", [("--request-timeout", "0"), ("--request-timeout", "nan"),
+                                         ("--max-connections", "0")])
+def test_serve_with_no_time_or_room_for_a_request_is_one_line(run_dir, capsys, flag, value):
+    assert review_main(["serve", str(run_dir), "--port", "0", flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{flag}: " in err[0]
+
+
 def test_invite_links_use_the_port_serve_uses(run_dir, capsys):
     srv = serve(run_dir)  # port 0: a free port, not 8765
     try:

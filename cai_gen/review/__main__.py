@@ -5,6 +5,7 @@
   revoke RUN_DIR NAME                              NAME's links and sessions stop working
   reviewers RUN_DIR                                who is invited, role, used, revoked, verdicts
   serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind] [--session-hours 24]   the page
+        [--request-timeout 10] [--max-connections 128]
   status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement
   merge RUN_DIR [--ignore-too-fast]                apply verdicts -> RUN_DIR/reviewed/, card and summary updated
   export RUN_DIR FILE [--format jsonl|csv]         items + verdicts so far, for another annotation tool
@@ -73,6 +74,10 @@ def _args(argv: list[str]) -> argparse.Namespace:
     s.add_argument("--unblind", action="store_true", help="label the answers original/revision (default: A/B)")
     s.add_argument("--session-hours", type=float, default=24.0,
                    help="a sign-in lasts this long; then the reviewer needs a new invite (default 24)")
+    s.add_argument("--request-timeout", type=float, default=10.0,
+                   help="seconds a client has to send a whole request, from its first byte (default 10)")
+    s.add_argument("--max-connections", type=int, default=128,
+                   help="connections open at once; a new one past this is closed unread (default 128)")
     sub.add_parser("status", help="review progress and agreement").add_argument("run_dir", type=Path)
     m = sub.add_parser("merge", help="apply verdicts into RUN_DIR/reviewed/")
     m.add_argument("run_dir", type=Path)
@@ -91,7 +96,8 @@ def _serve(a) -> None:
     from .server import ReviewServer
 
     srv = ReviewServer(a.run_dir, a.host, a.port, blind=not a.unblind, public_url=a.public_url,
-                       session_hours=a.session_hours)
+                       session_hours=a.session_hours, client_timeout=a.request_timeout,
+                       max_connections=a.max_connections)
     c = srv.changes
     if c.get("refreshed") or c.get("retired"):  # why a reviewer's progress went down after a rerun
         print(f"cai_gen review: the run changed: {c['refreshed']} item(s) show new text (verdicts on the old text "

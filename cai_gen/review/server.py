@@ -75,6 +75,10 @@ class ReviewServer:
             raise UserError(f"--port: {port!r} is not a port number (0 to 65535; 0 picks a free one)")
         if not 0 < session_hours <= 24 * 366:
             raise UserError(f"--session-hours: {session_hours!r} is not a number of hours above 0 (at most a year)")
+        if isinstance(client_timeout, bool) or not 0 < client_timeout <= 3600:
+            raise UserError(f"--request-timeout: {client_timeout!r} is not a number of seconds above 0 (at most 3600)")
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise UserError(f"--max-connections: {max_connections!r} is not a whole number above 0")
         self.session_hours = float(session_hours)
         self.run_dir = Path(run_dir)
         self.db_path = self.run_dir / db.FILE
