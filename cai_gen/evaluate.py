@@ -89,14 +89,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dict]]:
-    """(train, test) preference rows of a run dir, prompt-disjoint."""
+    """(train, test) preference rows of a run dir, prompt-disjoint. Read from preferences.jsonl and its `split`
+    column: the datasets copy (preferences/) holds the same rows and is absent from a run written with
+    output.save_dataset=false."""
     from . import store
 
     f = run / "preferences.jsonl"
     if not run.is_dir():
         raise UserError(f"{run}: no such run dir")
-    if not f.is_file() or not (run / "preferences").is_dir():
-        raise UserError(f"{run}: no preferences (not a finished cai_gen run dir)")
+    if not f.is_file():
+        raise UserError(f"{run}: no preferences.jsonl (not a finished cai_gen run dir)")
     from .yamlio import read_jsonl
 
     rows = [r for _, r in read_jsonl(f)]

@@ -148,3 +148,16 @@ def test_held_out_prompts_are_the_test_split_or_the_given_file(run_dir, tmp_path
     empty.write_text("\n")
     r = evaluate(run_dir, "--prompts", empty, "--steps", "1")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "no prompts" in r.stderr, r.stderr
+
+
+def test_a_run_written_without_the_datasets_copy_is_read_from_its_jsonl(tmp_path):
+    """output.save_dataset=false writes no preferences/ dir: evaluate reads preferences.jsonl and its split column."""
+    from cai_gen import evaluate as ev
+
+    out = tmp_path / "run"
+    pipeline.run(make_cfg("backend=fake", "limit=30", "output.test_size=0.5", "output.save_dataset=false"), out)
+    assert not (out / "preferences").exists()
+    rows = [json.loads(x) for x in (out / "preferences.jsonl").read_text().splitlines()]
+    train, test = ev.load_pairs(out, None)
+    assert [r["id"] for r in train] == [r["id"] for r in rows if r["split"] == "train"]
+    assert [r["id"] for r in test] == [r["id"] for r in rows if r["split"] == "test"] and train and test
