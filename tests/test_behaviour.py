@@ -83,6 +83,49 @@ def test_fluency_of_real_answers(default_model_dir):
     assert 0 < a < b and a < e  # ending the turn at once is surprising too
 
 
+class WordTok:
+    """A chat tokenizer of a few lines: one id per word (ids 3-99), 1 opens a user turn, 2 an assistant turn, 0 ends
+    one; the generation prompt is a prefix of the whole conversation, as with a real chat template."""
+    pad_token_id, eos_token_id = 0, 0
+
+    def apply_chat_template(self, msgs, add_generation_prompt=False, tokenize=True, return_dict=False):
+        ids = []
+        for m in msgs:
+            words = [3 + sum(map(ord, w)) % 97 for w in m["content"].split()]
+            ids += [1] + words if m["role"] == "user" else [2] + words + [0]
+        return ids + [2] if add_generation_prompt else ids
+
+
+class Bigram:
+    """A model that expects each token to be the one before it plus one: an answer's NLL depends only on the
+    answer and the token just before it, so any context cut that keeps that token scores it the same."""
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None):
+        import torch
+
+        logits = torch.zeros(*input_ids.shape, 100)
+        logits.scatter_(2, ((input_ids + 1) % 100)[..., None], 4.0)
+        return type("Out", (), {"logits": logits})()
+
+
+def test_a_long_prompt_still_scores_its_answer():
+    """The nonsense guard cut a conversation at 512 tokens from the right: a prompt of 512+ tokens left no answer
+    token and scored NLL 0 (never nonsense). Cut from the left, the answer scores as under a window that holds it all."""
+    from cai_gen import fluency
+
+    long = PromptRecord("p", " ".join(f"w{i}" for i in range(600)), "support", "test")
+    short = PromptRecord("q", "Where is my parcel?", "support", "test")
+    texts = ["hustle grapes lamp", "It ships today."]
+    tight = fluency._score(WordTok(), Bigram(), [long, short], texts, 1, "cpu", 512, 8, None, "t")
+    roomy = fluency._score(WordTok(), Bigram(), [long, short], texts, 1, "cpu", 4096, 8, None, "t")
+    assert tight == roomy and tight[0] > 1
+    assert fluency.fit(list(range(10)), 8, 4) == ([6, 7, 8, 9], 2)  # the prompt cut from the left
+    assert fluency.fit(list(range(10)), 2, 4) == ([1, 2, 3, 4], 1)  # a long answer: its head, one token of context
+
+
 def test_shuffled_that_drops_as_much_is_no_better_than_training_alone():
     ref = [BAD] * 80
     tr = [GOOD if i % 4 else BAD for i in range(80)]
