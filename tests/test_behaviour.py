@@ -204,3 +204,18 @@ def test_a_run_written_without_the_datasets_copy_is_read_from_its_jsonl(tmp_path
     train, test = ev.load_pairs(out, None)
     assert [r["id"] for r in train] == [r["id"] for r in rows if r["split"] == "train"]
     assert [r["id"] for r in test] == [r["id"] for r in rows if r["split"] == "test"] and train and test
+
+
+def test_a_prompts_file_says_how_many_of_its_prompts_a_training_pair_came_from(tmp_path):
+    from cai_gen import evaluate as ev
+
+    out = tmp_path / "run"
+    pipeline.run(make_cfg("backend=fake", "limit=30", "output.test_size=0.5"), out)
+    train, test = ev.load_pairs(out, None)
+    seen = train[0]["prompt"][-1]["content"]
+    f = tmp_path / "p.jsonl"
+    f.write_text("\n".join(json.dumps({"prompt": p}) for p in [
+        seen, "  " + seen.upper() + "  ",  # case and spacing do not make it a new question
+        test[0]["prompt"][-1]["content"], "A question no run has seen?"]) + "\n")
+    _, recs = ev.held_out(ev.parse([str(out), "--prompts", str(f)]), out)
+    assert ev.in_train(recs, train) == 2 and ev.in_train(recs, test) == 1
