@@ -199,6 +199,15 @@ def diff(d: dict) -> str:
     return f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
 
 
+def guarded(m: dict) -> str:
+    """The collapse guards' column: what collapsed, what the sample cannot tell, or "within 5 points"."""
+    if m.get("collapsed"):
+        return ", ".join(m["collapsed"])
+    if m.get("cannot_tell"):
+        return "cannot tell: " + ", ".join(m["cannot_tell"])
+    return "within 5 points"
+
+
 def table(res: dict) -> str:
     """The markdown table the README carries."""
     lines = ["| dataset | pairs | violations, reference | violations, trained | trained - reference (paired) | "
@@ -211,7 +220,7 @@ def table(res: dict) -> str:
                      f"{diff(m['minus_reference']['overall'])} | {g['mean_words']:.0f} (ref {ref['guards']['mean_words']:.0f}) | "
                      f"{100 * g['refusal']:.0f}% | {g['distinct_2']:.2f} | "
                      f"{nonsense(g, ref['guards'])} | "
-                     f"{', '.join(m['collapsed']) or 'within 5 points'} |")
+                     f"{guarded(m)} |")
     lines.append("")
     lines.append("| principle | " + " | ".join(["reference"] + list(res["datasets"])) + " |")
     lines.append("|---|" + "---|" * (1 + len(res["datasets"])))
@@ -313,7 +322,7 @@ def main() -> int:
         ms = full["models"]
         vs = {"reference": ms["reference"], "trained": ms[name],
                  **({"shuffled": ms["a: shuffled labels"]} if name.startswith("a: cai") else {})}
-        res["datasets"][name]["verdict"] = behaviour.verdict({"models": vs})
+        res["datasets"][name]["verdict"] = behaviour.verdict({"models": vs, "prompts": len(test_recs)})
     res["timing"] = a.timing | {"total_s": round(time.perf_counter() - t0, 1)}
     md = table(res)
     (mine / "efficacy.md").write_text(md + "\n")

@@ -4,7 +4,8 @@ A model trained on shorter-is-better pairs can pass every check with answers lik
 empty, not looping, not refusing, only nonsense. Each answer's mean per-token negative log-likelihood under the
 reference model (the untrained model, the prompt as context) measures that: the reference's own answers set the
 scale, and an answer above the 95th percentile of the reference's own is "nonsense" (so about 5% of the
-reference's answers are, by construction). A share more than 5 points above that is a collapse (behaviour.collapsed).
+reference's answers are, by construction). A share whose paired CI over prompts lies more than 5 points above
+the reference's is a collapse (behaviour.guard_tests).
 """
 from __future__ import annotations
 

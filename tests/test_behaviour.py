@@ -50,6 +50,44 @@ def test_an_empty_answer_policy_passes_every_check_but_the_guards_flag_it():
     assert "refusal" in r2["models"]["trained"]["collapsed"]
 
 
+LOOP = "It is not supported. It is not supported. It is not supported. It is not supported."
+
+
+def answers_for(n: int) -> list[str]:
+    """Two different plain answers to each of n prompts (a reference with variety)."""
+    return [f"Order {i} ships from warehouse {chr(65 + j)} within {i + j + 2} days; track it on the order page."
+            for i in range(n) for j in range(2)]
+
+
+def test_a_small_sample_cannot_tell_a_collapse_it_could_not_see():
+    """4 prompts x 2 answers: one looping answer is 12.5 points, one surprising answer too, and one answer given
+    to every prompt loses distinct-2. A fixed 5-point line called it "collapses (repetitive, nonsense,
+    distinct_2)"; one answer is no evidence: the verdict says it cannot tell."""
+    recs, ref = RECS[:4], answers_for(4)
+    tr = [GOOD] * 7 + [LOOP]
+    nll = {"reference": [1.0 + 0.01 * i for i in range(8)], "trained": [1.0] * 7 + [5.0]}
+    r = behaviour.report(CONST, recs, {"reference": ref, "trained": tr}, 2, n=500, nll=nll)
+    t = r["models"]["trained"]
+    assert t["collapsed"] == [] and {"repetitive", "nonsense", "distinct_2"} <= set(t["cannot_tell"])
+    assert t["guard_tests"]["repetitive"]["move"] == 0.125 and t["guard_tests"]["repetitive"]["ci"][0] <= 0.05
+    assert r["verdict"].startswith("cannot tell whether it collapses (") and "4 prompts" in r["verdict"]
+
+
+def test_a_collapse_needs_a_ci_beyond_the_margin_and_enough_prompts():
+    # 40 prompts, both answers to 8 of them loop: +20 points, the whole CI above 5: a collapse
+    ref = answers_for(40)
+    tr = [LOOP if i < 16 else t for i, t in enumerate(ref)]
+    g = behaviour.guard_tests(ref, tr, 2, 1000, 0)
+    assert g["repetitive"]["status"] == "collapsed" and g["repetitive"]["ci"][0] > 0.05
+    assert g["empty"]["status"] == "within" and g["distinct_2"]["status"] == "within"
+    # 1 of 40 prompts: +2.5 points, within the margin
+    assert behaviour.guard_tests(ref, [LOOP] * 2 + ref[2:], 2, 1000, 0)["repetitive"]["status"] == "within"
+    # every answer of 6 prompts loops: the CI is a point, but 6 prompts are too few to call it
+    few = behaviour.guard_tests(ref[:12], [LOOP] * 12, 2, 1000, 0)
+    assert few["repetitive"]["ci"] == [1.0, 1.0] and few["repetitive"]["status"] == "cannot tell"
+    assert few["mean_words"]["status"] == "within"  # LOOP is as long as the reference's answers
+
+
 def test_short_nonsense_passes_every_check_and_the_other_guards_but_not_the_nonsense_guard():
     """The guard the plain-DPO run needed: "Hustle."-like answers, as long as the reference's, fail no check and
     trip no other guard; their NLL under the reference model is what gives them away (planted NLLs here; the
@@ -62,7 +100,7 @@ def test_short_nonsense_passes_every_check_and_the_other_guards_but_not_the_nons
     tr = r["models"]["trained"]
     assert tr["overall"]["rate"] == 0.0 and r["nonsense_cut"] == pytest.approx(1.76)
     assert tr["guards"]["nonsense"] == 0.25 and r["models"]["reference"]["guards"]["nonsense"] == pytest.approx(0.05, abs=0.02)
-    assert tr["collapsed"] == ["nonsense"] and r["verdict"].startswith("collapses (nonsense 5+ points off)")
+    assert tr["collapsed"] == ["nonsense"] and r["verdict"].startswith("collapses (nonsense +21 points, CI +")
     assert r["models"]["fine"]["collapsed"] == []
     without = behaviour.report(CONST, RECS, {"reference": ref, "trained": odd}, 2, n=200)  # no NLL given
     assert "nonsense" not in without["models"]["trained"]["guards"] and without["models"]["trained"]["collapsed"] == []
