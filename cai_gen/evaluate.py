@@ -158,10 +158,9 @@ def ranking(rows: list[dict], acc: list[float], margins: list[float], ref: list[
     if shuffled:
         per["shuffled"] = shuffled[0]
     mean = {k: round(sum(v) / len(v), 4) for k, v in per.items()}
-    res = {"accuracy": bootstrap(acc, n, seed, groups), "margin": bootstrap(margins, n, seed, groups)}
-    res = {"accuracy": round(res["accuracy"][0], 4), "accuracy_ci": res["accuracy"][1],
-           "margin": round(res["margin"][0], 4), "margin_ci": res["margin"][1], "ci_over": "prompts",
-           "test_prompts": len(set(groups))}
+    (am, aci), (mm, mci) = bootstrap(acc, n, seed, groups), bootstrap(margins, n, seed, groups)
+    res = {"accuracy": round(am, 4), "accuracy_ci": aci, "margin": round(mm, 4), "margin_ci": mci,
+           "ci_over": "prompts", "test_prompts": len(set(groups))}
 
     def minus(k: str) -> dict:
         d, ci = bootstrap([x - y for x, y in zip(acc, per[k])], n, seed, groups)
