@@ -16,8 +16,11 @@ backend) and the constitution's checks score the answers: violation rate per mod
 prompts, trained minus reference paired by prompt, and the collapse guards (cai_gen.behaviour). The reference's
 answers are generated once and shared by every comparison.
 
-Every stage leaves its result in WORK and is skipped when it is there, so a stopped bench resumes and `--quick`
-then the full bench share (a). Prints the table, then JSON; writes WORK/efficacy.json and WORK/efficacy.md.
+Every stage leaves its result in WORK under a name that carries a hash of what it depends on (the generation's
+knobs and prompts; the training's loss, lr, steps, beta, seed and dataset; the answers' model, samples, seed and
+prompts) and is skipped when it is there, so a stopped bench resumes, `--quick` then the full bench share (a), and a
+changed knob is a new entry, never a stale reuse. Prints the table, then JSON; writes WORK/efficacy.json and
+WORK/efficacy.md.
 
     .venv/bin/python bench/efficacy.py --quick          # (a) and its shuffled control only: 31 min on 2 cores
     .venv/bin/python bench/efficacy.py --quick --tag rpo --loss-type sigmoid,sft --lr 5e-6   # the README's run
@@ -25,6 +28,7 @@ then the full bench share (a). Prints the table, then JSON; writes WORK/efficacy
     .venv/bin/python bench/efficacy.py --work /tmp/eff --steps 40 --lr 2e-5
 """
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -49,6 +53,15 @@ BASE_RATE = 0.15
 
 def log(msg: str) -> None:
     print(f"[efficacy {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def key(*parts) -> str:
+    """A short hash of what a cached result depends on: a changed knob, prompt or pair is a new cache entry."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def prompts_key(recs: list) -> str:
+    return key([(r.id, r.messages(), r.kind) for r in recs])
 
 
 def split_prompts(work: Path, limit: int | None):
@@ -84,16 +97,19 @@ def run_pairs(run: Path) -> list[dict]:
 
 def rejection_pairs(a, run: Path, train: list, k: int, const) -> list[dict]:
     """(c): K answers per training prompt from the reference model (seeds apart from the evaluation's); the first
-    passing and the first failing answer of a prompt are a pair. Cached in WORK/c/pairs.jsonl."""
+    passing and the first failing answer of a prompt are a pair. Cached in WORK/c/pairs-KEY.jsonl (key: the knobs)."""
     from cai_gen import behaviour
     from cai_gen.evaluate import answers
-    from cai_gen.store import write_jsonl
+    from cai_gen.store import run_config, write_jsonl
     from cai_gen.yamlio import read_jsonl
 
-    f = run.parent / "c" / "pairs.jsonl"
+    smp = (run_config(run).get("sampling") or {})
+    knobs = key(a.model_path, k, a.seed + 1, a.max_new_tokens, a.answer_backend, a.dtype, smp, const.ref,
+                prompts_key(train))
+    f = run.parent / "c" / f"pairs-{knobs}.jsonl"
     if f.is_file():
         return [r for _, r in read_jsonl(f)]
-    f.parent.mkdir(exist_ok=True)
+    f.parent.mkdir(parents=True, exist_ok=True)
     b = argparse.Namespace(**{**vars(a), "samples": k, "seed": a.seed + 1})
     texts = answers(b, run, a.model_path, "reference (rejection sampling)", train)
     rows = pick(train, texts, behaviour.score(const, train, texts, k), k)
@@ -116,28 +132,47 @@ def pick(recs: list, texts: list[str], scored: list[list[dict]], k: int) -> list
     return rows
 
 
-def trained(a, name: str, rows: list[dict], out: Path, shuffle: bool = False) -> str:
-    """Model dir of the default model DPO-trained on `rows` (cai_gen.evaluate's training); skipped when saved."""
+TRAIN_KNOBS = ("model_path", "steps", "lr", "beta", "loss_type", "batch_size", "max_length", "lora", "lora_r", "dtype",
+               "seed")
+
+
+def trained(a, name: str, rows: list[dict], root: Path, shuffle: bool = False) -> str:
+    """Model dir of the default model DPO-trained on `rows` (cai_gen.evaluate's training), under `root` in a dir
+    named by the training knobs and a hash of the pairs; skipped when that one is saved."""
     from cai_gen.evaluate import train
 
+    knobs = {k: getattr(a, k) for k in TRAIN_KNOBS} | {"shuffle": shuffle, "pairs": key(
+        [(r["prompt"], r["chosen"], r["rejected"]) for r in rows])}
+    out = root / f"{name[0]}{'_shuffled' if shuffle else ''}-{key(knobs)}"
     if (out / "model" / "config.json").is_file():
-        log(f"{name}: trained before, reused")
+        log(f"{name}: trained before, reused ({out.name})")
         return str(out / "model")
     log(f"{name}: DPO on {len(rows)} pairs, {a.steps} steps")
     t = time.perf_counter()
     train(a, a.model_path, rows, out, shuffle)
+    (out / "knobs.json").write_text(json.dumps(knobs, indent=2, default=str) + "\n")  # what the name hashes
     a.timing[f"train_{name}_s"] = round(time.perf_counter() - t, 1)
     return str(out / "model")
 
 
+def answer_file(a, run: Path, name: str, model_dir: str, recs: list, work: Path) -> Path:
+    """Where a model's answers to `recs` are cached: named by the model dir (a trained one's carries its knobs'
+    hash), the samples, seed, answer length and backend, the run's sampling and the prompts."""
+    from cai_gen.store import run_config
+
+    smp = run_config(run).get("sampling") or {}
+    knobs = key(model_dir, a.samples, a.seed, a.max_new_tokens, a.answer_backend, a.dtype, smp, prompts_key(recs))
+    return work / "answers" / f"{name}-{knobs}.json"
+
+
 def said(a, run: Path, name: str, model_dir: str, recs: list, work: Path) -> list[str]:
-    """A model's answers to the held-out prompts, cached in WORK/answers/NAME.json."""
+    """A model's answers to the held-out prompts, cached (answer_file)."""
     from cai_gen.evaluate import answers
 
-    f = work / "answers" / f"{name}.json"
+    f = answer_file(a, run, name, model_dir, recs, work)
     if f.is_file():
         return json.loads(f.read_text())
-    f.parent.mkdir(exist_ok=True)
+    f.parent.mkdir(parents=True, exist_ok=True)
     log(f"{name}: answering {len(recs)} held-out prompts x {a.samples}")
     t = time.perf_counter()
     texts = answers(a, run, model_dir, f"SmolLM2-135M-Instruct ({name})", recs)
@@ -192,11 +227,22 @@ def nonsense(g: dict, ref: dict) -> str:
 
 
 def pct(r: dict) -> str:
+    if r["rate"] is None:  # no held-out prompt of that kind (a small --held-out)
+        return "n/a"
     return f"{100 * r['rate']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
 
 
 def diff(d: dict) -> str:
     return f"{100 * d['diff']:+.1f} [{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]"
+
+
+def guarded(m: dict) -> str:
+    """The collapse guards' column: what collapsed, what the sample cannot tell, or "within 5 points"."""
+    if m.get("collapsed"):
+        return ", ".join(m["collapsed"])
+    if m.get("cannot_tell"):
+        return "cannot tell: " + ", ".join(m["cannot_tell"])
+    return "within 5 points"
 
 
 def table(res: dict) -> str:
@@ -211,7 +257,7 @@ def table(res: dict) -> str:
                      f"{diff(m['minus_reference']['overall'])} | {g['mean_words']:.0f} (ref {ref['guards']['mean_words']:.0f}) | "
                      f"{100 * g['refusal']:.0f}% | {g['distinct_2']:.2f} | "
                      f"{nonsense(g, ref['guards'])} | "
-                     f"{', '.join(m['collapsed']) or 'within 5 points'} |")
+                     f"{guarded(m)} |")
     lines.append("")
     lines.append("| principle | " + " | ".join(["reference"] + list(res["datasets"])) + " |")
     lines.append("|---|" + "---|" * (1 + len(res["datasets"])))
@@ -262,7 +308,9 @@ def main() -> int:
     train_recs, test_recs = split_prompts(work, a0.limit)
     test_recs = test_recs[:a0.held_out]
     log(f"{len(train_recs)} training prompts, {len(test_recs)} held out")
-    run_a = work / "a"
+    # the generation's dir is named by what it depends on: the prompts it trains on and best-of-N
+    gen = key(prompts_key(train_recs), a0.revise_n)
+    run_a = work / f"a-{gen}"
     cai_gen(run_a, work / "train_prompts.jsonl", [f"sampling.revise_n={a0.revise_n}"])
     rows_a = run_pairs(run_a)
     steps = a0.steps or max(1, math.ceil(a0.epochs * len(rows_a) / 4))
@@ -273,7 +321,7 @@ def main() -> int:
     const = constitution_mod.load(CONST, None, ())
     data = {"a: cai_gen, checks": rows_a}
     if not a0.quick:
-        run_b = work / "b"
+        run_b = work / f"b-{gen}"
         if not run_b.exists():  # a copy of (a)'s run dir, rerun with the checks off (restart=true): its ledger
             shutil.copytree(run_a, run_b)  # reuses the answers and any other request the two share
             (run_b / "summary.json").unlink()  # (b) is not finished until its own run writes it
@@ -284,15 +332,18 @@ def main() -> int:
     models, mine = {}, work / a0.tag if a0.tag else work
     mine.mkdir(exist_ok=True)
     for i, (name, rows) in enumerate(data.items()):
-        models[name] = trained(a, name, rows, mine / "train" / name[0])
+        models[name] = trained(a, name, rows, mine / "train")
         if i == 0:
-            models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, mine / "train" / "a_shuffled", True)
+            models["a: shuffled labels"] = trained(a, "a: shuffled labels", rows, mine / "train", True)
     texts = {"reference": said(a, run_a, "reference", a.model_path, test_recs, work)}
-    files = {"reference": work / "answers" / "reference.nll.json"}
+    def nll_file(f: Path) -> Path:  # the answers' NLL under this reference model, beside them
+        return f.with_name(f"{f.stem}-nll-{key(a.model_path)}.json")
+
+    files = {"reference": nll_file(answer_file(a, run_a, "reference", a.model_path, test_recs, work))}
     for name, d in models.items():
         tag = name.split(":")[0] + ("_shuffled" if "shuffled" in name else "")
         texts[name] = said(a, run_a, tag, d, test_recs, mine)
-        files[name] = mine / "answers" / f"{tag}.nll.json"
+        files[name] = nll_file(answer_file(a, run_a, tag, d, test_recs, mine))
     nll = surprise(a, texts, test_recs, files)
     res = {"command": " ".join(sys.argv), "train_prompts": len(train_recs), "held_out": len(test_recs),
            "samples": a.samples, "steps": steps, "lr": a.lr, "beta": a.beta, "max_length": a.max_length,
@@ -313,7 +364,7 @@ def main() -> int:
         ms = full["models"]
         vs = {"reference": ms["reference"], "trained": ms[name],
                  **({"shuffled": ms["a: shuffled labels"]} if name.startswith("a: cai") else {})}
-        res["datasets"][name]["verdict"] = behaviour.verdict({"models": vs})
+        res["datasets"][name]["verdict"] = behaviour.verdict({"models": vs, "prompts": len(test_recs)})
     res["timing"] = a.timing | {"total_s": round(time.perf_counter() - t0, 1)}
     md = table(res)
     (mine / "efficacy.md").write_text(md + "\n")

@@ -5,9 +5,11 @@
 
 The model starts as the run's own generator (config.json), or --model DIR. On test_prefs it reports preference
 accuracy (the implicit reward beta * (log pi - log pi_ref) of chosen above rejected's) and the mean reward margin,
-each with a bootstrap 95% CI, against three controls:
+each with a bootstrap 95% CI over test prompts (a prompt's pairs resampled together), against three controls,
+each beaten when the CI of accuracy minus the control's, paired by test pair, is above 0:
   reference   the model before training ranking the pair by its own log-probs (summed, and per token)
-  length_only "the longer answer is chosen" (DPO learns length when it can: SimPO, LD-DPO exist because of it)
+  length_only "the longer answer is chosen" or "the shorter", whichever scores more (DPO learns length when it
+              can: SimPO, LD-DPO exist because of it)
   shuffled    the same training on labels swapped for a random half of the pairs (should stay near 50%)
 Writes RUN_DIR/eval/eval.json and eval.png, and the card's "Does it teach?" section. Exit 2 on bad input or
 too few test pairs (with how many are needed), 0 otherwise whatever the verdict.
@@ -89,14 +91,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dict]]:
-    """(train, test) preference rows of a run dir, prompt-disjoint."""
+    """(train, test) preference rows of a run dir, prompt-disjoint. Read from preferences.jsonl and its `split`
+    column: the datasets copy (preferences/) holds the same rows and is absent from a run written with
+    output.save_dataset=false."""
     from . import store
 
     f = run / "preferences.jsonl"
     if not run.is_dir():
         raise UserError(f"{run}: no such run dir")
-    if not f.is_file() or not (run / "preferences").is_dir():
-        raise UserError(f"{run}: no preferences (not a finished cai_gen run dir)")
+    if not f.is_file():
+        raise UserError(f"{run}: no preferences.jsonl (not a finished cai_gen run dir)")
     from .yamlio import read_jsonl
 
     rows = [r for _, r in read_jsonl(f)]
@@ -128,14 +132,51 @@ def run_model(run: Path, explicit: str | None) -> tuple[str, str]:
             from None
 
 
-def bootstrap(xs: list[float], n: int, seed: int) -> tuple[float, list[float]]:
-    """Mean and percentile 95% CI of the mean over n resamples."""
-    import numpy as np
+def bootstrap(xs: list[float], n: int, seed: int, groups: list | None = None) -> tuple[float, list[float]]:
+    """Mean and percentile 95% CI of the mean over n resamples of the groups (a test prompt's pairs go together;
+    no groups: each item alone)."""
+    from .stats import cluster_bootstrap
 
-    a = np.asarray(xs, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = a[rng.integers(0, len(a), size=(n, len(a)))].mean(axis=1)
-    return float(a.mean()), [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+    return cluster_bootstrap(xs, list(range(len(xs))) if groups is None else groups, n, seed)
+
+
+def ranking(rows: list[dict], acc: list[float], margins: list[float], ref: list[tuple], n: int, seed: int,
+            shuffled: tuple[list[float], list[float]] | None = None) -> dict:
+    """The ranking metrics on the test pairs `rows`: accuracy and margin (per pair, from the trained model), the
+    controls, and each control's paired difference. Every CI resamples test prompts, not pairs (the pairs of one
+    prompt are not independent), and a control is compared pair by pair: accuracy minus the control's on the
+    same pairs, its CI over the same prompt resamples. `ref`: the reference's (sum log p chosen, tokens, sum log
+    p rejected, tokens) per pair; `shuffled`: the shuffled-label model's (accuracy, margin) per pair."""
+    from .backends import last_text as text
+    from .stats import length_only
+
+    groups = [r.get("prompt_id") or r["id"] for r in rows]
+    per = {"reference": [float(c > j) for c, _, j, _ in ref],
+           "reference_per_token": [float(c / nc > j / nj) for c, nc, j, nj in ref]}
+    per["length_only"], direction = length_only([len(text(r["chosen"]).split()) for r in rows],
+                                                [len(text(r["rejected"]).split()) for r in rows])
+    if shuffled:
+        per["shuffled"] = shuffled[0]
+    mean = {k: round(sum(v) / len(v), 4) for k, v in per.items()}
+    (am, aci), (mm, mci) = bootstrap(acc, n, seed, groups), bootstrap(margins, n, seed, groups)
+    res = {"accuracy": round(am, 4), "accuracy_ci": aci, "margin": round(mm, 4), "margin_ci": mci,
+           "ci_over": "prompts", "test_prompts": len(set(groups))}
+
+    def minus(k: str) -> dict:
+        d, ci = bootstrap([x - y for x, y in zip(acc, per[k])], n, seed, groups)
+        return {"diff": round(d, 4), "ci": ci}
+
+    # the reference ranks by summed or per-token log-prob: the stronger of the two is the control
+    best = max(("reference", "reference_per_token"), key=lambda k: mean[k])
+    c = {"reference": {"accuracy": mean["reference"], "accuracy_per_token": mean["reference_per_token"],
+                       "minus": minus(best)},
+         "length_only": {"accuracy": mean["length_only"], "direction": direction, "minus": minus("length_only")}}
+    if shuffled:
+        c["shuffled"] = {"accuracy": mean["shuffled"], "margin": round(sum(shuffled[1]) / len(shuffled[1]), 4),
+                         "minus": minus("shuffled")}
+    res["controls"] = c
+    res["verdict"] = verdict(res)
+    return res
 
 
 def fitting(tok, rows: list[dict], max_length: int) -> tuple[list[dict], int]:
@@ -243,6 +284,17 @@ def held_out(a, run: Path):
     return const, recs
 
 
+def in_train(recs: list, train_rows: list[dict]) -> int:
+    """How many held-out prompts a training pair came from: the same question (the last user turn; case,
+    punctuation and spacing aside) as a train_prefs row's. A --prompts FILE drawn from the run's own prompt set
+    scores the model on what it was trained on: the behaviour rates would flatter it."""
+    from .backends import last_text
+    from .synth_filters import normal
+
+    seen = {normal(last_text(r["prompt"])) for r in train_rows}
+    return sum(normal(r.prompt) in seen for r in recs)
+
+
 class NoChecks(UserError):
     """The constitution has nothing the behavioural pass can score: the ranking metrics are still reported."""
 
@@ -306,8 +358,6 @@ def evaluate(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import behaviour
-    from .backends import last_text as text
-    from .stats import longer_chosen
 
     t0 = time.perf_counter()
     train_rows, test_rows = load_pairs(a.run, a.test_size)
@@ -347,8 +397,6 @@ def evaluate(a) -> dict:
         ref = logps(ref_model, tok, test_rows, a.max_length, device)
         del ref_model
         timing["reference_s"] = round(time.perf_counter() - t, 1)
-        ref_sum = [float(c > j) for c, _, j, _ in ref]
-        ref_norm = [float(c / nc > j / nj) for c, nc, j, nj in ref]
 
     def trained(shuffle: bool):
         t1 = time.perf_counter()
@@ -365,17 +413,7 @@ def evaluate(a) -> dict:
     if a.shuffled:
         sacc, smargins = trained(True)
     if rank:
-        res["accuracy"], res["accuracy_ci"] = bootstrap(acc, a.bootstrap, a.seed)
-        res["margin"], res["margin_ci"] = bootstrap(margins, a.bootstrap, a.seed)
-        controls = {"reference": {"accuracy": round(sum(ref_sum) / n_test, 4),
-                                  "accuracy_per_token": round(sum(ref_norm) / n_test, 4)},
-                    "length_only": {"accuracy": longer_chosen([len(text(r["chosen"]).split()) for r in test_rows],
-                                                              [len(text(r["rejected"]).split()) for r in test_rows])}}
-        if a.shuffled:
-            controls["shuffled"] = {"accuracy": round(sum(sacc) / n_test, 4), "margin": round(sum(smargins) / n_test, 4)}
-        res["controls"] = controls
-        res["verdict"] = verdict(res)
-        res["accuracy"], res["margin"] = round(res["accuracy"], 4), round(res["margin"], 4)
+        res |= ranking(test_rows, acc, margins, ref, a.bootstrap, a.seed, (sacc, smargins) if a.shuffled else None)
     if held is not None:
         const, recs = held
         t = time.perf_counter()
@@ -391,6 +429,7 @@ def evaluate(a) -> dict:
             nll = fluency.nll(model_path, recs, said, a.samples, a.device, tracker=Tracker())
         res["behaviour"] = behaviour.report(const, recs, said, a.samples, a.bootstrap, a.seed, nll)
         res["behaviour"]["source"] = str(a.prompts) if a.prompts else "the run's test split"
+        res["behaviour"]["in_train"] = in_train(recs, train_rows)
         write_answers(a.run / "eval" / "answers.jsonl", recs, said, a.samples)
         timing["behaviour_s"] = round(time.perf_counter() - t, 1)
     res["timing"] = timing | {"total_s": round(time.perf_counter() - t0, 1)}
@@ -406,14 +445,13 @@ def write_answers(path: Path, recs: list, said: dict[str, list[str]], k: int) ->
 
 
 def verdict(res: dict) -> str:
-    """Beats a control when the accuracy CI's lower end is above the control's accuracy."""
-    lo, c = res["accuracy_ci"][0], res["controls"]
-    ref = max(c["reference"]["accuracy"], c["reference"]["accuracy_per_token"])
-    if lo <= c["length_only"]["accuracy"]:
+    """Beats a control when the CI of accuracy minus the control's, paired by test pair, is above 0."""
+    c = res["controls"]
+    if c["length_only"]["minus"]["ci"][0] <= 0:
         return "does not beat the length-only predictor"
-    if lo <= ref:
+    if c["reference"]["minus"]["ci"][0] <= 0:
         return "does not beat the reference model's own ranking"
-    if "shuffled" in c and lo <= c["shuffled"]["accuracy"]:
+    if "shuffled" in c and c["shuffled"]["minus"]["ci"][0] <= 0:
         return "does not beat training on shuffled labels"
     return "beats every control"
 
@@ -447,6 +485,10 @@ def main(argv: list[str]) -> int:
     b = res.get("behaviour")
     if b:
         print(f"cai_gen.evaluate: behaviour on {b['prompts']} held-out prompts x {b['samples']}: {b['verdict']}")
+        if a.prompts or b["in_train"]:
+            print(f"cai_gen.evaluate: {b['in_train']} of {b['prompts']} prompts in {b['source']} are in the run's "
+                  f"train split (a training pair came from them{': not held out' if b['in_train'] else ''})",
+                  file=sys.stderr if b["in_train"] else sys.stdout)
     if res.get("behaviour_skipped"):
         print(f"cai_gen.evaluate: behaviour skipped: {res['behaviour_skipped']}", file=sys.stderr)
     if "accuracy" not in res:
@@ -459,7 +501,8 @@ def main(argv: list[str]) -> int:
         print(f"cai_gen.evaluate: {res['test_skipped_long_prompt']} test pairs left out: the prompt alone fills "
               f"--max-length {a.max_length}", file=sys.stderr)
     print(f"cai_gen.evaluate: {res['verdict']}: accuracy {res['accuracy']:.3f} {res['accuracy_ci']} on {res['n_test']} "
-          f"test pairs (reference {c['reference']['accuracy']:.3f}, length-only {c['length_only']['accuracy']:.3f}"
+          f"test pairs, CI over {res['test_prompts']} prompts (reference {c['reference']['accuracy']:.3f}, length-only "
+          f"{c['length_only']['accuracy']:.3f} ({c['length_only']['direction']} is chosen)"
           + (f", shuffled {c['shuffled']['accuracy']:.3f}" if "shuffled" in c else "") + f"); {a.run / 'eval'}")
     return code
 

@@ -4,7 +4,8 @@ A model trained on shorter-is-better pairs can pass every check with answers lik
 empty, not looping, not refusing, only nonsense. Each answer's mean per-token negative log-likelihood under the
 reference model (the untrained model, the prompt as context) measures that: the reference's own answers set the
 scale, and an answer above the 95th percentile of the reference's own is "nonsense" (so about 5% of the
-reference's answers are, by construction). A share more than 5 points above that is a collapse (behaviour.collapsed).
+reference's answers are, by construction). A share whose paired CI over prompts lies more than 5 points above
+the reference's is a collapse (behaviour.guard_tests).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def nll(model_dir: str, recs: Sequence, answers: dict[str, list[str]], k: int, d
     """Per answer set (name -> K answers per prompt, prompt-major), per answer: mean negative log-likelihood per
     answer token under the model at `model_dir` (loaded once for every set), the prompt's conversation as context.
     The answer's tokens include the chat template's end of turn, so stopping where the reference would not (an
-    empty or cut-off answer) counts too. Batched, right-padded."""
+    empty or cut-off answer) counts too. Over max_length tokens the prompt is cut from the left (fit).
+    Batched, right-padded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,8 +44,8 @@ def _score(tok, model, recs: Sequence, texts: list[str], k: int, device: str, ma
         start = len(tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=False))
         for t in texts[i * k:(i + 1) * k]:
             ids = tok.apply_chat_template(msgs + [{"role": "assistant", "content": t}], tokenize=True,
-                                          return_dict=False)[:max_length]
-            items.append((ids, min(start, len(ids))))
+                                          return_dict=False)
+            items.append(fit(ids, min(start, len(ids)), max_length))
     out = [0.0] * len(items)
     order = sorted(range(len(items)), key=lambda j: len(items[j][0]))  # similar lengths together: less padding
     bar = tracker.stage(label, len(items), generating=False) if tracker is not None else nullcontext(None)
@@ -67,6 +69,18 @@ def _score(tok, model, recs: Sequence, texts: list[str], k: int, device: str, ma
                 if on_done is not None:  # the bar counts scored answer tokens (tok/s)
                     on_done(b + n, Generation("", "stop", start, span.numel()))
     return out
+
+
+def fit(ids: list[int], start: int, max_length: int) -> tuple[list[int], int]:
+    """(ids, answer start) within max_length tokens, cut from the left: the prompt's oldest tokens go first, so a
+    long prompt never pushes the answer out (cut from the right, a prompt of max_length tokens left no answer
+    token and scored NLL 0, the least surprising answer there is). An answer longer than the window keeps its
+    head, after at least one token of context to predict its first token from."""
+    if len(ids) <= max_length:
+        return ids, start
+    answer = ids[start:][:max_length - 1]
+    context = ids[:start][-(max_length - len(answer)):]
+    return context + answer, len(context)
 
 
 def cut(reference: list[float]) -> float:

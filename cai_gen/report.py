@@ -176,15 +176,15 @@ def eval_section(e: dict) -> list[str]:
     rows = [["DPO on this data", e["accuracy"], e["accuracy_ci"], e["margin"]],
             ["reference model, summed log-prob", c["reference"]["accuracy"], "", ""],
             ["reference model, per-token log-prob", c["reference"]["accuracy_per_token"], "", ""],
-            ["length only (longer is chosen)", c["length_only"]["accuracy"], "", ""]]
+            [f"length only ({c['length_only'].get('direction', 'longer')} is chosen)", c["length_only"]["accuracy"], "", ""]]
     if "shuffled" in c:
         rows.append(["DPO on shuffled labels", c["shuffled"]["accuracy"], "", c["shuffled"]["margin"]])
     L += _md_table(["", "preference accuracy", "95% CI", "mean reward margin"], rows)
     cf = e["config"]
     L += ["", f"Training: {cf['steps']} steps, lr {cf['lr']}, beta {cf['beta']}, loss `{cf['loss_type']}`, "
           f"{'LoRA r=' + str(cf['lora_r']) if cf['lora'] else 'full fine-tune'}, {cf['dtype']} on {cf['device']}; "
-          f"{e['timing']['total_s']} s in all. Accuracy CI by bootstrap over test pairs; a control is beaten when "
-          "the CI's lower end is above it.", "", "![Does it teach?](eval/eval.png)"]
+          f"{e['timing']['total_s']} s in all. Accuracy CI by bootstrap over test prompts (a prompt's pairs "
+          "together); a control is beaten when the CI of accuracy minus the control's, pair by pair, is above 0.", "", "![Does it teach?](eval/eval.png)"]
     return L
 
 

@@ -42,6 +42,31 @@ def longer_chosen(cw: list[int], rw: list[int]) -> float | None:
     return round(sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(cw, rw)) / len(cw), 4)
 
 
+def length_only(cw: list[int], rw: list[int]) -> tuple[list[float], str]:
+    """Per pair, what a length rule alone scores (1, 0.5 on a tie, 0), and which rule: "longer" or "shorter" is
+    chosen, whichever scores more over these pairs. Data whose chosen answer is mostly the shorter one teaches
+    length as well as data whose chosen is mostly the longer: a one-sided control would call it beaten."""
+    longer = [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(cw, rw)]
+    if sum(longer) >= len(longer) / 2:
+        return longer, "longer"
+    return [1.0 - x for x in longer], "shorter"
+
+
+def cluster_bootstrap(xs: list[float], groups: list, n: int, seed: int) -> tuple[float, list[float]]:
+    """Mean of xs and its percentile 95% CI, resampling whole groups (a prompt's pairs or answers together: they
+    are not independent, and resampling them one by one gives a CI too narrow). The mean over the resampled
+    groups' items is the same estimator as the point (items, not groups, weigh equally)."""
+    import numpy as np
+
+    ids = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    g = np.array([ids[k] for k in groups])
+    a = np.asarray(xs, dtype=float)
+    sums, counts = np.bincount(g, a, len(ids)), np.bincount(g, minlength=len(ids)).astype(float)
+    pick = np.random.default_rng(seed).integers(0, len(ids), size=(n, len(ids)))
+    means = sums[pick].sum(1) / counts[pick].sum(1)
+    return float(a.mean()), [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
+
+
 def histogram(xs: list[float], bins: list[float]) -> list[int]:
     counts = [0] * (len(bins) - 1)
     for x in xs:

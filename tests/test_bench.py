@@ -100,3 +100,56 @@ def test_redteam_rows_are_harmful_so_the_refusal_check_applies(tmp_path):
     assert list(old) == ["before", "checks off", "N=4"]
     assert old["before"] == [f"constitution.path={Path('old.yaml').resolve()}", "principles.checks=false",
                              "sampling.revise_n=1"]
+
+
+def knobs(**over):
+    import argparse
+
+    a = dict(model_path="/m", steps=4, lr=1e-5, beta=0.1, loss_type="sigmoid", batch_size=4, max_length=384,
+             lora=False, lora_r=16, dtype="float32", seed=0, samples=2, max_new_tokens=None, answer_backend="auto",
+             timing={})
+    return argparse.Namespace(**(a | over))
+
+
+def test_efficacy_caches_models_and_answers_by_their_knobs_not_their_name(tmp_path, monkeypatch):
+    """A model trained with another lr, loss or dataset, or answers with more samples, are new entries: the
+    cache by name alone handed back the old model and answers for the new knobs."""
+    import efficacy
+    from cai_gen import evaluate
+    from cai_gen.prompts import PromptRecord
+
+    runs = []
+
+    def train(a, model_path, rows, out, shuffle):
+        runs.append((a.lr, a.loss_type, len(rows), shuffle))
+        (out / "model").mkdir(parents=True)
+        (out / "model" / "config.json").write_text("{}")
+
+    monkeypatch.setattr(evaluate, "train", train)
+    rows = [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
+             "rejected": [{"role": "assistant", "content": "b"}]}]
+    root = tmp_path / "train"
+    first = efficacy.trained(knobs(), "a: cai_gen", rows, root)
+    assert efficacy.trained(knobs(), "a: cai_gen", rows, root) == first and len(runs) == 1  # the same: reused
+    assert efficacy.trained(knobs(lr=2e-5), "a: cai_gen", rows, root) != first
+    efficacy.trained(knobs(loss_type="sigmoid,sft"), "a: cai_gen", rows, root)
+    efficacy.trained(knobs(), "a: cai_gen", rows * 2, root)
+    efficacy.trained(knobs(), "a: cai_gen", rows, root, True)
+    assert runs == [(1e-5, "sigmoid", 1, False), (2e-5, "sigmoid", 1, False), (1e-5, "sigmoid,sft", 1, False),
+                    (1e-5, "sigmoid", 2, False), (1e-5, "sigmoid", 1, True)]
+
+    asked = []
+
+    def answers(a, run, model_dir, name, recs):
+        asked.append((model_dir, a.samples))
+        return ["x"] * (len(recs) * a.samples)
+
+    monkeypatch.setattr(evaluate, "answers", answers)
+    recs = [PromptRecord("p1", "q1", "support", "t")]
+    work = tmp_path / "work"
+    assert efficacy.said(knobs(), tmp_path, "a", first, recs, work) == ["x", "x"]
+    efficacy.said(knobs(), tmp_path, "a", first, recs, work)
+    efficacy.said(knobs(samples=3), tmp_path, "a", first, recs, work)
+    efficacy.said(knobs(), tmp_path, "a", first + "-other", recs, work)  # the same name, another model
+    efficacy.said(knobs(), tmp_path, "a", first, [PromptRecord("p2", "q2", "support", "t")], work)
+    assert asked == [(first, 2), (first, 3), (first + "-other", 2), (first, 2)]

@@ -13,7 +13,7 @@ from cai_gen import evaluate, store
 
 from .conftest import ROOT
 
-pytestmark = pytest.mark.slow
+slow = pytest.mark.slow  # the tests that train the real model; the statistics' tests are fast
 
 SENTENCES = ["Your order is being prepared.", "Refunds go back to the card you paid with.",
              "You can change the address before the parcel ships.", "Open Settings and choose Orders.",
@@ -56,6 +56,7 @@ def evaluate_run(run: Path, *extra: str) -> tuple[int, dict, str]:
     return r.returncode, json.loads(f.read_text()) if f.is_file() else {}, r.stderr
 
 
+@slow
 def test_planted_signal_beats_every_control_and_shuffled_labels_do_not(tmp_path):
     rc, res, err = evaluate_run(make_run(tmp_path / "run", 64, "planted"))
     assert rc == 0, err[-2000:]
@@ -67,6 +68,7 @@ def test_planted_signal_beats_every_control_and_shuffled_labels_do_not(tmp_path)
     assert (tmp_path / "run" / "eval" / "eval.png").is_file()
 
 
+@slow
 def test_longer_is_chosen_does_not_beat_length_only(tmp_path):
     rc, res, err = evaluate_run(make_run(tmp_path / "run", 48, "longer"), "--no-shuffled")
     assert rc == 0, err[-2000:]
@@ -74,6 +76,7 @@ def test_longer_is_chosen_does_not_beat_length_only(tmp_path):
     assert res["verdict"] == "does not beat the length-only predictor"
 
 
+@slow
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
     for args, want in [([str(tmp_path / "nope")], "no such run dir"),
                        ([str(tmp_path)], "no preferences"),
@@ -99,9 +102,50 @@ def test_bootstrap_ci_brackets_the_mean():
     assert m == 0.75 and lo < 0.75 < hi
 
 
+@slow
 def test_lora_training_runs_and_reports(tmp_path):
     """The LoRA path (peft adapters, the GPU preset's mode) on the CPU: trains, scores, writes eval.json."""
     rc, res, err = evaluate_run(make_run(tmp_path / "run", 40, "planted"), "--lora", "--lora-r", "4", "--no-shuffled",
                                 "--steps", "4")
     assert rc == 0, err[-2000:]
     assert res["config"]["lora"] is True and 0 <= res["accuracy"] <= 1 and "shuffled" not in res["controls"]
+
+
+def pairs(chosen_words: list[int], rejected_words: list[int], per_prompt: int) -> list[dict]:
+    """Test pairs with answers of the given word counts, `per_prompt` consecutive pairs to a prompt."""
+    return [{"id": f"r{i}", "prompt_id": f"p{i // per_prompt}", "prompt": [{"role": "user", "content": "q"}],
+             "chosen": [{"role": "assistant", "content": "w " * c}], "rejected": [{"role": "assistant", "content": "w " * j}]}
+            for i, (c, j) in enumerate(zip(chosen_words, rejected_words))]
+
+
+def test_the_length_control_is_the_better_of_longer_and_shorter():
+    """Chosen is the shorter answer in 16 of 18 test pairs: "the longer is chosen" scores 0.111 and a model at
+    1.000 beat it, but "the shorter is chosen" scores 0.889 and the model does not beat that."""
+    rows = pairs([3] * 16 + [9] * 2, [9] * 16 + [3] * 2, 2)
+    ref = [(-9.0, 3, -1.0, 3)] * 18  # the reference prefers rejected on every pair
+    res = evaluate.ranking(rows, [1.0] * 18, [0.5] * 18, ref, 500, 0, ([1.0, 0.0] * 9, [0.0] * 18))
+    lo = res["controls"]["length_only"]
+    assert lo["accuracy"] == pytest.approx(0.8889) and lo["direction"] == "shorter"
+    assert res["verdict"] == "does not beat the length-only predictor"
+    longer = evaluate.ranking(pairs([9] * 16 + [3] * 2, [3] * 16 + [9] * 2, 2), [1.0] * 18, [0.5] * 18, ref, 500, 0)
+    assert longer["controls"]["length_only"]["direction"] == "longer"
+    assert longer["controls"]["length_only"]["accuracy"] == pytest.approx(0.8889)
+
+
+def test_the_ranking_ci_resamples_prompts_and_compares_controls_pair_by_pair():
+    # 5 prompts x 8 pairs, a prompt's pairs all right or all wrong: 5 units of evidence, not 40
+    rows = pairs([5] * 40, [5] * 40, 8)
+    acc = [1.0] * 24 + [0.0] * 16
+    ref = [(-1.0, 5, -2.0, 5)] * 40
+    res = evaluate.ranking(rows, acc, acc, ref, 1000, 0)
+    _, by_pair = evaluate.bootstrap(acc, 1000, 0)
+    assert res["test_prompts"] == 5 and res["ci_over"] == "prompts"
+    assert res["accuracy_ci"][1] - res["accuracy_ci"][0] > 1.5 * (by_pair[1] - by_pair[0])
+    # 40 prompts: the reference ranks 20 right, the trained model those 20 and 5 more. Unpaired, the accuracy CI
+    # (0.625, lower end under 0.5) overlaps the reference's 0.5; paired, +5 pairs and no loss is a clear gain
+    rows = pairs([5] * 20 + [7] * 20, [7] * 20 + [5] * 20, 1)  # length alone: 0.5 either way
+    ref = [(-1.0, 5, -2.0, 5)] * 20 + [(-2.0, 5, -1.0, 5)] * 20
+    acc = [1.0] * 25 + [0.0] * 15
+    res = evaluate.ranking(rows, acc, acc, ref, 1000, 0)
+    assert res["accuracy_ci"][0] < res["controls"]["reference"]["accuracy"] == 0.5
+    assert res["controls"]["reference"]["minus"]["diff"] == 0.125 and res["controls"]["reference"]["minus"]["ci"][0] > 0
