@@ -75,6 +75,9 @@ def test_a_prompt_rows_checks_take_the_kind(tmp_path):
 
     (c,) = prompts._checks([{"id": "k", "kind": "instruction", "instruction": "punctuation:no_comma"}], "p.jsonl:1")
     assert c.passes("No commas here.", CTX) and not c.passes("Yes, commas.", CTX)
+    with pytest.raises(UserError) as e:
+        prompts._checks([{"id": "k", "kind": "instruction", "instruction": "nope:x"}], "p.jsonl:1")
+    assert str(e.value).startswith("p.jsonl:1: checks[0] (id=k): ") and "unknown instruction 'nope:x'" in str(e.value)
 
 
 @pytest.mark.parametrize("spec,msg", [
@@ -89,7 +92,8 @@ def test_a_prompt_rows_checks_take_the_kind(tmp_path):
      "rejects kwargs"),
     ({"instruction": "length_constraints:number_words", "kwargs": {"num_words": 3}},
      "kwargs must give relation (the verifier draws what is left out at random)"),
-    ({"instruction": "words:start_verb"}, "needs NLTK data that no installed wheel ships (averaged_perceptron_tagger_eng)"),
+    ({"instruction": "words:start_verb"},
+     "needs NLTK data that no installed wheel ships (averaged_perceptron_tagger_eng)"),
 ])
 def test_a_bad_instruction_is_one_line_naming_file_line_and_check(tmp_path, spec, msg):
     f = tmp_path / "c.yaml"
@@ -114,7 +118,8 @@ from cai_gen.checks.instruction import offline
 ctx = checks.Context("", {})
 s = checks.parse([{"id": "s", "kind": "instruction", "instruction": "length_constraints:number_sentences",
                    "kwargs": {"relation": "at least", "num_sentences": 3}}])[0]
-b = checks.parse([{"id": "b", "kind": "instruction", "instruction": "ratio:stop_words", "kwargs": {"percentage": 60}}])[0]
+b = checks.parse([{"id": "b", "kind": "instruction", "instruction": "ratio:stop_words",
+                   "kwargs": {"percentage": 60}}])[0]
 print(s.passes("One. Two. Three.", ctx), s.passes("One. Two.", ctx), b.passes("the hammock", ctx))
 print(nltk.data.find("tokenizers/punkt_tab/english/").startswith(offline()))
 """

@@ -122,8 +122,10 @@ class Instruction(Check):
         if bench is None or self.instruction not in reg:
             ids = list(registry(self.benchmark)) if self.benchmark else [i for b in BENCHMARKS for i in registry(b)]
             near = difflib.get_close_matches(self.instruction, ids, n=3)
-            raise ValueError(f"unknown instruction {self.instruction!r} in {self.benchmark or 'IFEval or IFBench'}"
-                             + (f" (did you mean {', '.join(near)}?)" if near else f" ({len(ids)} ids: see README)"))
+            hint = (f"did you mean {', '.join(near)}?" if near else
+                    f"{len(ids)} ids, as in if_verifiable's ifeval/ and ifbench/instructions_registry.py")
+            raise ValueError(f"unknown instruction {self.instruction!r} in {self.benchmark or 'IFEval or IFBench'} "
+                             f"({hint})")
         drawn = []
         try:  # built under a few seeds: an argument left out is drawn at random by the verifier, a check must not be
             for s in range(4):
