@@ -131,3 +131,29 @@ def test_nltk_data_comes_from_the_wheel_and_nothing_is_downloaded():
     r = subprocess.run([sys.executable, "-c", OFFLINE], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["True", "False", "True", "True"]
+
+
+def test_a_run_records_what_the_instruction_check_says_of_the_written_answers(tmp_path):
+    """Fake backend, prompt rows carrying an instruction check: each written pair's `checks` entry is the verifier's
+    verdict on the text written as rejected (original) and as chosen (revision)."""
+    from cai_gen import pipeline
+    from cai_gen.backends.fake import FakeBackend
+
+    from .conftest import ONE, make_cfg
+
+    spec = {"id": "short", "kind": "instruction", "instruction": "length_constraints:number_words",
+            "kwargs": {"relation": "less than", "num_words": 30}}
+    p = tmp_path / "p.jsonl"
+    p.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Where is order {i}? Under 30 words.", "checks": [spec]})
+                         + "\n" for i in range(4)))
+    cfg = make_cfg("backend=fake", ONE, f"prompts.path={p}", "samples=1")
+    pipeline.run(cfg, tmp_path / "out", backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    rows = [json.loads(x) for x in (tmp_path / "out" / "preferences.jsonl").read_text().splitlines()]
+    c = checks.parse([spec])[0]
+    said = []
+    for r in rows:
+        (got,) = [x for x in r["checks"] if x["id"] == "short"]
+        ctx = checks.Context(r["prompt"][-1]["content"], {})
+        said.append((got["original"], got["revision"]))
+        assert said[-1] == (c.passes(r["rejected"][0]["content"], ctx), c.passes(r["chosen"][0]["content"], ctx))
+    assert rows and (False, True) in said  # the fake's 31-word original fails, its 28-word revision passes
