@@ -222,7 +222,11 @@ def report(name: str, rows: list[dict], answers: dict[str, list[str]], k: int, n
         if ref and m != "reference":
             g, rg = res["models"][m]["guards"], ref["guards"]
             g["mean_words_ratio"] = round(g["mean_words"] / rg["mean_words"], 3) if rg["mean_words"] else None
-            res["models"][m]["collapsed"] = behaviour.collapsed(rg, g)
+            pair = (nll["reference"], nll[m]) if cut is not None and m in nll else None
+            tests = behaviour.guard_tests(answers["reference"], answers[m], k, n, seed, pair, cut)
+            res["models"][m]["guard_tests"] = tests  # paired by prompt, a CI over prompts (issue 31 item 15)
+            res["models"][m]["collapsed"] = behaviour.collapsed(tests)
+            res["models"][m]["cannot_tell"] = behaviour.collapsed(tests, "cannot tell")
     res["verdict"] = verdict(res)
     return res
 
@@ -245,6 +249,8 @@ def verdict(res: dict) -> str:
             line += f", mean words {tr['guards']['mean_words_ratio']:.2f}x the reference's"
         if tr.get("collapsed"):
             line += f"; collapse guards fired: {', '.join(tr['collapsed'])}"
+        if tr.get("cannot_tell"):
+            line += f"; cannot tell on this sample: {', '.join(tr['cannot_tell'])}"
     if res["unscored"]:
         line += f"; {len(res['unscored'])} unscored (NLTK data no wheel ships)"
     return line

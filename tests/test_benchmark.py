@@ -121,7 +121,9 @@ def test_report_compares_each_model_with_the_reference_and_the_shuffled_control(
     assert ms["trained"]["minus_shuffled"]["prompt_strict"]["diff"] == 1.0
     assert "minus_reference" not in ms["reference"] and "minus_shuffled" not in ms["shuffled"]
     assert ms["trained"]["guards"]["mean_words_ratio"] == 2.152  # (3 + 120 + 400) / 3 words against (3 + 120 + 120) / 3
-    assert "empty" in ms["shuffled"]["collapsed"] and ms["trained"]["collapsed"] == []
+    # 3 prompts: too few to call a collapse on evidence (behaviour.MIN_PROMPTS), so the empty answer is "cannot tell"
+    assert "empty" in ms["shuffled"]["cannot_tell"] and ms["shuffled"]["collapsed"] == []
+    assert ms["trained"]["collapsed"] == [] and "empty" not in ms["trained"]["cannot_tell"]
     assert res["verdict"].startswith("ifeval prompt-level loose on 3 prompts: reference 66.7%, trained 100.0%")
 
 
