@@ -48,7 +48,7 @@ def front_matter(out: Path, cfg: dict, const: dict, model: str) -> str:
         size_categories=[size_category(max(sizes, default=0))], task_categories=["text-generation"],
         pretty_name=f"CAI preference data: {const['name']} on {model}", tags=TAGS,
         configs=[{"config_name": c, "data_files": [{"split": s, "path": f} for s, f in splits.items()],
-                  **({"default": True} if c == "default" else {})} for c, splits in files.items()])
+                  **({"default": True} if c == "default" else {})} for c, splits in files.items()] or None)
     return f"---\n{data.to_yaml()}\n---"
 
 

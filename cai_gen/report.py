@@ -58,7 +58,7 @@ def table(summary: dict) -> Table:
             t.add_row("reviewer agreement / kappa", f"{_pct(r['agreement']['agreement'])} / {r['agreement']['kappa']}")
     if rep.get("gate") and rep["gate"]["warning"]:
         t.add_row("[yellow]gate warning", f"[yellow]{rep['gate']['warning']}")
-    if rep.get("length_words"):
+    if rep.get("length_words") and summary["kept"]:  # no pair: no lengths to compare (it printed "None / None")
         lw = rep["length_words"]
         t.add_row("mean words chosen / rejected", f"{lw['chosen']['mean']} / {lw['rejected']['mean']}")
         t.add_row("chosen longer than rejected", _pct(rep.get("chosen_longer")))
@@ -77,6 +77,20 @@ def print_summary(summary: dict, out: Path, console: Console | None = None) -> N
     console = console or Console(stderr=True)
     console.print(table(summary))
     console.print(f"[bold]run dir[/]: {out}  (card: {out / 'README.md'})")
+
+
+def nothing_kept(summary: dict, out: Path) -> str | None:
+    """Why a run kept no pair, in one line (None when it kept some): what became of its rows. The run's files and
+    card are written either way; the entry point exits non-zero with this line."""
+    if summary["kept"]:
+        return None
+    if not summary["rows"]:
+        return "0 pairs kept: there were no prompts to run (prompts, limit, shard)"
+    parts = [f"the gate found no violation in {summary['no_violation']} (originals kept as SFT and KTO rows)"] \
+        if summary.get("no_violation") else []
+    parts += [f"filtered {k}: {v}" for k, v in summary["reasons"].items()]
+    return (f"0 pairs kept of {summary['rows']} rows: {'; '.join(parts) or 'none filtered'}. Each filtered row's "
+            f"stage and reason: {out / 'rejected.jsonl'}")
 
 
 def _md_table(head: list[str], rows: list[list]) -> list[str]:
