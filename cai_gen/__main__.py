@@ -62,6 +62,10 @@ def main(cfg: DictConfig) -> None:
                   f"{resume_command(out, bool(run_cfg.resume))}", file=sys.stderr)
             sys.exit(2 if isinstance(e, Resumable) else stop_code(e))
         report.print_summary(summary, out)
+        why = report.nothing_kept(summary, out)
+        if why:  # a finished run with nothing to train on is no success (exit 1: not bad input, which is 2)
+            print(f"cai_gen: {why}", file=sys.stderr)
+            sys.exit(1)
     except UserError as e:
         print(f"cai_gen: error: {e}", file=sys.stderr)
         sys.exit(2)

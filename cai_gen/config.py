@@ -237,6 +237,8 @@ class OutputCfg(Strict):
     test_size: float = Field(0.1, ge=0, lt=1)
     length_balance: Literal["none", "match"] = "none"
     trace: bool = True
+    license: str = "unknown"  # the card's license (a Hub id: apache-2.0, cc-by-4.0, other...): the data's terms are yours to state
+    language: list[str] = Field(default_factory=lambda: ["en"])  # the card's languages (ISO 639-1) of the prompts and answers
 
 
 class RunConfig(Strict):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .checks import desirable
 from .errors import UserError
-from . import routing
+from . import routing, rundir
 from .ids import base_id
 from .yamlio import jsonl_rows
 
@@ -126,9 +126,10 @@ def _exchange(a: Path, b: Path) -> bool:
         return False
 
 
-def save_splits_from_files(out: Path) -> None:
-    """The datasets copies (layout as save_splits) built from the run's JSONL files through Arrow files on disk,
-    not from Python rows: memory does not grow with the run."""
+def save_splits_from_files(out: Path, copies: bool = True) -> None:
+    """The run's datasets, built from its JSONL files through Arrow files on disk, not from Python rows: memory
+    does not grow with the run. data/ (parquet per split, rundir.CONFIGS: what load_dataset(RUN) and the Hub read)
+    always; the save_to_disk copies (layout as save_splits) when `copies`, else an old copy is removed."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -143,19 +144,42 @@ def save_splits_from_files(out: Path) -> None:
         def side(ds, s: str):
             return ds.filter(lambda b: [x == s for x in b["split"]], batched=True, batch_size=2000)
 
-        prefs, sft, kto = load("preferences.jsonl", PREF_COLUMNS), load("sft.jsonl", SFT_COLUMNS), \
-            load("kto.jsonl", KTO_COLUMNS)
-        save_ds(datasets.DatasetDict({f"{s}_{k}": side(d, s) for k, d in (("prefs", prefs), ("sft", sft))
-                                      for s in ("train", "test")}), out / "preferences")
-        save_ds(datasets.DatasetDict({s: side(kto, s) for s in ("train", "test")}), out / "kto")
+        prefs, sft, kto = load(rundir.PREFS, PREF_COLUMNS), load(rundir.SFT, SFT_COLUMNS), load(rundir.KTO, KTO_COLUMNS)
+        both = datasets.DatasetDict({f"{s}_{k}": side(d, s) for k, d in (("prefs", prefs), ("sft", sft))
+                                     for s in ("train", "test")})
+        kto = datasets.DatasetDict({s: side(kto, s) for s in ("train", "test")})
+        save_parquet(out, {**{f: both[s] for c in ("default", "sft") for s, f in rundir.CONFIGS[c].items()},
+                           **{f: kto[s] for s, f in rundir.CONFIGS["kto"].items()}})
+        if copies:
+            save_ds(both, out / rundir.PREFS_DIR)
+            save_ds(kto, out / rundir.KTO_DIR)
+        else:
+            drop_splits(out)  # an earlier run's copies (what TRL loads) would disagree with the new JSONL
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def save_parquet(out: Path, files: dict[str, object]) -> None:
+    """data/: each Dataset in `files` (path in the run dir -> Dataset) as one parquet file, all written to a temp dir
+    and swapped in as a whole, so a reader sees the old data/ or the new one. Splits of one config come from one
+    Dataset (filtered), so they have one set of columns, as load_dataset needs. An empty split gets no file (the
+    card then names none): load_dataset fails on a config with a split of no rows ("corresponds to no data")."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{rundir.DATA}.", dir=out))
+    try:
+        for f, ds in files.items():
+            if len(ds):
+                ds.to_parquet(str(tmp / Path(f).relative_to(rundir.DATA)))
+        tmp.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    swap_dir(tmp, out / rundir.DATA)
 
 
 def drop_splits(out: Path) -> None:
     """Remove the datasets copies (preferences/, kto/) from a dir whose JSONL files were just written without
     them, so no stale copy is left beside them."""
-    for name in ("preferences", "kto"):
+    for name in (rundir.PREFS_DIR, rundir.KTO_DIR):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
 
@@ -368,10 +392,7 @@ class Writer:
         # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
         write_jsonl(out / "review_queue.jsonl", routing.queue(jsonl_rows(out / "preferences.jsonl"), cfg.review,
                                                                cfg.seed, const))
-        if cfg.output.save_dataset:
-            save_splits_from_files(out)
-        else:
-            drop_splits(out)  # an earlier run's copies (what TRL loads) would disagree with the new JSONL
+        save_splits_from_files(out, copies=cfg.output.save_dataset)
         shutil.rmtree(self.dir, ignore_errors=True)
         return {**self.n, "model": cfg.model.name, "constitution": const.ref, "created_at": created}
 

@@ -57,7 +57,8 @@ def test_quiet_terminal_and_ctrl_c_on_the_real_engine(tmp_path):
     assert last.endswith(f" hydra.run.dir={out.resolve()}"), last  # the command below is that one
 
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
+    # 4 rows of 48-token answers may keep no pair: then the run says so and exits 1 (test_nothing_kept.py)
+    assert r.returncode == 0 or (r.returncode == 1 and "cai_gen: 0 pairs kept" in r.stderr), r.stderr[-3000:]
     terminal = (r.stdout + r.stderr).splitlines()
     noise = [line for line in terminal if ENGINE_LINE.search(line)]
     assert noise == [], noise[:5]
