@@ -1,0 +1,146 @@
+"""Every label follows the written text (issue 31): `checks` sides, `verified`, KTO labels and SFT rows describe
+the answer written as chosen / rejected after a judge check's refusal, best-of-N with judge checks, a judge
+swap, an expert swap or edit; and the card words the no-violation rows by what was written. Fake backend, scripted
+texts; a judge check here says YES to "makes a promise" when the answer contains "promise"."""
+import json
+from pathlib import Path
+
+from cai_gen import checks as checks_mod, pipeline, store
+from cai_gen.backends import Params
+from cai_gen.backends.fake import REVISION_MARK
+from cai_gen.constitution import Constitution
+
+from .conftest import make_cfg
+from .test_steer import GUARANTEED, Scripted, jl, setup
+
+CONST = """name: t
+version: 1
+principles:
+  - id: no_guarantee
+    critique: Find guarantees.
+    revision: Rewrite without guarantees.
+    checks: [{id: guarantee, kind: regex, pattern: "guarantee"}]
+  - id: short
+    critique: Is it too long?
+    revision: Make it short.
+    checks: [{id: max_words, kind: length, max: 30}]
+  - id: no_promise
+    critique: Does it promise anything?
+    revision: Rewrite without promises.
+    checks: [{id: promise, kind: judge, proposition: "The response makes a promise."}]
+"""
+
+FINE = "Thanks for asking. Your refund is on its way and should reach your card within a week."
+PROMISE = "Thanks for asking. We promise your refund reaches your card within a week."
+LONG = ("Thanks for asking. Your refund is on its way to your card. It should reach your card within a week, "
+        "depending on your bank, and you can follow each step on your order page as the updates come in.")
+LONG_GUARANTEED = ("SAY: I guarantee your refund will arrive today, no question about it at all, and you can "
+                   "follow every step of it on your order page as the updates come in over the day.")
+
+
+class Judged(Scripted):
+    """Scripted, and the judge check answers YES to the promise proposition when the response says "promise";
+    `by_round` scripts the revisions per round instead (a function of the round and the revision request)."""
+
+    def __init__(self, revisions, by_round=None, **kw):
+        super().__init__(revisions, **kw)
+        self.by_round = by_round
+
+    def _p_yes(self, conv) -> float:
+        last = conv[-1]["content"]
+        if "[ASSISTANT RESPONSE]" in last and "Statement:" in last:
+            answer = last.split("[ASSISTANT RESPONSE]", 1)[1].rsplit("Is the following statement", 1)[0]
+            return 1.0 if "promise" in answer.lower() else 0.0
+        return super()._p_yes(conv)
+
+    def _text(self, conv, p: Params) -> str:
+        last = conv[-1]["content"]
+        if self.by_round and REVISION_MARK in last and not p.choices:
+            rnd = sum(REVISION_MARK in m["content"] for m in conv if m["role"] == "user")
+            return self.by_round(rnd, last)
+        return super()._text(conv, p)
+
+
+def run(tmp_path, prompts, revisions, *over, out="run", by_round=None, judge="revision"):
+    cfg = make_cfg("backend=fake", "samples=1", "few_shot=0", "filters.min_edit=0",
+                   *setup(tmp_path, prompts, CONST), *over)
+    be = Judged(revisions, by_round, judge=judge)
+    s = pipeline.run(cfg, tmp_path / out, backend=be)
+    return be, s, tmp_path / out
+
+
+def says(text: str, results: dict[str, bool | None], const: Constitution, prompt: list[dict]) -> None:
+    """Each check's recorded result on one written answer is what the check says of that text."""
+    ctx = checks_mod.Context("\n".join(m["content"] for m in prompt if m["role"] != "system"))
+    by_id = {c.id: c for p in const.principles for c in p.checks}
+    for cid, got in results.items():
+        c = by_id[cid]
+        want = ("promise" not in text.lower()) if c.needs_engine else c.passes(text, ctx)
+        if got is not None:
+            assert got == want, (cid, text, got)
+
+
+def labels_true(out: Path, prefs: list[dict] | None = None, sft=None, kto=None) -> None:
+    """Every pair's `checks` sides describe its chosen and rejected text, `verified` says a check the rejected
+    answer failed passes on the chosen one, and the SFT and KTO rows follow the chosen answer's checks."""
+    data = json.loads((out / "constitution.json").read_text())
+    data.pop("ref")
+    const = Constitution.model_validate(data)
+    prefs = jl(out / "preferences.jsonl") if prefs is None else prefs
+    sft = {r["id"] for r in (jl(out / "sft.jsonl") if sft is None else sft) if r["origin"] == "revision"}
+    kto = jl(out / "kto.jsonl") if kto is None else kto
+    for p in prefs:
+        chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
+        says(chosen, {c["id"]: c["revision"] for c in p["checks"]}, const, p["prompt"])
+        says(rejected, {c["id"]: c["original"] for c in p["checks"]}, const, p["prompt"])
+        assert p["verified"] == any(c["original"] is False and c["revision"] is True for c in p["checks"])
+        good = all(c["revision"] is not False for c in p["checks"])
+        assert (p["id"] in sft) == good
+        assert [k["label"] for k in kto if k["id"] == p["id"] and k["completion"][0]["content"] == chosen] == [good]
+
+
+# -- item 2: a revision refused by a judge check takes its inline results with it ---------------------------------
+
+def round_two_promises(rnd: int, request: str) -> str:
+    """Round 1 fixes its principle and keeps failing the other; round 2 fixes that one with a promise."""
+    if rnd == 2:
+        return PROMISE
+    return LONG if "without guarantees" in request else "Thanks, I guarantee your refund today."
+
+
+def test_a_revision_a_judge_check_refuses_leaves_the_results_of_the_answer_that_stays(tmp_path):
+    prompts = [{"id": f"a{i}", "prompt": f"{LONG_GUARANTEED} Order {i}."} for i in range(4)]
+    _, s, out = run(tmp_path, prompts, [], "rounds=2", "sampling.revise_n=1", by_round=round_two_promises)
+    prefs = jl(out / "preferences.jsonl")
+    assert s["kept"] == 4 and s["flags"].get("round_failed") == 4  # round 2's promise was refused every time
+    for p in prefs:  # the kept round-1 answer still fails the check round 2 was about
+        assert p["chosen"][0]["content"] != PROMISE
+        assert [c["id"] for c in p["checks"] if c["revision"] is False] in (["guarantee"], ["max_words"])
+    labels_true(out)
+    assert jl(out / "sft.jsonl") == []  # no kept answer passes every check: nothing to imitate
+
+
+# -- item 4: best-of-N picks the first sample passing every check, judge checks included -------------------------
+
+def test_best_of_n_takes_the_next_sample_when_a_judge_check_refuses_the_first(tmp_path):
+    revs = ["Thanks, I guarantee it.", PROMISE, FINE, FINE + " Bye."]
+    be, s, out = run(tmp_path, [{"id": "a", "prompt": GUARANTEED}], revs, "sampling.revise_n=4")
+    assert s["kept"] == 1
+    p = jl(out / "preferences.jsonl")[0]
+    assert p["chosen"][0]["content"] == FINE and p["verified"]  # sample 2: sample 1 makes a promise
+    trace = jl(out / "trace.jsonl")[0]["stages"]
+    ins = [e for e in trace if e["stage"] == "inspect" and "samples" in e]
+    assert ins == [{"stage": "inspect", "round": 1, "candidates": [1, 2, 3],
+                    "samples": ["new_violation", None, None], "picked": 2}]
+    labels_true(out)
+    # a rerun takes every judge request from the ledger
+    be2, s2, _ = run(tmp_path, [{"id": "a", "prompt": GUARANTEED}], revs, "sampling.revise_n=4")
+    assert be2.sent == [] and s2["kept"] == 1
+
+
+def test_best_of_n_with_every_passing_sample_refused_drops_the_row(tmp_path):
+    revs = ["Thanks, I guarantee it.", PROMISE, PROMISE + " Bye."]
+    _, s, out = run(tmp_path, [{"id": "a", "prompt": GUARANTEED}], revs, "sampling.revise_n=3")
+    assert s["kept"] == 0 and s["reasons"] == {"new_violation": 1}
+    r = jl(out / "rejected.jsonl")[0]
+    assert all(c["revision"] is None for c in r["checks"])  # no revision stands: none of its results do
