@@ -223,7 +223,7 @@ def checks_section(c: dict) -> list[str]:
     L = ["", "## Checks", "", "The constitution's checks (cai_gen/checks) ran on every original and revision: they chose "
          "each round's principle, gated checked principles and refused revisions that still failed their principle "
          "(still_violates) or broke a check the original passed (new_violation). A pair is verified when its "
-         f"revision fixed a check its original failed: {c['verified']} of the kept pairs"
+         f"chosen answer passes a check its rejected answer fails: {c['verified']} of the kept pairs"
          + (f" ({_pct(c['verified_share'])})." if c["verified_share"] is not None else "."), ""]
     L += _md_table(["check", "principle", "kind", "rows", "originals failing", "kept: fixed", "kept: still failing"],
                    [[i, v["principle"], v["kind"], v.get("rows", 0), v.get("original_fail", 0), v.get("fixed", 0),

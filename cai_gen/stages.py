@@ -344,6 +344,10 @@ class Judge(Stage):
         if act == "swap":
             row.swapped = True
             row.flags.append("judge_swapped")
+            # the checks' sides are the written answers' (revision: chosen, original: rejected), so they swap too:
+            # `verified`, the KTO labels and SFT rows are decided on the text written as chosen
+            for r in row.checks:
+                r["original"], r["revision"] = r["revision"], r["original"]
         elif out != "judge_agrees":
             row.flags.append(out if out.startswith("judge_") else f"judge_{out}")
         return True

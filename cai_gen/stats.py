@@ -90,8 +90,8 @@ def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
 
 
 class Checks:
-    """Per check, over every row it applied to: originals failing it, kept pairs whose revision fixed it, kept
-    pairs whose chosen answer still fails it; per principle, revisions refused (still_violates, new_violation)."""
+    """Per check, over every row it applied to: originals failing it, kept pairs whose chosen answer passes it where
+    the rejected one fails it (fixed), kept pairs whose chosen answer still fails it; per principle, revisions refused (still_violates, new_violation)."""
 
     def __init__(self):
         self.per: dict[str, Counter] = {}
@@ -100,11 +100,13 @@ class Checks:
         self.verified = 0
 
     def add(self, row: dict, where: str) -> None:
+        # a pair's sides are its written answers': after a judge swap the model's original is the chosen one
+        orig = "revision" if where == "kept" and "judge_swapped" in (row.get("flags") or []) else "original"
         for c in row.get("checks") or []:
             k = self.per.setdefault(c["id"], Counter())
             self.meta[c["id"]] = (c["principle"], c["kind"])
             k["rows"] += 1
-            k["original_fail"] += c["original"] is False
+            k["original_fail"] += c[orig] is False
             if where == "kept":
                 k["fixed"] += c["original"] is False and c["revision"] is True
                 k["kept_still_fail"] += c["revision"] is False

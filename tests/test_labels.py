@@ -5,10 +5,12 @@ texts; a judge check here says YES to "makes a promise" when the answer contains
 import json
 from pathlib import Path
 
-from cai_gen import checks as checks_mod, pipeline, store
+from cai_gen import checks as checks_mod, pipeline
 from cai_gen.backends import Params
-from cai_gen.backends.fake import REVISION_MARK
+from cai_gen.backends.fake import REVISION_MARK, FakeBackend
 from cai_gen.constitution import Constitution
+from cai_gen.review import db
+from cai_gen.review.__main__ import main as review_main
 
 from .conftest import make_cfg
 from .test_steer import GUARANTEED, Scripted, jl, setup
@@ -28,6 +30,10 @@ principles:
     critique: Does it promise anything?
     revision: Rewrite without promises.
     checks: [{id: promise, kind: judge, proposition: "The response makes a promise."}]
+  - id: honest
+    critique: Does it invent contact data?
+    revision: Rewrite without invented contact data.
+    checks: [{id: contact, kind: contact}]
 """
 
 FINE = "Thanks for asking. Your refund is on its way and should reach your card within a week."
@@ -54,6 +60,8 @@ class Judged(Scripted):
         return super()._p_yes(conv)
 
     def _text(self, conv, p: Params) -> str:
+        if p.choices:  # a gate, judge check or pair judge request: the fake's own answer
+            return FakeBackend._text(self, conv, p)
         last = conv[-1]["content"]
         if self.by_round and REVISION_MARK in last and not p.choices:
             rnd = sum(REVISION_MARK in m["content"] for m in conv if m["role"] == "user")
@@ -144,3 +152,49 @@ def test_best_of_n_with_every_passing_sample_refused_drops_the_row(tmp_path):
     assert s["kept"] == 0 and s["reasons"] == {"new_violation": 1}
     r = jl(out / "rejected.jsonl")[0]
     assert all(c["revision"] is None for c in r["checks"])  # no revision stands: none of its results do
+
+
+# -- item 1: a judge swap, an expert swap or edit: the labels are the written answers' ---------------------------
+
+def test_a_judge_swap_swaps_the_check_results_with_the_answers(tmp_path):
+    prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(3)]
+    _, s, out = run(tmp_path, prompts, [FINE], "judge=self", "judge.on_disagrees=swap", "sampling.revise_n=1",
+                    judge="original")
+    prefs = jl(out / "preferences.jsonl")
+    assert s["kept"] == 3 and all("judge_swapped" in p["flags"] for p in prefs)
+    for p in prefs:  # the original, which guarantees, is chosen now: nothing verified, nothing to imitate
+        assert p["chosen"][0]["content"].startswith("I guarantee") and not p["verified"]
+        g = next(c for c in p["checks"] if c["id"] == "guarantee")
+        assert (g["original"], g["revision"]) == (True, False)
+    labels_true(out)
+    assert jl(out / "sft.jsonl") == [] and not any(k["label"] for k in jl(out / "kto.jsonl"))
+    c = s["report"]["checks"]
+    assert c["verified"] == 0
+    g = c["checks"]["guarantee"]  # every original fails it, no kept pair fixes it, every chosen still fails it
+    assert (g["original_fail"], g["fixed"], g["kept_still_fail"]) == (3, 0, 3)
+    assert "| guarantee | no_guarantee | regex | 3 | 3 | 0 | 3 |" in (out / "README.md").read_text()
+
+
+def test_an_expert_swap_or_edit_is_labelled_by_the_text_it_writes(tmp_path):
+    prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(5)]
+    _, s, out = run(tmp_path, prompts, [FINE], "sampling.revise_n=1", "review.sample_rate=1.0")
+    assert s["kept"] == 5 and all(p["verified"] for p in jl(out / "preferences.jsonl"))
+    conn = db.open_run(out)
+    acc, swap, bad, phone, good = sorted(db.items(conn), key=lambda it: it["id"])
+    db.record(conn, acc["id"], "ann", "accept")
+    db.record(conn, swap["id"], "ann", "swap")
+    db.record(conn, bad["id"], "ann", "edit", chosen="I guarantee your refund arrives within a week.")
+    db.record(conn, phone["id"], "ann", "edit", chosen="Your refund is on its way; call us on 800 555 0199.")
+    db.record(conn, good["id"], "ann", "edit", chosen="Your refund is on its way to your card.")
+    conn.close()
+    assert review_main(["merge", str(out)]) == 0
+    rv = out / "reviewed"
+    rows = {p["id"]: p for p in jl(rv / "preferences.jsonl")}
+    labels_true(out, list(rows.values()), jl(rv / "sft.jsonl"), jl(rv / "kto.jsonl"))
+    # the phone edit fixes the guarantee (verified) but invents a number: no SFT row, KTO undesirable
+    assert all(rows[i]["verified"] for i in (acc["id"], good["id"], phone["id"]))
+    assert not any(rows[i]["verified"] for i in (swap["id"], bad["id"]))
+    failing = {i: [c["id"] for c in rows[i]["checks"] if c["revision"] is False] for i in rows}
+    assert failing == {acc["id"]: [], swap["id"]: ["guarantee"], bad["id"]: ["guarantee"],
+                       phone["id"]: ["contact"], good["id"]: []}
+    assert {r["id"] for r in jl(rv / "sft.jsonl")} == {acc["id"], good["id"]}
