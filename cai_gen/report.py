@@ -36,7 +36,10 @@ def table(summary: dict) -> Table:
         if g.get("by_checks"):
             t.add_row("gate YES / NO (by checks)", "{} / {}".format(*(sum(v[k] for v in g["by_checks"].values())
                                                                       for k in ("YES", "NO"))))
-        t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0)))
+        bad = rep.get("no_violation_failing") or 0  # written as KTO undesirable, no SFT row
+        t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0) - bad))
+        if bad:
+            t.add_row("[yellow]gate NO, original fails a check (KTO undesirable, no SFT)", f"[yellow]{bad}")
     if rep.get("checks"):
         c = rep["checks"]
         t.add_row("[green]verified pairs (a check fixed)", f"[green]{c['verified']}")
@@ -97,9 +100,13 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
          "# TRL: DPOTrainer(model, args, train_dataset=ds['train_prefs'], eval_dataset=ds['test_prefs'], processing_class=tok)",
          "# SFTTrainer: ds['train_sft']; KTOTrainer: load_from_disk('kto')['train']", "```", "",
          "## Counts", ""]
+    bad = st.get("no_violation_failing") or 0
     rows = [["prompts", summary.get("prompts", "")], ["rows (prompt x sample)", summary["rows"]],
             ["pairs kept", st["kept"]], ["no violation (gate said NO; original kept as SFT and KTO desirable)",
-                                         st["no_violation"]], ["rows filtered", st["filtered"]]]
+                                         st["no_violation"] - bad]]
+    if bad:  # the gate's NO was about another principle: what was written is a KTO undesirable row, no SFT row
+        rows.append(["gate said NO but the original fails a check (KTO undesirable, no SFT row)", bad])
+    rows.append(["rows filtered", st["filtered"]])
     rows += [[f"filtered: {k}", v] for k, v in st["reasons"].items()]
     rows += [[f"kept, flagged: {k}", v] for k, v in st["flags"].items()]
     L += _md_table(["what", "count"], rows)
@@ -248,8 +255,8 @@ def gate_section(g: dict) -> list[str]:
     L += ["After each critique " + ("of a principle without checks " if by_checks else "") + "the model was asked, "
           "as a forced YES/NO choice, whether its answer violates the principle; YES when P(YES) >= "
           f"{g['threshold']}. NO ends the row without a revision: its original stands (an SFT row and a KTO "
-          "desirable row). A small model's gate can be close to chance or one-sided; the counts below say how this "
-          "one behaved.", ""]
+          "desirable row, unless a check fails on it: then a KTO undesirable row and no SFT row). A small "
+          "model's gate can be close to chance or one-sided; the counts below say how this one behaved.", ""]
     if g["warning"]:
         L += [f"**Warning: {g['warning']}.**", ""]
     p = g["p_yes"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import judge as judge_mod
 from . import store
 from .backends import last_text
+from .checks import desirable
 from .store import run_config
 from .yamlio import jsonl_rows
 
@@ -132,7 +133,7 @@ def rows(path: Path):
 
 
 def compute(out: Path) -> dict:
-    kept = filtered = unpaired = below = 0
+    kept = filtered = unpaired = unpaired_failing = below = 0
     edits, cw, rw, cc, rc, sims_kept, sims_dropped, judged, margins = ([] for _ in range(9))
     gates, checks = Gates(), Checks()
     reasons, flags, principles, domains = Counter(), Counter(), Counter(), Counter()
@@ -175,6 +176,9 @@ def compute(out: Path) -> dict:
         reasons[r["reason"]] += 1
     for u in rows(out / "no_violation.jsonl"):
         unpaired += 1
+        # the gate said NO, but a check fails on the original (principles.choose=sample drew another principle):
+        # written as KTO undesirable with no SFT row, so the card does not count it as an original kept
+        unpaired_failing += not desirable(u, "original")
         gates.add(u)
         checks.add(u, "no_violation")
     gate = gate_stats(gates, (run_config(out).get("gate") or {}).get("threshold"))
@@ -182,6 +186,7 @@ def compute(out: Path) -> dict:
         "kept": kept,
         "filtered": filtered,
         "no_violation": unpaired,
+        "no_violation_failing": unpaired_failing,
         "gate": {k: v for k, v in gate.items() if k != "_p"} if gate else None,
         "checks": checks.stats(kept),
         "edit_ratio": {**describe(edits), "hist": histogram(edits, SIM_BINS), "bins": SIM_BINS},

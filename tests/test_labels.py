@@ -2,6 +2,7 @@
 the answer written as chosen / rejected after a judge check's refusal, best-of-N with judge checks, a judge
 swap, an expert swap or edit; and the card words the no-violation rows by what was written. Fake backend, scripted
 texts; a judge check here says YES to "makes a promise" when the answer contains "promise"."""
+import io
 import json
 from pathlib import Path
 
@@ -198,3 +199,31 @@ def test_an_expert_swap_or_edit_is_labelled_by_the_text_it_writes(tmp_path):
     assert failing == {acc["id"]: [], swap["id"]: ["guarantee"], bad["id"]: ["guarantee"],
                        phone["id"]: ["contact"], good["id"]: []}
     assert {r["id"] for r in jl(rv / "sft.jsonl")} == {acc["id"], good["id"]}
+
+
+# -- item 6: principles.choose=sample: the card counts a no-violation row by what was written ---------------------
+
+def test_sample_choice_no_violation_rows_whose_original_fails_a_check_are_not_counted_as_kept(tmp_path):
+    from rich.console import Console
+
+    from cai_gen import report
+
+    prompts = [{"id": f"a{i}", "prompt": f"SAY: I guarantee your refund today. Order {i}."} for i in range(8)]
+    prompts += [{"id": "ok", "prompt": "SAY: Your refund is on its way."}]
+    _, s, out = run(tmp_path, prompts, [FINE], "principles.choose=sample", "sampling.revise_n=1")
+    nv = jl(out / "no_violation.jsonl")
+    failing = [u for u in nv if any(c["original"] is False for c in u["checks"])]
+    ok = len(nv) - len(failing)
+    assert failing and ok >= 1  # another principle was drawn for some guarantees; the clean original stands
+    sft_nv = [r for r in jl(out / "sft.jsonl") if r["origin"] == "no_violation"]
+    kto_nv = [k for k in jl(out / "kto.jsonl") if k["id"] in {u["id"] for u in nv}]
+    assert len(sft_nv) == ok == sum(k["label"] for k in kto_nv)
+    card = (out / "README.md").read_text()
+    assert f"| no violation (gate said NO; original kept as SFT and KTO desirable) | {ok} |" in card
+    assert f"| gate said NO but the original fails a check (KTO undesirable, no SFT row) | {len(failing)} |" in card
+    con = Console(width=200, record=True, file=io.StringIO())
+    con.print(report.table(s))
+    counts = {cells[1].strip(): cells[2].strip() for cells in
+              (line.split("│") for line in con.export_text().splitlines()) if len(cells) == 4}
+    assert counts["no violation (original kept: SFT, KTO)"] == str(ok)
+    assert counts["gate NO, original fails a check (KTO undesirable, no SFT)"] == str(len(failing))
