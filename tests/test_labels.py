@@ -78,10 +78,11 @@ def run(tmp_path, prompts, revisions, *over, out="run", by_round=None, judge="re
     return be, s, tmp_path / out
 
 
-def says(text: str, results: dict[str, bool | None], const: Constitution, prompt: list[dict]) -> None:
-    """Each check's recorded result on one written answer is what the check says of that text."""
+def says(text: str, results: dict[str, bool | None], const: Constitution, prompt: list[dict], own=()) -> None:
+    """Each check's recorded result on one written answer is what the check says of that text (`own`: the prompt
+    rows' own checks)."""
     ctx = checks_mod.Context("\n".join(m["content"] for m in prompt if m["role"] != "system"))
-    by_id = {c.id: c for p in const.principles for c in p.checks}
+    by_id = {c.id: c for p in const.principles for c in p.checks} | {c.id: c for c in own}
     for cid, got in results.items():
         c = by_id[cid]
         want = ("promise" not in text.lower()) if c.needs_engine else c.passes(text, ctx)
@@ -89,7 +90,7 @@ def says(text: str, results: dict[str, bool | None], const: Constitution, prompt
             assert got == want, (cid, text, got)
 
 
-def labels_true(out: Path, prefs: list[dict] | None = None, sft=None, kto=None) -> None:
+def labels_true(out: Path, prefs: list[dict] | None = None, sft=None, kto=None, own=()) -> None:
     """Every pair's `checks` sides describe its chosen and rejected text, `verified` says a check the rejected
     answer failed passes on the chosen one, and the SFT and KTO rows follow the chosen answer's checks."""
     data = json.loads((out / "constitution.json").read_text())
@@ -100,8 +101,8 @@ def labels_true(out: Path, prefs: list[dict] | None = None, sft=None, kto=None) 
     kto = jl(out / "kto.jsonl") if kto is None else kto
     for p in prefs:
         chosen, rejected = p["chosen"][0]["content"], p["rejected"][0]["content"]
-        says(chosen, {c["id"]: c["revision"] for c in p["checks"]}, const, p["prompt"])
-        says(rejected, {c["id"]: c["original"] for c in p["checks"]}, const, p["prompt"])
+        says(chosen, {c["id"]: c["revision"] for c in p["checks"]}, const, p["prompt"], own)
+        says(rejected, {c["id"]: c["original"] for c in p["checks"]}, const, p["prompt"], own)
         assert p["verified"] == any(c["original"] is False and c["revision"] is True for c in p["checks"])
         good = all(c["revision"] is not False for c in p["checks"])
         assert (p["id"] in sft) == good
@@ -227,3 +228,23 @@ def test_sample_choice_no_violation_rows_whose_original_fails_a_check_are_not_co
               (line.split("│") for line in con.export_text().splitlines()) if len(cells) == 4}
     assert counts["no violation (original kept: SFT, KTO)"] == str(ok)
     assert counts["gate NO, original fails a check (KTO undesirable, no SFT)"] == str(len(failing))
+
+
+def test_an_expert_edit_is_checked_against_its_prompt_rows_own_checks_and_an_accept_undoes_a_judge_swap(tmp_path):
+    ends_q = [{"id": "ends_q", "kind": "regex", "pattern": r"\?$", "must": "match"}]
+    prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}.", "checks": ends_q} for i in range(2)]
+    _, s, out = run(tmp_path, prompts, [FINE + " Anything else?"], "judge=self", "judge.on_disagrees=swap",
+                    "sampling.revise_n=1", "review.sample_rate=1.0", judge="original")
+    assert s["kept"] == 2 and not any(p["verified"] for p in jl(out / "preferences.jsonl"))  # swapped
+    conn = db.open_run(out)
+    acc, edit = sorted(db.items(conn), key=lambda it: it["id"])
+    db.record(conn, acc["id"], "ann", "accept")  # the revision is chosen again: its results go with it
+    db.record(conn, edit["id"], "ann", "edit", chosen="Your refund is on its way to your card.")
+    conn.close()
+    assert review_main(["merge", str(out)]) == 0
+    rows = {p["id"]: p for p in jl(out / "reviewed" / "preferences.jsonl")}
+    labels_true(out, list(rows.values()), jl(out / "reviewed" / "sft.jsonl"), jl(out / "reviewed" / "kto.jsonl"),
+                checks_mod.parse(ends_q))
+    assert rows[acc["id"]]["verified"] and {r["id"] for r in jl(out / "reviewed" / "sft.jsonl")} == {acc["id"]}
+    q = next(c for c in rows[edit["id"]]["checks"] if c["id"] == "ends_q")
+    assert (q["principle"], q["revision"]) == ("prompt", False)  # the edit does not end with a question
