@@ -56,6 +56,10 @@ class Row:
     applicable: list = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)  # per check: id, principle, kind, original/revision pass
     now: dict = field(default_factory=dict)            # check id -> passes, on the row's current answer
+    # best-of-N samples of this round that passed every inline check, in index order (the first is the revision
+    # taken), and the check results before it was noted: Inspect judges them all, and on a refusal puts these back
+    candidates: list = field(default_factory=list)
+    before: dict | None = None
 
     def revised(self) -> list[str]:
         """The principle of each round that revised or tried to (its revision kept, or failed a check), not of a

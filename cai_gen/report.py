@@ -36,7 +36,10 @@ def table(summary: dict) -> Table:
         if g.get("by_checks"):
             t.add_row("gate YES / NO (by checks)", "{} / {}".format(*(sum(v[k] for v in g["by_checks"].values())
                                                                       for k in ("YES", "NO"))))
-        t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0)))
+        bad = rep.get("no_violation_failing") or 0  # written as KTO undesirable, no SFT row
+        t.add_row("no violation (original kept: SFT, KTO)", str(summary.get("no_violation", 0) - bad))
+        if bad:
+            t.add_row("[yellow]gate NO, original fails a check (KTO undesirable, no SFT)", f"[yellow]{bad}")
     if rep.get("checks"):
         c = rep["checks"]
         t.add_row("[green]verified pairs (a check fixed)", f"[green]{c['verified']}")
@@ -118,9 +121,13 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
          "trl kto --model_name_or_path MODEL --dataset_name RUN_DIR --dataset_config kto --output_dir OUT",
          "```", "", "`load_from_disk('preferences')` (the four splits) and `load_from_disk('kto')` still work.", "",
          "## Counts", ""]
+    bad = st.get("no_violation_failing") or 0
     rows = [["prompts", summary.get("prompts", "")], ["rows (prompt x sample)", summary["rows"]],
             ["pairs kept", st["kept"]], ["no violation (gate said NO; original kept as SFT and KTO desirable)",
-                                         st["no_violation"]], ["rows filtered", st["filtered"]]]
+                                         st["no_violation"] - bad]]
+    if bad:  # the gate's NO was about another principle: what was written is a KTO undesirable row, no SFT row
+        rows.append(["gate said NO but the original fails a check (KTO undesirable, no SFT row)", bad])
+    rows.append(["rows filtered", st["filtered"]])
     rows += [[f"filtered: {k}", v] for k, v in st["reasons"].items()]
     rows += [[f"kept, flagged: {k}", v] for k, v in st["flags"].items()]
     L += _md_table(["what", "count"], rows)
@@ -248,7 +255,7 @@ def checks_section(c: dict) -> list[str]:
     L = ["", "## Checks", "", "The constitution's checks (cai_gen/checks) ran on every original and revision: they chose "
          "each round's principle, gated checked principles and refused revisions that still failed their principle "
          "(still_violates) or broke a check the original passed (new_violation). A pair is verified when its "
-         f"revision fixed a check its original failed: {c['verified']} of the kept pairs"
+         f"chosen answer passes a check its rejected answer fails: {c['verified']} of the kept pairs"
          + (f" ({_pct(c['verified_share'])})." if c["verified_share"] is not None else "."), ""]
     L += _md_table(["check", "principle", "kind", "rows", "originals failing", "kept: fixed", "kept: still failing"],
                    [[i, v["principle"], v["kind"], v.get("rows", 0), v.get("original_fail", 0), v.get("fixed", 0),
@@ -273,8 +280,8 @@ def gate_section(g: dict) -> list[str]:
     L += ["After each critique " + ("of a principle without checks " if by_checks else "") + "the model was asked, "
           "as a forced YES/NO choice, whether its answer violates the principle; YES when P(YES) >= "
           f"{g['threshold']}. NO ends the row without a revision: its original stands (an SFT row and a KTO "
-          "desirable row). A small model's gate can be close to chance or one-sided; the counts below say how this "
-          "one behaved.", ""]
+          "desirable row, unless a check fails on it: then a KTO undesirable row and no SFT row). A small "
+          "model's gate can be close to chance or one-sided; the counts below say how this one behaved.", ""]
     if g["warning"]:
         L += [f"**Warning: {g['warning']}.**", ""]
     p = g["p_yes"]

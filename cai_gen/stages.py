@@ -97,7 +97,10 @@ class Respond(Stage):
 class Inspect(Stage):
     """The judge checks (yes/no propositions) on the row's current answer: the original (round 0) or a revision
     just accepted (round r, which it may still refuse: still_violates / new_violation). Built only when the
-    constitution has judge checks; a row none of them applies to skips it."""
+    constitution has judge checks; a row none of them applies to skips it. In round r every best-of-N sample that
+    passed the inline checks is judged (row.candidates), so the revision is the first by index that passes every
+    check, judge checks included; none passing: the revision goes and the row's results are those of the answer
+    that stays."""
     name = "inspect"
 
     def __init__(self, rnd: int = 0, per_row: int = 1):
@@ -107,28 +110,57 @@ class Inspect(Stage):
     def _checks(self, row):
         return [(p, c) for p, c in row.applicable if c.needs_engine]
 
+    def _texts(self, row) -> list[tuple[int | None, str]]:
+        """(sample index, text) of each answer to judge: the original, or this round's candidates."""
+        if not self.rnd:
+            return [(None, row.original)]
+        return [(k, text) for k, text, _, _ in row.candidates] or [(None, row.revisions[-1])]
+
     def requests(self, job, row):
         if self.rnd and (not row.open or len(row.revisions) < self.rnd):
             return None
         todo = self._checks(row)
         if not todo:
             return None
-        text = row.revisions[-1] if self.rnd else row.original
+        texts = self._texts(row)
+        # the seed is the one a single answer's request had (the answer is greedy): its ledger key is unchanged
         return [Request(c.conversation(row.prompt.messages(), text),
                         Params(0.0, 1.0, c.max_tokens, job.seed(row.id, "inspect", self.rnd, c.id), GATE_CHOICES),
-                        c.id) for _, c in todo]
+                        c.id if i == 0 else f"{c.id}#s{k}")
+                for i, (k, text) in enumerate(texts) for _, c in todo]
 
     def accept(self, job, row, gens):
-        res = {c.id: c.verdict(p_yes(g)) for (_, c), g in zip(self._checks(row), gens)}
+        todo = self._checks(row)
+        n = len(todo)
+        results = [{c.id: c.verdict(p_yes(g)) for (_, c), g in zip(todo, gens[i * n:(i + 1) * n])}
+                   for i in range(len(gens) // n)]
         if not self.rnd:
-            job.note(row, "original", res)
+            job.note(row, "original", results[0])
             return True
-        why = job.verdict(row, self.principle(row), res)
-        if why:  # the revision Revise accepted fails a judge check: it is not the answer after all
-            row.revisions.pop()
-            row.history.pop()
-            return job.fail(row, self, why)
-        job.note(row, "revision", res)
+        whys = [job.verdict(row, self.principle(row), res) for res in results]
+        pick = next((i for i, why in enumerate(whys) if not why), None)
+        cands, row.candidates = row.candidates, []
+        if len(whys) > 1:  # each candidate's reason (None: it passed), and which sample became the revision
+            row.trace.append({"stage": self.name, "round": self.rnd, "candidates": [c[0] for c in cands],
+                              "samples": whys, "picked": None if pick is None else cands[pick][0]})
+        if pick == 0:
+            row.before = None
+            job.note(row, "revision", results[0])
+            return True
+        # the revision Revise took fails a judge check: it is not the answer after all, and neither are its results
+        row.revisions.pop()
+        row.history.pop()
+        flag = f"preface_stripped_r{self.rnd}"
+        if flag in row.flags:
+            row.flags.remove(flag)
+        if row.before is not None:
+            row.checks, row.now = row.before["checks"], row.before["now"]
+        row.before = None
+        if pick is None:
+            return job.fail(row, self, whys[0])
+        _, text, stripped, res = cands[pick]  # a later sample passes every check: it is the revision
+        take(job, row, self.rnd, text, stripped, res)
+        job.note(row, "revision", results[pick])
         return True
 
 
@@ -209,7 +241,8 @@ class Revise(Stage):
     """sampling.revise_n samples of one revision request (best-of-N): each its own seeded request on one shared
     prefix (vLLM serves n > 1 the same way, as child requests over the prefix cache), so every sample is its
     own ledger entry that a resume or re-filter reuses. The first sample by index that passes every filter and
-    check is the revision."""
+    check is the revision; judge checks included: with judge checks on the row every sample passing the inline ones
+    is kept in index order (row.candidates) and Inspect takes the first its checks pass too."""
     name, few_shot = "revise", True
 
     def __init__(self, rnd: int = 0, n: int = 1):
@@ -227,9 +260,10 @@ class Revise(Stage):
                        for i in range(1, self.per_row)]
 
     def accept(self, job, row, gens):
-        why0, pick = None, None
-        reasons = []
-        for g in gens:
+        # a judge check follows (Inspect): every sample passing the inline checks is a candidate, judged in turn
+        judged = any(c.needs_engine for _, c in row.applicable)
+        why0, picks, reasons = None, [], []
+        for k, g in enumerate(gens):
             text, stripped, why = self.screen(job, row, g)
             res = {}
             if not why:
@@ -237,22 +271,20 @@ class Revise(Stage):
                 why = job.verdict(row, self.principle(row), res)
             reasons.append(why)
             if not why:
-                pick = (text, stripped, res)
-                break
-            if why0 is None:
+                picks.append((k, text, stripped, res))
+                if not judged:
+                    break
+            elif why0 is None and not picks:
                 why0, row.draft = why, text
         if len(gens) > 1:  # each sample's reason (None: it passed), and which one became the revision
             row.trace.append({"stage": self.name, "round": self.rnd, "samples": reasons,
-                              "picked": None if pick is None else len(reasons) - 1})
-        if pick is None:
+                              "picked": picks[0][0] if picks else None})
+        if not picks:
             return job.fail(row, self, why0)
-        text, stripped, res = pick
-        if stripped:
-            row.flags.append(f"preface_stripped_r{self.rnd}")
-        row.draft = text
-        row.revisions.append(text)
-        row.history.append({"role": "assistant", "content": text})
-        job.note(row, "revision", res)
+        if judged:  # Inspect may refuse it: what to put back, and the samples to try next
+            row.before = {"checks": [dict(r) for r in row.checks], "now": dict(row.now)}
+            row.candidates = picks
+        take(job, row, self.rnd, *picks[0][1:])
         return True
 
     checked_text = Respond.checked_text  # a sample is stripped as an original is
@@ -312,9 +344,23 @@ class Judge(Stage):
         if act == "swap":
             row.swapped = True
             row.flags.append("judge_swapped")
+            # the checks' sides are the written answers' (revision: chosen, original: rejected), so they swap too:
+            # `verified`, the KTO labels and SFT rows are decided on the text written as chosen
+            for r in row.checks:
+                r["original"], r["revision"] = r["revision"], r["original"]
         elif out != "judge_agrees":
             row.flags.append(out if out.startswith("judge_") else f"judge_{out}")
         return True
+
+
+def take(job, row, rnd: int, text: str, stripped: bool, res: dict) -> None:
+    """Make `text` round rnd's revision, with its inline check results."""
+    if stripped:
+        row.flags.append(f"preface_stripped_r{rnd}")
+    row.draft = text
+    row.revisions.append(text)
+    row.history.append({"role": "assistant", "content": text})
+    job.note(row, "revision", res)
 
 
 def p_yes(g: Generation) -> float | None:
@@ -353,5 +399,5 @@ def build(cfg, const=None) -> list[Stage]:
     n = cfg.sampling.revise_n
     for r in range(1, cfg.rounds + 1):
         out += ([Choose(r)] if choose else []) + [Critique(r)] + ([Gate(r)] if cfg.gate.enabled else []) + \
-            [Revise(r, n)] + ([Inspect(r, judged)] if judged else [])
+            [Revise(r, n)] + ([Inspect(r, judged * n)] if judged else [])  # each sample passing inline may be asked
     return out + [Pair()]

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import judge as judge_mod
 from . import store
 from .backends import last_text
+from .checks import desirable
 from .store import run_config
 from .yamlio import jsonl_rows
 
@@ -115,8 +116,8 @@ def gate_stats(gates: Gates, threshold: float | None) -> dict | None:
 
 
 class Checks:
-    """Per check, over every row it applied to: originals failing it, kept pairs whose revision fixed it, kept
-    pairs whose chosen answer still fails it; per principle, revisions refused (still_violates, new_violation)."""
+    """Per check, over every row it applied to: originals failing it, kept pairs whose chosen answer passes it where
+    the rejected one fails it (fixed), kept pairs whose chosen answer still fails it; per principle, revisions refused (still_violates, new_violation)."""
 
     def __init__(self):
         self.per: dict[str, Counter] = {}
@@ -125,11 +126,13 @@ class Checks:
         self.verified = 0
 
     def add(self, row: dict, where: str) -> None:
+        # a pair's sides are its written answers': after a judge swap the model's original is the chosen one
+        orig = "revision" if where == "kept" and "judge_swapped" in (row.get("flags") or []) else "original"
         for c in row.get("checks") or []:
             k = self.per.setdefault(c["id"], Counter())
             self.meta[c["id"]] = (c["principle"], c["kind"])
             k["rows"] += 1
-            k["original_fail"] += c["original"] is False
+            k["original_fail"] += c[orig] is False
             if where == "kept":
                 k["fixed"] += c["original"] is False and c["revision"] is True
                 k["kept_still_fail"] += c["revision"] is False
@@ -155,7 +158,7 @@ def rows(path: Path):
 
 
 def compute(out: Path) -> dict:
-    kept = filtered = unpaired = below = 0
+    kept = filtered = unpaired = unpaired_failing = below = 0
     edits, cw, rw, cc, rc, sims_kept, sims_dropped, judged, margins = ([] for _ in range(9))
     gates, checks = Gates(), Checks()
     reasons, flags, principles, domains = Counter(), Counter(), Counter(), Counter()
@@ -198,6 +201,9 @@ def compute(out: Path) -> dict:
         reasons[r["reason"]] += 1
     for u in rows(out / "no_violation.jsonl"):
         unpaired += 1
+        # the gate said NO, but a check fails on the original (principles.choose=sample drew another principle):
+        # written as KTO undesirable with no SFT row, so the card does not count it as an original kept
+        unpaired_failing += not desirable(u, "original")
         gates.add(u)
         checks.add(u, "no_violation")
     gate = gate_stats(gates, (run_config(out).get("gate") or {}).get("threshold"))
@@ -205,6 +211,7 @@ def compute(out: Path) -> dict:
         "kept": kept,
         "filtered": filtered,
         "no_violation": unpaired,
+        "no_violation_failing": unpaired_failing,
         "gate": {k: v for k, v in gate.items() if k != "_p"} if gate else None,
         "checks": checks.stats(kept),
         "edit_ratio": {**describe(edits), "hist": histogram(edits, SIM_BINS), "bins": SIM_BINS},

@@ -247,7 +247,7 @@ def preference(row, cfg, const, created: str) -> dict:
 
 
 def verified(results: list[dict]) -> bool:
-    """The revision fixed a check the original failed: a pair an outside signal vouches for."""
+    """The chosen answer passes a check the rejected one fails: a pair an outside signal vouches for."""
     return any(r["original"] is False and r["revision"] is True for r in results)
 
 

@@ -303,7 +303,7 @@ def test_judge_checks_go_to_the_judge_server_with_its_keys(stub, tmp_path):
         assert len(checks) >= 3 and {r["model"] for r in checks} == {"qwen-judge"}  # one per original at least
         assert not any(map(is_check, stub.requests))
         trace = [json.loads(x) for x in (tmp_path / "run" / "trace.jsonl").read_text().splitlines()]
-        inspect = [st for t in trace for st in t["stages"] if st.get("stage") == "inspect"]
+        inspect = [st for t in trace for st in t["stages"] if st.get("stage") == "inspect" and "output" in st]
         assert len(inspect) == len(checks)
         # the same run dir on the generator alone: the check requests are not the judge's, so they are asked again
         n = len(stub.requests)

@@ -23,8 +23,9 @@ from math import comb
 from pathlib import Path
 from statistics import median
 
-from .. import store
+from .. import checks as checks_mod, store
 from ..backends import last_text as text
+from ..errors import UserError
 from ..yamlio import jsonl_rows
 from . import db
 
@@ -119,6 +120,68 @@ def per_reviewer(cur: dict[str, dict[str, dict]]) -> dict[str, dict]:
 
 # ---- applying the verdicts ----
 
+class Recheck:
+    """The run's inline checks, to run on an expert's edited answer: the constitution's (constitution.json) and,
+    loaded only when an edit needs them, each prompt row's own (the run's prompts, reloaded from config.json)."""
+
+    def __init__(self, run_dir: Path):
+        from ..constitution import Constitution
+
+        self.run_dir = run_dir
+        f = run_dir / "constitution.json"
+        try:
+            data = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+            const = Constitution.model_validate({k: v for k, v in data.items() if k != "ref"}) if data else None
+        except ValueError as e:
+            raise UserError(f"{f}: cannot read the run's constitution ({type(e).__name__})") from None
+        self.const = {c.id: c for p in const.principles for c in p.checks} if const else {}
+        self.own: dict[str, dict] | None = None
+
+    def _prompt_checks(self, pref: dict) -> dict:
+        if self.own is None:
+            from .. import prompts as prompts_mod
+
+            p = store.run_config(self.run_dir).get("prompts") or {}
+            try:
+                recs = prompts_mod.load(p.get("name"), p.get("path"), p.get("dataset"), p.get("split", "train"),
+                                        p.get("column", "prompt"), p.get("id_column"), p.get("domain_column"), None,
+                                        store.run_config(self.run_dir).get("include_path") or (),
+                                        messages_column=p.get("messages_column"), config=p.get("config"),
+                                        revision=p.get("revision"), data_files=p.get("data_files"),
+                                        keep_duplicates=p.get("keep_duplicates", False), kind=p.get("kind"))
+            except UserError as e:
+                raise UserError(f"{self.run_dir}: pair {pref['id']!r}: the expert's edit must pass its prompt row's "
+                                f"own checks, and the run's prompts cannot be reloaded ({e})") from None
+            self.own = {r.id: {c.id: c for c in r.checks} for r in recs}
+        return self.own.get(str(pref.get("prompt_id")), {})
+
+    def __call__(self, pref: dict, entry: dict, answer: str) -> bool | None:
+        """Does `answer` pass the check of this `checks` entry? None: a judge check (asked of no edit)."""
+        c = (self._prompt_checks(pref) if entry["principle"] == "prompt" else self.const).get(entry["id"])
+        if c is None:
+            raise UserError(f"{self.run_dir}: pair {pref['id']!r}: check {entry['id']!r} is not in the run's "
+                            "constitution or prompts, so the expert's edit cannot be checked")
+        if c.needs_engine:
+            return None
+        msgs = pref["prompt"]
+        ctx = checks_mod.Context("\n".join(m["content"] for m in msgs if m["role"] != "system"),
+                                 {"domain": pref.get("domain") or ""})
+        return c.passes(answer, ctx)
+
+
+def relabel(pref: dict, chosen: str, rejected: str, check: Recheck) -> dict:
+    """`checks` and `verified` of the pair as now written: a side keeps the results of the text it held in the
+    run's pair (a swap swaps them), a text the pair did not hold (an expert's edit) is checked again."""
+    held = {text(pref["chosen"]): "revision", text(pref["rejected"]): "original"}
+    out = []
+    for c in pref.get("checks") or []:
+        r = dict(c)
+        for side, t in (("revision", chosen), ("original", rejected)):
+            r[side] = c[held[t]] if t in held else check(pref, c, t)
+        out.append(r)
+    return {"checks": out, "verified": store.verified(out)}
+
+
 def _unreviewed(pref: dict) -> dict:
     return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None,
             "position": None, "votes": []}
@@ -145,6 +208,7 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         conn.close()
     prefs = jsonl_rows(run_dir / "preferences.jsonl")  # a bad line is an error naming it
     rows, dropped, disputed = [], [], []
+    check = Recheck(run_dir)
     status = Counter()
     ignored = 0
     for pref in prefs:
@@ -180,7 +244,8 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         answer = {"accept": (it["revision"], it["original"]), "swap": (it["original"], it["revision"]),
                   "edit": (last["chosen"], it["original"])}[verdict]
         rows.append({**pref, "chosen": [{"role": "assistant", "content": answer[0]}],
-                     "rejected": [{"role": "assistant", "content": answer[1]}], **mark})
+                     "rejected": [{"role": "assistant", "content": answer[1]}],
+                     **relabel(pref, *answer, check), **mark})
     out = run_dir / "reviewed"
     out.mkdir(exist_ok=True)
     ts = store.run_test_size(run_dir)
