@@ -119,7 +119,9 @@ class Inspect(Stage):
                         c.id) for _, c in todo]
 
     def accept(self, job, row, gens):
-        res = {c.id: c.verdict(p_yes(g)) for (_, c), g in zip(self._checks(row), gens)}
+        ps = [(c, p_yes(g)) for (_, c), g in zip(self._checks(row), gens)]
+        res = {c.id: c.verdict(p) for c, p in ps}  # a reply off the choices fails: flagged, never a pass
+        row.flags += [f"check_unparsed_r{self.rnd}"] if any(p is None for _, p in ps) else []
         if not self.rnd:
             job.note(row, "original", res)
             return True
