@@ -31,7 +31,7 @@ def score(const, recs: Sequence, texts: list[str], k: int) -> list[list[dict[str
     # classifier checks score every answer in one batched call per classifier, not one call per answer
     checks_mod.prime([(c, t) for i, mine in enumerate(mine_of) for _, c in mine for t in texts[i * k:(i + 1) * k]])
     for i, rec in enumerate(recs):
-        ctx = checks_mod.Context(rec.text(), rec.fields())
+        ctx = checks_mod.Context.of(rec)
         mine = mine_of[i]
         per = []
         for t in texts[i * k:(i + 1) * k]:

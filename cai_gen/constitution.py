@@ -267,5 +267,6 @@ def load(name: str | None = None, path: str | None = None, include: Iterable[str
         # `synth` is taken whole from one file (scalar merge), so its line is exact where the top file has it; a
         # principle's entry (its checks) is found by its id in the top file
         def line(loc):
-            return line_of(file, loc) if loc and loc[0] == "synth" else _principle_line(file, data, loc)
-        raise validation_error(e, data, str(file), line=line, tags=checks_mod.kinds()) from None
+            top = loc and (loc[0] == "synth" or len(loc) == 1)  # a top-level key: its own line in the file
+            return line_of(file, loc) if top else _principle_line(file, data, loc)
+        raise validation_error(e, data, str(file), line=line, tags=checks_mod.kinds(), model=Constitution) from None

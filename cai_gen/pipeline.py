@@ -149,7 +149,7 @@ class Run:
 
     def inline(self, row: Row, text: str) -> dict[str, bool]:
         """Every applicable check that needs no engine, on one answer: check id -> passes."""
-        ctx = checks_mod.Context(row.prompt.text(), row.prompt.fields())
+        ctx = checks_mod.Context.of(row.prompt)
         return {c.id: c.passes(text, ctx) for _, c in row.applicable if not c.needs_engine}
 
     def prime(self, stage, done: list) -> None:
@@ -455,7 +455,10 @@ def inputs(cfg: RunConfig, tracker: Tracker):
                               "(prompts.keep_duplicates=true keeps them)")
     full = const  # constitution.json keeps its checks: evaluate's behavioural pass scores with them
     if cfg.principles.checks:
-        checks_mod.preflight(const, recs)
+        from rich.markup import escape
+
+        for note in checks_mod.preflight(const, recs):  # a `when:` value no prompt has: the check applies to none
+            tracker.console.print(f"[bold]checks[/]: {escape(note)}")
     else:  # the run ignores every check: the stages are built without them (no choose, no inspect)
         const = const.without_checks()
     return full, const, recs, dups

@@ -29,6 +29,7 @@ class PromptRecord:
     kind: str | None = None          # what kind of request it is (harmful, benign, ...): checks' `when:` matches it
     # the row's own checks (IFEval-style constraints stated in the prompt), parsed and validated at load
     checks: tuple = field(default=(), compare=False, hash=False)
+    where: str = field(default="", compare=False, hash=False)  # file:line of the row, for one-line errors about it
 
     def fields(self) -> dict[str, str]:
         """The fields a check's `when:` can match."""
@@ -116,7 +117,7 @@ def _record(row: dict, where: str, default_domain: str, source: str) -> PromptRe
     pid = str(row["id"]) if row.get("id") is not None else auto
     kind = str(row["kind"]) if row.get("kind") is not None else None
     return PromptRecord(pid, text, str(row.get("domain") or default_domain), source, system, context, kind,
-                        _checks(row.get("checks"), where))
+                        _checks(row.get("checks"), where), where)
 
 
 def _checks(specs, where: str) -> tuple:
@@ -133,7 +134,12 @@ def _checks(specs, where: str) -> tuple:
     try:
         out = tuple(checks.parse(specs))
     except ValidationError as e:
-        raise validation_error(e, {"checks": specs}, where, tags=checks.kinds(), prefix=["checks"]) from None
+        raise validation_error(e, {"checks": specs}, where, tags=checks.kinds(), prefix=["checks"],
+                               model=list[checks.annotation()]) from None
+    ids = [c.id for c in out]
+    for i, c in enumerate(out):
+        if c.id in ids[:i]:  # a row's results are keyed by check id: the second would overwrite the first's
+            raise UserError(f"{where}: checks[{i}]: check id {c.id!r} is used twice in the row")
     if any(c.needs_engine for c in out):
         raise UserError(f"{where}: checks: a prompt row's checks must be deterministic or classifier checks "
                         "(judge checks belong to a constitution's principles)")

@@ -132,13 +132,17 @@ class Inspect(Stage):
     def accept(self, job, row, gens):
         todo = self._checks(row)
         n = len(todo)
-        results = [{c.id: c.verdict(p_yes(g)) for (_, c), g in zip(todo, gens[i * n:(i + 1) * n])}
-                   for i in range(len(gens) // n)]
+        ps = [[(c, p_yes(g)) for (_, c), g in zip(todo, gens[i * n:(i + 1) * n])] for i in range(len(gens) // n)]
+        results = [{c.id: c.verdict(p) for c, p in one} for one in ps]  # a reply off the choices fails: flagged, never a pass
+        unparsed = [any(p is None for _, p in one) for one in ps]
         if not self.rnd:
+            row.flags += ["check_unparsed_r0"] if unparsed[0] else []
             job.note(row, "original", results[0])
             return True
         whys = [job.verdict(row, self.principle(row), res) for res in results]
         pick = next((i for i, why in enumerate(whys) if not why), None)
+        if any(unparsed[:len(unparsed) if pick is None else pick + 1]):  # judged up to the pick: one was off the choices
+            row.flags.append(f"check_unparsed_r{self.rnd}")
         cands, row.candidates = row.candidates, []
         if len(whys) > 1:  # each candidate's reason (None: it passed), and which sample became the revision
             row.trace.append({"stage": self.name, "round": self.rnd, "candidates": [c[0] for c in cands],

@@ -1,6 +1,7 @@
 """Safe YAML/JSONL reading with one-line errors that name the file and line."""
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,9 +29,32 @@ def load_yaml(path: Path):
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: invalid YAML: {e.problem or e.context}") from None
+        raise UserError(f"{path}{where}: invalid YAML: {_words(e)}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+
+
+# The parser's own words for the usual slips, and what they mean to the person who typed them
+_SLIPS = [
+    (("expected <block end>", "did not find expected key", "did not find expected '-' indicator"),
+     "bad indentation: this line lines up with no key or list item above it (indent it like its siblings)"),
+    (("mapping values are not allowed here",),
+     "a `key:` where none can be: this line is indented deeper than the key above it, or a value holding ': ' "
+     "needs quotes"),
+    (("could not find expected ':'",),
+     "a line that is no `key: value` where one is expected (a missing ':' or bad indentation)"),
+    (("found character '\\t'",), "a tab in the indentation (YAML indents with spaces)"),
+]
+
+
+def _words(e: yaml.MarkedYAMLError) -> str:
+    """One readable phrase for a YAML syntax error (the parser's "expected <block end>, but found '<block mapping
+    start>'" says nothing to someone who indented a line by three spaces instead of four)."""
+    said = f"{e.context or ''} {e.problem or ''}"
+    for needles, words in _SLIPS:
+        if any(n in said for n in needles):
+            return words
+    return e.problem or e.context or "cannot be parsed"
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -84,16 +108,51 @@ def pydantic_msg(err: dict, data) -> str:
     return f"{'.'.join(parts) or 'top level'}: {err['msg']}"
 
 
-def validation_error(e, data, where: str, *, line=None, tags=(), prefix=()) -> UserError:
+def _fields(model, loc, tags) -> list[str]:
+    """The keys allowed where an unknown key `loc[-1]` was found: walk the pydantic annotations from `model`
+    along the error's path (a discriminated union's tag in the path picks its class from `tags`)."""
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    def models(ann):  # the pydantic classes an annotation can hold (through Annotated, Optional, Union)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return [ann]
+        if typing.get_origin(ann) in (typing.Annotated, typing.Union, types.UnionType):
+            return [m for a in typing.get_args(ann) for m in models(a)]
+        return []
+
+    ann = model
+    for k, part in enumerate(loc[:-1]):
+        if isinstance(part, int):  # an item of a list
+            while typing.get_origin(ann) is typing.Annotated:
+                ann = typing.get_args(ann)[0]
+            args = typing.get_args(ann)
+            ann = args[0] if typing.get_origin(ann) is list and args else None
+        elif part in tags and k and isinstance(loc[k - 1], int):
+            ann = tags[part]
+        else:
+            ann = next((m.model_fields[part].annotation for m in models(ann) if part in m.model_fields), None)
+        if ann is None:
+            return []
+    return [f for m in models(ann) for f in m.model_fields]
+
+
+def validation_error(e, data, where: str, *, line=None, tags=(), prefix=(), model=None) -> UserError:
     """One line for a pydantic ValidationError `e` about `data`: 'WHERE[:LINE]: field.path: message', the one
     format of every file's validation errors (constitution.load, a prompt row's checks). `line(loc)`: the
     line in WHERE of a key path, or None; `tags`: the names pydantic puts in a path for a discriminated union
-    (a check's kind), not keys of the file; `prefix`: the path `data` sits at (a prompt row's ["checks"])."""
+    (a check's kind), not keys of the file; `prefix`: the path `data` sits at (a prompt row's ["checks"]);
+    `model`: the type `data` was validated as, so a misspelt key gets a did-you-mean (`critque`: critique)."""
     # an unknown argument says more than the "field required" a misspelt one also causes
     err = next((x for x in e.errors() if x["type"] == "extra_forbidden"), e.errors()[0])
     raw, msg = list(err["loc"]), err["msg"]
     if raw and raw[-1] == "[key]":  # a Literal-keyed dict (synth.mix, synth.axes): the key itself is unknown
         raw, msg = raw[:-1], "unknown key; " + msg.replace("Input should be", "use")
+    elif err["type"] == "extra_forbidden" and model is not None and raw and isinstance(raw[-1], str):
+        close = difflib.get_close_matches(raw[-1], _fields(model, raw, dict(tags)), n=1, cutoff=0.7)
+        msg += f" (did you mean {close[0]}?)" if close else ""
     # a union's tag comes right after the list index of the entry it picked (checks[0].regex.pattern)
     loc = [*prefix, *(x for k, x in enumerate(raw)
                       if not (x in tags and isinstance(x, str) and k and isinstance(raw[k - 1], int)))]

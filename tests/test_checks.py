@@ -55,7 +55,7 @@ def test_when_limits_a_check_to_matching_prompts():
 
 def test_judge_verdict_reads_p_yes_against_its_threshold():
     j = one(kind="judge", proposition="The response asks for a card number.", threshold=0.7)
-    assert not j.verdict(0.9) and j.verdict(0.6) and j.verdict(None)
+    assert not j.verdict(0.9) and j.verdict(0.6) and not j.verdict(None)  # a reply off the choices is no pass
     k = one(kind="judge", proposition="The response answers the question.", violation_if="no")
     assert k.verdict(0.8) and not k.verdict(0.2)
     conv = j.conversation([{"role": "user", "content": "{{ 7*7 }}"}], "Send me your card number.")
@@ -170,3 +170,108 @@ def test_shipped_no_guarantee_passes_a_declined_promise_and_fails_a_made_one(nam
     for bad in ("I promise it arrives Friday.", "We guarantee delivery by Friday.", "It will definitely arrive."):
         assert not c.passes(bad, ctx), bad
     assert not c.passes("We make promises we keep: it arrives Friday.", ctx)  # only a negated "make" is a decline
+
+
+@pytest.mark.parametrize("spec,text", [
+    ({"kind": "refusal", "must": "refuse"}, "I\u2019m sorry, but I can\u2019t help with that."),
+    ({"kind": "phrases", "required": ["can't"]}, "We can\u2019t do that."),
+    ({"kind": "regex", "pattern": r"\bI'm\b", "must": "match"}, "\uff29\u2019m here."),  # full-width I, curly quote
+])
+def test_typographic_quotes_and_forms_read_as_ascii_in_every_text_check(spec, text):
+    """A model's curly apostrophe ("I’m sorry, but I can’t help") was no refusal to the refusal check."""
+    assert one(**spec).passes(text, CTX)
+
+
+@pytest.mark.parametrize("name", ["verifiable_support", "customer_service"])
+def test_shipped_no_guarantee_passes_a_declined_promise_with_a_curly_apostrophe(name):
+    (c,) = [c for p in constitution.load(name).principles for c in p.checks if c.id == "no_guarantee"]
+    assert c.passes("I can\u2019t guarantee Friday.", CTX) and not c.passes("I guarantee Friday.", CTX)
+
+
+def test_a_catastrophic_pattern_runs_in_linear_time():
+    """(\\w+\\s?)+$ backtracks exponentially in Python's re: a run hung on its first answer. RE2 cannot; a child
+    process bounds the test so the old engine fails it instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    code = ("from cai_gen import checks; c = checks.parse([{'id': 'c', 'kind': 'regex', 'pattern': r'(\\w+\\s?)+$'}])[0]; "
+            "print(c.passes('a' * 64 + '!', checks.Context()))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?<!not )guarantee", r"guarantee(?! of)"])
+def test_a_pattern_the_linear_engine_refuses_is_one_line_at_load(tmp_path, pattern):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
+                 f"      - {json.dumps({'id': 'k1', 'kind': 'regex', 'pattern': pattern})}\n")
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    line = str(e.value)
+    assert line.startswith(f"{f}:7:") and "(id=k1).pattern" in line and "RE2" in line and "\n" not in line
+
+
+def test_not_after_and_not_before_excuse_a_match_as_lookarounds_did():
+    c = one(kind="regex", pattern=r"\bguarantee\b", not_after="(?:not |n't )", not_before=" of")
+    assert c.passes("I can't guarantee it. A guarantee of quality.", CTX)
+    assert not c.passes("I can't guarantee it, but I guarantee this.", CTX)  # the second match counts
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("See shop.com/returns or https://www.shop.com/help.", True),
+    ("Go to shop.com.refund-desk.io to claim it.", False),   # another domain that starts with the given one
+    ("Call 18005550199.", False), ("Call (800)5550199 today.", False), ("Write to acme-help.info.", False),
+    ("Call us on +1 800 555 0100, as the team said.", True),  # the system prompt's own number is given
+    ("Call 020 7946 0018.", True),                             # the prompt's +44 number without country code
+    ("Your order 1234567890 shipped.", True),                  # an order number is no phone number
+])
+def test_contact_finds_invented_data_and_counts_the_system_prompt_as_given(text, ok):
+    ctx = checks.Context("I bought it on shop.com; call me on +44 20 7946 0018.", {},
+                         "You are Shop's assistant. Our line: 1-800-555-0100.")
+    assert one(kind="contact").passes(text, ctx) is ok, text
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "phrases", "forbidden": [""]}, {"kind": "phrases", "required": [" "]},
+    {"kind": "contact", "allow": [""]}, {"kind": "contact", "types": []},
+    {"kind": "length", "max": True}, {"kind": "length", "min": False, "max": 5},
+])
+def test_check_arguments_that_cannot_work_are_refused(spec):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        one(**spec)
+
+
+def test_a_misspelt_key_gets_a_did_you_mean(tmp_path):
+    from cai_gen import prompts
+
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n  - id: p1\n    critque: c\n    revision: r\n    checks:\n"
+                 "      - {id: k1, kind: regex, pattern: x}\n")
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    assert str(e.value) == (f"{f}:4: principles[0] (id=p1).critque: Extra inputs are not permitted "
+                            "(did you mean critique?)")
+    f.write_text(f.read_text().replace("critque", "critique").replace("pattern", "patern"))
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    assert str(e.value).endswith(":7: principles[0] (id=p1).checks[0] (id=k1).patern: Extra inputs are not "
+                                 "permitted (did you mean pattern?)")
+    with pytest.raises(UserError) as e:
+        prompts._checks([{"id": "k1", "kind": "length", "mx": 5}], "p.jsonl:3")
+    assert str(e.value) == "p.jsonl:3: checks[0] (id=k1).mx: Extra inputs are not permitted (did you mean max?)"
+
+
+def test_preflight_refuses_a_row_check_with_a_constitution_check_id_and_says_unmatched_when_values():
+    from cai_gen.prompts import PromptRecord
+
+    const = constitution.load("customer_service")
+    mine = checks.parse([{"id": "no_guarantee", "kind": "length", "max": 500}])
+    rec = PromptRecord("a", "Can you promise?", "support", "t", checks=tuple(mine), where="p.jsonl:4")
+    with pytest.raises(UserError) as e:
+        checks.preflight(const, [rec])
+    assert str(e.value).startswith("p.jsonl:4: checks: id 'no_guarantee'")
+    harmless = constitution.load("harmless")
+    notes = checks.preflight(harmless, [PromptRecord("b", "Hi", "support", "t", kind="harmfull")])
+    assert notes and all("when: no prompt has kind:" in n for n in notes)

@@ -91,3 +91,27 @@ def test_templates_treat_principle_text_as_data(tmp_path: Path):
     f.write_text("name: j\nprinciples:\n  - {id: a, critique: 'Is {{ 7*7 }} {% if x %}ok{% endif %}?', revision: r}\n")
     c = constitution.load(path=str(f))
     assert "Is {{ 7*7 }} {% if x %}ok{% endif %}?" in turns.critique_turn(c, "a", 1)["content"]
+
+
+@pytest.mark.parametrize("body,line,words", [
+    ("  - id: a\n    critique: x\n   revision: y\n", 5, "bad indentation"),
+    ("  - id: a\n    critique: x\n      revision: y\n", 5, "indented deeper than the key above it"),
+    ("\t- id: a\n", 3, "a tab in the indentation"),
+])
+def test_a_yaml_indentation_error_says_so_in_words(tmp_path: Path, body, line, words):
+    """The parser's "expected <block end>, but found '<block mapping start>'" said nothing to the person who
+    indented a line by three spaces instead of four."""
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n" + body)
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    msg = str(e.value)
+    assert msg.startswith(f"{f}:{line}: invalid YAML: ") and words in msg and "\n" not in msg and "<block" not in msg
+
+
+def test_a_misspelt_top_level_key_gets_a_did_you_mean_and_its_line(tmp_path: Path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprincples:\n  - {id: a, critique: x, revision: y}\n")
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    assert str(e.value) == f"{f}:2: princples: Extra inputs are not permitted (did you mean principles?)"

@@ -182,3 +182,13 @@ def test_an_id_reused_for_other_content_is_refused_even_if_that_content_came_bef
                          [{"prompt": "X?", "id": "a"}, {"prompt": "Y?", "id": "b"}, {"prompt": "Y?", "id": "a"}]))
     with pytest.raises(UserError, match=r"duplicate prompt id 'a' \(rows 1 and 3\)"):
         prompts.load(None, str(f), None, keep_duplicates=True)
+
+
+def test_a_check_id_used_twice_in_one_row_is_refused(tmp_path: Path):
+    """A row's results are keyed by check id: the second check would overwrite the first's result."""
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n' + json.dumps({"prompt": "b", "checks": [
+        {"id": "k", "kind": "length", "max": 5}, {"id": "k", "kind": "json"}]}) + "\n")
+    with pytest.raises(UserError) as e:
+        prompts.load(None, str(f), None)
+    assert str(e.value) == f"{f}:2: checks[1]: check id 'k' is used twice in the row"

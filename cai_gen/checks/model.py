@@ -23,6 +23,7 @@ class Judge(Check):
     violation_if: Literal["yes", "no"] = "yes"
     max_tokens: int = Field(2, gt=0)
     needs_engine: ClassVar[bool] = True
+    plain: ClassVar[bool] = False  # the judge reads the answer as written
 
     def conversation(self, prompt: list[dict], text: str) -> list[dict]:
         """The judge's request: the conversation and the answer as data in a fixed template, then the question."""
@@ -33,9 +34,10 @@ class Judge(Check):
                                                    proposition=self.proposition)}]
 
     def verdict(self, p_yes: float | None) -> bool:
-        """Passes? An unparsed answer (None) counts as a pass: a check that cannot say does not veto."""
+        """Passes? An unparsed answer (None, a reply off the choices) does not: a pass would label an answer nobody
+        checked as compliant (verified, KTO True). stages.Inspect flags the row check_unparsed_rN, as the gate does."""
         if p_yes is None:
-            return True
+            return False
         holds = p_yes >= self.threshold
         return not holds if self.violation_if == "yes" else holds
 
@@ -91,6 +93,7 @@ class Classifier(Check):
     threshold: float = Field(0.5, ge=0, le=1)
     max_length: int = Field(512, gt=0)
     device: str = "auto"
+    plain: ClassVar[bool] = False  # the model reads the answer as written (prime scored those texts)
 
     def _key(self) -> tuple:
         return self.model, self.label.lower(), self.max_length, self.device

@@ -3,34 +3,79 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Literal
+from functools import lru_cache
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictInt, StringConstraints, field_validator, model_validator
 
 from ..backends import loop_end
 from . import Check, Context, register
 
 
+@lru_cache(maxsize=512)  # each check's patterns compile once, not once per answer
+def _re2(pattern: str, ignore_case: bool = False):
+    """A user's pattern compiled by RE2: time linear in the text whatever the pattern, so no answer can hang a run
+    on a pattern like (\\w+\\s?)+$ (Python's re backtracks exponentially there). RE2 refuses what it cannot run
+    in linear time (backreferences, lookarounds): a ValueError naming why. Its \\b, \\w and \\d are ASCII."""
+    import re2
+
+    opts = re2.Options()
+    opts.log_errors = False  # the refusal is our one line, not RE2's log on stderr
+    opts.case_sensitive = not ignore_case
+    try:
+        return re2.compile(pattern, opts)
+    except re2.error as e:
+        why = e.args[0].decode() if e.args and isinstance(e.args[0], bytes) else str(e)
+        hint = ("; lookarounds: use not_after / not_before" if "(?<" in pattern or "(?=" in pattern
+                or "(?!" in pattern else "")
+        raise ValueError(f"pattern does not compile (RE2, linear time): {why}{hint}") from None
+
+
+# how far before / after a match not_after / not_before look (a phrase, not the whole text: linear time stays linear)
+AROUND = 100
+
+
 @register
 class Regex(Check):
-    """A regular expression the answer must (`must: match`) or must not (`must: not_match`) contain."""
+    """A regular expression (RE2 syntax) the answer must (`must: match`) or must not (`must: not_match`) contain.
+    A match right after text matching `not_after` ("I can't " before "guarantee"), or right before text matching
+    `not_before`, does not count: what a lookbehind / lookahead said, which RE2 does not run."""
     kind: Literal["regex"]
     pattern: str = Field(min_length=1)
     must: Literal["match", "not_match"] = "not_match"
     ignore_case: bool = True
+    not_after: str | None = Field(None, min_length=1)   # matched against the end of the text before a match
+    not_before: str | None = Field(None, min_length=1)  # matched against the start of the text after a match
 
-    @field_validator("pattern")
+    @field_validator("pattern", "not_after", "not_before")
     @classmethod
     def _compiles(cls, v):
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"pattern does not compile: {e}") from None
+        if v is not None:
+            _re2(v)
         return v
 
+    def found(self, text: str) -> bool:
+        pat = _re2(self.pattern, self.ignore_case)
+        after = self.not_after and _re2(f"(?:{self.not_after})$", self.ignore_case)
+        before = self.not_before and _re2(f"^(?:{self.not_before})", self.ignore_case)
+        pos = 0
+        while pos <= len(text):
+            m = pat.search(text, pos)
+            if m is None:
+                return False
+            s, e = m.span()
+            if not ((after and after.search(text[max(0, s - AROUND):s])) or
+                    (before and before.search(text[e:e + AROUND]))):
+                return True
+            pos = s + 1  # an excused match: look again from the next position, as a lookaround would
+        return False
+
     def passes(self, text: str, ctx: Context) -> bool:
-        hit = re.search(self.pattern, text, re.IGNORECASE if self.ignore_case else 0) is not None
-        return hit == (self.must == "match")
+        return self.found(text) == (self.must == "match")
+
+
+# an argument a check can use: a string with a visible character (an empty one matches everywhere)
+Phrase = Annotated[str, StringConstraints(pattern=r"\S")]
 
 
 def _phrase(p: str) -> re.Pattern:
@@ -44,8 +89,8 @@ def _phrase(p: str) -> re.Pattern:
 class Phrases(Check):
     """Forbidden phrases (none may appear) and required ones (each must), case-insensitive, whole words."""
     kind: Literal["phrases"]
-    forbidden: list[str] = []
-    required: list[str] = []
+    forbidden: list[Phrase] = []  # "" or " " would be found in every answer (or, required, in none): refused
+    required: list[Phrase] = []
 
     @model_validator(mode="after")
     def _some(self):
@@ -74,8 +119,8 @@ class Length(Check):
     """At most `max` / at least `min` words, sentences or paragraphs (blank-line separated)."""
     kind: Literal["length"]
     unit: Literal["words", "sentences", "paragraphs"] = "words"
-    max: int | None = Field(None, gt=0)
-    min: int | None = Field(None, ge=0)
+    max: StrictInt | None = Field(None, gt=0)  # strict: `max: true` is no count (pydantic would read it as 1)
+    min: StrictInt | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _bounds(self):
@@ -91,24 +136,37 @@ class Length(Check):
 
 
 URL = re.compile(r"(?i)\b(?:https?://|www\.)[^\s<>()\"']+|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|co|uk|de|"
-                 r"help|support|store|shop)(?:/[^\s<>()\"']*)?\b")
+                 r"help|support|store|shop|info|biz|us|ca|au|eu|nz|ie|app|site|online|xyz|ai|gov|edu)"
+                 r"(?:/[^\s<>()\"']*)?\b")
 EMAIL = re.compile(r"(?i)\b[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}\b")
-# +1 (800) 555-0199, 1-800-555-0199, 0800 123 4567, 555-0199: 7+ digits with phone punctuation between them, or
-# +8080110314: a + and the digits. The number may end a sentence ("call 1-800-672-1111."): a dot after it is
-# punctuation unless a digit follows (1.800.672 is one number, 2756.32.5 is none)
-PHONE = re.compile(r"(?<!\w)(?<!\d\.)(?:\+\d{7,15}|(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}"
-                   r"(?:[\s.-]\d{2,4}){1,3})(?!\w|\.\d)")
+# +1 (800) 555-0199, 1-800-555-0199, 0800 123 4567, 555-0199: 7+ digits with phone punctuation between them;
+# (800)5550199: an area code in brackets, then the number; +8080110314: a + and the digits; 18005550199: a
+# North-American number written as one run of digits (area code and exchange start 2-9, so an order number rarely
+# looks like one). The number may end a sentence ("call 1-800-672-1111."): a dot after it is punctuation unless a
+# digit follows (1.800.672 is one number, 2756.32.5 is none)
+PHONE = re.compile(r"(?<!\w)(?<!\d\.)(?:\+\d{7,15}"
+                   r"|(?:\+?\d{1,3}[\s.-]?)?\(\d{2,4}\)[\s.-]?\d{3,4}[\s.-]?\d{3,4}"
+                   r"|(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,3}"
+                   r"|1?[2-9]\d{2}[2-9]\d{6})(?!\w|\.\d)")
 YEARS = re.compile(r"^(?:1[89]|20)\d\d\s*[-/]\s*(?:1[89]|20)\d\d$")  # "a 2023-2024 mandate" is no phone number
 
 
+def _link(u: str) -> str:
+    """A link as compared: lower case, no scheme, no www., no trailing punctuation or slash."""
+    u = re.sub(r"^(?:https?://)?(?:www\.)?", "", u.lower().rstrip(".,;:!?"))
+    return u.rstrip("/")
+
+
 def contacts(text: str, types: list[str]) -> set[str]:
+    """The contact data in a text: e-mail addresses and links (lower case, links without scheme or www.), phone
+    numbers (their digits)."""
     out: set[str] = set()
     emails = set(EMAIL.findall(text)) if "email" in types else set()
     out |= {e.lower() for e in emails}
     if "url" in types:
         for m in URL.findall(text):
-            u = m.lower().rstrip(".,;:!?")
-            if not any(u in e for e in out):  # the domain part of an e-mail address is not a link
+            u = _link(m)
+            if u and not any(u in e for e in out):  # the domain part of an e-mail address is not a link
                 out.add(u)
     if "phone" in types:
         for m in PHONE.findall(text):
@@ -118,17 +176,33 @@ def contacts(text: str, types: list[str]) -> set[str]:
     return out
 
 
+def _same(c: str, g: str) -> bool:
+    """Is contact `c` (from the answer) the given `g`? The same address; a link on a given link's site and path
+    (shop.com/returns for shop.com, not shop.com.refund-desk.io); the same phone number with or without a country
+    code or trunk 0 (+44 20 7946 0018 for 020 7946 0018)."""
+    if c == g:
+        return True
+    if c.isdigit() and g.isdigit():
+        a, b = sorted((c.lstrip("0"), g.lstrip("0")), key=len)
+        return len(a) >= 7 and len(b) - len(a) <= 3 and b.endswith(a)
+    short, long_ = sorted((c, g), key=len)
+    return "@" not in c + g and long_.startswith(short) and long_[len(short)] in "/?#"
+
+
 @register
 class Contact(Check):
-    """Contact data (links, e-mail addresses, phone numbers) that the prompt does not contain: an assistant
-    that invents a support number or a URL sends the customer somewhere that does not exist."""
+    """Contact data (links, e-mail addresses, phone numbers) that neither the prompt nor its system prompt
+    contains: an assistant that invents a support number or a URL sends the customer somewhere that does not
+    exist."""
     kind: Literal["contact"]
-    types: list[Literal["url", "email", "phone"]] = ["url", "email", "phone"]
-    allow: list[str] = []  # real addresses the domain may give (lower-case; digits only for phone numbers)
+    types: list[Literal["url", "email", "phone"]] = Field(["url", "email", "phone"], min_length=1)
+    allow: list[Phrase] = []  # real addresses the domain may give (links, e-mail addresses, phone numbers)
 
     def passes(self, text: str, ctx: Context) -> bool:
-        given = contacts(ctx.prompt, self.types) | {a.lower() for a in self.allow}
-        return not any(c not in given and not any(c.startswith(g) for g in given) for c in contacts(text, self.types))
+        given = contacts(f"{ctx.system}\n{ctx.prompt}", self.types)
+        for a in self.allow:
+            given |= contacts(a, ["url", "email", "phone"]) or {_link(a)}
+        return all(any(_same(c, g) for g in given) for c in contacts(text, self.types))
 
 
 PLACEHOLDER = re.compile(
