@@ -157,3 +157,11 @@ def test_a_run_records_what_the_instruction_check_says_of_the_written_answers(tm
         said.append((got["original"], got["revision"]))
         assert said[-1] == (c.passes(r["rejected"][0]["content"], ctx), c.passes(r["chosen"][0]["content"], ctx))
     assert rows and (False, True) in said  # the fake's 31-word original fails, its 28-word revision passes
+
+
+def test_the_verifier_reads_the_text_as_written_not_normalised():
+    """Other text checks read curly quotes as straight (issue 31 item 5); the benchmark's verifier must not: IFEval's
+    startend:quotation fails an answer wrapped in typographic quotes, and so must the check that stands for it."""
+    c = one(instruction="startend:quotation")
+    assert c.passes('"Hammocks are comfy."', CTX)
+    assert not c.passes("\u201cHammocks are comfy.\u201d", CTX)

@@ -17,7 +17,7 @@ import os
 import random
 import re
 from functools import lru_cache
-from typing import Any, Literal
+from typing import ClassVar, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -114,6 +114,9 @@ class Instruction(Check):
     kwargs: dict[str, Any] = {}              # its arguments, named as the benchmark's rows name them
     loose: bool = False                      # IFEval's loose variant (first/last line or `*` marks dropped)
     benchmark: Literal["ifeval", "ifbench"] | None = None  # whose registry; unset: the one that has the id
+    # the verifier reads the text as written, as the benchmark scores it: IFEval's quotation and punctuation checks
+    # see the characters the model wrote, so normalising curly quotes would pass what the benchmark fails
+    plain: ClassVar[bool] = False
 
     @model_validator(mode="after")
     def _verifiable(self):
