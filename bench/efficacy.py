@@ -67,11 +67,11 @@ def prompts_key(recs: list) -> str:
 def split_prompts(work: Path, limit: int | None):
     """(train records, held-out records) of the prompt set; the train side written as WORK/train_prompts.jsonl."""
     from cai_gen import prompts as prompts_mod
-    from cai_gen.store import split_of, write_jsonl
+    from cai_gen.store import prompt_side, write_jsonl
 
     recs = prompts_mod.load(PROMPTS, None, None)
-    train = [r for r in recs if split_of(r.id, TEST) == "train"][:limit]
-    test = [r for r in recs if split_of(r.id, TEST) == "test"]
+    train = [r for r in recs if prompt_side(r, TEST) == "train"][:limit]
+    test = [r for r in recs if prompt_side(r, TEST) == "test"]
     write_jsonl(work / "train_prompts.jsonl", [{"id": r.id, "prompt": r.prompt, "domain": r.domain, "kind": r.kind}
                                                | ({"system": r.system} if r.system else {}) for r in train])
     return train, test

@@ -63,7 +63,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--min-test", type=int, default=MIN_TEST, help="fewest test pairs for a verdict")
     p.add_argument("--test-size", type=float,
-                   help="re-split by prompt-id hash with this test share (prompt-disjoint) instead of the run's split")
+                   help="re-split by the prompts' text with this test share (prompt-disjoint) instead of the run's split")
     p.add_argument("--no-shuffled", dest="shuffled", action="store_false", help="skip the shuffled-label control")
     p.add_argument("--no-behaviour", dest="behaviour", action="store_false",
                    help="skip the behavioural pass (each model answers held-out prompts, the constitution's checks score them)")
@@ -108,7 +108,7 @@ def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dic
 
     rows = [r for _, r in read_jsonl(f)]
     if test_size is not None:
-        rows = [{**r, "split": store.prompt_split(r, test_size, str(f))} for r in rows]
+        rows = store.resplit(rows, test_size, str(f))
     else:
         rows = store.with_splits(rows, store.run_test_size(run), str(f))
     return [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "test"]
@@ -280,7 +280,7 @@ def held_out(a, run: Path):
         except UserError as e:
             raise UserError(f"{run}: cannot reload the run's prompts ({e}); pass --prompts FILE") from None
         ts = a.test_size if a.test_size is not None else store.run_test_size(run)
-        recs = [r for r in recs if store.split_of(r.id, ts) == "test"]
+        recs = [r for r in recs if store.prompt_side(r, ts) == "test"]
     if not recs:
         raise UserError(f"{a.prompts or run}: no held-out prompts for the behavioural pass "
                         "(a test split with prompts, or --prompts FILE)")

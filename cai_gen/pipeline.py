@@ -431,6 +431,9 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     # decided once over the whole run's pairs (balancing each chunk on its own drops pairs the run would keep)
     drop = quality.length_balance(writer.pairs, cfg.seed) if cfg.output.length_balance == "match" else set()
     summary = writer.finish(created, drop)
+    if writer.review_dropped:
+        tracker.console.print(f"[bold]reviewed/[/]: removed (built on the pairs before this rerun); "
+                              f"`python -m cai_gen.review merge {out_dir}` rebuilds it from the verdicts")
     summary.update(prompts=n_prompts, duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})

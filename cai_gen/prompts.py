@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import paths
-from .ids import base_id, copy_id
+from .ids import base_id, copy_id, groups
 from .errors import UserError
 from .yamlio import load_yaml, read_jsonl
 
@@ -30,6 +30,8 @@ class PromptRecord:
     # the row's own checks (IFEval-style constraints stated in the prompt), parsed and validated at load
     checks: tuple = field(default=(), compare=False, hash=False)
     where: str = field(default="", compare=False, hash=False)  # file:line of the row, for one-line errors about it
+    # the key of its split group among the loaded prompts (ids.groups, set by load): "" for a record made alone
+    group: str = field(default="", compare=False, hash=False)
 
     def fields(self) -> dict[str, str]:
         """The fields a check's `when:` can match."""
@@ -43,6 +45,10 @@ class PromptRecord:
         """The whole prompt as chat messages (TRL's explicit-prompt format)."""
         sys = [{"role": "system", "content": self.system}] if self.system else []
         return sys + self.turns() + [{"role": "user", "content": self.prompt}]
+
+    def users(self) -> list[str]:
+        """The user turns, oldest first (what the split groups prompts by)."""
+        return [c for r, c in self.context if r == "user"] + [self.prompt]
 
     def text(self) -> str:
         """Every turn's text, for checks that ask what the user said (e.g. a model name they mentioned)."""
@@ -152,16 +158,22 @@ class Prompts(list):
 
 
 def _dedupe(recs: list[PromptRecord], where: str, keep_duplicates: bool = False) -> Prompts:
-    """Exact duplicate conversations are dropped (reported), unless kept; an id given twice to different
-    prompts is an error (which one did the user mean?)."""
+    """Exact duplicate rows (same system, turns, text, kind and checks) are dropped (reported), unless kept; the
+    same text with another `kind` or `checks` is another row (it is checked otherwise), which needs its own id;
+    an id given twice to different prompts is an error (which one did the user mean?)."""
     out, seen_id, seen_text = Prompts(), {}, set()
     for i, r in enumerate(recs):
-        key = (r.system, r.context, r.prompt)  # hashable: context is (role, content) pairs
+        # hashable: context is (role, content) pairs; checks by their validated spec
+        key = (r.system, r.context, r.prompt, r.kind,
+               json.dumps([c.model_dump(mode="json") for c in r.checks], sort_keys=True))
         if key in seen_text and not keep_duplicates:
             out.duplicates += 1
             continue
         if r.id in seen_id:
             first, first_key = seen_id[r.id]
+            if key[:3] == first_key[:3] and key != first_key:
+                raise UserError(f"{where}: rows {first + 1} and {i + 1} are the same prompt (id {r.id!r}) with another "
+                                "`kind` or `checks`: give each row its own `id`, or the same kind and checks")
             if key != first_key:  # the same id for another prompt (not merely another prompt's content again)
                 raise UserError(f"{where}: duplicate prompt id {r.id!r} (rows {first + 1} and {i + 1})")
             # kept on purpose: the same prompt again, so number the copy (its split and shard follow base_id)
@@ -262,6 +274,8 @@ def load(name: str | None, path: str | None, dataset: str | None, split: str = "
     if limit:
         out, dup = Prompts(out[:limit]), out.duplicates
         out.duplicates = dup
+    # split groups over the run's prompts before any shard is taken, so shards split as the whole run does
+    out[:] = [replace(r, group=g) for r, g in zip(out, groups([r.users() for r in out]))]
     return out
 
 

@@ -234,8 +234,8 @@ def compute(out: Path) -> dict:
         # written by `python -m cai_gen.evaluate` (does DPO on the data beat the controls?)
         "eval": json.loads((out / "eval" / "eval.json").read_text()) if (out / "eval" / "eval.json").is_file() else None,
         # written by `python -m cai_gen.review merge` (counts and agreement of the expert verdicts)
-        "review": json.loads((out / "reviewed" / "review.json").read_text()) if (out / "reviewed" / "review.json").is_file()
-        else None,
+        "review": json.loads((out / "reviewed" / "review.json").read_text())
+        if (out / "reviewed" / "review.json").is_file() and store.reviewed_stale(out) is None else None,  # a stale one: none
         "_series": {"chosen_words": cw, "rejected_words": rw, "sims_kept": sims_kept, "sims_dropped": sims_dropped,
                     "margins": margins, "edit_ratio": edits, "p_yes": gate["_p"] if gate else []},
     }

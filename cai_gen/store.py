@@ -16,7 +16,7 @@ from pathlib import Path
 from .checks import desirable
 from .errors import UserError
 from . import routing, rundir
-from .ids import base_id
+from .ids import groups
 from .yamlio import jsonl_rows
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "prompt_id", "principle_ids", "critiques", "gate", "edit_ratio",
@@ -26,21 +26,35 @@ SFT_COLUMNS = ["messages", "id", "domain", "origin", "created_at", "split"]
 KTO_COLUMNS = ["prompt", "completion", "label", "id", "domain", "created_at", "split"]
 
 
-def split_of(prompt_id: str, test_size: float) -> str:
-    """'train' or 'test' by a hash of the prompt id: every sample of a prompt lands on one side (prompt-disjoint),
-    and a prompt keeps its side when the set grows, is sharded or is merged. A kept copy of a prompt
-    (prompts.keep_duplicates) takes its base prompt's side: the same question is never on both sides."""
-    h = int.from_bytes(hashlib.sha256(f"split:{base_id(prompt_id)}".encode()).digest()[:8], "big") / 2 ** 64
+def split_of(key: str, test_size: float) -> str:
+    """'train' or 'test' by a hash of a split group's key (ids.groups): every sample of a prompt lands on one side
+    (prompt-disjoint), and so do copies of one question under other ids and prefixes of one conversation. A
+    prompt keeps its side when the set grows (unless a new prompt joins its group), is sharded or is merged."""
+    h = int.from_bytes(hashlib.sha256(f"split:{key}".encode()).digest()[:8], "big") / 2 ** 64
     return "test" if h < test_size else "train"
 
 
-def prompt_split(row: dict, test_size: float, where: str = "") -> str:
-    """A written row's side at `test_size`, from its prompt_id column: the key split_of was given when it was
-    written (never parsed back out of the row id). `where` names the file for the error."""
-    if row.get("prompt_id") is None:
-        raise UserError(f"{where + ': ' if where else ''}row {row.get('id')!r}: no prompt_id column (written by an "
-                        f"older cai_gen); rerun it (same command and run dir: nothing is regenerated) to rewrite it")
-    return split_of(str(row["prompt_id"]), test_size)
+def prompt_side(rec, test_size: float) -> str:
+    """A prompt record's side: its group's (prompts.load groups the run's prompts), or its own for a lone one."""
+    return split_of(rec.group or groups([rec.users()])[0], test_size)
+
+
+def _users(row: dict, where: str) -> list[str]:
+    msgs = row.get("prompt")
+    users = [m["content"] for m in msgs if isinstance(m, dict) and m.get("role") == "user"] \
+        if isinstance(msgs, list) else []
+    if not users or not all(isinstance(u, str) for u in users):
+        raise UserError(f"{where + ': ' if where else ''}row {row.get('id')!r}: its `prompt` column has no user turn "
+                        "(not a cai_gen row)")
+    return users
+
+
+def resplit(rows: list[dict], test_size: float, where: str = "") -> list[dict]:
+    """Every row's split anew from its prompt column, grouped over all `rows` (ids.groups), at one test size: a
+    merge of runs split at other sizes, or with other prompts, has no question on both sides. `where` names
+    the file for the error."""
+    keys = groups([_users(r, where) for r in rows])
+    return [{**r, "split": split_of(k, test_size)} for r, k in zip(rows, keys)]
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -224,7 +238,7 @@ def preference(row, cfg, const, created: str) -> dict:
         "chosen": chosen,
         "rejected": rejected,
         "id": row.id,
-        "prompt_id": row.prompt.id,  # what `split` is a hash of, so a reader can re-split (evaluate --test-size)
+        "prompt_id": row.prompt.id,  # the prompt its id and randomness are keyed by
         "principle_ids": row.revised(),  # not a round the gate said NO to: nothing was revised there
         "critiques": row.critiques,
         "gate": row.gate,
@@ -241,7 +255,7 @@ def preference(row, cfg, const, created: str) -> dict:
         # per check: did the original and the chosen answer pass it (null: not asked of that answer)
         "checks": row.checks,
         "verified": verified(row.checks),
-        "split": split_of(row.prompt.id, cfg.output.test_size),
+        "split": prompt_side(row.prompt, cfg.output.test_size),
         **extra,
     }
 
@@ -262,9 +276,51 @@ def run_test_size(run_dir: Path) -> float:
     return (run_config(run_dir).get("output") or {}).get("test_size", 0.1)
 
 
+def built_from(run_dir: Path) -> str:
+    """A hash of the run files `review merge` builds reviewed/ from (preferences.jsonl, no_violation.jsonl): its
+    stamp in reviewed/review.json, so a reviewed/ that a rerun has outdated is known as such."""
+    h = hashlib.sha256()
+    for name in ("preferences.jsonl", "no_violation.jsonl"):
+        f = Path(run_dir) / name
+        h.update(f"{name}\0".encode())
+        if f.is_file():
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
+    return h.hexdigest()[:16]
+
+
+def reviewed_stale(run_dir: Path) -> str | None:
+    """Why RUN_DIR/reviewed/ does not describe the run's files (None: it does, or there is none)."""
+    f = Path(run_dir) / "reviewed" / "review.json"
+    if not (Path(run_dir) / "reviewed").is_dir():
+        return None
+    try:
+        stamp = json.loads(f.read_text()).get("built_from")
+    except (OSError, ValueError, AttributeError):
+        stamp = None
+    if stamp is None:
+        return "was written by an older cai_gen, without a stamp of the files it was built from"
+    if stamp != built_from(run_dir):
+        return "was built from another preferences.jsonl than the run's (the run was rerun since)"
+    return None
+
+
+def drop_stale_review(run_dir: Path) -> bool:
+    """A rerun removes a reviewed/ its new files outdate (the verdicts stay in review.sqlite: `python -m
+    cai_gen.review merge` rebuilds it on the new pairs); True when it did."""
+    if reviewed_stale(run_dir) is None:
+        return False
+    shutil.rmtree(Path(run_dir) / "reviewed")
+    return True
+
+
 def with_splits(rows: list[dict], test_size: float, where: str = "") -> list[dict]:
-    """Rows read back from files (merges) with their split filled in where an older run had none."""
-    return [r if r.get("split") else {**r, "split": prompt_split(r, test_size, where)} for r in rows]
+    """Rows read back from files with their split filled in where an older run had none (from their prompts,
+    grouped over all `rows`)."""
+    if all(r.get("split") for r in rows):
+        return rows
+    split = resplit(rows, test_size, where)
+    return [r if r.get("split") else {**r, "split": s["split"]} for r, s in zip(rows, split)]
 
 
 def rejected_row(row) -> dict:
@@ -280,7 +336,7 @@ def no_violation_row(row, created: str, test_size: float) -> dict:
     return {"id": row.id, "prompt_id": row.prompt.id, "prompt": prompt_messages(row), "original": row.original,
             "principle_ids": row.principles[: len(row.critiques)], "critiques": row.critiques, "gate": row.gate,
             "flags": row.flags, "domain": row.prompt.domain, "created_at": row.done_at or created,
-            "checks": row.checks, "split": split_of(row.prompt.id, test_size)}
+            "checks": row.checks, "split": prompt_side(row.prompt, test_size)}
 
 
 def training_rows(prefs: list[dict], unpaired: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -335,6 +391,7 @@ class Writer:
         self.n = {"rows": 0, "kept": 0, "rejected": 0, "no_violation": 0}
         self.pairs: list[tuple[str, int, int]] = []  # per kept pair, in file order: (id, chosen, rejected words)
         self.pair_at, self.rejected_at = array("q"), array("q")  # run row number of each pair, each rejected row
+        self.review_dropped = False  # finish(): a stale reviewed/ was removed
 
     def _put(self, part: str, rows) -> None:
         self.f[part].writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -389,6 +446,7 @@ class Writer:
                 (out / name).unlink(missing_ok=True)
                 continue
             _concat([self.dir / f"{p}.jsonl" for p in parts], out / name)
+        self.review_dropped = drop_stale_review(out)  # expert data on the old pairs would be published as this run's
         # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
         write_jsonl(out / "review_queue.jsonl", routing.queue(jsonl_rows(out / "preferences.jsonl"), cfg.review,
                                                                cfg.seed, const))

@@ -217,7 +217,7 @@ def test_held_out_prompts_are_the_test_split_or_the_given_file(run_dir, tmp_path
 
     a = ev.parse([str(run_dir)])
     const, recs = ev.held_out(a, run_dir)
-    assert recs and all(store.split_of(r.id, 0.3) == "test" for r in recs) and const.name == "verifiable_support"
+    assert recs and all(store.prompt_side(r, 0.3) == "test" for r in recs) and const.name == "verifiable_support"
     trained_on = {json.loads(x)["prompt_id"] for x in (run_dir / "preferences.jsonl").read_text().splitlines()
                   if json.loads(x)["split"] == "train"}
     assert not trained_on & {r.id for r in recs}  # held out: no training pair came from them

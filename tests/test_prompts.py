@@ -192,3 +192,24 @@ def test_a_check_id_used_twice_in_one_row_is_refused(tmp_path: Path):
     with pytest.raises(UserError) as e:
         prompts.load(None, str(f), None)
     assert str(e.value) == f"{f}:2: checks[1]: check id 'k' is used twice in the row"
+
+
+def test_the_same_text_with_other_checks_or_kind_is_another_row_not_a_duplicate(tmp_path: Path):
+    """Issue 31 item 17: exact-duplicate dedup compared the text alone, so a row asking the same question under
+    another check (max 30 words against max 200) or another kind was dropped as a duplicate of the first, and its
+    check never ran. Rows with their own ids are both kept (one split side: the same question); rows that would
+    share an id (no `id`: a hash of the text) are one line asking for ids."""
+    check = lambda n: [{"id": "short", "kind": "length", "max": n}]  # noqa: E731
+    rows = [{"id": "a", "prompt": "Explain refunds.", "checks": check(30)},
+            {"id": "b", "prompt": "Explain refunds.", "checks": check(200)},
+            {"id": "c", "prompt": "Explain refunds.", "kind": "benign", "checks": check(30)},
+            {"id": "d", "prompt": "Explain refunds.", "checks": check(30)}]  # a true duplicate of row 1
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    recs = prompts.load(None, str(f), None)
+    assert [r.id for r in recs] == ["a", "b", "c"] and recs.duplicates == 1
+    assert len({r.group for r in recs}) == 1  # one question: one split side
+    f.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "id"}) + "\n" for r in rows[:2]))
+    with pytest.raises(UserError, match=r"rows 1 and 2 are the same prompt \(id 'p-[0-9a-f]+'\) with another "
+                                        r"`kind` or `checks`: give each row its own `id`"):
+        prompts.load(None, str(f), None)

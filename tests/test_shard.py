@@ -116,3 +116,23 @@ def test_slurm_launcher_config_runs_one_shard_per_array_task():
     assert lc._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (lc.gpus_per_node, lc.tasks_per_node, lc.partition, lc.array_parallelism) == (1, 1, "gpu", 64)
     assert cfg.shard.count == 8
+
+
+def test_shards_whose_constitutions_differ_in_their_checks_are_refused(tmp_path, capsys):
+    """Issue 31 item 8: the run record keeps the constitution without its checks (a re-filter is the same run),
+    so a shard run after a check was added to the constitution file merged with the others without a word."""
+    const = tmp_path / "mini.yaml"
+    base = ("name: mini\nversion: 1\nprinciples:\n  - id: p1\n    critique: Identify what is wrong.\n"
+            "    revision: Rewrite the response.\n")
+    dirs = []
+    for i in range(2):
+        const.write_text(base + ("    checks:\n      - {id: zz, kind: regex, pattern: zzzz, must: not_match}\n"
+                                 if i else ""))
+        cfg = make_cfg("backend=fake", "limit=6", f"constitution.path={const}", "shard.count=2", f"shard.index={i}")
+        pipeline.run(cfg, tmp_path / f"s{i}", backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
+        dirs.append(str(tmp_path / f"s{i}"))
+    capsys.readouterr()
+    assert merge.main([*dirs, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a shard of the same run" in err[0] and "constitution's checks" in err[0]
+    assert not (tmp_path / "m").exists()

@@ -62,17 +62,17 @@ def test_shards_merge_into_the_unsharded_split(tmp_path):
     assert sorted(d["test_prefs"]["id"]) == sorted(i for i, s in whole.items() if s == "test")
 
 
-def test_rows_without_a_split_get_it_from_their_prompt_id():
-    # the prompt id is the row's own column: an id like "acct-s1" (a prompt named with -s1) is not cut short
-    rows = store.with_splits([{"id": "acct-s1-s0", "prompt_id": "acct-s1"},
-                              {"id": "acct-1-s1", "prompt_id": "acct-1", "split": "test"}], 0.5)
-    assert rows[0]["split"] == store.split_of("acct-s1", 0.5) and rows[1]["split"] == "test"
-    # a row with neither (an older cai_gen's file) is one error naming the file and row, not a guess
-    with pytest.raises(UserError, match=r"^f.jsonl: row 'acct-1-s0': no prompt_id column"):
+def test_rows_without_a_split_get_it_from_their_prompt_text():
+    def row(i, text, **more):
+        return {"id": i, "prompt": [{"role": "system", "content": "sys"}, {"role": "user", "content": text}], **more}
+    rows = store.with_splits([row("a-s0", "Where is  my order?"), row("b-s1", "refund", split="test")], 0.5)
+    assert rows[0]["split"] == store.split_of("where is my order?", 0.5) and rows[1]["split"] == "test"
+    # a row with no prompt turns (not a cai_gen row) is one error naming the file and row, not a guess
+    with pytest.raises(UserError, match=r"^f.jsonl: row 'acct-1-s0': its `prompt` column has no user turn"):
         store.with_splits([{"id": "acct-1-s0"}], 0.5, "f.jsonl")
 
 
-def test_rows_carry_the_prompt_id_their_split_is_a_hash_of(tmp_path):
+def test_rows_carry_the_prompt_id_and_read_back_split_as_written(tmp_path):
     # a prompt id that itself ends in -sN: the row id's tail would be ambiguous, the column is not
     f = tmp_path / "p.jsonl"
     f.write_text("".join(json.dumps({"id": f"acct-s{i}", "prompt": f"question {i}?"}) + "\n" for i in range(12)))
@@ -80,8 +80,8 @@ def test_rows_carry_the_prompt_id_their_split_is_a_hash_of(tmp_path):
     prefs, nv = jl(tmp_path / "r" / "preferences.jsonl"), jl(tmp_path / "r" / "no_violation.jsonl")
     assert prefs and nv
     for r in prefs + nv:
-        assert r["id"].startswith(r["prompt_id"] + "-s") and r["split"] == store.split_of(r["prompt_id"], 0.5)
-        assert store.prompt_split(r, 0.5) == r["split"]
+        assert r["id"].startswith(r["prompt_id"] + "-s")
+    assert [r["split"] for r in store.resplit(prefs + nv, 0.5)] == [r["split"] for r in prefs + nv]
 
 
 def test_length_balance_match_brings_chosen_longer_to_half(tmp_path):
@@ -123,7 +123,7 @@ def test_kept_copies_of_a_prompt_share_one_split_and_one_shard(tmp_path):
     sides = {r["split"] for r in rows}
     assert len(rows) == 12 and len(sides) == 1
     # rows read back without a split column (an older run, evaluate --test-size) agree with the written side
-    assert {store.prompt_split({"id": r["id"], "prompt_id": r["prompt_id"]}, 0.5) for r in rows} == sides
+    assert {r["split"] for r in store.resplit([{"id": r["id"], "prompt": r["prompt"]} for r in rows], 0.5)} == sides
 
 
 class LongerRevisions(FakeBackend):
@@ -173,3 +173,64 @@ def test_length_balance_is_decided_over_the_whole_run_not_per_chunk(tmp_path):
     kept = {r["id"] for r in jl(tmp_path / "chunked" / "preferences.jsonl")}
     d = datasets.load_from_disk(str(tmp_path / "chunked" / "preferences"))
     assert set(d["train_prefs"]["id"]) | set(d["test_prefs"]["id"]) == kept
+
+
+def sides_of(rows: list[dict]) -> dict[str, set]:
+    """Every user turn's text -> the sides of the rows whose prompt holds it."""
+    out: dict[str, set] = {}
+    for r in rows:
+        for m in r["prompt"]:
+            if m["role"] == "user":
+                out.setdefault(m["content"], set()).add(r["split"])
+    return out
+
+
+def test_no_question_is_on_both_sides_of_a_run(tmp_path):
+    """Issue 31 item 9: with prompts.keep_duplicates=true the rows' own ids split one question both ways, and the
+    prefixes of one multi-turn conversation hashed apart. The split groups prompts by their user turns."""
+    f = tmp_path / "p.jsonl"
+    lines = []
+    for i in range(10):
+        q = f"Where is my order number {i}?"
+        lines += [{"id": f"a{i}", "prompt": q}, {"id": f"b{i}", "prompt": q}]  # one question, two ids
+        turns = [{"role": "user", "content": f"Hi, conversation {i}."}]
+        for k in range(3):  # every prefix of one conversation, each a prompt
+            lines.append({"id": f"c{i}-{k}", "messages": list(turns)})
+            turns += [{"role": "assistant", "content": f"Sure ({k})."}, {"role": "user", "content": f"Turn {k} of {i}?"}]
+    f.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run(tmp_path / "r", f"prompts.path={f}", "prompts.keep_duplicates=true", "output.test_size=0.5", "samples=1",
+        gate="yes")
+    rows = jl(tmp_path / "r" / "preferences.jsonl")
+    assert len(rows) == len(lines)
+    sides = sides_of(rows)
+    assert all(len(s) == 1 for s in sides.values()), {t: s for t, s in sides.items() if len(s) > 1}
+    assert set().union(*sides.values()) == {"train", "test"}
+    d = datasets.load_from_disk(str(tmp_path / "r" / "preferences"))
+    train = {m["content"] for p in d["train_prefs"]["prompt"] for m in p if m["role"] == "user"}
+    test = {m["content"] for p in d["test_prefs"]["prompt"] for m in p if m["role"] == "user"}
+    assert train and test and not train & test
+
+
+def test_a_merge_of_runs_split_at_other_sizes_has_no_question_on_both_sides(tmp_path, capsys):
+    """Issue 31 item 9: runs made with another output.test_size (here over the same questions under other ids)
+    merged with each row's own side: a prompt test in one run and train in the other was on both sides. The merge
+    re-splits every row at one test size; differing sizes need --test-size."""
+    dirs = []
+    for name, ts in (("a", 0.1), ("b", 0.6)):
+        f = tmp_path / f"{name}.jsonl"
+        f.write_text("".join(json.dumps({"id": f"{name}{i}", "prompt": f"Question {i} about my bill?"}) + "\n"
+                             for i in range(30)))
+        run(tmp_path / name, f"prompts.path={f}", f"output.test_size={ts}", "samples=1", gate="yes")
+        dirs.append(str(tmp_path / name))
+    capsys.readouterr()
+    assert merge.main([*dirs, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different output.test_size" in err[0] and "--test-size" in err[0]
+    assert merge.main([*dirs, "--out", str(tmp_path / "m"), "--test-size", "0.3"]) == 0
+    rows = jl(tmp_path / "m" / "preferences.jsonl")
+    assert len(rows) == 60
+    sides = sides_of(rows)
+    assert all(len(s) == 1 for s in sides.values()) and set().union(*sides.values()) == {"train", "test"}
+    assert json.loads((tmp_path / "m" / "merge.json").read_text())["test_size"] == 0.3
+    kto = datasets.load_from_disk(str(tmp_path / "m" / "kto"))
+    assert not {str(p) for p in kto["train"]["prompt"]} & {str(p) for p in kto["test"]["prompt"]}

@@ -270,6 +270,6 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
                "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur),
                "reviewers": per_reviewer(cur), "fast_seconds": db.FAST, "ignore_too_fast": ignore_too_fast,
-               "too_fast_ignored": ignored}
+               "too_fast_ignored": ignored, "built_from": store.built_from(run_dir)}
     store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
     return summary
