@@ -208,3 +208,12 @@ def test_the_constitution_owns_the_rows_checks_and_its_few_shot_fixes_pass_them(
 def test_the_builtin_set_loads_with_its_checks():
     recs = prompts.load("instruction_following", None, None)
     assert len(recs) == len(yaml.safe_load(SET.read_text())["prompts"]) and all(r.checks for r in recs)
+
+
+def test_the_base_tasks_are_distinct():
+    recs = prompts.load("tasks", None, None)
+    assert len(recs) == 179 and recs.duplicates == 0 and all(r.checks == () for r in recs)
+    d = Dedup(0.6, ngram=2)
+    for r in recs:
+        assert d.find(r.prompt) is None, r.prompt  # a near copy would teach the same prompt twice
+        d.add(r.id, r.prompt)

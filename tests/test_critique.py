@@ -122,3 +122,16 @@ def test_a_revision_that_drops_the_answer_is_refused_and_never_verified(tmp_path
     assert rows == [] and s["kept"] == 0 and s["reasons"] == {"contentless_revision": 3}
     rej = [json.loads(x) for x in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
     assert {r["reason"] for r in rej} == {"contentless_revision"} and all(r["revision"] == "Happy to help!" for r in rej)
+
+
+@pytest.mark.skipif("instruction" not in checks.kinds(), reason="the `instruction` check kind comes with issue 32 item 1")
+def test_the_builtin_instruction_following_run_asks_the_model_for_no_critique(tmp_path):
+    cfg = make_cfg("backend=fake", ONE, "constitution=instruction_following", "prompts=instruction_following",
+                   "limit=12", "samples=1")
+    be = Counting("fake", cfg.model.name, max_model_len=2048)
+    s = pipeline.run(cfg, tmp_path, backend=be)
+    trace = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    crit = [e for t in trace for e in t["stages"] if e["stage"] == "critique"]
+    assert s["rows"] == 12 and crit and be.critiques == 0
+    assert all(e["by"] == "checks" and e["output"].startswith("The response does not do what was asked:\n- ")
+               for e in crit)
