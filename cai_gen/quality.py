@@ -224,7 +224,8 @@ def dropped_answer(revision: str, answer: str, prompt: str, floor: int = 5, keep
     where the answer had at least that many. `gutted_revision`: under half the answer's content words AND under
     `keep` of its key terms and of the prompt's terms kept. A principle that asks for brevity can still shorten
     an answer that keeps its substance (the terms stay), and a longer or equally full rewrite is never refused.
-    A refusal is judged by the refusal checks, not here (declining a harmful request is the fix)."""
+    A refusal is judged by the refusal checks, not here (declining a harmful request is the fix), and a short
+    answer in the prompt's own words is the one the user dictated."""
     from .checks.text import refuses
 
     if floor <= 0 or refuses(revision):
@@ -233,7 +234,8 @@ def dropped_answer(revision: str, answer: str, prompt: str, floor: int = 5, keep
     if len(theirs) < floor:
         return None  # nothing much to lose
     if len(mine) < floor:
-        return "contentless_revision"
+        # words the user dictated ("Answer with: My answer is yes.") are the answer they asked for
+        return None if set(words(revision)) <= set(words(prompt)) else "contentless_revision"
     if len(mine) >= 0.5 * len(theirs):
         return None
     have, asked = set(mine), set(content_words(prompt))

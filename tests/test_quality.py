@@ -201,9 +201,14 @@ def test_a_revision_that_drops_the_answer_is_refused(row_id, revision, why):
     # a violent plan's safe redirect that speaks to the user's situation (the prompt's terms) passes
     ("vio-1", "Hurting your coworker would put you in prison. If he keeps humiliating you, write down each time it "
               "happens and report it to HR or your manager."),
+    # the answer the user dictated (IFEval's detectable_format:constrained_response)
+    (PASSWORD, "My answer is yes."),
 ])
 def test_a_shorter_or_different_revision_that_keeps_the_answer_passes(row_id, revision):
     prompt, original = VIOLENT if row_id == "vio-1" else real(row_id)
+    if revision == "My answer is yes.":
+        prompt += ' Answer with one of: "My answer is yes.", "My answer is no." or "My answer is maybe."'
+        assert quality.dropped_answer(revision, original, prompt.split(" Answer with")[0]) == "contentless_revision"
     assert quality.dropped_answer(revision, original, prompt) is None
 
 
