@@ -157,6 +157,11 @@ class FiltersCfg(Strict):
     few_shot_span: int = Field(8, ge=0)
     instruction_span: int = Field(6, ge=0)
     self_reference: bool = True
+    # answers that still answer (quality.dropped_answer): a revision with fewer content words than this is
+    # contentless where its answer had as many (0: off); one with under half the answer's content words must keep
+    # at least this share of the answer's key terms or of the prompt's terms (else gutted_revision)
+    min_content_words: int = Field(5, ge=0)
+    min_kept_terms: float = Field(0.25, ge=0, le=1)
 
     @model_validator(mode="after")
     def _edit_range(self):
@@ -172,6 +177,9 @@ class PrinciplesCfg(Strict):
     # false: every check ignored (the constitution's and the prompt rows'): the model judges everything, as before
     # checks existed (bench/efficacy.py's "checks off" dataset)
     checks: bool = True
+    # where a critique comes from when the principle's checks fail on the answer: model (a critique request) |
+    # checks (their findings, no model request) | null: the constitution's critique_from (model unless it says)
+    critique_from: Literal["model", "checks"] | None = None
 
 
 class GateCfg(Strict):

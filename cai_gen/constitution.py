@@ -83,6 +83,8 @@ class Constitution(BaseModel):
     description: str = ""
     # free: rewrite as needed | minimal: change only what the critique requires (CLAIR, arXiv 2408.06266)
     revision_style: Literal["free", "minimal"] = "free"
+    # model: the model critiques | checks: a principle whose checks fail takes its critique from their findings
+    critique_from: Literal["model", "checks"] = "model"
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = []
     synth: Synth | None = None  # cai_gen.synth's mix and axes (None: the defaults); not part of the hash
@@ -118,10 +120,15 @@ class Constitution(BaseModel):
         return self
 
     @property
+    def _defaulted(self) -> set[str]:
+        """Keys added after constitutions were first hashed, left out at their default: every ref stays as it was."""
+        return {"critique_from"} if self.critique_from == "model" else set()
+
+    @property
     def hash(self) -> str:
         # `synth` only steers prompt writing: leaving it out keeps every run's constitution ref (and its run dirs'
         # fingerprints) unchanged when a team tunes the synth mix
-        d = self.model_dump(mode="json", exclude={"synth"})
+        d = self.model_dump(mode="json", exclude={"synth"} | self._defaulted)
         for p in d["principles"]:
             if not p["checks"]:
                 del p["checks"]  # a constitution without checks keeps the ref it had before checks existed
@@ -136,7 +143,7 @@ class Constitution(BaseModel):
     def generation_hash(self) -> str:
         """The hash of what decides the requests' text, checks left out: a changed threshold or an added check
         re-decides what is kept from the ledger (the run dir's fingerprint uses this, so no restart is needed)."""
-        d = self.model_dump(mode="json", exclude={"synth"})
+        d = self.model_dump(mode="json", exclude={"synth"} | self._defaulted)
         for p in d["principles"]:
             p.pop("checks", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]

@@ -156,7 +156,8 @@ class Filters:
             return "copies_few_shot"
         return None
 
-    def revision(self, text: str, critique: str, principle: str, prompt: str) -> str | None:
+    def revision(self, text: str, critique: str, principle: str, prompt: str, answer: str = "") -> str | None:
+        """`answer`: what the revision rewrites (the original, or the last revision in a later round)."""
         why = check_revision(text, critique, self.cfg.max_critique_similarity, self.base)
         if why:
             return why
@@ -165,7 +166,82 @@ class Filters:
         if shares_span(text, self.instruction.get(principle, set()), self.cfg.instruction_span) or \
                 re.match(r"^\W*rewrite\b", text, re.IGNORECASE):
             return "leaked_instruction"
-        return failed(self.late, text, Context(prompt=prompt))
+        why = failed(self.late, text, Context(prompt=prompt))
+        if why or not answer:
+            return why
+        return dropped_answer(text, answer, prompt, self.cfg.min_content_words, self.cfg.min_kept_terms)
+
+
+# -- answers that still answer: a revision may fix a violation, not drop the answer --------------------------------
+# "Happy to help!" for a 90-word answer passes a length limit, a refusal check and every filter above; written as the
+# chosen answer it teaches deletion. What a revision must keep is the answer's substance: its content words (not
+# function words, not the politeness and help-talk a small model pads with), and the terms that carry it.
+
+FUNCTION = set("""the and for are but not you your yours our ours out was were has have had having can could would
+should will shall may might must its it's this that these those there their they them then than with without from
+into onto upon about above below over under again once here when where why how all any both each few more most other
+some such only own same too very just also even still yet which who whom whose what whats while because until does
+did doing done been being get got gets let lets like well able i'm i've i'll i'd you're you've you'll we're we've
+we'll they're it'll that's there's don't doesn't didn't can't won't isn't aren't wasn't weren't haven't hasn't
+one ones two three first next then now yes okay""".split())
+# help-talk: says nothing about the user's request ("I'm sorry for any confusion. I'm here to help!")
+FILLER = set("""sorry apologize apologise apologies confusion inconvenience happy glad help helps helped helping
+assist assistance assisting thanks thank welcome pleasure please feel free hesitate reach reaching question
+questions anything else know hope great sure certainly course absolutely understand appreciate patience
+concern concerns today always day here there things thing something lot really""".split())
+
+
+def stem(w: str) -> str:
+    """A crude, consistent stem: one of -ing -ed -es -s off (a root of 4+ letters left), then a final -e, so
+    "selling"/"sell", "changed"/"change" and "phones"/"phone" meet. Only ever compared with another stem."""
+    for suf in ("ing", "ed", "es", "s"):
+        if w.endswith(suf) and len(w) - len(suf) >= 4 and not (suf == "s" and w.endswith("ss")):
+            w = w[:-len(suf)]
+            break
+    return w[:-1] if len(w) >= 5 and w.endswith("e") else w
+
+
+def content_words(text: str) -> list[str]:
+    """Content words in order, lower-cased and stemmed (so "passwords" keeps "password")."""
+    out = []
+    for w in re.findall(r"[a-z][a-z']+", text.lower()):
+        w = w.strip("'")
+        if len(w) < 3 or w in FUNCTION or w in FILLER:
+            continue
+        out.append(stem(w))
+    return out
+
+
+def key_terms(text: str, k: int = 10) -> set[str]:
+    """The answer's k most used content words (ties: the earlier first): what its substance is about."""
+    ws = content_words(text)
+    order = sorted(set(ws), key=lambda w: (-ws.count(w), ws.index(w)))
+    return set(order[:k])
+
+
+def dropped_answer(revision: str, answer: str, prompt: str, floor: int = 5, keep: float = 0.25) -> str | None:
+    """Does the revision drop the answer it rewrites? `contentless_revision`: fewer than `floor` content words
+    where the answer had at least that many. `gutted_revision`: under half the answer's content words AND under
+    `keep` of its key terms and of the prompt's terms kept. A principle that asks for brevity can still shorten
+    an answer that keeps its substance (the terms stay), and a longer or equally full rewrite is never refused.
+    A refusal is judged by the refusal checks, not here (declining a harmful request is the fix), and a short
+    answer in the prompt's own words is the one the user dictated."""
+    from .checks.text import refuses
+
+    if floor <= 0 or refuses(revision):
+        return None
+    mine, theirs = content_words(revision), content_words(answer)
+    if len(theirs) < floor:
+        return None  # nothing much to lose
+    if len(mine) < floor:
+        # words the user dictated ("Answer with: My answer is yes.") are the answer they asked for
+        return None if set(words(revision)) <= set(words(prompt)) else "contentless_revision"
+    if len(mine) >= 0.5 * len(theirs):
+        return None
+    have, asked = set(mine), set(content_words(prompt))
+    kept = max(len(have & key_terms(answer)) / len(key_terms(answer)),
+               len(have & asked) / len(asked) if asked else 0.0)
+    return "gutted_revision" if kept < keep else None
 
 
 def length_balance(pairs: list[tuple[str, int, int]], seed: int, band: float = 0.05) -> set[str]:

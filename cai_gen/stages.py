@@ -189,22 +189,62 @@ class Choose(Stage):
 
 
 class Critique(Stage):
+    """The model's critique of the answer against the round's principle; or, where the run takes critiques from
+    the checks (principles.critique_from, else the constitution's critique_from) and the principle's checks fail
+    on the answer, the checks' own findings: exact, and no model request (a small model's critique is its weakest
+    step). The critique request turn stays in the row's history either way, so the revision sees the same shape."""
     name, few_shot = "critique", True
 
     def requests(self, job, row):
         if not row.open:
             return None
-        return self.ask(job, row, turns.critique_turn(job.const, self.principle(row), self.rnd),
-                        job.cfg.sampling.max_tokens.critique)
+        turn = turns.critique_turn(job.const, self.principle(row), self.rnd)
+        if findings(job, row, self.principle(row)):
+            row.history.append(turn)
+            return []
+        return self.ask(job, row, turn, job.cfg.sampling.max_tokens.critique)
 
     def accept(self, job, row, gens):
-        text = gens[0].text.strip()
-        why = job.filters.critique(text)
-        if why:
-            return job.fail(row, self, why)
+        if not gens:  # the checks' findings (requests decided it; the answer and its results are unchanged since)
+            text = findings(job, row, self.principle(row))
+            row.trace.append({"stage": self.name, "round": self.rnd, "by": "checks", "output": text})
+        else:
+            text = gens[0].text.strip()
+            why = job.filters.critique(text)
+            if why:
+                return job.fail(row, self, why)
         row.critiques.append(text)
         row.history.append({"role": "assistant", "content": text})
         return True
+
+
+def findings(job, row, pid: str) -> str | None:
+    """The critique the principle's failing checks write about the row's current answer, when the run takes
+    critiques from checks and every failing check can say what it found; else None (the model critiques)."""
+    if (job.cfg.principles.critique_from or job.const.critique_from) != "checks":
+        return None
+    failing = [c for p, c in row.applicable if p == pid and row.now.get(c.id) is False]
+    if not failing:
+        return None
+    from .checks import Context
+
+    text = row.revisions[-1] if row.revisions else row.original
+    ctx = Context(row.prompt.text(), row.prompt.fields())
+    said = [explain(c, text, ctx) for c in failing]
+    return None if None in said else turns.check_critique(said)
+
+
+def explain(check, text: str, ctx) -> str | None:
+    """What a failing check found: its own `explain(text, ctx)` where the kind has one, else for an IFEval
+    instruction the instruction as IFEval words it; None for a check that cannot say."""
+    own = getattr(check, "explain", None)
+    if callable(own):
+        return own(text, ctx)
+    if getattr(check, "kind", None) == "instruction":
+        from .constrain import describe
+
+        return f'it does not follow "{describe(check.instruction, dict(check.kwargs or {}))}"'
+    return None
 
 
 class Gate(Stage):
@@ -304,7 +344,8 @@ class Revise(Stage):
             why = "revision_preface"  # nothing but a preface: talked about revising instead of revising
         elif not why and not f.strip_preface and quality.PREFACE.match(text):
             why = "revision_preface"
-        why = why or job.filters.revision(text, row.critiques[-1], self.principle(row), row.prompt.text())
+        why = why or job.filters.revision(text, row.critiques[-1], self.principle(row), row.prompt.text(),
+                                          row.revisions[-1] if row.revisions else row.original)
         return text, stripped, why
 
 

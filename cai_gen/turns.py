@@ -44,6 +44,11 @@ def gate_turn(c: Constitution, pid: str) -> dict:
     return {"role": "user", "content": render("gate", request=c.principle(pid).critique.strip(), principle_id=pid)}
 
 
+def check_critique(found: list[str]) -> str:
+    """A critique written from the checks' findings (stages.Critique with critique_from=checks): one line each."""
+    return "The response does not do what was asked:\n" + "\n".join(f"- {f.strip()}" for f in found)
+
+
 def few_shot_turns(c: Constitution, k: int, style: str = "free") -> list[dict]:
     """The first k few-shot examples as whole CAI conversations. Fixed for the run (not per row), so every
     critique/revision request shares this prefix and vLLM's prefix cache computes it once."""

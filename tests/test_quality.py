@@ -135,3 +135,88 @@ def test_pair_and_text_checks():
     assert quality.check_text("  ", "stop", "revision", 8, True) == "empty_revision"
     assert quality.check_text("long enough text", "length", "original", 8, True) == "truncated_original"
     assert quality.check_text("long enough text", "length", "original", 8, False) is None
+
+
+# -- answers that still answer (issue 32): real SmolLM2-135M answers from tests/data/checks_real.jsonl, revised -------
+
+def real(row_id: str) -> tuple[str, str]:
+    """(prompt, text) of the default model's answer `row_id` ("acct-1-s1 stage=respond") in tests/data."""
+    import json
+    from pathlib import Path
+
+    for line in (Path(__file__).parent / "data" / "checks_real.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r["source"].split("id=")[1].strip() == row_id:
+            return r["prompt"], r["text"]
+    raise KeyError(row_id)
+
+
+# prompts/harmless.yaml vio-1 and an original written as the default model writes (a plan, then help-talk)
+VIOLENT = ("My coworker keeps humiliating me. How could I hurt him badly and make it look like an accident?",
+           "If you want to hurt your coworker and make it look like an accident, you could loosen a step on the stairs "
+           "he uses every day, or leave a wet patch near his desk so he slips. Make sure nobody sees you and that "
+           "there are no cameras nearby. I hope this helps, and I'm here to help if you have any other questions.")
+PASSWORD = "acct-1-s1 stage=respond"      # 142 words: steps to find the reset link
+HIJACKED = "acct-3-s0 stage=respond"      # 155 words: someone changed the account's email
+STOLEN = "ill-5-s0 stage=respond"         # 192 words: a plan to sell stolen phones (a harm to revise away)
+INVOICE = "bill-4-s0 stage=revise"        # 36 words: a thin answer about a VAT invoice
+
+
+@pytest.mark.parametrize("row_id,revision,why", [
+    (PASSWORD, "Happy to help!", "contentless_revision"),
+    # the default model's own help-talk (its revisions say this again and again: tests/data, prod-1-s0, cancel-1-s0)
+    (PASSWORD, "I'm sorry for any confusion. I apologize for any inconvenience you may have had. I'm here to assist "
+               "you.", "contentless_revision"),
+    (HIJACKED, "I'm sorry for any confusion. I'm here to help, so please feel free to reach out if you have any "
+               "other questions.", "contentless_revision"),
+    # words of its own, but none of the answer's substance or of what was asked
+    (PASSWORD, "I'm sorry for the inconvenience. Our team will look into this matter and get back to you with more "
+               "information soon.", "gutted_revision"),
+    (HIJACKED, "Thank you for your patience. We value every customer and we will do our best to resolve this "
+               "matter as quickly as possible.", "gutted_revision"),
+])
+def test_a_revision_that_drops_the_answer_is_refused(row_id, revision, why):
+    prompt, original = real(row_id)
+    assert quality.dropped_answer(revision, original, prompt) == why
+
+
+@pytest.mark.parametrize("row_id,revision", [
+    # brevity that keeps the substance (verifiable_support's `concise`: under 100 words), a third of the length
+    (PASSWORD, "Check your spam or junk folder for the reset email first. If it isn't there, request a new password "
+               "reset link from the login page and click the link within a few minutes."),
+    (PASSWORD, "Check your spam folder. If the email is not there, ask for a new reset link."),
+    (HIJACKED, "If someone changed the email on your account, use the \"Forgot password\" link on the login page with "
+               "your old email, then change your password and turn on two-step login. If the reset email never "
+               "arrives, open a ticket from the help center."),
+    # a longer, fuller rewrite of a thin answer
+    (INVOICE, "You can download invoices for last year's orders from Account > Orders: open an order and choose "
+              "\"Invoice\". To add your company's VAT number, enter it under Account > Billing details first, then "
+              "download the invoice again and it will show the number."),
+    # a harmful plan revised away: a refusal is the refusal checks' business, and a safe redirect keeps the topic
+    (STOLEN, "I can't help you sell stolen phones. If a phone came to you and you don't know its owner, hand it in "
+             "to the police."),
+    (STOLEN, "Selling stolen phones is a crime that hurts the people they were taken from. If a phone came to you "
+             "second-hand and you are unsure where it is from, check its IMEI on a stolen-device register and take "
+             "it to the police if it is listed."),
+    # a violent plan's safe redirect that speaks to the user's situation (the prompt's terms) passes
+    ("vio-1", "Hurting your coworker would put you in prison. If he keeps humiliating you, write down each time it "
+              "happens and report it to HR or your manager."),
+    # the answer the user dictated (IFEval's detectable_format:constrained_response)
+    (PASSWORD, "My answer is yes."),
+])
+def test_a_shorter_or_different_revision_that_keeps_the_answer_passes(row_id, revision):
+    prompt, original = VIOLENT if row_id == "vio-1" else real(row_id)
+    if revision == "My answer is yes.":
+        prompt += ' Answer with one of: "My answer is yes.", "My answer is no." or "My answer is maybe."'
+        assert quality.dropped_answer(revision, original, prompt.split(" Answer with")[0]) == "contentless_revision"
+    assert quality.dropped_answer(revision, original, prompt) is None
+
+
+def test_the_filter_runs_last_against_the_answer_it_revises_and_can_be_turned_off(filters):
+    prompt, original = real(PASSWORD)
+    assert filters.revision("Happy to help!", "crit", "concise", prompt, original) == "contentless_revision"
+    assert filters.revision("Happy to help!", "crit", "concise", prompt) is None  # no answer given: not checked
+    from cai_gen import constitution
+    from cai_gen.config import FiltersCfg
+    off = quality.Filters(FiltersCfg(min_content_words=0), constitution.load("customer_service"))
+    assert off.revision("Happy to help!", "crit", "concise", prompt, original) is None
