@@ -115,7 +115,8 @@ def round_two_promises(rnd: int, request: str) -> str:
     """Round 1 fixes its principle and keeps failing the other; round 2 fixes that one with a promise."""
     if rnd == 2:
         return PROMISE
-    return LONG if "without guarantees" in request else "Thanks, I guarantee your refund today."
+    # the short one keeps the answer's substance (refund, today, order page): a shortened answer, not a dropped one
+    return LONG if "without guarantees" in request else "Thanks, I guarantee your refund today; follow it on your order page."
 
 
 def test_a_revision_a_judge_check_refuses_leaves_the_results_of_the_answer_that_stays(tmp_path):
