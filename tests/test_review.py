@@ -1009,3 +1009,37 @@ def test_a_constitutions_review_section_loads_and_leaves_its_ref_alone(tmp_path)
     f.write_text(base + "review:\n  guidlines: []\n")
     with pytest.raises(UserError, match="guidlines"):
         constitution.load(path=str(f))
+
+
+# ---- the page's data: rendered answers, list previews and filters (issue 34 item 2) -------------------------
+
+@pytest.mark.parametrize("text, has, hasnt", [
+    ("**bold** and\n\n- a\n- b", ["<strong>bold</strong>", "<li>a</li>"], []),
+    ("<script>window.x=1</script>", ["&lt;script&gt;"], ["<script"]),
+    ("<img src=http://evil/a.png onerror=alert(1)>", ["&lt;img"], ["<img"]),
+    ("![logo](http://evil/b.png)", ['<span class="url">&lt;http://evil/b.png&gt;</span>'], ["<img", "<a"]),
+    ("[site](https://e.org/x) [bad](javascript:alert(1))", ["site <span class=\"url\">&lt;https://e.org/x&gt;",
+                                                             "[bad](javascript:alert(1))"], ["<a", "href"]),
+    ("<a href=http://e.org>x</a>", ["&lt;a href"], ["<a "]),
+])
+def test_answers_are_rendered_markdown_with_nothing_that_runs_loads_or_navigates(text, has, hasnt):
+    from cai_gen.review import render
+    out = render.html(text)
+    assert all(h in out for h in has), out
+    assert not any(h in out for h in hasnt), out
+
+
+def test_items_carry_rendered_answers_and_the_list_previews_and_filters(server, run_dir):
+    items = jl(run_dir / "review_queue.jsonl")
+    code, it = call(server, f"/api/item/{items[0]['id']}")
+    from cai_gen.review import render
+    assert it["item"]["html"] == {"original": render.html(items[0]["original"]),
+                                  "revision": render.html(items[0]["revision"])}
+    assert call(server, "/api/verdict", {"item": items[1]["id"], "verdict": "tie"})[0] == 200
+    st = call(server, "/api/state")[1]
+    assert st["items"][0]["preview"] == " ".join(items[0]["prompt"][-1]["content"].split())[:90]
+    mine = call(server, "/api/state?show=mine")[1]
+    todo = call(server, "/api/state?show=todo")[1]
+    assert [i["id"] for i in mine["items"]] == [items[1]["id"]] and mine["items"][0]["verdict"] == "tie"
+    assert [i["id"] for i in todo["items"]] == [i["id"] for i in items if i["id"] != items[1]["id"]]
+    assert todo["first_todo"] == 0 and call(server, "/api/state?show=nope")[0] == 400

@@ -14,7 +14,7 @@ import hmac
 import json
 
 from ..errors import UserError
-from . import db
+from . import db, render
 
 RUBRIC = {  # the criteria the AI judge scores by (judge.rubric), in words a reviewer reads
     "helpfulness": "Does it answer what was asked, with what the user needs to act on it?",
@@ -64,8 +64,21 @@ def _mine(reviewer: str) -> tuple[str, tuple]:
             f"{db._COUNTS} WHERE v.reviewer = ? GROUP BY v.item_id) last ON v.seq = last.seq", (reviewer,))
 
 
+FILTERS = ("all", "todo", "mine")  # every item | not yet reviewed by me | reviewed by me
+PREVIEW = 90  # characters of the prompt's last user turn shown in the list
+
+
+def preview(payload: str) -> str:
+    try:
+        turns = [m.get("content") for m in json.loads(payload).get("prompt") or [] if m.get("role") == "user"]
+    except (ValueError, AttributeError, TypeError):
+        return ""
+    text = " ".join(str(turns[-1] if turns else "").split())
+    return text if len(text) <= PREVIEW else text[:PREVIEW - 1] + "…"
+
+
 def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = "", after: int = -1,
-            blind: bool = True, key: str = "") -> dict:
+            blind: bool = True, key: str = "", show: str = "all") -> dict:
     """One page of the queue (optionally only items matching `q`), the reviewer's progress, and where the
     reviewer's next unreviewed item is (`first_todo`, and `todo_after` the position `after`), as positions
     in the matching list. Reads only the id/domain/routing/search columns, never the payloads' JSON."""
@@ -74,6 +87,10 @@ def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = ""
     if q:  # instr, not LIKE: % and _ in a search are plain characters
         where += f" AND instr(i.{'search' if blind else 'search_labelled'}, ?) > 0"
         args.append(db.search_query(q))
+    if show not in FILTERS:
+        raise UserError(f"show: {show!r} is not one of {', '.join(FILTERS)}")
+    if show != "all":
+        where += f" AND m.verdict IS {'' if show == 'todo' else 'NOT '}NULL"
     rows = conn.execute(f"SELECT i.id, i.domain, i.routed_by, m.verdict FROM items i LEFT JOIN ({mine_q}) m "
                         f"ON m.item_id = i.id WHERE {where} ORDER BY i.rowid", (*mine_args, *args)).fetchall()
     total = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
@@ -83,11 +100,15 @@ def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = ""
         f"SELECT v.item_id, count(DISTINCT v.reviewer) FROM verdicts v {db._COUNTS} WHERE v.item_id IN "
         f"({','.join('?' * len(page))}) GROUP BY v.item_id", [r[0] for r in page]).fetchall()) if page else {}
     todo = [k for k, r in enumerate(rows) if r[3] is None]
+    # previews for this page only: a list call never parses every payload
+    previews = dict(conn.execute(f"SELECT id, payload FROM items WHERE id IN ({','.join('?' * len(page))})",
+                                 [r[0] for r in page]).fetchall()) if page else {}
     return {"reviewer": reviewer, "total": total, "done": done, "matched": len(rows), "offset": offset,
-            "limit": limit, "q": q, "first_todo": todo[0] if todo else None,
+            "limit": limit, "q": q, "show": show, "first_todo": todo[0] if todo else None,
             "todo_after": next((k for k in todo if k > after), None),
             "items": [{"id": i, "domain": d, "routed_by": [w for w in why.split(",") if w],
-                       "verdict": _as_shown(v, blind, key, i, reviewer), "reviews": counts.get(i, 0)}
+                       "verdict": _as_shown(v, blind, key, i, reviewer), "reviews": counts.get(i, 0),
+                       "preview": preview(previews.get(i, ""))}
                       for i, d, why, v in page]}
 
 
@@ -118,6 +139,9 @@ def item(conn, item_id: str, reviewer: str, blind: bool, key: str, guide: dict |
         it = {"id": it["id"], "domain": it.get("domain"), "routed_by": it["routed_by"], "prompt": it["prompt"],
               "rounds": [{"principle": r["principle"], "critique_request": r["critique_request"]}
                          for r in it["rounds"]], "answers": {"A": a, "B": b}}
+        it["html"] = {"A": render.html(a), "B": render.html(b)}  # Markdown rendered and sanitised (render.py)
+    else:
+        it["html"] = {"original": render.html(it.get("original")), "revision": render.html(it.get("revision"))}
     return {"item": it, "hash": row[1], "mine": mine, "reviews": len(votes), "blind": blind, "tags": tags}
 
 

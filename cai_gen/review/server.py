@@ -2,11 +2,11 @@
 shutdown are theirs, not ours), localhost by default, one SQLite connection per request (the file is checked once,
 at start: PRAGMA quick_check reads all of it).
 
-GET  /, /page.js, /page.css  the page (it renders all model text with textContent, never as HTML); an invite link
+GET  /, /page.js, /page.css  the page (model text goes in with textContent; answers as render.py's sanitised HTML); an invite link
                              /?token=T is the page too: it asks to confirm, the GET itself signs nobody in
 POST /api/invite             {"token"} -> {"reviewer", "role"}: whose unused invite it is (the confirm page)
 POST /api/signin             {"token"} -> burns the invite, sets the session cookie, {"reviewer", "role", "expires_at"}
-GET  /api/state?offset=&limit=&q=&after=   one page of the queue, the reviewer's progress (api.listing)
+GET  /api/state?offset=&limit=&q=&after=&show=   one page of the queue (show: all | todo | mine), the reviewer's progress (api.listing)
 GET  /api/item/ID            one item as this reviewer sees it (blind: answers A and B), its content `hash`
 POST /api/verdict            {"item", "verdict", "chosen"?, "comment"?, "hash"?, "seconds"?, "ratings"?, "tags"?}
                              -> stored, progress (ratings: {answer: {guideline: 1-5}}, A/B when blind)
@@ -276,7 +276,8 @@ class ReviewServer:
     def _state(self, conn, who: auth.Who, request: Request, _body) -> Response:
         q = {k: v[0] for k, v in parse_qs(request.url.query).items()}
         st = api.listing(conn, who.name, _int(q, "offset", 0, 0, 10**9), _int(q, "limit", api.PAGE, 1, api.PAGE),
-                         q.get("q", "")[:200], _int(q, "after", -1, -1, 10**9), self.blind, self.ab_key)
+                         q.get("q", "")[:200], _int(q, "after", -1, -1, 10**9), self.blind, self.ab_key,
+                         q.get("show", "all"))
         return json_response(200, {**st, "run": self.run_dir.name, "role": who.role, "blind": self.blind, "csrf": who.csrf,
                            "rubric": self.rubric, "fast_seconds": db.FAST,
                                     "scale": db.SCALE})
