@@ -965,6 +965,7 @@ def test_merge_maps_ties_skips_and_ratings_to_the_written_sides(run_dir):
     assert out[items[7]["id"]]["ratings"] is None
     s = json.loads((run_dir / "reviewed" / "review.json").read_text())
     assert s["decisions"]["tie"] == 1 and "skip" not in s["decisions"] and s["decisions"]["swap"] == 2
+    assert s["agreement"]["comparisons"] == 1  # acc: alice and bob; skip2's skip is nobody's judgement to agree with
     assert s["ratings"]["helpfulness"] == {"revision": 4.75, "original": 1.0, "n": 7}
     card = (run_dir / "README.md").read_text()
     assert "| helpfulness | 4.75 | 1.0 | 7 |" in card and "tie (both fine)" in card

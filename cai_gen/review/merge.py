@@ -61,6 +61,7 @@ def kappa(a: list[str], b: list[str]) -> float | None:
 def agreement(cur: dict[str, dict[str, dict]]) -> dict:
     """Percent agreement and Cohen's kappa for every pair of reviewers who saw the same items; overall: the
     share of agreeing (item, reviewer pair) comparisons and the mean pairwise kappa (Light's kappa)."""
+    cur = {i: {r: v for r, v in votes.items() if v["verdict"] != "skip"} for i, votes in cur.items()}  # no verdict
     reviewers = sorted({r for votes in cur.values() for r in votes})
     pairs, same, total = [], 0, 0
     for ra, rb in combinations(reviewers, 2):
