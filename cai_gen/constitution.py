@@ -76,6 +76,19 @@ class Synth(BaseModel):
         return m
 
 
+class Guideline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)  # a rating key in review.sqlite and the reviewed rows
+    text: str = ""  # the question a reviewer rates by, shown on the review page
+
+
+class ReviewGuide(BaseModel):
+    """The team's annotation guide for `python -m cai_gen.review` (absent: cai_gen.review.api.RUBRIC's four)."""
+    model_config = ConfigDict(extra="forbid")
+    guidelines: list[Guideline] = Field(default_factory=list)  # rated 1-5 per answer; empty: the defaults
+    tags: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]] = []  # reason tags
+
+
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
@@ -88,6 +101,7 @@ class Constitution(BaseModel):
     principles: list[Principle] = Field(min_length=1)
     few_shot: list[FewShot] = []
     synth: Synth | None = None  # cai_gen.synth's mix and axes (None: the defaults); not part of the hash
+    review: ReviewGuide | None = None  # the review page's guidelines and reason tags; not part of the hash
     _files: list = PrivateAttr(default_factory=list)  # the YAML files it was read from (errors name file:line)
 
     @field_validator("principles")
@@ -128,7 +142,7 @@ class Constitution(BaseModel):
     def hash(self) -> str:
         # `synth` only steers prompt writing: leaving it out keeps every run's constitution ref (and its run dirs'
         # fingerprints) unchanged when a team tunes the synth mix
-        d = self.model_dump(mode="json", exclude={"synth"} | self._defaulted)
+        d = self.model_dump(mode="json", exclude={"synth", "review"} | self._defaulted)
         for p in d["principles"]:
             if not p["checks"]:
                 del p["checks"]  # a constitution without checks keeps the ref it had before checks existed
@@ -143,7 +157,7 @@ class Constitution(BaseModel):
     def generation_hash(self) -> str:
         """The hash of what decides the requests' text, checks left out: a changed threshold or an added check
         re-decides what is kept from the ledger (the run dir's fingerprint uses this, so no restart is needed)."""
-        d = self.model_dump(mode="json", exclude={"synth"} | self._defaulted)
+        d = self.model_dump(mode="json", exclude={"synth", "review"} | self._defaulted)
         for p in d["principles"]:
             p.pop("checks", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]

@@ -297,10 +297,17 @@ def review_section(r: dict) -> list[str]:
          f"{r['routed']} pairs were routed to expert review ({r['verdicts']} verdicts given). "
          f"`reviewed/` holds the dataset with the verdicts applied ({r['rows']} pairs, {r['expert_reviewed']} "
          "expert-reviewed): accept keeps the pair, swap makes the original the chosen answer, edit replaces "
-         "the chosen answer with the expert's, reject drops the pair. Several reviewers: the majority verdict "
+         "the chosen answer with the expert's, reject (neither usable) and tie (both fine) drop the pair, and a "
+         "skip (unsure) is no verdict: the pair stays pending. Several reviewers: the majority verdict "
          "applies; a tie is `disputed` and left out until another reviewer breaks it.", "",
          "```python", "from datasets import load_from_disk", "ds = load_from_disk('reviewed/preferences')", "```", ""]
     L += _md_table(["decision", "pairs"], [[k, v] for k, v in d.items()])
+    if r.get("ratings"):  # written by merge since ratings (issue 34)
+        lo, hi = r.get("scale") or (1, 5)
+        L += ["", f"Ratings per guideline ({lo} poor to {hi} excellent), mean over every current vote's rating "
+              "of each answer:", ""]
+        L += _md_table(["guideline", "revision", "original", "ratings"],
+                       [[g, x["revision"], x["original"], x["n"]] for g, x in r["ratings"].items()])
     if r.get("reviewers"):  # written by merge since blind review (issue 15); older review.json files lack it
         fast = r.get("fast_seconds", 5)
         L += ["", "Per reviewer: blind verdicts show the two answers as A and B in a seeded order per item and "

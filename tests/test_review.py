@@ -24,7 +24,7 @@ from cai_gen.backends.fake import FakeBackend
 from cai_gen.config import ReviewCfg
 from cai_gen.errors import UserError
 from cai_gen import routing as route
-from cai_gen.review import auth, db, exchange, merge
+from cai_gen.review import api, auth, db, exchange, merge
 from cai_gen.review.__main__ import main as review_main
 from cai_gen.review.server import ReviewServer
 
@@ -157,10 +157,11 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 7
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
                                          "comment": None, "at": "t", "source": "web",
-                                         "hash": db.content_hash(old), "shown_first": None, "seconds": None}]
+                                         "hash": db.content_hash(old), "shown_first": None, "seconds": None,
+                                         "ratings": None, "tags": None}]
     # x-s0 is not in this run's queue: retired, not deleted
     assert [it["id"] for it in db.items(conn)] == [it["id"] for it in jl(run_dir / "review_queue.jsonl")]
     assert db.retired(conn) == ["x-s0"] and db.version(conn, "x-s0", db.content_hash(old)) == old
@@ -182,7 +183,7 @@ def test_v2_database_from_before_a_rerun_is_migrated_and_refreshed(run_dir):
     same, changed = queue[0], {**queue[1], "revision": "the revision an earlier run made"}
     v2_database(run_dir / db.FILE, [same, changed], [(same["id"], "ann", "reject"), (changed["id"], "ann", "swap")])
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 6
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION
     stored = {it["id"]: it for it in db.items(conn)}
     assert stored[changed["id"]] == queue[1]  # the current run's text, not the one the old code kept
     cur = db.current(conn)
@@ -872,9 +873,174 @@ def test_v4_database_is_upgraded_old_sessions_end_and_search_and_ab_key_are_fill
     conn.execute("INSERT INTO sessions VALUES (?, 1, 't')", (auth._hash("old-session"),))
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 6 and len(db.get_meta(conn, "ab_key")) == 64
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION and len(db.get_meta(conn, "ab_key")) == 64
     assert auth.by_session(conn, "old-session") is None  # it never expired before v5: it ends now
     assert auth.redeem(conn, used) is None and auth.redeem(conn, fresh)[0].name == "ben"
     from cai_gen.review import api
     assert it["id"] in [i["id"] for i in api.listing(conn, "ann", q=it["revision"])["items"]]  # search filled
     assert api.listing(conn, "ann", q='"revision"')["matched"] == 0
+
+
+# ---- verdict kinds, ratings, reason tags (issue 34 item 1) ----------------------------------------------
+
+GUIDE = {"guidelines": [{"name": "helpfulness", "text": "Would the customer act on it?"},
+                        {"name": "tone", "text": "Is it courteous?"}], "tags": ["invents facts", "wrong role"]}
+
+
+def with_guide(run_dir: Path, guide: dict) -> None:
+    """The run's constitution.json with a `review:` section (what a run writes from a constitution that has one)."""
+    p = run_dir / "constitution.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), "review": guide}))
+
+
+def test_blind_api_takes_every_verdict_kind_with_ratings_and_tags(run_dir):
+    with_guide(run_dir, GUIDE)
+    srv = serve(run_dir, blind=True)
+    items = jl(run_dir / "review_queue.jsonl")[:6]
+    try:
+        st = call(srv, "/api/state")[1]
+        assert st["rubric"] == GUIDE["guidelines"] and st["scale"] == [1, 5]  # the constitution's own wording
+        shown = call(srv, f"/api/item/{items[0]['id']}")[1]
+        principle = items[0]["rounds"][0]["principle"]
+        assert shown["tags"] == [*dict.fromkeys([r["principle"] for r in items[0]["rounds"]]), *GUIDE["tags"]]
+        kinds = [("A", None), ("B", None), ("tie", None), ("reject", None), ("edit", "Mine."), ("skip", None)]
+        for it, (v, chosen) in zip(items, kinds):
+            body = {"item": it["id"], "verdict": v, "chosen": chosen, "comment": "unsure: legal" if v == "skip" else None,
+                    "ratings": {"A": {"helpfulness": 2, "tone": 5}, "B": {"helpfulness": 4}},
+                    "tags": ["invents facts"] + ([principle] if it is items[0] else [])}
+            code, r = call(srv, "/api/verdict", body)
+            assert code == 200, r
+            mine = call(srv, f"/api/item/{it['id']}")[1]["mine"]
+            assert mine["verdict"] == v and mine["ratings"] == body["ratings"]  # shown as the reviewer gave it
+        for bad, field in [({"verdict": "skip"}, "comment: a skip needs a reason"),
+                           ({"verdict": "A", "ratings": {"A": {"helpfulness": 6}}}, "ratings.revision.helpfulness"
+                            if api.shown_first(srv.ab_key, items[0]["id"], "alice") == "revision"
+                            else "ratings.original.helpfulness"),
+                           ({"verdict": "A", "ratings": {"A": {"safety": 3}}}, "ratings: ['safety'] not among"),
+                           ({"verdict": "A", "ratings": {"revision": {"tone": 3}}}, "ratings: must map A / B"),
+                           ({"verdict": "A", "tags": ["made up"]}, "tags: ['made up'] not among"),
+                           ({"verdict": "accept"}, "verdict: 'accept'")]:
+            code, r = call(srv, "/api/verdict", {"item": items[0]["id"], **bad})
+            assert code == 400 and r["error"].startswith(field), r
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    conn = db.connect(run_dir / db.FILE)
+    hist = db.history(conn)
+    conn.close()
+    assert [h["verdict"] for h in hist] == ["accept" if h["shown_first"] == "revision" else "swap" for h in hist[:1]] \
+        + [hist[1]["verdict"], "tie", "reject", "edit", "skip"]
+    for h in hist:  # ratings stored by answer, whichever letter it was shown under
+        a = h["shown_first"]
+        b = "original" if a == "revision" else "revision"
+        assert h["ratings"] == {a: {"helpfulness": 2, "tone": 5}, b: {"helpfulness": 4}}
+        assert "invents facts" in h["tags"]
+    assert hist[5]["comment"] == "unsure: legal"
+
+
+def test_merge_maps_ties_skips_and_ratings_to_the_written_sides(run_dir):
+    conn = db.open_run(run_dir)
+    items = db.items(conn)
+    acc, swp, tie, skip, skip2, ed = items[:6]
+    r = {"revision": {"helpfulness": 5}, "original": {"helpfulness": 1, "format": 2}}
+    db.record(conn, acc["id"], "alice", "accept", ratings=r)
+    db.record(conn, acc["id"], "bob", "accept", ratings={"revision": {"helpfulness": 4}})
+    db.record(conn, swp["id"], "alice", "swap", ratings=r)
+    db.record(conn, tie["id"], "alice", "tie")
+    db.record(conn, skip["id"], "alice", "skip", comment="not my field")
+    db.record(conn, skip2["id"], "alice", "skip", comment="not my field")  # skip + a verdict: no dispute
+    db.record(conn, skip2["id"], "bob", "swap")
+    db.record(conn, ed["id"], "alice", "edit", chosen="Expert text.", ratings=r)
+    conn.close()
+    assert review_main(["merge", str(run_dir)]) == 0
+    out = {p["id"]: p for p in jl(run_dir / "reviewed" / "preferences.jsonl")}
+    assert tie["id"] not in out and [d["id"] for d in jl(run_dir / "reviewed" / "dropped.jsonl")] == [tie["id"]]
+    assert out[skip["id"]]["expert_reviewed"] is False and out[skip["id"]]["verdict"] is None
+    assert out[skip2["id"]]["verdict"] == "swap" and out[skip2["id"]]["reviewer"] == "bob"
+    assert out[acc["id"]]["ratings"] == {"format": {"chosen": None, "rejected": 2.0},
+                                         "helpfulness": {"chosen": 4.5, "rejected": 1.0}}
+    # swapped: the chosen text is the original, so its ratings are the original's
+    assert out[swp["id"]]["ratings"]["helpfulness"] == {"chosen": 1.0, "rejected": 5.0}
+    assert out[ed["id"]]["ratings"]["helpfulness"] == {"chosen": None, "rejected": 1.0}  # nobody rated the edit
+    assert out[items[7]["id"]]["ratings"] is None
+    s = json.loads((run_dir / "reviewed" / "review.json").read_text())
+    assert s["decisions"]["tie"] == 1 and "skip" not in s["decisions"] and s["decisions"]["swap"] == 2
+    assert s["agreement"]["comparisons"] == 1  # acc: alice and bob; skip2's skip is nobody's judgement to agree with
+    assert s["ratings"]["helpfulness"] == {"revision": 4.75, "original": 1.0, "n": 7}
+    card = (run_dir / "README.md").read_text()
+    assert "| helpfulness | 4.75 | 1.0 | 7 |" in card and "tie (both fine)" in card
+
+
+def test_v6_database_gets_tie_and_skip_and_keeps_every_verdict(run_dir):
+    path = run_dir / db.FILE
+    conn = sqlite3.connect(path, isolation_level=None)
+    for m in db.MIGRATIONS[:6]:
+        m(conn) if callable(m) else conn.executescript(m)
+    conn.execute("PRAGMA user_version = 6")
+    it = jl(run_dir / "review_queue.jsonl")[0]
+    conn.execute("INSERT INTO items(id, payload, added_at, content_hash) VALUES (?, ?, 't', ?)",
+                 (it["id"], json.dumps(it), db.content_hash(it)))
+    conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at, content_hash, seconds) "
+                 "VALUES (?, 'ann', 'swap', 't', ?, 7.5)", (it["id"], db.content_hash(it)))
+    with pytest.raises(sqlite3.IntegrityError):  # what v6 could not store
+        conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES (?, 'ann', 'tie', 't')",
+                     (it["id"],))
+    conn.close()
+    conn = db.open_run(run_dir)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+    old = db.history(conn, it["id"])
+    assert [(h["reviewer"], h["verdict"], h["seconds"], h["ratings"]) for h in old] == [("ann", "swap", 7.5, None)]
+    db.record(conn, it["id"], "ann", "tie", ratings={"original": {"format": 3}})
+    assert db.current(conn)[it["id"]]["ann"]["verdict"] == "tie"
+    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'verdicts_item_reviewer'").fetchone()[0] == 1
+
+
+def test_a_constitutions_review_section_loads_and_leaves_its_ref_alone(tmp_path):
+    from cai_gen import constitution
+    f = tmp_path / "x.yaml"
+    base = "name: x\nprinciples:\n  - {id: a, critique: q, revision: r}\n"
+    f.write_text(base)
+    ref = constitution.load(path=str(f)).ref
+    f.write_text(base + "review:\n  guidelines:\n    - {name: tone, text: 'Is it courteous?'}\n  tags: [wrong role]\n")
+    c = constitution.load(path=str(f))
+    assert c.ref == ref  # a team's annotation guide does not change what was generated
+    assert c.review.guidelines[0].text == "Is it courteous?" and c.review.tags == ["wrong role"]
+    assert api.rubric({}, c.model_dump(mode="json")["review"]) == [{"name": "tone", "text": "Is it courteous?"}]
+    assert [g["name"] for g in api.rubric({}, None)] == ["helpfulness", "correctness", "safety", "format"]
+    f.write_text(base + "review:\n  guidlines: []\n")
+    with pytest.raises(UserError, match="guidlines"):
+        constitution.load(path=str(f))
+
+
+# ---- the page's data: rendered answers, list previews and filters (issue 34 item 2) -------------------------
+
+@pytest.mark.parametrize("text, has, hasnt", [
+    ("**bold** and\n\n- a\n- b", ["<strong>bold</strong>", "<li>a</li>"], []),
+    ("<script>window.x=1</script>", ["&lt;script&gt;"], ["<script"]),
+    ("<img src=http://evil/a.png onerror=alert(1)>", ["&lt;img"], ["<img"]),
+    ("![logo](http://evil/b.png)", ['<span class="url">&lt;http://evil/b.png&gt;</span>'], ["<img", "<a"]),
+    ("[site](https://e.org/x) [bad](javascript:alert(1))", ["site <span class=\"url\">&lt;https://e.org/x&gt;",
+                                                             "[bad](javascript:alert(1))"], ["<a", "href"]),
+    ("<a href=http://e.org>x</a>", ["&lt;a href"], ["<a "]),
+])
+def test_answers_are_rendered_markdown_with_nothing_that_runs_loads_or_navigates(text, has, hasnt):
+    from cai_gen.review import render
+    out = render.html(text)
+    assert all(h in out for h in has), out
+    assert not any(h in out for h in hasnt), out
+
+
+def test_items_carry_rendered_answers_and_the_list_previews_and_filters(server, run_dir):
+    items = jl(run_dir / "review_queue.jsonl")
+    code, it = call(server, f"/api/item/{items[0]['id']}")
+    from cai_gen.review import render
+    assert it["item"]["html"] == {"original": render.html(items[0]["original"]),
+                                  "revision": render.html(items[0]["revision"])}
+    assert call(server, "/api/verdict", {"item": items[1]["id"], "verdict": "tie"})[0] == 200
+    st = call(server, "/api/state")[1]
+    assert st["items"][0]["preview"] == " ".join(items[0]["prompt"][-1]["content"].split())[:90]
+    mine = call(server, "/api/state?show=mine")[1]
+    todo = call(server, "/api/state?show=todo")[1]
+    assert [i["id"] for i in mine["items"]] == [items[1]["id"]] and mine["items"][0]["verdict"] == "tie"
+    assert [i["id"] for i in todo["items"]] == [i["id"] for i in items if i["id"] != items[1]["id"]]
+    assert todo["first_todo"] == 0 and call(server, "/api/state?show=nope")[0] == 400

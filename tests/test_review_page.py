@@ -37,7 +37,8 @@ def page(tmp_path, request):
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p, "domain": "billing"}) + "\n" for i, p in
-                               enumerate([HTML_PROMPT, "Why was I charged twice?", "Cancel my plan."]))
+                               enumerate([HTML_PROMPT, "Why was I charged twice?", "Cancel my plan.", "Refund the last invoice.",
+                                          "Change my billing address."]))
                        + json.dumps({"id": "multi", "messages": TURNS, "domain": "billing"}) + "\n")
     cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "review.domains=[billing]")
     run = tmp_path / "run"
@@ -53,6 +54,7 @@ def page(tmp_path, request):
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               f"--user-data-dir={tmp_path / 'chrome'}"):
         opts.add_argument(a)
+    opts.add_argument("--window-size=1280,1000")  # a laptop screen: the sticky verdict form leaves the answers room
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     try:
         yield driver, srv, run
@@ -112,9 +114,9 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     assert driver.title == "cai_gen review"
     assert el("answer-a").text == items[0]["original"] and el("answer-b").text == items[0]["revision"]
 
-    keys("a")                                      # accept by key; the page moves to the next item
+    keys("2")                                      # revision (right) better: accept by key; on to the next item
     wait(lambda: progress().startswith("1 /") and shown() == ids[1])
-    el("b-second").click()                         # swap by click
+    el("b-first").click()                          # original (left) better: swap by click
     wait(lambda: progress().startswith("2 /") and shown() == ids[2])
     keys("e")                                      # edit: the box opens with the revision to start from
     wait(lambda: el("edit-box").is_displayed())
@@ -146,9 +148,9 @@ def test_review_with_keys_and_clicks_survives_reload_and_merges(page):
     sign_in(driver, srv.links["bob"], "bob", replaces="alice")  # a second reviewer on the same browser
     wait(lambda: progress() == f"0 / {len(ids)} reviewed by bob" and shown() == ids[0])
     driver.find_element(By.TAG_NAME, "body").click()
-    keys("a")                                      # agrees with alice on item 0
+    keys("2")                                      # agrees with alice on item 0
     wait(lambda: progress().startswith("1 /") and shown() == ids[1])
-    keys("r")                                      # disagrees on item 1 (alice: swap)
+    keys("u")                                      # disagrees on item 1 (alice: swap)
     wait(lambda: progress().startswith("2 /"))
 
     conn = db.connect(srv.db_path)
@@ -205,11 +207,11 @@ def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
         ["helpfulness", "correctness", "safety", "format"]
     assert items[0]["rounds"][0]["principle"] in el("principles").text
 
-    keys("a")                                   # A better
+    keys("1")                                   # A better
     wait(lambda: progress().startswith("1 /") and shown() == ids[1])
-    keys("b")                                   # B better
+    keys("2")                                   # B better
     wait(lambda: progress().startswith("2 /") and shown() == ids[2])
-    keys("r")                                   # both unusable
+    keys("u")                                   # both unusable
     wait(lambda: progress().startswith("3 /") and shown() == ids[3])
     keys("k")
     wait(lambda: shown() == ids[2] and "your verdict: reject" in el("status").text)
@@ -231,3 +233,83 @@ def test_blind_review_by_keyboard_merges_with_reviewer_and_position(page):
     assert (me["verdicts"], me["blind_ab"], me["chose_a"], me["timed"]) == (3, 2, 1, 3)
     card = (run / "README.md").read_text()
     assert f"| alice | 3 | 2 | 50.0% | {me['position_p']} | {me['too_fast']} (" in card
+
+
+HOSTILE = ("**The first step** is below.\n\n- one\n- two\n\n<script>window.pwned = 1</script>\n\n"
+           "<img src=\"http://127.0.0.1:9/x.png\" onerror=\"window.pwned = 2\">\n\n![logo](http://127.0.0.1:9/y.png)\n\n"
+           "[click me](javascript:window.pwned=3) or [the site](https://example.org/help)")
+
+
+@pytest.mark.parametrize("page", [True], indirect=True, ids=["blind"])
+def test_every_verdict_and_ratings_by_keyboard_alone_and_hostile_markdown_is_inert(page):
+    from selenium.webdriver.common.keys import Keys
+
+    from cai_gen.review.api import shown_first
+
+    driver, srv, run = page
+    queue = run / "review_queue.jsonl"
+    items = [json.loads(x) for x in queue.read_text().splitlines()]
+    assert len(items) >= 6
+    items[0]["revision"] = items[0]["original"] = HOSTILE  # what a model can be made to write
+    queue.write_text("".join(json.dumps(it) + "\n" for it in items))
+    db.open_run(run).close()                    # the server's database takes the new text
+    ids = [it["id"] for it in items]
+    el, wait, keys, shown, progress = ui(driver)
+
+    driver.get(srv.url)                         # before sign-in: how to get in, not an empty page
+    wait(lambda: "open the invite link" in el("signin-text").text)
+    assert not el("main").is_displayed()
+    sign_in(driver, srv.links["alice"], "alice")
+    wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
+    # Markdown is rendered, and nothing in it runs, loads or navigates
+    js = driver.execute_script
+    assert js("return document.querySelector('#answer-a strong').textContent") == "The first step"
+    assert js("return document.querySelectorAll('#answer-a li').length") == 2
+    assert js("return typeof window.pwned") == "undefined"
+    assert js("return [...document.images].map((i) => i.src)") == []
+    assert js("return document.querySelectorAll('a, script:not([src]), [onerror], [href^=javascript]').length") == 0
+    text = el("answer-a").text
+    assert "<script>window.pwned = 1</script>" in text and "https://example.org/help" in text  # shown as text
+    assert "javascript:window.pwned=3" in text
+    assert "original" not in el("b-edit").text.lower() and "revision" not in el("b-edit").text.lower()
+    preview = el("list").find_elements("css selector", "button .preview")[1].text
+    assert preview == items[1]["prompt"][-1]["content"][:90]
+
+    keys("?")                                   # the guide is one key away
+    wait(lambda: el("rubric").is_displayed())
+    keys("g")                                   # rate: a digit per box, A then B per guideline
+    keys("45342544")
+    keys("1")                                   # A better
+    wait(lambda: progress().startswith("1 /") and shown() == ids[1])
+    keys("2")                                   # B better
+    wait(lambda: progress().startswith("2 /") and shown() == ids[2])
+    keys("t")                                   # tie: both fine
+    wait(lambda: progress().startswith("3 /") and shown() == ids[3])
+    keys("u")                                   # both unusable
+    wait(lambda: progress().startswith("4 /") and shown() == ids[4])
+    keys("s")                                   # skip: asks why first
+    wait(lambda: driver.switch_to.active_element == el("comment"))
+    assert progress().startswith("4 /")
+    keys("not sure about the law here")
+    driver.switch_to.active_element.send_keys(Keys.CONTROL, Keys.ENTER)  # Ctrl held with Enter
+    wait(lambda: progress().startswith("5 /") and shown() == ids[5])
+    keys(Keys.ESCAPE)
+    keys("e")                                   # edit: blind, so the box starts empty
+    wait(lambda: el("edit-box").is_displayed())
+    keys("My own answer.")
+    driver.switch_to.active_element.send_keys(Keys.CONTROL, Keys.ENTER)  # Ctrl held with Enter
+    wait(lambda: progress().startswith("6 /"))
+
+    conn = db.connect(srv.db_path)
+    cur = {i: v["alice"] for i, v in db.current(conn).items()}
+    conn.close()
+    first = shown_first(srv.ab_key, ids[0], "alice")
+    other = "original" if first == "revision" else "revision"
+    assert [cur[i]["verdict"] for i in ids[:6]] == [
+        "accept" if first == "revision" else "swap",
+        "swap" if shown_first(srv.ab_key, ids[1], "alice") == "revision" else "accept",
+        "tie", "reject", "skip", "edit"]
+    assert cur[ids[0]]["ratings"] == {first: {"helpfulness": 4, "correctness": 3, "safety": 2, "format": 4},
+                                      other: {"helpfulness": 5, "correctness": 4, "safety": 5, "format": 4}}
+    assert cur[ids[4]]["comment"] == "not sure about the law here"
+    assert cur[ids[5]]["chosen"] == "My own answer."

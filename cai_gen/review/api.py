@@ -14,7 +14,7 @@ import hmac
 import json
 
 from ..errors import UserError
-from . import db
+from . import db, render
 
 RUBRIC = {  # the criteria the AI judge scores by (judge.rubric), in words a reviewer reads
     "helpfulness": "Does it answer what was asked, with what the user needs to act on it?",
@@ -22,13 +22,32 @@ RUBRIC = {  # the criteria the AI judge scores by (judge.rubric), in words a rev
     "safety": "Does it avoid harm: no dangerous help, no private data, no unfair treatment?",
     "format": "Is it clear, the right length, and free of filler or talk about itself?",
 }
-BLIND = ("A", "B", "reject", "edit")
+BLIND = ("A", "B", "tie", "reject", "edit", "skip")
 PAGE = 100  # most items one listing call returns
 
 
-def rubric(run_cfg: dict) -> list[dict]:
+def rubric(run_cfg: dict, guide: dict | None = None) -> list[dict]:
+    """The guidelines reviewers rate by: the constitution's `review: guidelines:` (its wording), else the judge's
+    rubric names in RUBRIC's words (the four by default)."""
+    if (guide or {}).get("guidelines"):
+        return [{"name": g["name"], "text": g.get("text") or RUBRIC.get(g["name"], "")} for g in guide["guidelines"]]
     names = (run_cfg.get("judge") or {}).get("rubric") or list(RUBRIC)
     return [{"name": n, "text": RUBRIC.get(n, "")} for n in names]
+
+
+def guide(run_dir) -> dict:
+    """The run's constitution's optional `review:` section, from the constitution.json the run wrote ({} if none)."""
+    path = run_dir / "constitution.json"
+    try:
+        return (json.loads(path.read_text()).get("review") or {}) if path.is_file() else {}
+    except (ValueError, AttributeError):
+        raise UserError(f"{path}: not the JSON object a run writes") from None
+
+
+def tag_choices(item: dict, guide: dict) -> list[str]:
+    """The reason tags a reviewer may give on an item: the pair's principles, then the constitution's own list."""
+    out = [r["principle"] for r in item.get("rounds") or [] if isinstance(r, dict) and r.get("principle")]
+    return list(dict.fromkeys(out + list(guide.get("tags") or [])))
 
 
 def shown_first(key: str, item_id: str, reviewer: str) -> str:
@@ -45,8 +64,21 @@ def _mine(reviewer: str) -> tuple[str, tuple]:
             f"{db._COUNTS} WHERE v.reviewer = ? GROUP BY v.item_id) last ON v.seq = last.seq", (reviewer,))
 
 
+FILTERS = ("all", "todo", "mine")  # every item | not yet reviewed by me | reviewed by me
+PREVIEW = 90  # characters of the prompt's last user turn shown in the list
+
+
+def preview(payload: str) -> str:
+    try:
+        turns = [m.get("content") for m in json.loads(payload).get("prompt") or [] if m.get("role") == "user"]
+    except (ValueError, AttributeError, TypeError):
+        return ""
+    text = " ".join(str(turns[-1] if turns else "").split())
+    return text if len(text) <= PREVIEW else text[:PREVIEW - 1] + "…"
+
+
 def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = "", after: int = -1,
-            blind: bool = True, key: str = "") -> dict:
+            blind: bool = True, key: str = "", show: str = "all") -> dict:
     """One page of the queue (optionally only items matching `q`), the reviewer's progress, and where the
     reviewer's next unreviewed item is (`first_todo`, and `todo_after` the position `after`), as positions
     in the matching list. Reads only the id/domain/routing/search columns, never the payloads' JSON."""
@@ -55,6 +87,10 @@ def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = ""
     if q:  # instr, not LIKE: % and _ in a search are plain characters
         where += f" AND instr(i.{'search' if blind else 'search_labelled'}, ?) > 0"
         args.append(db.search_query(q))
+    if show not in FILTERS:
+        raise UserError(f"show: {show!r} is not one of {', '.join(FILTERS)}")
+    if show != "all":
+        where += f" AND m.verdict IS {'' if show == 'todo' else 'NOT '}NULL"
     rows = conn.execute(f"SELECT i.id, i.domain, i.routed_by, m.verdict FROM items i LEFT JOIN ({mine_q}) m "
                         f"ON m.item_id = i.id WHERE {where} ORDER BY i.rowid", (*mine_args, *args)).fetchall()
     total = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
@@ -64,11 +100,15 @@ def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = ""
         f"SELECT v.item_id, count(DISTINCT v.reviewer) FROM verdicts v {db._COUNTS} WHERE v.item_id IN "
         f"({','.join('?' * len(page))}) GROUP BY v.item_id", [r[0] for r in page]).fetchall()) if page else {}
     todo = [k for k, r in enumerate(rows) if r[3] is None]
+    # previews for this page only: a list call never parses every payload
+    previews = dict(conn.execute(f"SELECT id, payload FROM items WHERE id IN ({','.join('?' * len(page))})",
+                                 [r[0] for r in page]).fetchall()) if page else {}
     return {"reviewer": reviewer, "total": total, "done": done, "matched": len(rows), "offset": offset,
-            "limit": limit, "q": q, "first_todo": todo[0] if todo else None,
+            "limit": limit, "q": q, "show": show, "first_todo": todo[0] if todo else None,
             "todo_after": next((k for k in todo if k > after), None),
             "items": [{"id": i, "domain": d, "routed_by": [w for w in why.split(",") if w],
-                       "verdict": _as_shown(v, blind, key, i, reviewer), "reviews": counts.get(i, 0)}
+                       "verdict": _as_shown(v, blind, key, i, reviewer), "reviews": counts.get(i, 0),
+                       "preview": preview(previews.get(i, ""))}
                       for i, d, why, v in page]}
 
 
@@ -80,33 +120,67 @@ def _as_shown(verdict: str | None, blind: bool, key: str, item_id: str, reviewer
     return "A" if (verdict == "accept") == (first == "revision") else "B"
 
 
-def item(conn, item_id: str, reviewer: str, blind: bool, key: str) -> dict | None:
+def item(conn, item_id: str, reviewer: str, blind: bool, key: str, guide: dict | None = None) -> dict | None:
     row = conn.execute("SELECT payload, content_hash FROM items WHERE id = ? AND retired_at IS NULL",
                        (item_id,)).fetchone()
     if row is None:
         return None
     it, votes = json.loads(row[0]), db.current(conn).get(item_id, {})
+    tags = tag_choices(it, guide or {})
     mine = votes.get(reviewer)
     if mine:
-        mine = {k: mine[k] for k in ("verdict", "chosen", "comment", "at")}
+        mine = {k: mine[k] for k in ("verdict", "chosen", "comment", "at", "ratings", "tags")}
         mine["verdict"] = _as_shown(mine["verdict"], blind, key, item_id, reviewer)
+        if blind and mine["ratings"]:
+            mine["ratings"] = _sides(mine["ratings"], shown_first(key, item_id, reviewer), back=False)
     if blind:
         first = shown_first(key, item_id, reviewer)
         a, b = (it["revision"], it["original"]) if first == "revision" else (it["original"], it["revision"])
         it = {"id": it["id"], "domain": it.get("domain"), "routed_by": it["routed_by"], "prompt": it["prompt"],
               "rounds": [{"principle": r["principle"], "critique_request": r["critique_request"]}
                          for r in it["rounds"]], "answers": {"A": a, "B": b}}
-    return {"item": it, "hash": row[1], "mine": mine, "reviews": len(votes), "blind": blind}
+        it["html"] = {"A": render.html(a), "B": render.html(b)}  # Markdown rendered and sanitised (render.py)
+    else:
+        it["html"] = {"original": render.html(it.get("original")), "revision": render.html(it.get("revision"))}
+    return {"item": it, "hash": row[1], "mine": mine, "reviews": len(votes), "blind": blind, "tags": tags}
 
 
-def verdict(conn, body: dict, reviewer: str, blind: bool, key: str) -> dict:
-    """Store a verdict from the page for `reviewer` (the token's name: a `reviewer` in the body is ignored)."""
+def _sides(ratings: dict, first: str, back: bool = True) -> dict:
+    """Blind ratings keyed A/B -> revision/original (back) or the other way, by what this page showed as A."""
+    other = "original" if first == "revision" else "revision"
+    m = {"A": first, "B": other}
+    if not back:
+        m = {v: k for k, v in m.items()}
+    if not isinstance(ratings, dict) or not set(ratings) <= set(m):
+        raise UserError(f"ratings: must map {' / '.join(m)} to {{guideline: score}}")
+    return {m[k]: v for k, v in ratings.items()}
+
+
+def verdict(conn, body: dict, reviewer: str, blind: bool, key: str, guidelines: list[dict] = (),
+            guide: dict | None = None) -> dict:
+    """Store a verdict from the page for `reviewer` (the token's name: a `reviewer` in the body is ignored).
+    Ratings name only `guidelines`; tags only the item's choices (tag_choices)."""
     item_id, shown, v = str(body.get("item")), None, body.get("verdict")
+    ratings, tags = body.get("ratings") or None, body.get("tags") or None
     if blind:
         if v not in BLIND:
             raise UserError(f"verdict: {v!r} is not one of {', '.join(BLIND)} (this review is blind)")
         shown = shown_first(key, item_id, reviewer)
         if v in ("A", "B"):  # back to what the letter meant: did the reviewer prefer the revision?
             v = "accept" if (v == "A") == (shown == "revision") else "swap"
+        if ratings is not None:
+            ratings = _sides(ratings, shown)
+    ratings = db.check_ratings(ratings)
+    names = {g["name"] for g in guidelines}
+    for side, scores in (ratings or {}).items():
+        if set(scores) - names:
+            raise UserError(f"ratings: {sorted(set(scores) - names)} not among the guidelines ({', '.join(sorted(names))})")
+    if tags is not None:
+        row = conn.execute("SELECT payload FROM items WHERE id = ?", (item_id,)).fetchone()
+        allowed = set(tag_choices(json.loads(row[0]), guide or {})) if row else set()
+        bad = [t for t in db.check_tags(tags) or [] if t not in allowed] if row else []
+        if bad:
+            raise UserError(f"tags: {bad} not among this item's reasons ({', '.join(sorted(allowed))})")
     return db.record(conn, item_id, reviewer, v, body.get("chosen"), body.get("comment"),
-                     text_hash=body.get("hash"), shown_first=shown, seconds=body.get("seconds"))
+                     text_hash=body.get("hash"), shown_first=shown, seconds=body.get("seconds"), ratings=ratings,
+                     tags=tags)

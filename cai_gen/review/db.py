@@ -25,7 +25,10 @@ from ..errors import UserError
 from ..yamlio import jsonl_rows
 
 FILE = "review.sqlite"
-VERDICTS = ("accept", "swap", "reject", "edit")  # revision better | original better | neither usable | expert's text
+# revision better | original better | neither usable | expert's text | both fine | unsure (the comment says why)
+VERDICTS = ("accept", "swap", "reject", "edit", "tie", "skip")
+SCALE = (1, 5)  # a rating per guideline and answer: 1 poor .. 5 excellent
+ANSWERS = ("revision", "original")  # what ratings are keyed by (the blind page's A/B mapped back, api.py)
 NAME = re.compile(r"^[\w][\w .@-]{0,63}$")
 
 CONTENT = ("prompt", "original", "revision", "rounds")  # what the reviewer judges; routing and judge are context
@@ -151,6 +154,23 @@ def _v6(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (end.isoformat(timespec="seconds"), tid))
 
 
+def _v7(conn: sqlite3.Connection) -> None:
+    # ties and skips, ratings and reason tags. The v1 CHECK on verdict names four kinds and SQLite cannot alter a
+    # CHECK, so the table is rebuilt (the documented 12-step way: new table, copy, drop, rename) keeping each seq
+    conn.execute("CREATE TABLE verdicts_v7 (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                 "item_id TEXT NOT NULL REFERENCES items(id), reviewer TEXT NOT NULL, verdict TEXT NOT NULL "
+                 f"CHECK (verdict IN ({', '.join(repr(v) for v in VERDICTS)})), chosen TEXT, comment TEXT, "
+                 "created_at TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'web', content_hash TEXT, "
+                 "shown_first TEXT CHECK (shown_first IN ('revision', 'original')), seconds REAL, "
+                 "ratings TEXT, tags TEXT, "  # JSON: {"revision"|"original": {guideline: 1-5}}; [tag, ...]
+                 "CHECK (verdict != 'edit' OR chosen IS NOT NULL))")
+    cols = "seq, item_id, reviewer, verdict, chosen, comment, created_at, source, content_hash, shown_first, seconds"
+    conn.execute(f"INSERT INTO verdicts_v7({cols}) SELECT {cols} FROM verdicts")
+    conn.execute("DROP TABLE verdicts")
+    conn.execute("ALTER TABLE verdicts_v7 RENAME TO verdicts")
+    conn.execute("CREATE INDEX verdicts_item_reviewer ON verdicts(item_id, reviewer, seq)")
+
+
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row and row[0]
@@ -194,6 +214,8 @@ MIGRATIONS = [
     _v5,
     # v6: invites that expire
     _v6,
+    # v7: tie and skip verdicts, ratings per guideline, reason tags
+    _v7,
 ]
 VERSION = len(MIGRATIONS)
 
@@ -313,6 +335,8 @@ def check_verdict(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict
         raise UserError("chosen: an edit verdict needs the expert's answer text")
     if comment is not None and not isinstance(comment, str):
         raise UserError("comment: must be text")
+    if verdict == "skip" and not (comment or "").strip():
+        raise UserError("comment: a skip needs a reason (what makes you unsure)")
     if item_hash(conn, item_id) is None:
         raise UserError(f"item: unknown item {item_id!r} (not routed to review in this run)")
 
@@ -323,13 +347,43 @@ def item_hash(conn: sqlite3.Connection, item_id: str) -> str | None:
     return row and row[0]
 
 
-ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source", "hash", "shown_first", "seconds")
+ROW = ("item", "reviewer", "verdict", "chosen", "comment", "at", "source", "hash", "shown_first", "seconds", "ratings",
+       "tags")
+
+
+def check_ratings(ratings) -> dict | None:
+    """{"revision"|"original": {guideline: whole number on SCALE}}, empty parts dropped; None when nothing rated."""
+    if ratings is None:
+        return None
+    if not isinstance(ratings, dict) or not set(ratings) <= set(ANSWERS):
+        raise UserError(f"ratings: must map {' / '.join(ANSWERS)} to {{guideline: score}}")
+    out = {}
+    for side, scores in ratings.items():
+        if not isinstance(scores, dict):
+            raise UserError(f"ratings.{side}: must map guideline names to scores")
+        for g, n in scores.items():
+            if not (isinstance(g, str) and NAME.match(g)):
+                raise UserError(f"ratings.{side}: {g!r} is not a guideline name")
+            if isinstance(n, bool) or not isinstance(n, int) or not SCALE[0] <= n <= SCALE[1]:
+                raise UserError(f"ratings.{side}.{g}: {n!r} is not a whole number from {SCALE[0]} to {SCALE[1]}")
+        if scores:
+            out[side] = dict(scores)
+    return out or None
+
+
+def check_tags(tags) -> list[str] | None:
+    if tags is None:
+        return None
+    if not isinstance(tags, list) or len(tags) > 50 or not all(isinstance(t, str) and 0 < len(t) <= 64 for t in tags):
+        raise UserError("tags: must be a list of short names (at most 50, each 1-64 characters)")
+    return sorted(set(tags)) or None
 FAST = 5.0  # seconds: a verdict given faster than this cannot have come from reading both answers
 
 
 def verdict_row(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
                 comment: str | None = None, source: str = "web", at: str | None = None,
-                text_hash: str | None = None, shown_first: str | None = None, seconds=None) -> dict:
+                text_hash: str | None = None, shown_first: str | None = None, seconds=None, ratings=None,
+                tags=None) -> dict:
     """A checked verdict, as stored: chosen text only for edits, blanks as None. `text_hash`: the content hash of
     the text the reviewer saw (an imported file made before a rerun); default: the item's current text.
     `shown_first`: the answer a blind page showed as A; `seconds`: page open to verdict."""
@@ -341,22 +395,33 @@ def verdict_row(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: 
         raise UserError(f"seconds: {seconds!r} is not a duration in seconds (0 to 86400)")
     return dict(zip(ROW, (item_id, reviewer.strip(), verdict, chosen if verdict == "edit" else None,
                           comment or None, at or now(), source, text_hash or item_hash(conn, item_id),
-                          shown_first, None if seconds is None else round(float(seconds), 2))))
+                          shown_first, None if seconds is None else round(float(seconds), 2),
+                          check_ratings(ratings), check_tags(tags))))
 
 
 def insert(conn: sqlite3.Connection, rows: list[dict]) -> None:
     """Append verdicts to the history in one transaction: all of them or none."""
     with _tx(conn):
         conn.executemany("INSERT INTO verdicts(item_id, reviewer, verdict, chosen, comment, created_at, source, "
-                         "content_hash, shown_first, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                         [tuple(r[k] for k in ROW) for r in rows])
+                         "content_hash, shown_first, seconds, ratings, tags) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         [tuple(_cell(r[k]) for k in ROW) for r in rows])
+
+
+def _cell(v):
+    return json.dumps(v, ensure_ascii=False, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def _json(v):
+    return None if v is None else json.loads(v)
 
 
 def record(conn: sqlite3.Connection, item_id: str, reviewer: str, verdict: str, chosen: str | None = None,
            comment: str | None = None, source: str = "web", at: str | None = None,
-           text_hash: str | None = None, shown_first: str | None = None, seconds=None) -> dict:
+           text_hash: str | None = None, shown_first: str | None = None, seconds=None, ratings=None,
+           tags=None) -> dict:
     """Store one verdict (a new history entry; the reviewer's latest verdict is the one that counts)."""
-    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at, text_hash, shown_first, seconds)
+    row = verdict_row(conn, item_id, reviewer, verdict, chosen, comment, source, at, text_hash, shown_first, seconds,
+                      ratings, tags)
     insert(conn, [row])
     return row
 
@@ -378,11 +443,12 @@ def current(conn: sqlite3.Connection) -> dict[str, dict[str, dict]]:
     """{item id: {reviewer: their latest verdict on the item's current text}}."""
     out: dict[str, dict[str, dict]] = {}
     q = ("SELECT v.item_id, v.reviewer, v.verdict, v.chosen, v.comment, v.created_at, v.source, v.shown_first, "
-         f"v.seconds FROM verdicts v JOIN (SELECT v.item_id, v.reviewer, max(v.seq) AS seq FROM verdicts v {_COUNTS} "
+         f"v.seconds, v.ratings, v.tags FROM verdicts v JOIN (SELECT v.item_id, v.reviewer, max(v.seq) AS seq FROM verdicts v {_COUNTS} "
          "GROUP BY v.item_id, v.reviewer) last ON v.seq = last.seq ORDER BY v.seq")
-    for item_id, reviewer, verdict, chosen, comment, at, source, shown, secs in conn.execute(q):
+    for item_id, reviewer, verdict, chosen, comment, at, source, shown, secs, ratings, tags in conn.execute(q):
         out.setdefault(item_id, {})[reviewer] = {"verdict": verdict, "chosen": chosen, "comment": comment,
-                                                 "at": at, "source": source, "shown_first": shown, "seconds": secs}
+                                                 "at": at, "source": source, "shown_first": shown, "seconds": secs,
+                                                 "ratings": _json(ratings), "tags": _json(tags)}
     return out
 
 
@@ -395,12 +461,13 @@ def outdated(conn: sqlite3.Connection) -> set[str]:
 
 def history(conn: sqlite3.Connection, item_id: str | None = None) -> list[dict]:
     """Every verdict ever given, stale and retired ones included; `hash` names the text it was given on."""
-    q = ("SELECT item_id, reviewer, verdict, chosen, comment, created_at, source, content_hash, shown_first, seconds "
-         "FROM verdicts")
+    q = ("SELECT item_id, reviewer, verdict, chosen, comment, created_at, source, content_hash, shown_first, seconds, "
+         "ratings, tags FROM verdicts")
     args: tuple = ()
     if item_id is not None:
         q, args = q + " WHERE item_id = ?", (item_id,)
-    return [dict(zip(ROW, r)) for r in conn.execute(q + " ORDER BY seq", args)]
+    return [{**dict(zip(ROW, r)), "ratings": _json(r[10]), "tags": _json(r[11])}
+            for r in conn.execute(q + " ORDER BY seq", args)]
 
 
 def version(conn: sqlite3.Connection, item_id: str, text_hash: str) -> dict | None:

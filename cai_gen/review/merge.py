@@ -31,7 +31,10 @@ from . import db
 
 # position: what each deciding reviewer saw as A ("revision" / "original"; "labelled" for the labelled view or
 # an import), in the order of `reviewer`; votes: every current vote on the pair, with its seconds
-COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict", "position", "votes"]
+# ratings: {guideline: {"chosen": mean, "rejected": mean}} over the current votes' 1-5 ratings of the text written
+# on that side (an edit's chosen text is the expert's own: no rating describes it)
+COLUMNS = ["expert_reviewed", "reviewer", "reviewed_at", "verdict", "position", "votes", "ratings"]
+NO_PAIR = ("reject", "tie")  # neither usable, or both fine: no preference to train on, the pair is dropped
 
 
 def decide(votes: dict[str, dict]) -> tuple[str, list[str], dict] | None:
@@ -59,6 +62,7 @@ def kappa(a: list[str], b: list[str]) -> float | None:
 def agreement(cur: dict[str, dict[str, dict]]) -> dict:
     """Percent agreement and Cohen's kappa for every pair of reviewers who saw the same items; overall: the
     share of agreeing (item, reviewer pair) comparisons and the mean pairwise kappa (Light's kappa)."""
+    cur = {i: {r: v for r, v in votes.items() if v["verdict"] != "skip"} for i, votes in cur.items()}  # no verdict
     reviewers = sorted({r for votes in cur.values() for r in votes})
     pairs, same, total = [], 0, 0
     for ra, rb in combinations(reviewers, 2):
@@ -184,7 +188,30 @@ def relabel(pref: dict, chosen: str, rejected: str, check: Recheck) -> dict:
 
 def _unreviewed(pref: dict) -> dict:
     return {**pref, "expert_reviewed": False, "reviewer": None, "reviewed_at": None, "verdict": None,
-            "position": None, "votes": []}
+            "position": None, "votes": [], "ratings": None}
+
+
+def _mean(xs: list) -> float | None:
+    return round(sum(xs) / len(xs), 2) if xs else None
+
+
+def ratings(votes: dict[str, dict], sides: dict[str, str | None]) -> dict | None:
+    """Mean rating per guideline of each written side; sides: {"chosen"|"rejected": "revision"|"original"|None}."""
+    names = sorted({g for v in votes.values() for s in (v.get("ratings") or {}).values() for g in s})
+    return {g: {k: _mean([v["ratings"][a][g] for v in votes.values() if g in ((v.get("ratings") or {}).get(a) or {})])
+                if a else None for k, a in sides.items()} for g in names} or None
+
+
+def rating_summary(cur: dict[str, dict[str, dict]]) -> dict:
+    """{guideline: {"revision": mean, "original": mean, "n": ratings}} over every current vote (the card's table)."""
+    got: dict[str, dict[str, list]] = {}
+    for votes in cur.values():
+        for v in votes.values():
+            for side, scores in (v.get("ratings") or {}).items():
+                for g, n in scores.items():
+                    got.setdefault(g, {"revision": [], "original": []})[side].append(n)
+    return {g: {"revision": _mean(x["revision"]), "original": _mean(x["original"]),
+                "n": len(x["revision"]) + len(x["original"])} for g, x in sorted(got.items())}
 
 
 def _votes(votes: dict[str, dict]) -> list[dict]:
@@ -217,6 +244,8 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
             kept = {r: v for r, v in votes.items() if not too_fast(v)}
             ignored += len(votes) - len(kept)
             votes = kept or None
+        if votes:  # a skip ("unsure") is no verdict: the item stays pending until someone decides it
+            votes = {r: v for r, v in votes.items() if v["verdict"] != "skip"} or None
         if it is None:
             rows.append(_unreviewed(pref))
             continue
@@ -238,7 +267,10 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         status[verdict] += 1
         mark = {"expert_reviewed": True, "reviewer": ",".join(who), "reviewed_at": last["at"], "verdict": verdict,
                 "position": ",".join(votes[r].get("shown_first") or "labelled" for r in who), "votes": _votes(votes)}
-        if verdict == "reject":
+        sides = {"accept": ("revision", "original"), "swap": ("original", "revision"), "edit": (None, "original"),
+                 "reject": ("revision", "original"), "tie": ("revision", "original")}[verdict]
+        mark["ratings"] = ratings(votes, dict(zip(("chosen", "rejected"), sides)))
+        if verdict in NO_PAIR:
             dropped.append({"id": pref["id"], **mark, "votes": votes, "item": it})
             continue
         answer = {"accept": (it["revision"], it["original"]), "swap": (it["original"], it["revision"]),
@@ -267,9 +299,11 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         store.drop_splits(out)  # an earlier merge's copies would be stale beside these files
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
-               "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")},
+               "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")
+                             if k != "skip"},  # a skip decides nothing
                "retired": len(retired), "orphaned": len(orphans), "agreement": agreement(cur),
                "reviewers": per_reviewer(cur), "fast_seconds": db.FAST, "ignore_too_fast": ignore_too_fast,
-               "too_fast_ignored": ignored, "built_from": store.built_from(run_dir)}
+               "too_fast_ignored": ignored, "built_from": store.built_from(run_dir),
+               "ratings": rating_summary(cur), "scale": list(db.SCALE)}
     store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -1,5 +1,7 @@
 "use strict";
-// The review page. All model and prompt text goes in with textContent: it is data, never HTML.
+// The review page. All prompt text goes in with textContent: it is data, never HTML. The answers go in as the HTML the
+// server rendered from their Markdown and sanitised (render.py: no raw HTML, no image, no link, only formatting
+// tags); nothing typed or generated is ever turned into HTML here.
 // Who reviews comes from the session cookie, never from anything typed here. An invite link (/?token=...) signs in
 // only after the reviewer confirms whose link it is: a page on another site that sends this browser to its own
 // invite link (login CSRF) gets no further than the question. The confirmation is a JSON POST, which another
@@ -9,7 +11,7 @@ const LIMIT = 100;  // items per list page (the server's most)
 let st = null;      // the last /api/state answer: one page of the (searched) queue, progress, csrf, mode
 let pos = 0;        // position of the shown item in the searched queue
 let current = null, currentHash = null, shownAt = 0;  // hash: the text shown, sent with the verdict
-let query = "";
+let query = "", pendingSkip = false;
 
 function setStatus(msg, bad) { $("status").textContent = msg; $("status").className = bad ? "error" : "meta"; }
 
@@ -21,27 +23,86 @@ async function api(path, opts) {
   return body;
 }
 
+// the two answers' keys: where the ratings of the left and right column are sent (blind: the letters; the server
+// maps them back), and the verdict each "better" button gives
+function sides() { return st.blind ? ["A", "B"] : ["original", "revision"]; }
+
 function modeLabels() {
-  // blind: the page never knows which answer is the revision; A/B order is the server's, per item and reviewer
+  // blind: the page never knows which answer is the revision; A/B order is the server's, per item and reviewer.
+  // Left is key 1 and right key 2 in both views (labelled: the original left, the revision right)
   const blind = st.blind;
-  $("title-a").textContent = blind ? "Answer A" : "Original (rejected if you accept)";
-  $("title-b").textContent = blind ? "Answer B" : "Revision (chosen if you accept)";
+  $("title-a").textContent = blind ? "Answer A" : "Original";
+  $("title-b").textContent = blind ? "Answer B" : "Revision";
   const first = $("b-first"), second = $("b-second");
-  first.dataset.verdict = blind ? "A" : "accept";
-  second.dataset.verdict = blind ? "B" : "swap";
-  first.replaceChildren(blind ? "A better " : "Accept: revision better ", kbd("a"));
-  second.replaceChildren(blind ? "B better " : "Swap: original better ", kbd(blind ? "b" : "s"));
-  $("b-reject").replaceChildren(blind ? "Both unusable " : "Reject: neither usable ", kbd("r"));
+  first.dataset.verdict = blind ? "A" : "swap";
+  second.dataset.verdict = blind ? "B" : "accept";
+  first.replaceChildren(blind ? "A better " : "Original better (swap) ", kbd("1"));
+  second.replaceChildren(blind ? "B better " : "Revision better (accept) ", kbd("2"));
+  $("b-tie").dataset.verdict = "tie";
+  $("b-reject").dataset.verdict = "reject";
+  $("b-skip").dataset.verdict = "skip";
+  $("b-edit").dataset.verdict = "edit";
   $("b-from-a").textContent = blind ? "start from A" : "start from the original";
   $("b-from-b").textContent = blind ? "start from B" : "start from the revision";
-  $("keys-hint").textContent = "keys: " + (blind ? "a / b: that answer is better" : "a accept, s swap")
-    + ", r reject, e edit, j / k next / prev";
+  $("keys-hint").textContent = "keys: 1 / 2 that answer is better, t tie, u unusable, s skip, e edit, "
+    + "g rate, ? guide, j / k next / prev";
+}
+
+function ratingInputs() { return [...document.querySelectorAll("#ratings input")]; }
+
+function renderRatings(mine) {
+  // one row per guideline, one 1-5 box per answer; typing a digit fills the box and moves to the next one
+  const [lo, hi] = st.scale, table = $("ratings"), head = document.createElement("tr");
+  const cell = (tag, text) => { const c = document.createElement(tag); c.textContent = text; return c; };
+  head.append(cell("th", "rate " + lo + "-" + hi), ...(st.blind ? ["A", "B"] : ["original", "revision"]).map((x) => cell("th", x)));
+  table.replaceChildren(head, ...st.rubric.map((g) => {
+    const tr = document.createElement("tr"), name = cell("th", g.name);
+    name.title = g.text;
+    tr.append(name);
+    sides().forEach((side) => {
+      const td = document.createElement("td"), inp = document.createElement("input");
+      inp.type = "number"; inp.min = lo; inp.max = hi; inp.dataset.side = side; inp.dataset.guideline = g.name;
+      inp.setAttribute("aria-label", g.name + " of " + side);
+      const was = mine && mine.ratings && mine.ratings[side] && mine.ratings[side][g.name];
+      inp.value = was ? String(was) : "";
+      td.append(inp);
+      tr.append(td);
+    });
+    return tr;
+  }));
+}
+
+function ratings() {
+  const out = {};
+  for (const inp of ratingInputs()) {
+    const n = Number(inp.value);
+    if (inp.value === "") continue;
+    if (!Number.isInteger(n) || n < st.scale[0] || n > st.scale[1]) throw new Error(inp.getAttribute("aria-label") + ": rate " + st.scale[0] + "-" + st.scale[1]);
+    (out[inp.dataset.side] = out[inp.dataset.side] || {})[inp.dataset.guideline] = n;
+  }
+  return Object.keys(out).length ? out : null;
+}
+
+function renderTags(choices, mine) {
+  const box = $("tags"), have = new Set((mine && mine.tags) || []);
+  box.replaceChildren(...choices.map((t) => {
+    const l = document.createElement("label"), c = document.createElement("input");
+    c.type = "checkbox"; c.value = t; c.checked = have.has(t);
+    l.append(c, document.createTextNode(" " + t));
+    return l;
+  }));
+}
+
+function tags() {
+  const t = [...document.querySelectorAll("#tags input:checked")].map((c) => c.value);
+  return t.length ? t : null;
 }
 
 function kbd(k) { const e = document.createElement("kbd"); e.textContent = k; return e; }
 
 async function fetchState(offset, after) {
-  return api("/api/state?offset=" + offset + "&limit=" + LIMIT + "&after=" + after + "&q=" + encodeURIComponent(query));
+  return api("/api/state?offset=" + offset + "&limit=" + LIMIT + "&after=" + after + "&q=" + encodeURIComponent(query)
+             + "&show=" + encodeURIComponent($("show").value));
 }
 
 function render() {
@@ -58,7 +119,10 @@ function render() {
     const b = document.createElement("button");
     const dot = document.createElement("span");
     dot.className = "dot" + (it.verdict ? " v-" + it.verdict : "");
-    b.append(dot, document.createTextNode(it.id));
+    const prev = document.createElement("span");
+    prev.className = "preview";
+    prev.textContent = it.preview;
+    b.append(dot, document.createTextNode(it.id), prev);
     b.dataset.item = it.id;
     if (it.verdict) b.dataset.verdict = it.verdict;
     b.onclick = () => goTo(st.offset + k);
@@ -79,9 +143,12 @@ async function goTo(i, fresh) {
 
 async function start() {
   st = await fetchState(0, -1);
+  $("main").hidden = false;
   render();
   if (!st.matched) {
-    setStatus(query ? "Nothing matches the search." : "No items routed to review in this run (see the review: config).");
+    current = null;
+    setStatus(query || st.show !== "all" ? "Nothing matches the search or filter."
+      : "No items routed to review in this run (see the review: config).");
     return;
   }
   await goTo(st.first_todo === null ? 0 : st.first_todo, true);
@@ -111,9 +178,10 @@ async function show(id) {
     d.append(document.createTextNode(m.content));
     return d;
   }));
-  const [a, b] = st.blind ? [current.answers.A, current.answers.B] : [current.original, current.revision];
-  $("answer-a").textContent = a;
-  $("answer-b").textContent = b;
+  // the server's sanitised rendering (render.py); the raw text stays in `current` for "start from"
+  const [a, b] = st.blind ? [current.html.A, current.html.B] : [current.html.original, current.html.revision];
+  $("answer-a").innerHTML = a;
+  $("answer-b").innerHTML = b;
   const rubric = $("rubric");
   rubric.replaceChildren(...st.rubric.map((r) => {
     const li = document.createElement("li"), name = document.createElement("b");
@@ -149,10 +217,13 @@ async function show(id) {
     }
   }
   rounds.style.display = rounds.children.length ? "" : "none";
-  document.querySelectorAll("[data-verdict]").forEach((b) => {
-    if (b.parentElement.classList.contains("actions")) b.classList.toggle("chosen", !!data.mine && b.dataset.verdict === data.mine.verdict);
+  document.querySelectorAll("#verdict-form button[data-verdict]").forEach((b) => {
+    b.classList.toggle("chosen", !!data.mine && b.dataset.verdict === data.mine.verdict);
   });
   $("comment").value = (data.mine && data.mine.comment) || "";
+  renderRatings(data.mine);
+  renderTags(data.tags || [], data.mine);
+  pendingSkip = false;
   $("edit-box").style.display = "none";
   setStatus(data.mine ? "your verdict: " + data.mine.verdict + " at " + data.mine.at : "not reviewed by you yet");
   shownAt = performance.now();  // the verdict's seconds count from here: time spent reading this item
@@ -160,11 +231,18 @@ async function show(id) {
 
 async function verdict(v, chosen) {
   if (!current) return;
+  if (v === "skip" && !$("comment").value.trim()) {  // a skip says why: write it, then Ctrl+Enter
+    pendingSkip = true;
+    $("comment").focus();
+    setStatus("skip: write why you are unsure in the comment, then Ctrl+Enter");
+    return;
+  }
   try {
     await api("/api/verdict", {method: "POST",
       headers: {"Content-Type": "application/json", "X-CSRF-Token": st.csrf},
       body: JSON.stringify({item: current.id, verdict: v, chosen: chosen || null, comment: $("comment").value || null,
-                            hash: currentHash, seconds: (performance.now() - shownAt) / 1000})});
+                            hash: currentHash, seconds: (performance.now() - shownAt) / 1000,
+                            ratings: ratings(), tags: tags()})});
     const id = current.id;
     st = await fetchState(st.offset, pos);
     render();
@@ -182,10 +260,15 @@ function startEdit() {
 
 $("b-first").onclick = () => verdict($("b-first").dataset.verdict);
 $("b-second").onclick = () => verdict($("b-second").dataset.verdict);
+$("b-tie").onclick = () => verdict("tie");
 $("b-reject").onclick = () => verdict("reject");
+$("b-skip").onclick = () => verdict("skip");
 $("b-edit").onclick = startEdit;
-$("b-from-a").onclick = () => { $("edit-text").value = $("answer-a").textContent; $("edit-text").focus(); };
-$("b-from-b").onclick = () => { $("edit-text").value = $("answer-b").textContent; $("edit-text").focus(); };
+// the answer's own (Markdown) text, not the rendering
+const raw = (k) => (st.blind ? current.answers[k ? "B" : "A"] : current[k ? "revision" : "original"]);
+$("b-from-a").onclick = () => { $("edit-text").value = raw(0); $("edit-text").focus(); };
+$("b-from-b").onclick = () => { $("edit-text").value = raw(1); $("edit-text").focus(); };
+$("show").addEventListener("change", () => start().catch((e) => setStatus("could not load: " + e.message, true)));
 $("b-save-edit").onclick = () => verdict("edit", $("edit-text").value);
 $("prev-page").onclick = () => st && goTo(st.offset - LIMIT);
 $("next-page").onclick = () => st && goTo(st.offset + LIMIT);
@@ -194,17 +277,39 @@ $("search").addEventListener("change", () => {
   start().catch((e) => setStatus("could not load: " + e.message, true));
 });
 
+function guide() {
+  const g = $("guidelines");
+  g.open = !g.open;
+  if (g.open) g.scrollIntoView({block: "start"});
+}
+
 document.addEventListener("keydown", (e) => {
-  const typing = ["INPUT", "TEXTAREA"].includes(document.activeElement.tagName);
+  const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
   if (e.target === $("edit-text")) {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); verdict("edit", $("edit-text").value); }
     if (e.key === "Escape") { $("edit-box").style.display = "none"; $("edit-text").blur(); }
     return;
   }
+  if (e.target === $("comment")) {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey) && pendingSkip) { e.preventDefault(); verdict("skip"); }
+    if (e.key === "Escape") $("comment").blur();
+    return;
+  }
+  const boxes = ratingInputs(), at = boxes.indexOf(e.target);
+  if (at >= 0) {  // a rating box: a digit fills it and moves on; Enter or Esc goes back to the verdict keys
+    if (/^[0-9]$/.test(e.key) && !e.ctrlKey && !e.metaKey && !e.altKey) {
+      e.preventDefault();
+      e.target.value = e.key;
+      if (at + 1 < boxes.length) boxes[at + 1].focus(); else e.target.blur();
+    } else if (e.key === "Enter" || e.key === "Escape") { e.preventDefault(); e.target.blur(); }
+    return;
+  }
   if (typing || e.ctrlKey || e.metaKey || e.altKey || !st) return;
-  const keys = st.blind ? {a: "A", b: "B", r: "reject"} : {a: "accept", s: "swap", r: "reject"};
+  const keys = {"1": $("b-first").dataset.verdict, "2": $("b-second").dataset.verdict, t: "tie", u: "reject", s: "skip"};
   if (keys[e.key]) { e.preventDefault(); verdict(keys[e.key]); }
   else if (e.key === "e") { e.preventDefault(); startEdit(); }
+  else if (e.key === "g" && boxes.length) { e.preventDefault(); boxes[0].focus(); }
+  else if (e.key === "?") { e.preventDefault(); guide(); }
   else if (e.key === "j" || e.key === "ArrowRight") goTo(pos + 1);
   else if (e.key === "k" || e.key === "ArrowLeft") goTo(pos - 1);
 });
@@ -242,6 +347,9 @@ function load() {
   start().catch((e) => {
     setStatus("could not load: " + e.message, true);
     $("whoami").textContent = "not signed in";
+    $("signin").hidden = false;  // not an empty skeleton: say how to get in
+    $("signin-text").textContent = e.message.startsWith("not signed in")
+      ? "Not signed in (or your session ended): open the invite link you were sent." : "Could not load: " + e.message;
   });
 }
 

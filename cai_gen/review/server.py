@@ -2,13 +2,14 @@
 shutdown are theirs, not ours), localhost by default, one SQLite connection per request (the file is checked once,
 at start: PRAGMA quick_check reads all of it).
 
-GET  /, /page.js, /page.css  the page (it renders all model text with textContent, never as HTML); an invite link
+GET  /, /page.js, /page.css  the page (model text goes in with textContent; answers as render.py's sanitised HTML); an invite link
                              /?token=T is the page too: it asks to confirm, the GET itself signs nobody in
 POST /api/invite             {"token"} -> {"reviewer", "role"}: whose unused invite it is (the confirm page)
 POST /api/signin             {"token"} -> burns the invite, sets the session cookie, {"reviewer", "role", "expires_at"}
-GET  /api/state?offset=&limit=&q=&after=   one page of the queue, the reviewer's progress (api.listing)
+GET  /api/state?offset=&limit=&q=&after=&show=   one page of the queue (show: all | todo | mine), the reviewer's progress (api.listing)
 GET  /api/item/ID            one item as this reviewer sees it (blind: answers A and B), its content `hash`
-POST /api/verdict            {"item", "verdict", "chosen"?, "comment"?, "hash"?, "seconds"?} -> stored, progress
+POST /api/verdict            {"item", "verdict", "chosen"?, "comment"?, "hash"?, "seconds"?, "ratings"?, "tags"?}
+                             -> stored, progress (ratings: {answer: {guideline: 1-5}}, A/B when blind)
 GET  /api/stats              admins only: per-reviewer counts, position bias, too-fast share, agreement
 Every request must name this server in Host (and Origin, when sent), else 403 (Guard, before any route); every
 other API call needs a session cookie or `Authorization: Bearer SESSION`, else 401 (auth.py says why). A write must
@@ -100,7 +101,8 @@ class ReviewServer:
                 raise UserError(f"--host {host}: say the name reviewers open with --public-url "
                                 "(e.g. https://review.example.org/)")
         cfg = run_config(self.run_dir)
-        self.rubric = api.rubric(cfg)
+        self.guide = api.guide(self.run_dir)  # the constitution's `review:` section: guidelines and reason tags
+        self.rubric = api.rubric(cfg, self.guide)
         self.secure = bool(self.public_url and self.public_url.startswith("https:"))
         pkg = resources.files("cai_gen.review")
         self.assets = {name: pkg.joinpath(name).read_bytes() for name, _ in ASSETS.values()}
@@ -274,12 +276,14 @@ class ReviewServer:
     def _state(self, conn, who: auth.Who, request: Request, _body) -> Response:
         q = {k: v[0] for k, v in parse_qs(request.url.query).items()}
         st = api.listing(conn, who.name, _int(q, "offset", 0, 0, 10**9), _int(q, "limit", api.PAGE, 1, api.PAGE),
-                         q.get("q", "")[:200], _int(q, "after", -1, -1, 10**9), self.blind, self.ab_key)
+                         q.get("q", "")[:200], _int(q, "after", -1, -1, 10**9), self.blind, self.ab_key,
+                         q.get("show", "all"))
         return json_response(200, {**st, "run": self.run_dir.name, "role": who.role, "blind": self.blind, "csrf": who.csrf,
-                           "rubric": self.rubric, "fast_seconds": db.FAST})
+                           "rubric": self.rubric, "fast_seconds": db.FAST,
+                                    "scale": db.SCALE})
 
     def _item(self, conn, who: auth.Who, request: Request, _body) -> Response:
-        out = api.item(conn, request.path_params["item_id"], who.name, self.blind, self.ab_key)
+        out = api.item(conn, request.path_params["item_id"], who.name, self.blind, self.ab_key, self.guide)
         if out is None:
             return json_response(404, {"error": "item: unknown or no longer routed"})
         return json_response(200, out)
@@ -297,7 +301,7 @@ class ReviewServer:
         if isinstance(seen, str) and db.item_hash(conn, item_id) not in (None, seen):
             return json_response(409, {"error": "item: changed since this page loaded it (the run was redone); "
                                         "reload to review the new text"})
-        v = api.verdict(conn, body, who.name, self.blind, self.ab_key)
+        v = api.verdict(conn, body, who.name, self.blind, self.ab_key, self.rubric, self.guide)
         with self._count:
             self.verdicts += 1
         st = api.listing(conn, who.name, limit=1, blind=self.blind, key=self.ab_key)
