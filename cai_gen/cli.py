@@ -133,6 +133,7 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
     parser = OverridesParser.create()
     group_names = set(groups(include)) & set(schema.model_fields)  # synth has no prompts/sampling/judge groups
     forced: set[str] = set()
+    picked_model, path_arg = False, None
     for arg in args.overrides:
         try:
             ov = parser.parse_overrides([arg])[0]
@@ -141,6 +142,10 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
         key = ov.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
+        if key == "model" and ov.package is None:
+            picked_model = True
+        if key == "model.path" and ov.type == OverrideType.CHANGE:
+            path_arg = arg
         if key in group_names and (ov.package is not None or not ov.is_delete()):
             continue  # a group selection: its option is checked by check_group_choices
         if "/" in key:
@@ -151,7 +156,12 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
                 forced.add(arg)
         elif why:
             raise UserError(f"{arg}: {why}")
-    return [f"++{a}" if a in forced else a for a in argv]
+    out = [f"++{a}" if a in forced else a for a in argv]
+    if path_arg and not picked_model and "model" in group_names:
+        # another model on the default's file would inherit SmolLM2's name, float32 and 2,048-token context:
+        # the generic file (conf/model/hf.yaml) takes them from the model itself instead
+        out.insert(out.index(path_arg), "model=hf")
+    return out
 
 
 def prepare(argv: Sequence[str], schema: type[BaseModel], prog: str) -> list[str]:
