@@ -33,19 +33,30 @@ def register_groups(include: Sequence[str] = ()) -> None:
                                                    "messages_column": None, "config": None, "revision": None,
                                                    "data_files": None, "keep_duplicates": False,
                                                    "kind": None})
+    from omegaconf import OmegaConf
+    for g in CONF_GROUPS:  # the user's own model/, sampling/, judge/, backend/ YAMLs (first of a name wins)
+        for name in reversed(paths.names(g, include)):
+            f = paths.find(g, name, include)
+            if f and f.parent != CONF / g:
+                cs.store(group=g, name=name, node=OmegaConf.load(f))
 
 
 def groups(include: Sequence[str] = ()) -> dict[str, list[str]]:
     """Every config group and its options: the scanned ones and conf/<group>/*.yaml."""
     found = {"constitution": constitution.available(include), "prompts": prompts.available(include)}
-    for g in ("model", "backend", "sampling", "judge"):
-        found[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+    for g in CONF_GROUPS:
+        found[g] = sorted({p.stem for p in (CONF / g).glob("*.yaml")} | set(paths.names(g, include)))
     return found
+
+
+CONF_GROUPS = ("model", "backend", "sampling", "judge")
 
 
 def check_group_choices(argv: Sequence[str], include: Sequence[str] = ()) -> None:
     """`group=unknown` is one line naming the options, before Hydra prints its multi-line composition error."""
     options_of = groups(include)
+    if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd", "--config-path", "-cp")) for a in argv):
+        options_of = {k: v for k, v in options_of.items() if k not in CONF_GROUPS}  # Hydra finds those options
     for arg in argv:
         key, eq, val = arg.partition("=")
         options = options_of.get(key.lstrip("+~"))
