@@ -33,19 +33,30 @@ def register_groups(include: Sequence[str] = ()) -> None:
                                                    "messages_column": None, "config": None, "revision": None,
                                                    "data_files": None, "keep_duplicates": False,
                                                    "kind": None})
+    from omegaconf import OmegaConf
+    for g in CONF_GROUPS:  # the user's own model/, sampling/, judge/, backend/ YAMLs (first of a name wins)
+        for name in reversed(paths.names(g, include)):
+            f = paths.find(g, name, include)
+            if f and f.parent != CONF / g:
+                cs.store(group=g, name=name, node=OmegaConf.load(f))
 
 
 def groups(include: Sequence[str] = ()) -> dict[str, list[str]]:
     """Every config group and its options: the scanned ones and conf/<group>/*.yaml."""
     found = {"constitution": constitution.available(include), "prompts": prompts.available(include)}
-    for g in ("model", "backend", "sampling", "judge"):
-        found[g] = sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+    for g in CONF_GROUPS:
+        found[g] = sorted({p.stem for p in (CONF / g).glob("*.yaml")} | set(paths.names(g, include)))
     return found
+
+
+CONF_GROUPS = ("model", "backend", "sampling", "judge")
 
 
 def check_group_choices(argv: Sequence[str], include: Sequence[str] = ()) -> None:
     """`group=unknown` is one line naming the options, before Hydra prints its multi-line composition error."""
     options_of = groups(include)
+    if any(a.startswith(("hydra.searchpath", "--config-dir", "-cd", "--config-path", "-cp")) for a in argv):
+        options_of = {k: v for k, v in options_of.items() if k not in CONF_GROUPS}  # Hydra finds those options
     for arg in argv:
         key, eq, val = arg.partition("=")
         options = options_of.get(key.lstrip("+~"))
@@ -133,6 +144,7 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
     parser = OverridesParser.create()
     group_names = set(groups(include)) & set(schema.model_fields)  # synth has no prompts/sampling/judge groups
     forced: set[str] = set()
+    picked_model, path_arg = False, None
     for arg in args.overrides:
         try:
             ov = parser.parse_overrides([arg])[0]
@@ -141,6 +153,10 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
         key = ov.key_or_group
         if key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
+        if key == "model" and ov.package is None:
+            picked_model = True
+        if key == "model.path" and ov.type == OverrideType.CHANGE:
+            path_arg = arg
         if key in group_names and (ov.package is not None or not ov.is_delete()):
             continue  # a group selection: its option is checked by check_group_choices
         if "/" in key:
@@ -151,7 +167,12 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
                 forced.add(arg)
         elif why:
             raise UserError(f"{arg}: {why}")
-    return [f"++{a}" if a in forced else a for a in argv]
+    out = [f"++{a}" if a in forced else a for a in argv]
+    if path_arg and not picked_model and "model" in group_names:
+        # another model on the default's file would inherit SmolLM2's name, float32 and 2,048-token context:
+        # the generic file (conf/model/hf.yaml) takes them from the model itself instead
+        out.insert(out.index(path_arg), "model=hf")
+    return out
 
 
 def prepare(argv: Sequence[str], schema: type[BaseModel], prog: str) -> list[str]:

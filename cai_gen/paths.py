@@ -19,7 +19,7 @@ from .errors import UserError
 
 PKG = Path(__file__).resolve().parent
 ENV = "CAI_GEN_INCLUDE_PATH"
-KINDS = ("constitutions", "prompts")
+KINDS = ("constitutions", "prompts", "model", "sampling", "judge", "backend")  # conf groups too: DIR/model/mine.yaml
 
 
 def data_root(pkg: Path = PKG) -> Path:
@@ -40,8 +40,8 @@ def _checked(raw: str, origin: str) -> Path:
     if not d.is_dir():
         raise UserError(f"{origin}: {d} is not a directory")
     if not any((d / k).is_dir() for k in KINDS):
-        raise UserError(f"{origin}: {d} has no constitutions/ or prompts/ folder (the include path lists folders "
-                        "that hold them, not the YAML folders themselves)")
+        raise UserError(f"{origin}: {d} has no constitutions/ or prompts/ folder (nor model/, sampling/, "
+                        "judge/, backend/) (the include path lists folders that hold them, not the YAML folders themselves)")
     return d.resolve()  # relative entries mean the launch dir, also after a later chdir
 
 

@@ -14,7 +14,7 @@ GROUPS = {g: sorted(p.stem for p in (ROOT / "conf" / g).glob("*.yaml")) for g in
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_conf_file_composes_and_validates(group, option):
-    cfg = make_cfg(f"{group}={option}")
+    cfg = make_cfg(f"{group}={option}", *(["model.path=Qwen/Qwen2.5-7B-Instruct"] if option == "hf" else []))
     assert getattr(cfg, group) is not None
 
 
