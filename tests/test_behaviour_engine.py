@@ -21,7 +21,7 @@ def test_behavioural_pass_on_a_small_run_with_the_real_engine(tmp_path, default_
                           "principles.checks=false"), out)  # the fake's answers pass every check: let its gate decide
     r = subprocess.run([sys.executable, "-m", "cai_gen.evaluate", str(out), "--steps", "2", "--batch-size", "2",
                         "--max-length", "192", "--samples", "2", "--max-new-tokens", "48", "--answer-backend", "vllm",
-                        "--gpu-memory-utilization", "0.1", "--bootstrap", "200"],
+                        "--gpu-memory-utilization", "0.3", "--bootstrap", "200"],
                        capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((out / "eval" / "eval.json").read_text())
