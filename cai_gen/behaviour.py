@@ -79,17 +79,15 @@ def paired(a: list[list[dict]], b: list[list[dict]], pid: str | None, n: int, se
 
 def guards(texts: list[str]) -> dict:
     """What a collapsed model shows: short or empty answers, loops, little variety, refusals."""
-    from .checks.text import refuses
-    from .quality import repetitive
-
     n = len(texts) or 1
+    f = _flags(texts, None, None)  # the per-answer flags the paired guard tests resample: one definition of each
     words = [t.split() for t in texts]
     bigrams = [tuple(w[i:i + 2]) for w in words for i in range(len(w) - 1)]
-    return {"mean_words": round(sum(map(len, words)) / n, 1),
-            "empty": round(sum(len(t.strip()) < 8 for t in texts) / n, 4),
-            "repetitive": round(sum(repetitive(t) for t in texts) / n, 4),
+    return {"mean_words": round(sum(f["words"]) / n, 1),
+            "empty": round(sum(f["empty"]) / n, 4),
+            "repetitive": round(sum(f["repetitive"]) / n, 4),
             "distinct_2": round(len(set(bigrams)) / len(bigrams), 4) if bigrams else 0.0,
-            "refusal": round(sum(refuses(t) for t in texts) / n, 4)}
+            "refusal": round(sum(f["refusal"]) / n, 4)}
 
 
 GUARD_POINTS = 0.05  # a guard share may move this far from the reference's before it counts as a collapse
