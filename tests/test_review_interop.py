@@ -371,3 +371,36 @@ def test_card_shows_mean_rating_and_agreement_per_guideline(run_dir):
     card = (run_dir / "README.md").read_text()
     assert "| helpfulness | 4.67 | 3.0 | 4 | 33.3% | 100.0% | 3 |" in card
     assert "| format | 3.0 |  | 2 | 0.0% | 0.0% | 1 |" in card
+
+
+@pytest.mark.parametrize("back, msg", [
+    ({"task": 1}, r": task 1: not a Label Studio task \(no `data` object"),
+    ({"data": {"task": "x"}, "annotations": {"a": 1}}, r": task 1 \(x\): annotations: not a list"),
+    ({"annotations": [{"result": ["left"]}]}, r": task 1 \(t\w+\), annotation 1: result: 'left' is not"),
+    ({"annotations": [{"result": [{"from_name": "pick", "type": "pairwise", "value": {"selected": "up"}}]}]},
+     r"annotation 1: pick: 'up' is not left or right"),
+    ({"annotations": [{"result": [{"from_name": "verdict", "type": "choices", "value": {"choices": ["meh"]}}]}]},
+     r"annotation 1: verdict: 'meh' is not one of tie, reject, edit, skip"),
+    ({"annotations": [{"result": [{"from_name": "a_kindness", "type": "rating", "value": {"rating": 3}}]}]},
+     r"annotation 1: rating 'a_kindness' is not one of this export's"),
+])
+def test_a_malformed_label_studio_file_is_one_line_naming_the_task(run_dir, tmp_path, capsys, back, msg):
+    f = tmp_path / "tasks.json"
+    export(run_dir, f, "label-studio")
+    t = json.loads(f.read_text())[0]
+    g = tmp_path / "export.json"
+    g.write_text(json.dumps([back if "task" in back or "data" in back else {**t, **back}]))
+    capsys.readouterr()
+    assert review_main(["import", str(run_dir), str(g), "--format", "label-studio"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(re.escape(str(g)) + ".*" + msg, err), err
+
+
+def test_guideline_wording_with_markup_characters_stays_text_in_the_label_config(run_dir, tmp_path):
+    with_guide(run_dir, {"guidelines": [{"name": "tone", "text": 'Is it "kind" & <b>calm</b>?'}]})
+    f = tmp_path / "tasks.json"
+    export(run_dir, f, "label-studio")
+    import xml.etree.ElementTree as ET
+    root = ET.fromstring((tmp_path / "tasks.label_config.xml").read_text())
+    assert 'tone: Is it "kind" & <b>calm</b>?' in [h.get("value") for h in root.iter("Header")]
+    assert root.find(".//b") is None  # an attribute's text, not an element

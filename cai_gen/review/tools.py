@@ -112,8 +112,11 @@ def read_label_studio(ctx: Context, path: Path) -> list[Note]:
     notes = []
     for i, t in enumerate(_load(path), 1):
         if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
-            raise UserError(f"{path}: task {i}: not a Label Studio task (no `data` object)")
+            raise UserError(f"{path}: task {i}: not a Label Studio task (no `data` object: export the project as "
+                            "JSON, not JSON-MIN or CSV)")
         tid = str(t["data"].get("task"))
+        if not isinstance(t.get("annotations") or [], list):
+            raise UserError(f"{path}: task {i} ({tid}): annotations: not a list")
         for k, a in enumerate(t.get("annotations") or [], 1):
             where = f"{path}: task {i} ({tid}), annotation {k}"
             if not isinstance(a, dict) or not isinstance(a.get("result", []), list):
@@ -127,17 +130,21 @@ def read_label_studio(ctx: Context, path: Path) -> list[Note]:
                 continue
             pick = other = None
             for r in a.get("result") or []:
+                if not isinstance(r, dict) or not isinstance(r.get("value") or {}, dict):
+                    raise UserError(f"{where}: result: {str(r)[:80]!r} is not a Label Studio result")
                 name, kind, v = r.get("from_name"), r.get("type"), r.get("value") or {}
                 if kind == "pairwise":
                     pick = {"left": "A", "right": "B"}.get(v.get("selected"))
                     if pick is None:
                         raise UserError(f"{where}: pick: {v.get('selected')!r} is not left or right")
                 elif name == "verdict":
-                    c = (v.get("choices") or [None])[0]
+                    c = (v.get("choices") or [None])[0] if isinstance(v.get("choices"), list) else v.get("choices")
                     other = next((k for k in OTHER if c in (k, MEANING[k])), None)
                     if other is None:
                         raise UserError(f"{where}: verdict: {c!r} is not one of {', '.join(OTHER)}")
                 elif name == "tags":
+                    if not isinstance(v.get("choices") or [], list):
+                        raise UserError(f"{where}: tags: not a list of choices")
                     n.tags = [str(x) for x in v.get("choices") or []] or None
                 elif name in ("rewrite", "comment"):
                     setattr(n, name, _text(v.get("text")))
