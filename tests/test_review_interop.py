@@ -301,7 +301,7 @@ def test_an_annotation_of_text_changed_since_the_export_is_refused_as_stale(run_
     ({"task": "t0000"}, r":2: task 't0000' is not a task of this run"),
     ({"verdict": "better"}, r":2: verdict: 'better'"),
     ({"verdict": "skip"}, r":2: comment: a skip needs a reason"),
-    ({"verdict": "edit"}, r":2: chosen: an edit verdict needs"),
+    ({"verdict": "edit"}, r":2: rewrite: an edit verdict needs"),
     ({"reviewer": "<script>"}, r":2: reviewer: '<script>' is not a name"),
     ({"ratings": {"A": {"helpfulness": 9}}}, r":2: ratings\.(revision|original)\.helpfulness: 9"),
     ({"ratings": {"A": {"kindness": 3}}}, r":2: ratings: \['kindness'\] not among the guidelines"),

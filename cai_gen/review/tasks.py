@@ -136,6 +136,8 @@ def _row(conn, ctx: Context, n: Note, item_id: str, text_hash: str, source: str,
         raise UserError(f"reviewer: {n.reviewer!r} was revoked (`review invite` them again to take their verdicts)")
     if n.verdict not in api.BLIND:
         raise UserError(f"verdict: {n.verdict!r} is not one of {', '.join(api.BLIND)}")
+    if n.verdict == "edit" and not (isinstance(n.rewrite, str) and n.rewrite.strip()):
+        raise UserError("rewrite: an edit verdict needs the answer to choose")  # the tools' name for db's `chosen`
     at = None
     if n.at is not None:  # the tools write "...Z" or microseconds: stored like the server's (merge orders by it)
         try:
