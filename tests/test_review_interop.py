@@ -404,3 +404,21 @@ def test_guideline_wording_with_markup_characters_stays_text_in_the_label_config
     root = ET.fromstring((tmp_path / "tasks.label_config.xml").read_text())
     assert 'tone: Is it "kind" & <b>calm</b>?' in [h.get("value") for h in root.iter("Header")]
     assert root.find(".//b") is None  # an attribute's text, not an element
+
+
+def test_blind_csv_escapes_formula_cells_and_a_formula_like_edit_comes_back_as_typed(run_dir, tmp_path):
+    q = jl(run_dir / "review_queue.jsonl")
+    q[0]["revision"] = '=HYPERLINK("http://evil.example","click")'
+    (run_dir / "review_queue.jsonl").write_text("".join(json.dumps(it) + "\n" for it in q))
+    f = tmp_path / "tasks.csv"
+    export(run_dir, f, "csv")
+    recs = list(csv.DictReader(f.open(newline="")))
+    cells = [c for r in recs for c in r.values()]
+    assert "'" + q[0]["revision"] in cells and q[0]["revision"] not in cells  # a sheet shows it as text
+    recs[0].update(verdict="edit", rewrite="'=2+2 is four", reviewer="fay")  # escaped as the export escapes
+    with f.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(recs[0]))
+        w.writeheader()
+        w.writerows(recs)
+    assert review_main(["import", str(run_dir), str(f)]) == 0
+    assert db.history(db.connect(run_dir / db.FILE))[0]["chosen"] == "=2+2 is four"
