@@ -6,7 +6,8 @@
   reviewers RUN_DIR                                who is invited, role, used, revoked, verdicts
   serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind] [--session-hours 24]   the page
         [--request-timeout 10] [--max-connections 128]
-  status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement
+  status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement;
+                                                   ratings and their agreement per guideline
   merge RUN_DIR [--ignore-too-fast]                apply verdicts -> RUN_DIR/reviewed/, card and summary updated
   export RUN_DIR FILE [--format label-studio|argilla|csv|jsonl]   blind tasks for another annotation tool
         [--unblind]                                (CSV/JSONL labelled original/revision, verdicts so far)
@@ -147,6 +148,15 @@ def _status(a) -> None:
     if ag["comparisons"]:
         print(f"agreement {100 * ag['agreement']:.1f}% over {ag['comparisons']} shared judgements, "
               f"kappa {ag['kappa']}")
+    rated = merge.rating_summary(cur)  # the card's per-guideline figures, from the same votes
+    if rated:
+        print("ratings per guideline (revision / original mean; of two reviewers rating one answer: same score, "
+              "within one):")
+    for g, x in rated.items():
+        agree = (f"same score {100 * x['agreement']:.1f}%, within one {100 * x['within_one']:.1f}% over "
+                 f"{x['pairs']} pair(s)" if x["pairs"] else "no answer rated by two reviewers")
+        mean = " / ".join("-" if m is None else f"{m:g}" for m in (x["revision"], x["original"]))
+        print(f"  {g}: {mean} over {x['n']} rating(s); {agree}")
 
 
 def _merge(a) -> None:
