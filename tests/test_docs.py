@@ -145,12 +145,11 @@ def test_a_key_without_a_comment_fails_the_build(tmp_path):
 # ---- every quoted command parses -------------------------------------------------------------------------------
 
 def quoted_commands() -> list[tuple[str, str]]:
-    """(page:line, command) for every command in a bash block, and every inline `python ...` command, of README.md
-    and docs/. A command of several lines (trailing backslash) is one; `a && b` is two."""
+    """(page:line, command) for every command in a bash block, and every inline `python ...` command, of README.md,
+    docs/ and the generated reference. A command of several lines (trailing backslash) is one; `a && b` is two."""
     found = []
-    for page in PAGES:
-        text = page.read_text()
-        rel = page.relative_to(ROOT)
+    pages = [(p.relative_to(ROOT), p.read_text()) for p in PAGES]
+    for rel, text in pages + [(_reference_module().PAGE, _reference_module().reference())]:
         for m in FENCE.finditer(text):
             if m[1] not in ("bash", "sh", "shell", "console"):
                 continue
@@ -160,7 +159,7 @@ def quoted_commands() -> list[tuple[str, str]]:
         prose = FENCE.sub(lambda m: "\n" * m[0].count("\n"), text)
         for m in re.finditer(r"`([^`]+)`", prose):
             span = " ".join(m[1].split())
-            if re.match(r"(\.venv/bin/)?python (-m cai_gen|bench/)\S* \S", span):
+            if re.match(r"((\.venv/bin/)?python (-m cai_gen|bench/)|cai-gen)\S* \S", span):
                 found += [(f"{rel}:{prose[:m.start()].count(chr(10)) + 1}", c.strip()) for c in span.split("&&")]
     return found
 
@@ -215,11 +214,19 @@ def _compose(argv: list[str], synth: bool):
 MODULES = ("review", "evaluate", "merge", "push", "benchmark", "constrain")
 
 
-def check_command(cmd: str, user_dir: Path, monkeypatch) -> str | None:
+def check_command(cmd: str, user_dir: Path) -> str | None:
     """None when `cmd` parses, else why not. Commands of other tools (bash, pip, git, vllm) are not ours."""
+    with pytest.MonkeyPatch.context() as mp:  # argparse stops after parsing only inside this call
+        return _check(cmd, user_dir, mp)
+
+
+def _check(cmd: str, user_dir: Path, monkeypatch) -> str | None:
     argv = shlex.split(re.sub(r"\bDIR\b", str(user_dir), cmd), comments=True)
     if argv and argv[0].endswith("/python"):
         argv[0] = "python"
+    if argv[:1] == ["cai-gen"]:  # the console script: `cai-gen review ...` is `python -m cai_gen.review ...`
+        tool = argv[1:2] if argv[1:2] and argv[1] in (*MODULES, "synth", "report") else []
+        argv = ["python", "-m", ".".join(["cai_gen", *tool]), *argv[1 + len(tool):]]
     try:
         if argv[:2] == ["trl", "dpo"]:
             from trl.scripts.dpo import make_parser
@@ -288,8 +295,8 @@ def test_the_docs_quote_commands_of_every_kind():
 
 
 @pytest.mark.parametrize("where,cmd", COMMANDS, ids=[w for w, _ in COMMANDS])
-def test_every_quoted_command_parses(where, cmd, user_dir, monkeypatch):
-    assert check_command(cmd, user_dir, monkeypatch) is None, f"{where}: {cmd}"
+def test_every_quoted_command_parses(where, cmd, user_dir):
+    assert check_command(cmd, user_dir) is None, f"{where}: {cmd}"
 
 
 @pytest.mark.parametrize("cmd", [
@@ -306,7 +313,14 @@ def test_every_quoted_command_parses(where, cmd, user_dir, monkeypatch):
     "python -m cai_gen.evalute RUN",                           # a module
     ".venv/bin/python bench/knobs.py --onlyy revise_n",
     ".venv/bin/python bench/throughput.py --quik",
+    "cai-gen review serve RUN --unblnd",
     "python bench/nosuch.py",
 ])
-def test_a_typo_in_a_quoted_command_fails(cmd, user_dir, monkeypatch):
-    assert check_command(cmd, user_dir, monkeypatch) is not None
+def test_a_typo_in_a_quoted_command_fails(cmd, user_dir):
+    assert check_command(cmd, user_dir) is not None
+
+
+def test_console_script_lines_are_checked_as_their_modules(user_dir):
+    assert check_command("cai-gen samples=4 gate.threshold=0.7", user_dir) is None
+    assert check_command("cai-gen review serve RUN --unblind", user_dir) is None
+    assert check_command("cai-gen samplez=4", user_dir) is not None
