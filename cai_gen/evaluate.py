@@ -265,7 +265,7 @@ def held_out(a, run: Path):
                         "behavioural pass") from None
     if not behaviour.checkable(const):
         raise NoChecks(f"{const.ref}: no principle has a check the behavioural pass can run (it scores answers with "
-                       "the constitution's checks; add `checks:`, see README \"Principle checks\"); --no-behaviour skips it")
+                       "the constitution's checks; add `checks:`, see docs/concepts/checks.md); --no-behaviour skips it")
     if a.prompts:
         recs = prompts_mod.load(None, str(a.prompts), None)
     else:
