@@ -147,6 +147,20 @@ def engine_identity(mid: str, backend) -> str:
     return mid
 
 
+def engine_dtype(dtype: str, cpu: bool) -> str:
+    """model.dtype=auto for an engine: float32 on the CPU (bf16 output of the default model was visibly worse
+    there, and CPUs without AVX512-BF16 emulate it), bfloat16 on a GPU (float16 where the GPU has no bf16).
+    Not the checkpoint's torch_dtype: a float32 checkpoint would take twice the GPU memory, a bf16 one would run
+    in bf16 on the CPU."""
+    if dtype != "auto":
+        return dtype
+    if cpu:
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 def check(source: str | None, path: str | None, field: str = "model") -> None:
     """Pre-flight before any generation: a model that cannot load fails the run now, in one line, not after
     hours of generation (a separate judge loads only after it). Cheap: no weights are read or converted."""
