@@ -241,3 +241,30 @@ def conf_keys(schema: type[BaseModel], config_name: str = "config", include=()) 
         found = [paths.find(g, n, include) or paths.CONF / g / f"{n}.yaml" for n in names if n]
         yamls[g] = list(dict.fromkeys(f for f in found if f.is_file()))
     return options, keys(schema, values, yamls)
+
+
+def markdown(schema: type[BaseModel], config_name: str = "config", title: str = "Configuration keys") -> str:
+    """The config reference as Markdown (for a docs page generated at build time): the groups with their
+    options, then a table of keys per section, each with its default and comment, as `--help` shows them."""
+    options, rows = conf_keys(schema, config_name)
+
+    def cell(x: str) -> str:
+        return x.replace("|", "\\|").replace("\n", " ")
+
+    L = [f"# {title}", "", "Set any key on the command line as `key=value`; pick a group's file with `group=option`.", "",
+         "| Group | Options (default in bold) |", "|---|---|"]
+    L += [f"| `{g}` | " + ", ".join(f"**`{o}`**" if o == d else f"`{o}`" for o in opts) + " |"
+          for g, (opts, d) in options.items()]
+    top = [k for k in rows if "." not in k.name and not k.section]
+    sections = [("Run", top)] + [(k.name, [r for r in rows if r.name.startswith(k.name + ".")])
+                                 for k in rows if k.section and "." not in k.name]
+    for name, keys_ in sections:
+        head = next((k.comment for k in rows if k.name == name), "")
+        L += ["", f"## {name}", ""] + ([cell(head), ""] if head else [])
+        L += ["| Key | Default | What it does |", "|---|---|---|"]
+        for k in keys_:
+            shown = k.choices and not all(c in k.comment for c in k.choices)
+            choices = " (" + cell(" | ".join(k.choices)) + ")" if shown else ""
+            default = "" if k.section and k.default is None else f"`{cell(show(k.default))}`"
+            L.append(f"| `{k.name}` | {default} | {cell(k.comment)}{choices} |")
+    return "\n".join(L) + "\n"

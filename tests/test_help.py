@@ -101,3 +101,23 @@ def test_yaml_comments_follow_the_nesting(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("a: 1  # top\nb:       # section\n  c: 'x # not a comment'  # inner\n  d: 2\n")
     assert schema_doc.yaml_comments(f) == {"a": "top", "b": "section", "b.c": "inner"}
+
+
+def test_markdown_reference_has_a_row_per_key_and_escaped_pipes():
+    import re
+    text = schema_doc.markdown(RunConfig)
+    _, keys = schema_doc.conf_keys(RunConfig)
+    lines = text.splitlines()
+    for k in keys:
+        want = f"## {k.name}" if k.section and "." not in k.name else f"| `{k.name}` |"
+        assert any(l.startswith(want) for l in lines), want
+    rows, in_keys = 0, False
+    for l in lines:
+        if l.startswith("| Key |"):
+            in_keys = True
+        elif not l.startswith("|"):
+            in_keys = False
+        elif in_keys and l.startswith("| `"):  # a comment's "a | b" is escaped: every key row keeps three columns
+            rows += 1
+            assert len(re.findall(r"(?<!\\)\|", l)) == 4, l
+    assert rows == sum(1 for k in keys if not (k.section and "." not in k.name))
