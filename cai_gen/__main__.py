@@ -31,7 +31,9 @@ def resume_command(out: Path, resumed: bool) -> str:
     args = [a for a in ov.hydra if not a.lstrip("+~").startswith(drop)] + list(ov.task)
     if not resumed:  # resume=DIR already names the dir
         args.append(f"hydra.run.dir={out.resolve()}")
-    return " ".join(["python", "-m", "cai_gen", *map(shlex.quote, args)])
+    from .cli import command
+
+    return " ".join([command("cai_gen"), *map(shlex.quote, args)])  # cai-gen when the console script ran us
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF), config_name="config")

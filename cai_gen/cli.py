@@ -7,6 +7,8 @@ the schema only as the pydantic class it is handed, so it imports nothing above 
 from __future__ import annotations
 
 import difflib
+import os
+import re
 import sys
 import types
 import typing
@@ -175,15 +177,124 @@ def check_overrides(argv: Sequence[str], schema: type[BaseModel], include: Seque
     return out
 
 
-def prepare(argv: Sequence[str], schema: type[BaseModel], prog: str) -> list[str]:
+def prepare(argv: Sequence[str], schema: type[BaseModel], prog: str, config_name: str = "config") -> list[str]:
     """Everything an entry point checks before Hydra composes; a mistake is one line and exit 2. Returns the
-    overrides as Hydra should read them (check_overrides' spelling): the caller puts them in sys.argv."""
+    overrides as Hydra should read them (check_overrides' spelling): the caller puts them in sys.argv.
+    -h / --help prints help_text (config_name: the conf/ file the entry point composes) and exits 0."""
     try:
+        check_flags(argv, schema, prog)
         # the groups must be registered before Hydra composes, so include_path is read from the command line here
         include = paths.from_overrides(argv)
         register_groups(include)
+        if "-h" in argv or "--help" in argv:
+            print(help_text(schema, prog, config_name, include))
+            sys.exit(0)
         check_group_choices(argv, include)
         return check_overrides(argv, schema, include)
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+# Hydra's own flags (hydra/_internal/utils.py get_args_parser): everything else spelled --x is a user's --key value
+def _hydra_flags() -> set[str]:
+    from hydra._internal.utils import get_args_parser
+
+    return set(get_args_parser()._option_string_actions)
+
+
+def check_flags(argv: Sequence[str], schema: type[BaseModel], prog: str) -> None:
+    """`--backend fake` / `--samples=4` / `--verbose`: one line saying to write backend=fake (Hydra's grammar),
+    not Hydra's usage block ending in "unrecognized arguments"."""
+    flags = _hydra_flags()
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-") or arg == "-" or arg.partition("=")[0] in flags or arg[1:2].isdigit():
+            continue
+        if i and argv[i - 1] in flags and argv[i - 1] not in ("-m", "--multirun", "--resolve", "--run", "-r"):
+            continue  # the value of --config-dir DIR, --cfg job, --info ...
+        key, eq, val = arg.lstrip("-").partition("=")
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        said = arg
+        if not eq and nxt is not None and not nxt.startswith("-") and "=" not in nxt:
+            val, eq, said = nxt, "=", f"{arg} {nxt}"
+        why = None if key.split(".")[0] in groups() else check_key(key, schema)
+        if why not in (None, INSIDE_DICT) and "did you mean" not in why:  # -x, --foo: no key of ours
+            raise UserError(f"{arg}: unknown flag; settings are key=value ({command(prog)} --help lists them)")
+        if not eq:
+            val = "true" if _annotation(schema, key) is bool else "VALUE"
+        meant = re.search(r"did you mean ([\w.]+)\?", why or "")
+        raise UserError(f"{said}: settings are key=value, not --key value: write {meant[1] if meant else key}={val}")
+
+
+def _annotation(schema: type[BaseModel], key: str):
+    """The type of dotted `key` in `schema` (None when it is not a plain field path)."""
+    model, ann = schema, None
+    for part in key.split("."):
+        f = model.model_fields.get(part) if model else None
+        if f is None:
+            return None
+        ann = f.annotation
+        models = _models_and_dict(ann)[0]
+        model = models[0] if models else None
+    return ann
+
+
+def command(prog: str) -> str:
+    """How the user started `prog` (cai_gen, cai_gen.synth): `cai-gen [synth]` (the console script says so in
+    $CAI_GEN_COMMAND, cai_gen/console.py) or `python -m cai_gen[.synth]`."""
+    if os.environ.get("CAI_GEN_COMMAND"):
+        return " ".join([os.environ["CAI_GEN_COMMAND"], *prog.split(".")[1:]])
+    return f"python -m {prog}"
+
+
+COMMANDS = {"synth": "prompts for a constitution, written by the model", "evaluate": "does DPO on a run dir teach?",
+            "review": "expert review of routed pairs (invite, serve, status, merge ...)",
+            "merge": "merge shard run dirs into one", "push": "upload a run dir to the Hub as a dataset repository"}
+
+
+def help_text(schema: type[BaseModel], prog: str, config_name: str, include: Sequence[str] = (),
+              width: int | None = None) -> str:
+    """`--help`: the usage, the config groups with their options, and every key with its default and comment
+    (cai_gen/schema_doc.py reads them from the schema and conf/)."""
+    import shutil
+    import textwrap
+
+    from . import schema_doc
+
+    width = width or min(shutil.get_terminal_size((100, 24)).columns, 120)
+    options, rows = schema_doc.conf_keys(schema, config_name, include)
+
+    cmd = " ".join(["cai-gen", *prog.split(".")[1:]])
+    L = [f"usage: {cmd} [KEY=VALUE ...] [GROUP=OPTION ...]   (the same: python -m {prog} ...)"]
+    if prog == "cai_gen":
+        L += [f"       {cmd} -m KEY=A,B ...   a sweep: one run per combination",
+              f"       {cmd} COMMAND ...      {' | '.join(COMMANDS)} ({cmd} COMMAND --help)", "",
+              "Makes Constitutional-AI preference data: answers, critiques against a constitution's principles and",
+              "revisions, written as (chosen, rejected) pairs, KTO and SFT rows to a run dir.", "",
+              "  " + "\n  ".join(f"{c:<9} {what}" for c, what in COMMANDS.items())]
+    L += ["", f"Settings are KEY=VALUE (Hydra's grammar, not --key value), e.g. {cmd} backend=fake limit=5",
+          "Hydra's own flags: --cfg job (print the composed config), --hydra-help, --config-dir DIR, -m", "",
+          "Config groups: GROUP=OPTION loads conf/GROUP/OPTION.yaml (* the default); then GROUP.KEY=VALUE"]
+    for g, (opts, default) in options.items():
+        L.append(f"  {g:<13} " + " | ".join(o + ("*" if o == default else "") for o in opts))
+
+    def entry(k) -> list[str]:
+        left = f"  {k.name}" if k.section else f"  {k.name}={schema_doc.show(k.default)}"
+        text = k.comment
+        if k.choices and not all(c in text for c in k.choices):
+            text = (text + " " if text else "") + "[" + " | ".join(k.choices) + "]"
+        col = 34
+        body = textwrap.wrap(text, max(width - col, 30), break_on_hyphens=False, break_long_words=False) or [""]
+        if not text:
+            return [left]
+        if len(left) >= col:
+            return [left] + [" " * col + b for b in body if b]
+        return [left.ljust(col) + body[0]] + [" " * col + b for b in body[1:]]
+
+    L += ["", "Keys (KEY=DEFAULT  what it does):"]
+    top = [k for k in rows if "." not in k.name and not k.section]  # the run's own knobs first, then each section
+    for k in top + [k for k in rows if k not in top]:
+        if k.section and "." not in k.name:
+            L.append("")
+        L += entry(k)
+    return "\n".join(L)

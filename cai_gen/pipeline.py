@@ -346,7 +346,9 @@ def open_backend(cfg: RunConfig, tracker: Tracker) -> Backend:
     t = time.perf_counter()
     tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading {cfg.model.name} ...")
     backend = make_backend(cfg.backend.kind, path, cfg.model.name, cfg.backend.options(cfg.model, cfg.seed))
-    tracker.console.print(f"[bold]engine[/]: up in {time.perf_counter() - t:.0f}s")
+    dtype = getattr(backend, "dtype", None)  # what model.dtype=auto became on this machine (vllm, transformers)
+    tracker.console.print(f"[bold]engine[/]: up in {time.perf_counter() - t:.0f}s"
+                          + (f" ({dtype}, context {backend.max_model_len})" if dtype else ""))
     return backend
 
 

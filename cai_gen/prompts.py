@@ -220,6 +220,25 @@ def _slice(ds, spec: str, where: str):
     return ds.select(range(n)[slice(to_i(lo, 0), to_i(hi, n))])
 
 
+def _load_hub(datasets, name, config, split, revision, data_files):
+    """load_dataset of a hub name (or a builder such as json with data_files): a hub repo is looked up once first
+    (cai_gen/hubcheck.py), so an unreachable Hub is one line from the local cache instead of retries per file."""
+    from . import hubcheck
+
+    hub_repo = "/" in name and not Path(name).expanduser().exists()
+    if not hub_repo:
+        return datasets.load_dataset(name, config, split=split, revision=revision, data_files=data_files)
+    why = "HF_HUB_OFFLINE is set" if hubcheck.offline() else hubcheck.reachable(name, "dataset", "prompts.dataset")
+    if why is None:
+        return datasets.load_dataset(name, config, split=split, revision=revision, data_files=data_files)
+    with hubcheck.offline_mode():
+        try:
+            return datasets.load_dataset(name, config, split=split, revision=revision, data_files=data_files)
+        except Exception as e:  # noqa: BLE001  (not in the cache, whatever type datasets raises for it)
+            raise UserError(f"prompts.dataset: cannot reach the Hub ({why}) and {name!r} is not in the local "
+                            f"cache ({type(e).__name__})") from None
+
+
 def from_dataset(name: str, split: str, column: str, id_column: str | None, domain_column: str | None,
                  messages_column: str | None = None, config: str | None = None, revision: str | None = None,
                  data_files=None) -> list[PromptRecord]:
@@ -234,7 +253,9 @@ def from_dataset(name: str, split: str, column: str, id_column: str | None, doma
             ds = datasets.load_from_disk(name)
             ds = _slice(ds[m.group(1)] if isinstance(ds, datasets.DatasetDict) else ds, split, name)
         else:
-            ds = datasets.load_dataset(name, config, split=split, revision=revision, data_files=data_files)
+            ds = _load_hub(datasets, name, config, split, revision, data_files)
+    except UserError:
+        raise
     except Exception as e:  # datasets raises many types for a bad name/split; the user needs one line
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"prompts.dataset: cannot load {name!r} split {split!r}: {first}") from None

@@ -320,7 +320,7 @@ def _cli() -> None:
     from .cli import prepare
     from .config import SynthConfig, validate
 
-    sys.argv[1:] = prepare(sys.argv[1:], SynthConfig, "cai_gen.synth")  # groups registered, keys checked
+    sys.argv[1:] = prepare(sys.argv[1:], SynthConfig, "cai_gen.synth", "synth")  # groups registered, keys checked
 
     @hydra.main(version_base="1.3", config_path=str(CONF), config_name="synth")
     def main(cfg) -> None:

@@ -71,6 +71,15 @@ def test_wheel_runs_without_a_checkout(tmp_path: Path):
     assert summary["rows"] == 4 and (run / "preferences.jsonl").is_file()
     assert json.loads((run / "config.json").read_text())["constitution"]["name"] == "customer_service"
 
+    # the console script the wheel installs runs the same run, and its commands (pyproject [project.scripts])
+    cai = venv / "bin" / "cai-gen"
+    r = subprocess.run([str(cai), "backend=fake", "limit=2", "hydra.run.dir=run2"], cwd=elsewhere, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and (elsewhere / "run2" / "preferences.jsonl").is_file(), r.stderr
+    r = subprocess.run([str(cai), "review", "reviewers", str(run)], cwd=elsewhere, env=env, capture_output=True,
+                       text=True, timeout=300)  # cai_gen.review's own one-line answer: the command reached it
+    assert r.returncode == 2 and r.stderr.startswith("cai_gen.review: error:") and "no review database" in r.stderr
+
     # a user's folder on the include path: its constitution includes the built-in _base.yaml, which is not
     # beside it, and its prompt set is picked by name
     mine = tmp_path / "mine"

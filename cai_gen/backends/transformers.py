@@ -22,7 +22,10 @@ class HFBackend:
         self.tok.padding_side = "left"  # decoder-only batching: pad on the left so generation continues the text
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        from ..models import engine_dtype
+
+        self.dtype = engine_dtype(dtype, self.device == "cpu")
+        torch_dtype = getattr(torch, self.dtype)
         self.lm = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype,
                                                        trust_remote_code=trust_remote_code).to(self.device).eval()
         self.model, self.max_model_len, self.batch_size = model_name, max_model_len, batch_size

@@ -78,8 +78,10 @@ class VLLMBackend:
             # bench/knobs.py on the CPU build (2 cores): compiled steps 1.16-1.18x faster, but the start took 64 s vs
             # 30 s with a warm compile cache (~2 min cold): eager suits short CPU runs; on GPUs compiling pays off
             enforce_eager = cpu
-        self.model = model_name
-        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=dtype, max_model_len=max_model_len,
+        from ..models import engine_dtype
+
+        self.model, self.dtype = model_name, engine_dtype(dtype, cpu)
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype=self.dtype, max_model_len=max_model_len,
                        tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
                        enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
                        max_num_seqs=max_num_seqs, seed=seed, trust_remote_code=trust_remote_code,
