@@ -146,6 +146,17 @@ def test_reviewers_asking_at_once_never_share_an_item(make, run_dir):  # noqa: F
     assert len(every) == min(len(jl(run_dir / "review_queue.jsonl")), 2 * len(names))
 
 
+def test_verdicts_from_before_overlap_stay_in_the_reviewers_queue(make, run_dir):  # noqa: F811
+    queue = [it["id"] for it in jl(run_dir / "review_queue.jsonl")]
+    conn = db.open_run(run_dir)
+    db.record(conn, queue[-1], "alice", "swap")  # given while everyone saw every item
+    conn.close()
+    srv = make(overlap=1, batch=2)
+    assert ids_of(srv, "alice") == [*queue[:2], queue[-1]]   # still hers to see and change
+    assert verdict(srv, "alice", queue[-1], "accept") == 200
+    assert queue[-1] not in ids_of(srv, "bob")
+
+
 def test_assignments_survive_a_restart(make, run_dir):  # noqa: F811
     srv = make(overlap=1, batch=2)
     a = ids_of(srv, "alice")

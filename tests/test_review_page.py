@@ -329,8 +329,8 @@ def test_two_reviewers_with_overlap_1_never_get_the_same_item_and_the_admin_sees
     driver, srv, run = page
     el, wait, keys, shown, progress = ui(driver)
 
-    def listed():
-        return [b.get_attribute("data-item") for b in el("list").find_elements(By.TAG_NAME, "button")]
+    def listed():  # in one script: the list is rebuilt while a filter loads
+        return driver.execute_script("return [...document.querySelectorAll('#list button')].map((b) => b.dataset.item)")
 
     sign_in(driver, srv.links["alice"], "alice", keyboard=True)
     wait(lambda: progress() == "0 / 2 reviewed by alice (your queue)")
@@ -358,17 +358,43 @@ def test_two_reviewers_with_overlap_1_never_get_the_same_item_and_the_admin_sees
     conn.close()
     assert all("," not in who for who in held.values()) and len(held) == len(alice) + len(listed())
 
+    items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
+    total, last = len(items), items[-1]["id"]
+    assert last not in held
+    conn = db.connect(srv.db_path)
+    db.record(conn, last, "carol", "accept")   # two verdicts with no majority: disputed
+    db.record(conn, last, "dave", "swap")
+    conn.close()
+
     sign_in(driver, srv.links["root"], "root", replaces="bob", keyboard=True)
-    total = len((run / "review_queue.jsonl").read_text().splitlines())
     wait(lambda: progress() == f"0 / {total} reviewed by root")  # an admin sees every item, and is assigned none
     assert el("b-admin").is_displayed()
     keys("a")                                   # the team view, one key away
-    wait(lambda: el("admin").is_displayed() and len(el("team-progress").find_elements(By.TAG_NAME, "tr")) == 3)
+    wait(lambda: el("admin").is_displayed() and len(el("team-progress").find_elements(By.TAG_NAME, "tr")) == 5)
     rows = {r[0]: r for r in ([c.text for c in tr.find_elements(By.TAG_NAME, "td")]
                               for tr in el("team-progress").find_elements(By.TAG_NAME, "tr")[1:])}
     # reviewer, assigned, judged, skipped, open, ...
     assert rows["alice"][:5] == ["alice", "4", "2", "0", "2"] and rows["bob"][:5] == ["bob", "3", "1", "0", "2"]
-    assert el("team-summary").text == f"3 of {total} items have their verdicts in (each item to 1 reviewer); 0 disputed."
+    assert el("team-summary").text == f"3 of {total} items have their verdicts in (each item to 1 reviewer); 1 disputed."
+    assert "agreement 0.0% over 1 shared judgements" in el("team-agreement").text
     assert not el("main").is_displayed()
     keys("a")
     wait(lambda: el("main").is_displayed() and not el("admin").is_displayed())
+    keys("a")
+    wait(lambda: el("admin").is_displayed())
+    disputed = el("team-disputed").find_elements(By.TAG_NAME, "button")
+    assert [b.text for b in disputed] == [f"{last}: carol accept, dave swap"]
+    disputed[0].click()                          # to the item, in the list filtered to disputed ones
+    wait(lambda: el("main").is_displayed() and shown() == last and listed() == [last])
+    assert el("show").get_attribute("value") == "disputed"
+
+    from selenium.webdriver.support.ui import Select
+    Select(el("show")).select_by_value("all")
+    wait(lambda: len(listed()) == total)
+    name = items[0]["rounds"][0]["principle"]
+    Select(el("principle")).select_by_visible_text(name)  # the list by principle
+    want = [it["id"] for it in items if name in [r["principle"] for r in it["rounds"]]]
+    wait(lambda: listed() == want)
+    Select(el("principle")).select_by_value("")
+    Select(el("domain")).select_by_visible_text("billing")
+    wait(lambda: listed() == [it["id"] for it in items if it.get("domain") == "billing"])

@@ -66,11 +66,14 @@ def _done(v: dict[str, str], k: int) -> bool:
 
 
 def queue(conn, reviewer: str, k: int, vs: dict | None = None) -> list[str]:
-    """The items in `reviewer`'s list, in queue order: those they hold, less those whose verdicts are all in
-    without one of theirs (nothing left for them to do there). `vs`: votes() already read, else only the votes
+    """The items in `reviewer`'s list, in queue order: those they hold or judged, less those whose verdicts are all
+    in without one of theirs (nothing left for them to do there). `vs`: votes() already read, else only the votes
     on these items are."""
-    ids = [i for (i,) in conn.execute("SELECT a.item_id FROM assignments a JOIN items i ON i.id = a.item_id AND "
-                                      "i.retired_at IS NULL WHERE a.reviewer = ? ORDER BY i.rowid", (reviewer,))]
+    # held, or judged without being held (a verdict from before --overlap, an import): theirs to see and change
+    ids = [i for (i,) in conn.execute(
+        "SELECT i.id FROM items i WHERE i.retired_at IS NULL AND (i.id IN (SELECT item_id FROM assignments WHERE "
+        "reviewer = ?) OR i.id IN (SELECT v.item_id FROM verdicts v JOIN items j ON j.id = v.item_id AND "
+        "v.content_hash = j.content_hash WHERE v.reviewer = ?)) ORDER BY i.rowid", (reviewer, reviewer))]
     vs = votes(conn, ids) if vs is None else vs
     return [i for i in ids if reviewer in vs.get(i, {}) or not _done(vs.get(i, {}), k)]
 

@@ -107,6 +107,7 @@ async function fetchState(offset, after) {
 }
 
 function options(select, all, values) {  // the filter's choices, keeping the one picked
+  if ([...select.options].slice(1).map((o) => o.value).join("\n") === values.join("\n")) return;  // unchanged
   const was = select.value, first = document.createElement("option");
   first.value = ""; first.textContent = all;
   select.replaceChildren(first, ...values.map((v) => { const o = document.createElement("option"); o.value = v; o.textContent = v; return o; }));
