@@ -128,9 +128,16 @@ def team(conn, k: int | None) -> dict:
     for v in vs.values():
         for r, x in v.items():
             per[r]["skipped" if x == "skip" else "judged"] += 1
-    for r in per if k else ():
-        mine = queue(conn, r, k, vs)
-        per[r]["assigned"], per[r]["open"] = len(mine), sum(r not in vs.get(i, {}) for i in mine)
+    if k:  # each reviewer's queue (as queue(), for all of them in one pass)
+        held = _held(conn)
+        for i in set(held) | set(vs):
+            v = vs.get(i, {})
+            done = _done(v, k)
+            for r in held.get(i, set()) | set(v):
+                if r in v or not done:
+                    row = per.setdefault(r, dict.fromkeys(("assigned", "judged", "skipped", "open"), 0))
+                    row["assigned"] += 1
+                    row["open"] += r not in v
     return {"overlap": k, "items": len(ids), "complete": sum(_done(vs.get(i, {}), k or 1) for i in ids),
             "reviewers": per,
             "disputed": [{"id": i, "votes": dict(sorted(vs[i].items()))} for i in ids if disputed(vs.get(i, {}))]}
