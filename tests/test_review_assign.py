@@ -249,3 +249,16 @@ def test_serve_with_a_bad_overlap_is_one_line(run_dir, capsys, flag):  # noqa: F
     assert review_main(["serve", str(run_dir), "--port", "0", *flag]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag[-2] in err[0]
+
+
+def test_status_reports_the_queues_of_the_last_serve(make, run_dir, capsys):  # noqa: F811
+    srv = make(overlap=2, batch=2)
+    x = ids_of(srv, "alice")[0]
+    assert ids_of(srv, "bob")[0] == x
+    assert verdict(srv, "alice", x, "accept") == 200 and verdict(srv, "bob", x, "reject") == 200
+    capsys.readouterr()
+    assert review_main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    n = len(jl(run_dir / "review_queue.jsonl"))
+    assert out[0] == f"{n} items routed, 1 reviewed by someone, 0 with their verdicts in, 1 disputed (serve --overlap 2)"
+    assert "  alice: queue 2, judged 1, skipped 0, open 1" in out and "  carol: queue 0, judged 0, skipped 0, open 0" in out

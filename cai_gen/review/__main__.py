@@ -127,15 +127,20 @@ def _serve(a) -> None:
 
 
 def _status(a) -> None:
-    from . import db, merge
+    from . import assign, db, merge
 
     conn = db.open_run(a.run_dir, create=False)
     try:
         n_items = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
         cur = db.current(conn)
+        k = db.get_meta(conn, "overlap")
+        team = assign.team(conn, int(k) if k else None)  # the queues as the last `serve --overlap` shares them
     finally:
         conn.close()
-    print(f"{n_items} items routed, {len(cur)} reviewed by someone")
+    print(f"{n_items} items routed, {len(cur)} reviewed by someone, {team['complete']} with their verdicts in, "
+          f"{len(team['disputed'])} disputed" + (f" (serve --overlap {k})" if k else ""))
+    for r, t in team["reviewers"].items() if k else ():
+        print(f"  {r}: queue {t['assigned']}, judged {t['judged']}, skipped {t['skipped']}, open {t['open']}")
     for r, s in merge.per_reviewer(cur).items():
         bias = (f"; chose A {s['chose_a']} of {s['blind_ab']} blind A/B ({100 * s['a_share']:.0f}%, "
                 f"p={s['position_p']})" if s["blind_ab"] else "")

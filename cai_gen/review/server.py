@@ -122,6 +122,7 @@ class ReviewServer:
         conn = db.connect(self.db_path, create=False, check=False)
         try:  # `invite` makes its links point here (the port actually bound, or --public-url)
             db.set_meta(conn, "serve_url", self.url)
+            db.set_meta(conn, "overlap", str(overlap or ""))  # `status` reports the queues by the last serve's K
         finally:
             conn.close()
         app = Starlette(routes=self._routes(), exception_handlers={HTTPException: self._http_error})
