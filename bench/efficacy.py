@@ -23,7 +23,7 @@ changed knob is a new entry, never a stale reuse. Prints the table, then JSON; w
 WORK/efficacy.md.
 
     .venv/bin/python bench/efficacy.py --quick          # (a) and its shuffled control only: 31 min on 2 cores
-    .venv/bin/python bench/efficacy.py --quick --tag rpo --loss-type sigmoid,sft --lr 5e-6   # the README's run
+    .venv/bin/python bench/efficacy.py --quick --tag rpo --loss-type sigmoid,sft --lr 5e-6   # docs/benchmarks/efficacy.md's run
     .venv/bin/python bench/efficacy.py                  # (a), (b), (c)
     .venv/bin/python bench/efficacy.py --work /tmp/eff --steps 40 --lr 2e-5
 """
@@ -246,7 +246,7 @@ def guarded(m: dict) -> str:
 
 
 def table(res: dict) -> str:
-    """The markdown table the README carries."""
+    """The markdown table docs/benchmarks/efficacy.md carries."""
     lines = ["| dataset | pairs | violations, reference | violations, trained | trained - reference (paired) | "
              "mean words | refusals | distinct-2 | nonsense | collapse guards |", "|---|---|---|---|---|---|---|---|---|---|"]
     ref = res["reference"]

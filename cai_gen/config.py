@@ -66,7 +66,7 @@ def _checkpoint_context(path: str) -> int:
 
 
 class BackendCfg(Strict):
-    kind: Literal["vllm", "transformers", "fake", "openai"]
+    kind: Literal["vllm", "transformers", "fake", "openai"]  # the engine: the backend option's own name
     # vllm
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     enforce_eager: bool | None = None  # None: eager on the CPU build, compiled on GPUs
@@ -125,9 +125,9 @@ class PromptsCfg(Strict):
     path: str | None = None   # a JSONL file: {"prompt": ..., "id"?, "domain"?, "system"?} per line
     dataset: str | None = None  # a Hugging Face dataset name or local path (load_dataset / load_from_disk)
     split: str = "train"      # a split, or a slice of one: train[:1000], train[10%:20%]
-    column: str = "prompt"
-    id_column: str | None = None
-    domain_column: str | None = None
+    column: str = "prompt"              # the dataset's column holding the user message
+    id_column: str | None = None        # a column of stable prompt ids (null: a content hash)
+    domain_column: str | None = None    # a column naming each prompt's domain (routing, counts)
     messages_column: str | None = None  # a column of chat messages (multi-turn, ending with a user turn) instead of `column`
     config: str | None = None           # the dataset's subset (load_dataset's second argument)
     revision: str | None = None         # a hub dataset's git revision (branch, tag or commit)

@@ -265,7 +265,7 @@ def held_out(a, run: Path):
                         "behavioural pass") from None
     if not behaviour.checkable(const):
         raise NoChecks(f"{const.ref}: no principle has a check the behavioural pass can run (it scores answers with "
-                       "the constitution's checks; add `checks:`, see README \"Principle checks\"); --no-behaviour skips it")
+                       "the constitution's checks; add `checks:`, see docs/concepts/checks.md); --no-behaviour skips it")
     if a.prompts:
         recs = prompts_mod.load(None, str(a.prompts), None)
     else:
@@ -288,14 +288,16 @@ def held_out(a, run: Path):
 
 
 def in_train(recs: list, train_rows: list[dict]) -> int:
-    """How many held-out prompts a training pair came from: the same question (the last user turn; case,
-    punctuation and spacing aside) as a train_prefs row's. A --prompts FILE drawn from the run's own prompt set
-    scores the model on what it was trained on: the behaviour rates would flatter it."""
-    from .backends import last_text
-    from .synth_filters import normal
+    """How many held-out prompts a training pair came from: prompts the split would group with a train_prefs
+    row (ids.groups: the same opening or answered user turn, as ids.norm compares text). A --prompts FILE drawn
+    from the run's own prompt set scores the model on what it was trained on: the behaviour rates would flatter
+    it."""
+    from .ids import groups
 
-    seen = {normal(last_text(r["prompt"])) for r in train_rows}
-    return sum(normal(r.prompt) in seen for r in recs)
+    convs = [[m["content"] for m in r["prompt"] if m.get("role") == "user"] for r in train_rows]
+    keys = groups(convs + [r.users() for r in recs])
+    seen = set(keys[:len(convs)])
+    return sum(k in seen for k in keys[len(convs):])
 
 
 class NoChecks(UserError):

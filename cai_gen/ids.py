@@ -25,7 +25,10 @@ def base_id(prompt_id: str) -> str:
 
 
 def norm(text: str) -> str:
-    """A user turn as the split compares it: NFKC, case and runs of whitespace do not make another question."""
+    """A user turn as the split compares it, and the project's one definition of "the same question" (the split,
+    evaluate's in_train, synth's dedup and the benchmark-overlap test all read it): NFKC, case and runs of
+    whitespace do not make another question; punctuation does. The split hashes this text, so a change here
+    moves prompts between train and test in every existing run."""
     return " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
 
 

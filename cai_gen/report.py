@@ -305,9 +305,11 @@ def review_section(r: dict) -> list[str]:
     if r.get("ratings"):  # written by merge since ratings (issue 34)
         lo, hi = r.get("scale") or (1, 5)
         L += ["", f"Ratings per guideline ({lo} poor to {hi} excellent), mean over every current vote's rating "
-              "of each answer:", ""]
-        L += _md_table(["guideline", "revision", "original", "ratings"],
-                       [[g, x["revision"], x["original"], x["n"]] for g, x in r["ratings"].items()])
+              "of each answer; agreement per guideline: of every two reviewers who rated the same answer on it "
+              "(pairs), the share giving the same score, and a score at most one apart:", ""]
+        L += _md_table(["guideline", "revision", "original", "ratings", "same score", "within one", "pairs"],
+                       [[g, x["revision"], x["original"], x["n"], _pct(x.get("agreement")), _pct(x.get("within_one")),
+                         x.get("pairs")] for g, x in r["ratings"].items()])
     if r.get("reviewers"):  # written by merge since blind review (issue 15); older review.json files lack it
         fast = r.get("fast_seconds", 5)
         L += ["", "Per reviewer: blind verdicts show the two answers as A and B in a seeded order per item and "

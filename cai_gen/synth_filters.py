@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from .ids import norm
 from .quality import trim
 
 # a label before the message: "User:", "**Customer message:**", "Example 3:", "- Message:"
@@ -110,8 +111,9 @@ def check(raw: str, finish_reason: str, min_words: int, max_words: int) -> tuple
 
 
 def normal(text: str) -> str:
-    """Case, punctuation and spacing do not make a new prompt."""
-    return " ".join(w.lower() for w in WORD.findall(text))
+    """The words of the split's form of the text (ids.norm), punctuation dropped: two texts the split calls one
+    question are one here too (an exact duplicate), and so are texts that differ only in punctuation."""
+    return " ".join(WORD.findall(norm(text)))
 
 
 def shingles(text: str, n: int) -> set[str]:

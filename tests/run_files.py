@@ -1,6 +1,7 @@
 """A run dir's output files in a form two runs of one config can be compared by: every file the run writes, byte
-for byte, except for the few fields that hold when or where this particular process ran. The README promises a
-resumed run's files "come out exactly as a clean run's"; the crash tests hold it to that with `files(out)`."""
+for byte, except for the few fields that hold when or where this particular process ran. docs/concepts/resume.md
+promises a resumed run's files "come out exactly as a clean run's"; the crash tests hold it to that with
+`files(out)`."""
 from __future__ import annotations
 
 import json
@@ -96,11 +97,11 @@ def assert_same_files(got: dict, want: dict) -> None:
 
 
 def check_training_rows(run_dir: Path) -> None:
-    """kto.jsonl and sft.jsonl hold what the README says of any run, whatever the gate said and the checks found:
-    per kept pair (preferences.jsonl order) a KTO row of its revision, desirable unless a check failed on the
+    """kto.jsonl and sft.jsonl hold what docs/concepts/output.md says of any run, whatever the gate said and the checks
+    found: per kept pair (preferences.jsonl order) a KTO row of its revision, desirable unless a check failed on the
     revision, and one of its original, undesirable; then per no-violation row one of its original, desirable unless
-    a check failed on it. SFT: the desirable ones' prompt + answer, in the same order. Restated here from the
-    rows' fields, not by calling store.training_rows (the code under test)."""
+    a check failed on it. SFT: the desirable ones' prompt + answer, in the same order. Restated here from the rows'
+    fields, not by calling store.training_rows (the code under test)."""
     def jl(name):
         return [json.loads(x) for x in (run_dir / name).read_text(encoding="utf-8").splitlines()]
 

@@ -62,6 +62,17 @@ def test_judge_verdict_reads_p_yes_against_its_threshold():
     assert "{{ 7*7 }}" in conv[0]["content"] and "card number." in conv[0]["content"]  # data, not a template
 
 
+def bad_check(tmp_path, spec: dict) -> tuple[str, str]:
+    """(the file, the one-line error) of loading a constitution whose one principle has the one check `spec`
+    (id k1, on line 7 of the file)."""
+    f = tmp_path / "c.yaml"
+    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
+                 f"      - {json.dumps({'id': 'k1', **spec})}\n")
+    with pytest.raises(UserError) as e:
+        constitution.load(path=str(f))
+    return str(f), str(e.value)
+
+
 @pytest.mark.parametrize("spec,msg", [
     ({"kind": "regexp", "pattern": "x"}, "does not match any of the expected tags"),
     ({"kind": "regex", "pattern": "(unclosed"}, "does not compile"),
@@ -69,12 +80,7 @@ def test_judge_verdict_reads_p_yes_against_its_threshold():
     ({"kind": "length"}, "give `max` and/or `min`"),
 ])
 def test_bad_check_in_a_constitution_is_one_line_naming_file_line_and_check(tmp_path, spec, msg):
-    f = tmp_path / "c.yaml"
-    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
-                 f"      - {json.dumps({'id': 'k1', **spec})}\n")
-    with pytest.raises(UserError) as e:
-        constitution.load(path=str(f))
-    line = str(e.value)
+    f, line = bad_check(tmp_path, spec)
     assert line.startswith(f"{f}:7:") and "(id=k1)" in line and msg in line and "\n" not in line
 
 
@@ -145,12 +151,8 @@ def test_a_bad_check_reads_the_same_in_a_constitution_and_a_prompt_row(tmp_path,
     tag ("checks[0] (id=k1).regex.pattern"), which is no key of the file; the prompt row's did not."""
     from cai_gen import prompts
 
-    f = tmp_path / "c.yaml"
-    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
-                 f"      - {json.dumps({'id': 'k1', **spec})}\n")
-    with pytest.raises(UserError) as e:
-        constitution.load(path=str(f))
-    assert str(e.value) == f"{f}:7: principles[0] (id=p1).{tail}"
+    f, line = bad_check(tmp_path, spec)
+    assert line == f"{f}:7: principles[0] (id=p1).{tail}"
     with pytest.raises(UserError) as e:
         prompts._checks([{"id": "k1", **spec}], "p.jsonl:3")
     assert str(e.value) == f"p.jsonl:3: {tail}"
@@ -202,12 +204,7 @@ def test_a_catastrophic_pattern_runs_in_linear_time():
 
 @pytest.mark.parametrize("pattern", [r"(a)\1", r"(?<!not )guarantee", r"guarantee(?! of)"])
 def test_a_pattern_the_linear_engine_refuses_is_one_line_at_load(tmp_path, pattern):
-    f = tmp_path / "c.yaml"
-    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
-                 f"      - {json.dumps({'id': 'k1', 'kind': 'regex', 'pattern': pattern})}\n")
-    with pytest.raises(UserError) as e:
-        constitution.load(path=str(f))
-    line = str(e.value)
+    f, line = bad_check(tmp_path, {"kind": "regex", "pattern": pattern})
     assert line.startswith(f"{f}:7:") and "(id=k1).pattern" in line and "RE2" in line and "\n" not in line
 
 

@@ -90,19 +90,25 @@ def test_missing_classifier_model_dir_is_one_line_naming_file_line_and_check(tmp
     assert line.startswith(f"{f}:8:") and "not_toxic" in line and "classifier" in line and "\n" not in line
 
 
-@pytest.mark.parametrize("pipelined", [False, True])
-def test_a_stage_scores_all_its_answers_in_one_classifier_call(tmp_path, guard_dir, monkeypatch, pipelined):
-    """Staged: every answer of a stage in one call. Pipelined: every answer one engine poll returned in one call
-    (the fake engine returns one per poll, so there the count shows no answer is scored twice)."""
-    calls = []
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """How many texts each check_model.classify call scored, in call order (the real classifier still scores)."""
+    seen: list[int] = []
     real = check_model.classify
 
     def counted(model, label, texts, *a, **k):
-        calls.append(len(texts))
+        seen.append(len(texts))
         return real(model, label, texts, *a, **k)
 
     monkeypatch.setattr(check_model, "classify", counted)
     getattr(check_model, "_SCORES", {}).clear()  # scores from other tests would hide calls
+    return seen
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_a_stage_scores_all_its_answers_in_one_classifier_call(tmp_path, guard_dir, calls, pipelined):
+    """Staged: every answer of a stage in one call. Pipelined: every answer one engine poll returned in one call
+    (the fake engine returns one per poll, so there the count shows no answer is scored twice)."""
     n = 6
     prompts = [{"id": f"p{i}", "prompt": f"SAY: you {i} stupid idiots"} for i in range(n)]
     const = const_with(tmp_path, guard_dir, device="cpu").read_text()
@@ -115,21 +121,12 @@ def test_a_stage_scores_all_its_answers_in_one_classifier_call(tmp_path, guard_d
         assert calls == [n, 1], calls  # the originals in one call, the revisions in one more
 
 
-def test_the_behavioural_pass_scores_every_answer_in_one_classifier_call(tmp_path, guard_dir, monkeypatch):
+def test_the_behavioural_pass_scores_every_answer_in_one_classifier_call(tmp_path, guard_dir, calls):
     """behaviour.score over 3 prompts x 2 samples: one batched call for the 6 answers, and the same verdicts as
     scoring them one by one."""
     from cai_gen import behaviour
     from cai_gen.prompts import PromptRecord
 
-    calls = []
-    real = check_model.classify
-
-    def counted(model, label, texts, *a, **k):
-        calls.append(len(texts))
-        return real(model, label, texts, *a, **k)
-
-    monkeypatch.setattr(check_model, "classify", counted)
-    getattr(check_model, "_SCORES", {}).clear()  # scores from other tests would hide calls
     const = constitution.load(path=str(const_with(tmp_path, guard_dir, device="cpu")))
     recs = [PromptRecord(f"p{i}", "hello", "support", "t") for i in range(3)]
     texts = ["you stupid idiots", "thanks for waiting", "hello friend", "all idiots", "fine", "ok then"]

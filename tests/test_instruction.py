@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from cai_gen import checks, constitution
+from cai_gen import checks
 from cai_gen.errors import UserError
 
 from .conftest import ROOT
+from .test_checks import bad_check
 
 CTX = checks.Context("Tell me about hammocks.", {})
 
@@ -96,12 +97,7 @@ def test_a_prompt_rows_checks_take_the_kind(tmp_path):
      "needs NLTK data that no installed wheel ships (averaged_perceptron_tagger_eng)"),
 ])
 def test_a_bad_instruction_is_one_line_naming_file_line_and_check(tmp_path, spec, msg):
-    f = tmp_path / "c.yaml"
-    f.write_text("name: t\nprinciples:\n  - id: p1\n    critique: c\n    revision: r\n    checks:\n"
-                 f"      - {json.dumps({'id': 'k1', 'kind': 'instruction', **spec})}\n")
-    with pytest.raises(UserError) as e:
-        constitution.load(path=str(f))
-    line = str(e.value)
+    f, line = bad_check(tmp_path, {"kind": "instruction", **spec})
     assert line.startswith(f"{f}:7: principles[0] (id=p1).checks[0] (id=k1): ") and msg in line and "\n" not in line
 
 

@@ -14,20 +14,10 @@ from cai_gen.review import db
 from cai_gen.review.__main__ import main as review_main
 
 from .conftest import make_cfg
-from .test_steer import GUARANTEED, Scripted, jl, setup
+from .test_steer import CONST as STEER, GUARANTEED, Scripted, jl, setup
 
-CONST = """name: t
-version: 1
-principles:
-  - id: no_guarantee
-    critique: Find guarantees.
-    revision: Rewrite without guarantees.
-    checks: [{id: guarantee, kind: regex, pattern: "guarantee"}]
-  - id: short
-    critique: Is it too long?
-    revision: Make it short.
-    checks: [{id: max_words, kind: length, max: 30}]
-  - id: no_promise
+# the steer tests' regex and length principles, then a judge check and the contact check
+CONST = STEER.split("  - id: tone")[0] + """  - id: no_promise
     critique: Does it promise anything?
     revision: Rewrite without promises.
     checks: [{id: promise, kind: judge, proposition: "The response makes a promise."}]

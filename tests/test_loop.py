@@ -104,7 +104,7 @@ def test_real_engine_ends_a_loop_early_with_the_text_it_would_have_written(vllm_
 
 @pytest.mark.parametrize("preset", ["default", "greedy", "redteam"])
 def test_the_adopted_token_knobs_are_the_defaults_and_critique_loop_stop_is_off(preset):
-    """README: loop_stop.revise=3 and revise_max_scale=2 are the defaults (bench/knobs.py: the same kept pairs for
-    0.87 of the tokens); loop_stop.critique stays off (it changes the revisions; its new pairs read at parity)."""
+    """docs/benchmarks/throughput.md: loop_stop.revise=3 and revise_max_scale=2 are the defaults (bench/knobs.py:
+    the same kept pairs for 0.87 of the tokens); loop_stop.critique stays off (it changes the revisions; its new pairs read at parity)."""
     s = make_cfg(f"sampling={preset}").sampling
     assert (s.loop_stop.revise, s.revise_max_scale, s.loop_stop.critique) == (3, 2.0, None)

@@ -229,7 +229,7 @@ def test_rows_are_written_chunk_by_chunk_and_the_files_equal_an_unchunked_run(tm
 
 
 def test_a_null_chunk_size_takes_4000_rows_at_a_time(tmp_path, monkeypatch):
-    """README and conf/config.yaml: chunk_size null means chunks of 4,000 rows (prompts x samples), so a large run
+    """docs/getting-started.md and conf/config.yaml: chunk_size null means chunks of 4,000 rows (prompts x samples), so a large run
     stays flat in memory without a knob. Generation is stubbed: only the chunking is under test."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Question number {i}?"}) + "\n"

@@ -95,7 +95,8 @@ def test_kill_9_then_rerun_gives_the_clean_files(tmp_path, clean, schedule, stag
         assert at <= done_before < len(want_keys)
     r = cli(out, *extra)
     assert r.returncode == 0, r.stderr
-    assert_same_files(files(out), want)  # every output file, not only the pairs (README: "exactly as a clean run's")
+    # every output file, not only the pairs (docs/concepts/resume.md: "exactly as a clean run's")
+    assert_same_files(files(out), want)
     # the finished generations were reused, not redone: the ledger holds each of the clean run's requests once
     keys = ledger_keys(out)
     assert len(keys) == len(set(keys)) and set(keys) == want_keys
@@ -169,9 +170,9 @@ def test_changed_config_is_refused_unless_restart(tmp_path):
         pipeline.run(make_cfg("backend=fake", ONE, "limit=10", "samples=3"), run, backend=FakeBackend("f", "m"))
     pipeline.run(make_cfg(*ARGS[:-1], "samples=3", "restart=true"), run, backend=FakeBackend("f", cfg.model.name))
     assert len(rows(run)) == 30
-    # limit is free (README: `limit` ... may change freely, "raise `limit` to extend a run"), and so is pipelined:
-    # no restart=true. A bigger limit in the same dir generates only the new prompts' requests, a smaller one
-    # none, and either writes the files a clean run of that limit writes
+    # limit is free (docs/concepts/resume.md: `limit` ... may change freely, "raise `limit` to extend a run"), and so
+    # is pipelined: no restart=true. A bigger limit in the same dir generates only the new prompts' requests, a
+    # smaller one none, and either writes the files a clean run of that limit writes
     for limit, calls in ((12, [6, 6, 6, 6]), (5, [])):  # 12: respond, critique, gate, revise for 2 new prompts x 3
         clean = tmp_path / f"clean{limit}"
         pipeline.run(make_cfg("backend=fake", ONE, f"limit={limit}", "samples=3", "pipelined=false"), clean,

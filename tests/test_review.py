@@ -688,7 +688,7 @@ def test_export_annotate_import_round_trip(run_dir, tmp_path, fmt):
     conn = db.open_run(run_dir)
     db.record(conn, db.items(conn)[0]["id"], "alice", "accept")
     f = tmp_path / f"items.{fmt}"
-    assert review_main(["export", str(run_dir), str(f)]) == 0
+    assert review_main(["export", str(run_dir), str(f), "--unblind"]) == 0
     if fmt == "csv":
         import csv
         recs = list(csv.DictReader(f.open(newline="")))
@@ -966,7 +966,8 @@ def test_merge_maps_ties_skips_and_ratings_to_the_written_sides(run_dir):
     s = json.loads((run_dir / "reviewed" / "review.json").read_text())
     assert s["decisions"]["tie"] == 1 and "skip" not in s["decisions"] and s["decisions"]["swap"] == 2
     assert s["agreement"]["comparisons"] == 1  # acc: alice and bob; skip2's skip is nobody's judgement to agree with
-    assert s["ratings"]["helpfulness"] == {"revision": 4.75, "original": 1.0, "n": 7}
+    assert s["ratings"]["helpfulness"] == {"revision": 4.75, "original": 1.0, "n": 7, "pairs": 1, "agreement": 0.0,
+                                           "within_one": 1.0}  # acc's revision: alice 5, bob 4
     card = (run_dir / "README.md").read_text()
     assert "| helpfulness | 4.75 | 1.0 | 7 |" in card and "tie (both fine)" in card
 

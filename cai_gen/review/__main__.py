@@ -7,10 +7,12 @@
   serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind] [--session-hours 24]   the page
         [--request-timeout 10] [--max-connections 128] [--overlap K [--batch 10]]   --overlap: each item to K
                                                    reviewers, each reviewer a queue of their own
-  status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement
+  status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement;
+                                                   ratings and their agreement per guideline; queues (--overlap)
   merge RUN_DIR [--ignore-too-fast]                apply verdicts -> RUN_DIR/reviewed/, card and summary updated
-  export RUN_DIR FILE [--format jsonl|csv]         items + verdicts so far, for another annotation tool
-  import RUN_DIR FILE [--format jsonl|csv] [--reviewer NAME]   verdicts back (all rows or none)
+  export RUN_DIR FILE [--format label-studio|argilla|csv|jsonl]   blind tasks for another annotation tool
+        [--unblind]                                (CSV/JSONL labelled original/revision, verdicts so far)
+  import RUN_DIR FILE [--format label-studio|argilla|csv|jsonl] [--reviewer NAME]   annotations back
 """
 from __future__ import annotations
 
@@ -89,12 +91,18 @@ def _args(argv: list[str]) -> argparse.Namespace:
     m.add_argument("run_dir", type=Path)
     m.add_argument("--ignore-too-fast", action="store_true", help="verdicts given in under 5 s are not votes")
     for name in ("export", "import"):
-        e = sub.add_parser(name, help=f"{name} items and verdicts as JSONL or CSV")
+        e = sub.add_parser(name, help=f"{name} blind review tasks for Label Studio, Argilla, a sheet (CSV) or JSONL"
+                           if name == "export" else "import annotations made in Label Studio, Argilla, CSV or JSONL")
         e.add_argument("run_dir", type=Path)
         e.add_argument("file", type=Path)
-        e.add_argument("--format", choices=["jsonl", "csv"], help="default: from the file name")
+        e.add_argument("--format", choices=["label-studio", "argilla", "csv", "jsonl"],
+                       help="default: from the file name (.csv, .jsonl)")
         if name == "import":
-            e.add_argument("--reviewer", help="reviewer for rows whose reviewer column is empty")
+            e.add_argument("--reviewer", help="reviewer for annotations whose annotator field is empty")
+        else:
+            e.add_argument("--unblind", action="store_true",
+                           help="CSV/JSONL of every item labelled original/revision with the verdicts so far (a "
+                                "record for admins, not a blind task)")
     return p.parse_args(argv)
 
 
@@ -152,6 +160,15 @@ def _status(a) -> None:
     if ag["comparisons"]:
         print(f"agreement {100 * ag['agreement']:.1f}% over {ag['comparisons']} shared judgements, "
               f"kappa {ag['kappa']}")
+    rated = merge.rating_summary(cur)  # the card's per-guideline figures, from the same votes
+    if rated:
+        print("ratings per guideline (revision / original mean; of two reviewers rating one answer: same score, "
+              "within one):")
+    for g, x in rated.items():
+        agree = (f"same score {100 * x['agreement']:.1f}%, within one {100 * x['within_one']:.1f}% over "
+                 f"{x['pairs']} pair(s)" if x["pairs"] else "no answer rated by two reviewers")
+        mean = " / ".join("-" if m is None else f"{m:g}" for m in (x["revision"], x["original"]))
+        print(f"  {g}: {mean} over {x['n']} rating(s); {agree}")
 
 
 def _merge(a) -> None:
@@ -175,13 +192,24 @@ def _merge(a) -> None:
 
 
 def _exchange(a) -> None:
-    from . import db, exchange
+    from . import db, exchange, tools
 
     conn = db.open_run(a.run_dir)  # import too: verdicts may come from another tool before any serve/export
     try:
-        if a.cmd == "export":
+        if a.cmd == "export" and a.unblind:
+            if a.format not in (None, "csv", "jsonl"):
+                raise UserError("--unblind: writes CSV or JSONL only (the tools get blind tasks)")
             n = exchange.export(conn, a.file, a.format)
             print(f"exported {n} rows to {a.file}")
+        elif a.cmd == "export":
+            n, files = tools.export(conn, a.run_dir, a.file, a.format)
+            print(f"exported {n} blind task(s) to {', '.join(map(str, files))}")
+        elif not tools.labelled(a.file, a.format):
+            r = tools.load(conn, a.run_dir, a.file, a.format, a.reviewer)
+            print(f"imported {r['imported']} verdicts ({r['unchanged']} unchanged, {r['blank']} without a verdict, "
+                  f"{len(r['stale'])} stale)")
+            for line in r["stale"]:
+                print(f"  {line}")
         else:
             r = exchange.load(conn, a.file, a.format, a.reviewer)
             print(f"imported {r['imported']} verdicts ({r['unchanged']} unchanged, "

@@ -1,7 +1,7 @@
-"""Export review items (with any verdicts so far) to JSONL or CSV, and import verdicts made elsewhere.
+"""`review export --unblind`: every item labelled original / revision with the verdicts so far, as JSONL or CSV (a
+record for admins; the blind task sets for annotation tools are tasks.py and tools.py), and its import.
 
-For teams that already annotate in another tool (Label Studio, Argilla, a spreadsheet): export, annotate
-the `reviewer`, `verdict`, `chosen` (edits) and `comment` columns, import. The other columns are context and
+Annotate the `reviewer`, `verdict`, `chosen` (edits) and `comment` columns, import. The other columns are context and
 are ignored on import, except `hash`: the content hash of the text as exported. A row whose hash is not the
 item's current text (a rerun changed the pair while it was out for annotation) is stored tied to the old text,
 kept in the history and not applied. An import is checked in full before anything is stored (one bad row

@@ -203,15 +203,30 @@ def ratings(votes: dict[str, dict], sides: dict[str, str | None]) -> dict | None
 
 
 def rating_summary(cur: dict[str, dict[str, dict]]) -> dict:
-    """{guideline: {"revision": mean, "original": mean, "n": ratings}} over every current vote (the card's table)."""
+    """{guideline: {"revision": mean, "original": mean, "n": ratings, "pairs", "agreement", "within_one"}} over
+    every current vote (the card's table). Agreement per guideline: over every two reviewers who rated the same
+    answer of the same item on it, the share giving the same score (`agreement`) and a score at most one apart
+    (`within_one`); `pairs` counts those comparisons (None shares: no answer rated by two reviewers)."""
     got: dict[str, dict[str, list]] = {}
+    pairs: dict[str, list[int]] = {}  # guideline -> |score difference| of each two reviewers on one answer
     for votes in cur.values():
         for v in votes.values():
             for side, scores in (v.get("ratings") or {}).items():
                 for g, n in scores.items():
                     got.setdefault(g, {"revision": [], "original": []})[side].append(n)
+        for a, b in combinations(sorted(votes), 2):
+            ra, rb = votes[a].get("ratings") or {}, votes[b].get("ratings") or {}
+            for side in set(ra) & set(rb):
+                for g in set(ra[side]) & set(rb[side]):
+                    pairs.setdefault(g, []).append(abs(ra[side][g] - rb[side][g]))
+
+    def share(g: str, most: int) -> float | None:
+        d = pairs.get(g) or []
+        return round(sum(x <= most for x in d) / len(d), 4) if d else None
+
     return {g: {"revision": _mean(x["revision"]), "original": _mean(x["original"]),
-                "n": len(x["revision"]) + len(x["original"])} for g, x in sorted(got.items())}
+                "n": len(x["revision"]) + len(x["original"]), "pairs": len(pairs.get(g) or []),
+                "agreement": share(g, 0), "within_one": share(g, 1)} for g, x in sorted(got.items())}
 
 
 def _votes(votes: dict[str, dict]) -> list[dict]:
