@@ -157,7 +157,7 @@ def test_old_schema_is_migrated_and_keeps_its_verdicts(run_dir):
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at) VALUES ('x-s0', 'ann', 'swap', 't')")
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 8
     assert db.history(conn, "x-s0") == [{"item": "x-s0", "reviewer": "ann", "verdict": "swap", "chosen": None,
                                          "comment": None, "at": "t", "source": "web",
                                          "hash": db.content_hash(old), "shown_first": None, "seconds": None,
@@ -988,7 +988,7 @@ def test_v6_database_gets_tie_and_skip_and_keeps_every_verdict(run_dir):
                      (it["id"],))
     conn.close()
     conn = db.open_run(run_dir)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION
     old = db.history(conn, it["id"])
     assert [(h["reviewer"], h["verdict"], h["seconds"], h["ratings"]) for h in old] == [("ann", "swap", 7.5, None)]
     db.record(conn, it["id"], "ann", "tie", ratings={"original": {"format": 3}})

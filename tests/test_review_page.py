@@ -43,9 +43,11 @@ def page(tmp_path, request):
     cfg = make_cfg("backend=fake", f"prompts.path={prompts}", "review.domains=[billing]")
     run = tmp_path / "run"
     pipeline.run(cfg, run, backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
-    srv = ReviewServer(run, port=0, blind=request.param)
+    kw = request.param if isinstance(request.param, dict) else {"blind": request.param}  # ReviewServer's options
+    srv = ReviewServer(run, port=0, **kw)
     conn = db.open_run(run)
-    srv.links = {n: f"{srv.url}?token={auth.invite(conn, n)}" for n in ("alice", "bob")}
+    srv.links = {n: f"{srv.url}?token={auth.invite(conn, n, role)}" for n, role in
+                 (("alice", "reviewer"), ("bob", "reviewer"), ("root", "admin"))}
     conn.close()
     srv.start()
     opts = webdriver.ChromeOptions()
@@ -78,16 +80,21 @@ def ui(driver):
             lambda: el("item-id").text, lambda: el("progress-text").text)
 
 
-def sign_in(driver, link: str, name: str, replaces: str | None = None) -> None:
-    """Open an invite link: the page names whose it is and signs in only on the click (no login CSRF)."""
-    el, wait, *_ = ui(driver)
+def sign_in(driver, link: str, name: str, replaces: str | None = None, keyboard: bool = False) -> None:
+    """Open an invite link: the page names whose it is and signs in only on the click, or Enter (no login CSRF)."""
+    from selenium.webdriver.common.keys import Keys
+
+    el, wait, keys, *_ = ui(driver)
     driver.get(link)
     wait(lambda: el("b-signin").is_displayed())
     text = el("signin-text").text
     assert f"signs you in as {name}" in text and "works once" in text
     assert ("You are signed in as " + replaces) in text if replaces else "You are signed in" not in text
     assert "token" not in driver.current_url  # gone from the address bar and the history
-    el("b-signin").click()
+    if keyboard:
+        keys(Keys.ENTER)  # the confirmation has the focus: no mouse needed
+    else:
+        el("b-signin").click()
     wait(lambda: not el("signin").is_displayed())
 
 
@@ -259,7 +266,7 @@ def test_every_verdict_and_ratings_by_keyboard_alone_and_hostile_markdown_is_ine
     driver.get(srv.url)                         # before sign-in: how to get in, not an empty page
     wait(lambda: "open the invite link" in el("signin-text").text)
     assert not el("main").is_displayed()
-    sign_in(driver, srv.links["alice"], "alice")
+    sign_in(driver, srv.links["alice"], "alice", keyboard=True)
     wait(lambda: shown() == ids[0] and progress() == f"0 / {len(ids)} reviewed by alice")
     # Markdown is rendered, and nothing in it runs, loads or navigates
     js = driver.execute_script
@@ -313,3 +320,81 @@ def test_every_verdict_and_ratings_by_keyboard_alone_and_hostile_markdown_is_ine
                                       other: {"helpfulness": 5, "correctness": 4, "safety": 5, "format": 4}}
     assert cur[ids[4]]["comment"] == "not sure about the law here"
     assert cur[ids[5]]["chosen"] == "My own answer."
+
+
+@pytest.mark.parametrize("page", [{"blind": True, "overlap": 1, "batch": 2}], indirect=True, ids=["overlap1"])
+def test_two_reviewers_with_overlap_1_never_get_the_same_item_and_the_admin_sees_their_progress(page):
+    from selenium.webdriver.common.by import By
+
+    driver, srv, run = page
+    el, wait, keys, shown, progress = ui(driver)
+
+    def listed():  # in one script: the list is rebuilt while a filter loads
+        return driver.execute_script("return [...document.querySelectorAll('#list button')].map((b) => b.dataset.item)")
+
+    sign_in(driver, srv.links["alice"], "alice", keyboard=True)
+    wait(lambda: progress() == "0 / 2 reviewed by alice (your queue)")
+    assert not el("b-admin").is_displayed()     # a reviewer has no team view
+    first = listed()
+    keys("1")                                   # each verdict frees a place in the batch: one more item comes
+    wait(lambda: progress() == "1 / 3 reviewed by alice (your queue)")
+    keys("t")
+    wait(lambda: progress() == "2 / 4 reviewed by alice (your queue)")
+    keys("a")                                   # not an admin: nothing opens
+    assert not el("admin").is_displayed()
+    alice = listed()
+    assert alice[:2] == first and len(alice) == 4
+
+    sign_in(driver, srv.links["bob"], "bob", replaces="alice", keyboard=True)
+    wait(lambda: progress() == "0 / 2 reviewed by bob (your queue)")
+    bob = listed()
+    assert not set(bob) & set(alice)            # bob's queue is his own
+    wait(lambda: shown() == bob[0])
+    keys("u")
+    wait(lambda: progress().startswith("1 / "))
+    assert not set(listed()) & set(alice)
+    conn = db.connect(srv.db_path)
+    held = dict(conn.execute("SELECT item_id, group_concat(reviewer) FROM assignments GROUP BY item_id"))
+    conn.close()
+    assert all("," not in who for who in held.values()) and len(held) == len(alice) + len(listed())
+
+    items = [json.loads(x) for x in (run / "review_queue.jsonl").read_text().splitlines()]
+    total, last = len(items), items[-1]["id"]
+    assert last not in held
+    conn = db.connect(srv.db_path)
+    db.record(conn, last, "carol", "accept")   # two verdicts with no majority: disputed
+    db.record(conn, last, "dave", "swap")
+    conn.close()
+
+    sign_in(driver, srv.links["root"], "root", replaces="bob", keyboard=True)
+    wait(lambda: progress() == f"0 / {total} reviewed by root")  # an admin sees every item, and is assigned none
+    assert el("b-admin").is_displayed()
+    keys("a")                                   # the team view, one key away
+    wait(lambda: el("admin").is_displayed() and len(el("team-progress").find_elements(By.TAG_NAME, "tr")) == 5)
+    rows = {r[0]: r for r in ([c.text for c in tr.find_elements(By.TAG_NAME, "td")]
+                              for tr in el("team-progress").find_elements(By.TAG_NAME, "tr")[1:])}
+    # reviewer, assigned, judged, skipped, open, ...
+    assert rows["alice"][:5] == ["alice", "4", "2", "0", "2"] and rows["bob"][:5] == ["bob", "3", "1", "0", "2"]
+    assert el("team-summary").text == f"3 of {total} items have their verdicts in (each item to 1 reviewer); 1 disputed."
+    assert "agreement 0.0% over 1 shared judgements" in el("team-agreement").text
+    assert not el("main").is_displayed()
+    keys("a")
+    wait(lambda: el("main").is_displayed() and not el("admin").is_displayed())
+    keys("a")
+    wait(lambda: el("admin").is_displayed())
+    disputed = el("team-disputed").find_elements(By.TAG_NAME, "button")
+    assert [b.text for b in disputed] == [f"{last}: carol accept, dave swap"]
+    disputed[0].click()                          # to the item, in the list filtered to disputed ones
+    wait(lambda: el("main").is_displayed() and shown() == last and listed() == [last])
+    assert el("show").get_attribute("value") == "disputed"
+
+    from selenium.webdriver.support.ui import Select
+    Select(el("show")).select_by_value("all")
+    wait(lambda: len(listed()) == total)
+    name = items[0]["rounds"][0]["principle"]
+    Select(el("principle")).select_by_visible_text(name)  # the list by principle
+    want = [it["id"] for it in items if name in [r["principle"] for r in it["rounds"]]]
+    wait(lambda: listed() == want)
+    Select(el("principle")).select_by_value("")
+    Select(el("domain")).select_by_visible_text("billing")
+    wait(lambda: listed() == [it["id"] for it in items if it.get("domain") == "billing"])

@@ -5,9 +5,10 @@
   revoke RUN_DIR NAME                              NAME's links and sessions stop working
   reviewers RUN_DIR                                who is invited, role, used, revoked, verdicts
   serve RUN_DIR [--host 127.0.0.1] [--port 8765] [--public-url URL] [--unblind] [--session-hours 24]   the page
-        [--request-timeout 10] [--max-connections 128]
+        [--request-timeout 10] [--max-connections 128] [--overlap K [--batch 10]]   --overlap: each item to K
+                                                   reviewers, each reviewer a queue of their own
   status RUN_DIR                                   items, per reviewer: verdicts, position bias, too fast; agreement;
-                                                   ratings and their agreement per guideline
+                                                   ratings and their agreement per guideline; queues (--overlap)
   merge RUN_DIR [--ignore-too-fast]                apply verdicts -> RUN_DIR/reviewed/, card and summary updated
   export RUN_DIR FILE [--format label-studio|argilla|csv|jsonl]   blind tasks for another annotation tool
         [--unblind]                                (CSV/JSONL labelled original/revision, verdicts so far)
@@ -60,7 +61,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
     i = sub.add_parser("invite", help="make a sign-in link for a reviewer (the link is shown once)")
     i.add_argument("run_dir", type=Path)
     i.add_argument("name")
-    i.add_argument("--role", choices=["reviewer", "admin"], default="reviewer", help="admin: also sees /api/stats")
+    i.add_argument("--role", choices=["reviewer", "admin"], default="reviewer", help="admin: also sees the admin view (team progress, agreement, disputed items) and every item")
     i.add_argument("--public-url", help=f"the address reviewers open (default {LOCAL})")
     i.add_argument("--valid-hours", type=float, default=72.0,
                    help="an unused link stops working after this long (default 72)")
@@ -80,6 +81,11 @@ def _args(argv: list[str]) -> argparse.Namespace:
                    help="seconds a client has to send a whole request, from its first byte (default 10)")
     s.add_argument("--max-connections", type=int, default=128,
                    help="connections open at once; a new one past this is closed unread (default 128)")
+    s.add_argument("--overlap", type=int, metavar="K",
+                   help="give each item to K reviewers, each with a queue of their own (a skip passes the item on; "
+                        "a disputed item goes to one more reviewer); default: everyone sees every item")
+    s.add_argument("--batch", type=int, default=10,
+                   help="with --overlap: items a reviewer holds unreviewed at a time (default 10)")
     sub.add_parser("status", help="review progress and agreement").add_argument("run_dir", type=Path)
     m = sub.add_parser("merge", help="apply verdicts into RUN_DIR/reviewed/")
     m.add_argument("run_dir", type=Path)
@@ -105,7 +111,7 @@ def _serve(a) -> None:
 
     srv = ReviewServer(a.run_dir, a.host, a.port, blind=not a.unblind, public_url=a.public_url,
                        session_hours=a.session_hours, client_timeout=a.request_timeout,
-                       max_connections=a.max_connections)
+                       max_connections=a.max_connections, overlap=a.overlap, batch=a.batch)
     c = srv.changes
     if c.get("refreshed") or c.get("retired"):  # why a reviewer's progress went down after a rerun
         print(f"cai_gen review: the run changed: {c['refreshed']} item(s) show new text (verdicts on the old text "
@@ -115,7 +121,8 @@ def _serve(a) -> None:
     if not is_loopback(a.host):
         print(f"cai_gen review: listening on {a.host}: traffic is plain HTTP (tokens and answers readable on the "
               "network); put it behind a TLS reverse proxy and give its https address as --public-url")
-    print(f"cai_gen review: {srv.url}  (run {a.run_dir}; {'blind A/B' if srv.blind else 'labelled'} view; open an "
+    share = f"each item to {a.overlap} reviewer(s), {a.batch} at a time" if a.overlap else "everyone sees every item"
+    print(f"cai_gen review: {srv.url}  (run {a.run_dir}; {'blind A/B' if srv.blind else 'labelled'} view; {share}; open an "
           "invite link from `python -m cai_gen.review invite`; Ctrl-C stops; every verdict is saved as it is given)",
           flush=True)
     try:
@@ -128,15 +135,20 @@ def _serve(a) -> None:
 
 
 def _status(a) -> None:
-    from . import db, merge
+    from . import assign, db, merge
 
     conn = db.open_run(a.run_dir, create=False)
     try:
         n_items = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
         cur = db.current(conn)
+        k = db.get_meta(conn, "overlap")
+        team = assign.team(conn, int(k) if k else None)  # the queues as the last `serve --overlap` shares them
     finally:
         conn.close()
-    print(f"{n_items} items routed, {len(cur)} reviewed by someone")
+    print(f"{n_items} items routed, {len(cur)} reviewed by someone, {team['complete']} with their verdicts in, "
+          f"{len(team['disputed'])} disputed" + (f" (serve --overlap {k})" if k else ""))
+    for r, t in team["reviewers"].items() if k else ():
+        print(f"  {r}: queue {t['assigned']}, judged {t['judged']}, skipped {t['skipped']}, open {t['open']}")
     for r, s in merge.per_reviewer(cur).items():
         bias = (f"; chose A {s['chose_a']} of {s['blind_ab']} blind A/B ({100 * s['a_share']:.0f}%, "
                 f"p={s['position_p']})" if s["blind_ab"] else "")

@@ -14,7 +14,7 @@ import hmac
 import json
 
 from ..errors import UserError
-from . import db, render
+from . import assign, db, render
 
 RUBRIC = {  # the criteria the AI judge scores by (judge.rubric), in words a reviewer reads
     "helpfulness": "Does it answer what was asked, with what the user needs to act on it?",
@@ -64,7 +64,7 @@ def _mine(reviewer: str) -> tuple[str, tuple]:
             f"{db._COUNTS} WHERE v.reviewer = ? GROUP BY v.item_id) last ON v.seq = last.seq", (reviewer,))
 
 
-FILTERS = ("all", "todo", "mine")  # every item | not yet reviewed by me | reviewed by me
+FILTERS = ("all", "todo", "mine", "disputed")  # every item | not yet reviewed by me | reviewed by me | no majority
 PREVIEW = 90  # characters of the prompt's last user turn shown in the list
 
 
@@ -77,24 +77,50 @@ def preview(payload: str) -> str:
     return text if len(text) <= PREVIEW else text[:PREVIEW - 1] + "…"
 
 
+def choices(conn) -> dict:
+    """What the list's domain and principle filters offer: the values the queued items have."""
+    q = "FROM items WHERE retired_at IS NULL"
+    domains = sorted(d for (d,) in conn.execute(f"SELECT DISTINCT domain {q}") if d)
+    names = {n for (p,) in conn.execute(f"SELECT DISTINCT principles {q}") for n in p.split(db.SEP) if n}
+    return {"domains": domains, "principles": sorted(names)}
+
+
 def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = "", after: int = -1,
-            blind: bool = True, key: str = "", show: str = "all") -> dict:
-    """One page of the queue (optionally only items matching `q`), the reviewer's progress, and where the
-    reviewer's next unreviewed item is (`first_todo`, and `todo_after` the position `after`), as positions
-    in the matching list. Reads only the id/domain/routing/search columns, never the payloads' JSON."""
+            blind: bool = True, key: str = "", show: str = "all", domain: str = "", principle: str = "",
+            only: list[str] | None = None) -> dict:
+    """One page of the queue (optionally only items matching `q`, in `domain`, revised against `principle`), the
+    reviewer's progress, and where the reviewer's next unreviewed item is (`first_todo`, and `todo_after` the
+    position `after`), as positions in the matching list. `only`: the reviewer's own queue (serve --overlap,
+    assign.queue); progress counts it alone. Reads only the id/domain/routing/search columns, never the payloads'
+    JSON."""
     mine_q, mine_args = _mine(reviewer)
     where, args = "i.retired_at IS NULL", []
+    if only is not None:  # json_each: one bound parameter, however long the queue
+        where += " AND i.id IN (SELECT value FROM json_each(?))"
+        args.append(json.dumps(only))
+    scope = list(args)
     if q:  # instr, not LIKE: % and _ in a search are plain characters
         where += f" AND instr(i.{'search' if blind else 'search_labelled'}, ?) > 0"
         args.append(db.search_query(q))
+    if domain:
+        where += " AND i.domain = ?"
+        args.append(domain)
+    if principle:  # a whole name: each sits between separators in the column
+        where += " AND instr(i.principles, ?) > 0"
+        args.append(db.SEP + principle + db.SEP)
     if show not in FILTERS:
         raise UserError(f"show: {show!r} is not one of {', '.join(FILTERS)}")
-    if show != "all":
+    if show == "disputed":
+        where += " AND i.id IN (SELECT value FROM json_each(?))"
+        args.append(json.dumps([i for i, v in assign.votes(conn).items() if assign.disputed(v)]))
+    elif show != "all":
         where += f" AND m.verdict IS {'' if show == 'todo' else 'NOT '}NULL"
     rows = conn.execute(f"SELECT i.id, i.domain, i.routed_by, m.verdict FROM items i LEFT JOIN ({mine_q}) m "
                         f"ON m.item_id = i.id WHERE {where} ORDER BY i.rowid", (*mine_args, *args)).fetchall()
-    total = conn.execute("SELECT count(*) FROM items WHERE retired_at IS NULL").fetchone()[0]
-    done = conn.execute(f"SELECT count(*) FROM ({mine_q})", mine_args).fetchone()[0]
+    inside = " AND i.id IN (SELECT value FROM json_each(?))" if only is not None else ""
+    total = conn.execute(f"SELECT count(*) FROM items i WHERE i.retired_at IS NULL{inside}", scope).fetchone()[0]
+    done = conn.execute(f"SELECT count(*) FROM ({mine_q}) m JOIN items i ON i.id = m.item_id WHERE 1{inside}",
+                        (*mine_args, *scope)).fetchone()[0]
     page = rows[offset:offset + limit]
     counts = dict(conn.execute(
         f"SELECT v.item_id, count(DISTINCT v.reviewer) FROM verdicts v {db._COUNTS} WHERE v.item_id IN "
@@ -104,7 +130,8 @@ def listing(conn, reviewer: str, offset: int = 0, limit: int = PAGE, q: str = ""
     previews = dict(conn.execute(f"SELECT id, payload FROM items WHERE id IN ({','.join('?' * len(page))})",
                                  [r[0] for r in page]).fetchall()) if page else {}
     return {"reviewer": reviewer, "total": total, "done": done, "matched": len(rows), "offset": offset,
-            "limit": limit, "q": q, "show": show, "first_todo": todo[0] if todo else None,
+            "limit": limit, "q": q, "show": show, "domain": domain, "principle": principle,
+            "first_todo": todo[0] if todo else None,
             "todo_after": next((k for k in todo if k > after), None),
             "items": [{"id": i, "domain": d, "routed_by": [w for w in why.split(",") if w],
                        "verdict": _as_shown(v, blind, key, i, reviewer), "reviews": counts.get(i, 0),

@@ -171,6 +171,29 @@ def _v7(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX verdicts_item_reviewer ON verdicts(item_id, reviewer, seq)")
 
 
+def principles(item: dict) -> str:
+    """The pair's principles as a column the list filters by: each name between SEPs (instr finds whole names)."""
+    names = [r.get("principle") for r in item.get("rounds") or [] if isinstance(r, dict)]
+    names = [n.replace(SEP, "") for n in names if isinstance(n, str) and n]
+    return SEP + SEP.join(dict.fromkeys(names)) + SEP if names else ""
+
+
+def _v8(conn: sqlite3.Connection) -> None:
+    # serve --overlap K: which reviewer holds which item (assign.py). A row is never deleted: a reviewer who
+    # skipped an item keeps it (they never get it again), and an item whose text a rerun changed comes back
+    # to the same reviewers. The principles column: the list's filter by principle without parsing payloads
+    conn.execute("CREATE TABLE IF NOT EXISTS assignments (item_id TEXT NOT NULL REFERENCES items(id), "
+                 "reviewer TEXT NOT NULL, assigned_at TEXT NOT NULL, PRIMARY KEY (item_id, reviewer))")
+    conn.execute("CREATE INDEX IF NOT EXISTS assignments_reviewer ON assignments(reviewer, item_id)")
+    _add_column(conn, "items", "principles", "TEXT NOT NULL DEFAULT ''")
+    for item_id, payload in conn.execute("SELECT id, payload FROM items").fetchall():
+        try:
+            names = principles(json.loads(payload))
+        except (ValueError, AttributeError, TypeError):
+            names = ""
+        conn.execute("UPDATE items SET principles = ? WHERE id = ?", (names, item_id))
+
+
 def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row and row[0]
@@ -216,6 +239,8 @@ MIGRATIONS = [
     _v6,
     # v7: tie and skip verdicts, ratings per guideline, reason tags
     _v7,
+    # v8: who holds which item under serve --overlap, the principles column
+    _v8,
 ]
 VERSION = len(MIGRATIONS)
 
@@ -292,15 +317,15 @@ def sync(conn: sqlite3.Connection, queue: list[dict]) -> dict[str, int]:
             payload, h = json.dumps(it, ensure_ascii=False), content_hash(it)
             old = have.get(item_id)
             domain, why = it.get("domain"), ",".join(it.get("routed_by") or [])
-            found = search_text(it, False), search_text(it, True)
+            found = search_text(it, False), search_text(it, True), principles(it)
             if old is None:
                 conn.execute("INSERT INTO items(id, payload, added_at, content_hash, domain, routed_by, search, "
-                             "search_labelled) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             "search_labelled, principles) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              (item_id, payload, at, h, domain, why, *found))
                 n["added"] += 1
             elif old != (payload, h, None):
                 conn.execute("UPDATE items SET payload = ?, content_hash = ?, updated_at = ?, retired_at = NULL, "
-                             "domain = ?, routed_by = ?, search = ?, search_labelled = ? WHERE id = ?",
+                             "domain = ?, routed_by = ?, search = ?, search_labelled = ?, principles = ? WHERE id = ?",
                              (payload, h, at, domain, why, *found, item_id))
                 n["refreshed"] += old[1] != h
                 n["restored"] += old[2] is not None

@@ -45,7 +45,7 @@ function modeLabels() {
   $("b-from-a").textContent = blind ? "start from A" : "start from the original";
   $("b-from-b").textContent = blind ? "start from B" : "start from the revision";
   $("keys-hint").textContent = "keys: 1 / 2 that answer is better, t tie, u unusable, s skip, e edit, "
-    + "g rate, ? guide, j / k next / prev";
+    + "g rate, ? guide, j / k next / prev" + (st.role === "admin" ? ", a team" : "");
 }
 
 function ratingInputs() { return [...document.querySelectorAll("#ratings input")]; }
@@ -102,13 +102,26 @@ function kbd(k) { const e = document.createElement("kbd"); e.textContent = k; re
 
 async function fetchState(offset, after) {
   return api("/api/state?offset=" + offset + "&limit=" + LIMIT + "&after=" + after + "&q=" + encodeURIComponent(query)
-             + "&show=" + encodeURIComponent($("show").value));
+             + "&show=" + encodeURIComponent($("show").value) + "&domain=" + encodeURIComponent($("domain").value)
+             + "&principle=" + encodeURIComponent($("principle").value));
+}
+
+function options(select, all, values) {  // the filter's choices, keeping the one picked
+  if ([...select.options].slice(1).map((o) => o.value).join("\n") === values.join("\n")) return;  // unchanged
+  const was = select.value, first = document.createElement("option");
+  first.value = ""; first.textContent = all;
+  select.replaceChildren(first, ...values.map((v) => { const o = document.createElement("option"); o.value = v; o.textContent = v; return o; }));
+  select.value = values.includes(was) ? was : "";
 }
 
 function render() {
   $("whoami").textContent = "reviewing as " + st.reviewer + (st.role === "admin" ? " (admin)" : "")
     + (st.blind ? " · blind" : "");
-  $("progress-text").textContent = st.done + " / " + st.total + " reviewed by " + st.reviewer;
+  $("progress-text").textContent = st.done + " / " + st.total + " reviewed by " + st.reviewer
+    + (st.overlap && st.role !== "admin" ? " (your queue)" : "");
+  options($("domain"), "every domain", st.domains || []);
+  options($("principle"), "every principle", st.principles || []);
+  $("b-admin").hidden = st.role !== "admin";
   $("progress-fill").style.width = (st.total ? 100 * st.done / st.total : 0) + "%";
   $("matched").textContent = query ? st.matched + " match" + (st.matched === 1 ? "" : "es") : "";
   const last = Math.min(st.offset + LIMIT, st.matched);
@@ -147,7 +160,9 @@ async function start() {
   render();
   if (!st.matched) {
     current = null;
-    setStatus(query || st.show !== "all" ? "Nothing matches the search or filter."
+    const filtered = query || st.show !== "all" || $("domain").value || $("principle").value;
+    setStatus(filtered ? "Nothing matches the search or filter."
+      : st.overlap && st.role !== "admin" ? "Nothing for you now: every item has its " + st.overlap + " reviewer(s)."
       : "No items routed to review in this run (see the review: config).");
     return;
   }
@@ -268,7 +283,8 @@ $("b-edit").onclick = startEdit;
 const raw = (k) => (st.blind ? current.answers[k ? "B" : "A"] : current[k ? "revision" : "original"]);
 $("b-from-a").onclick = () => { $("edit-text").value = raw(0); $("edit-text").focus(); };
 $("b-from-b").onclick = () => { $("edit-text").value = raw(1); $("edit-text").focus(); };
-$("show").addEventListener("change", () => start().catch((e) => setStatus("could not load: " + e.message, true)));
+["show", "domain", "principle"].forEach((id) => $(id).addEventListener("change",
+  () => start().catch((e) => setStatus("could not load: " + e.message, true))));
 $("b-save-edit").onclick = () => verdict("edit", $("edit-text").value);
 $("prev-page").onclick = () => st && goTo(st.offset - LIMIT);
 $("next-page").onclick = () => st && goTo(st.offset + LIMIT);
@@ -276,6 +292,69 @@ $("search").addEventListener("change", () => {
   query = $("search").value.trim();
   start().catch((e) => setStatus("could not load: " + e.message, true));
 });
+
+// ---- the admin view: /api/stats, which answers admins only -------------------------------------------------
+
+function table(el, head, rows) {
+  const row = (tag, cells) => {
+    const tr = document.createElement("tr");
+    tr.append(...cells.map((c) => { const td = document.createElement(tag); td.textContent = c === null || c === undefined ? "-" : String(c); return td; }));
+    return tr;
+  };
+  el.replaceChildren(row("th", head), ...rows.map((r) => row("td", r)));
+}
+
+const pct = (x) => (x === null || x === undefined ? null : (100 * x).toFixed(1) + "%");
+
+async function showTeam() {
+  const s = await api("/api/stats"), t = s.team;
+  $("team-summary").textContent = t.complete + " of " + t.items + " items have their verdicts in"
+    + (t.overlap ? " (each item to " + t.overlap + " reviewer" + (t.overlap > 1 ? "s" : "") + ")" : " (everyone sees every item)")
+    + "; " + t.disputed.length + " disputed.";
+  const names = [...new Set([...Object.keys(t.reviewers), ...Object.keys(s.reviewers)])].sort();
+  table($("team-progress"), ["reviewer", "assigned", "judged", "skipped", "open", "too fast (<" + s.fast_seconds + " s)", "median s", "chose A"],
+    names.map((n) => {
+      const p = t.reviewers[n] || {}, r = s.reviewers[n] || {};
+      return [n, t.overlap ? p.assigned : null, p.judged, p.skipped, t.overlap ? p.open : null,
+              r.timed ? r.too_fast + " of " + r.timed + " (" + pct(r.too_fast_share) + ")" : null, r.median_seconds,
+              r.blind_ab ? pct(r.a_share) + " of " + r.blind_ab + " (p=" + r.position_p + ")" : null];
+    }));
+  const ag = s.agreement;
+  $("team-agreement").textContent = ag.comparisons
+    ? "agreement " + pct(ag.agreement) + " over " + ag.comparisons + " shared judgements, kappa " + (ag.kappa === null ? "-" : ag.kappa)
+    : "no item has two verdicts yet";
+  table($("team-pairs"), ["reviewers", "items shared", "agreement", "kappa"],
+    ag.pairs.map((p) => [p.a + " + " + p.b, p.items, pct(p.agreement), p.kappa]));
+  const shown = t.disputed.slice(0, 200);
+  $("team-more").textContent = t.disputed.length > shown.length ? " (the first " + shown.length + " shown)" : "";
+  $("team-disputed").replaceChildren(...shown.map((d) => {
+    const b = document.createElement("button");
+    b.textContent = d.id + ": " + Object.entries(d.votes).map(([r, v]) => r + " " + v).join(", ");
+    b.dataset.item = d.id;
+    b.onclick = () => openDisputed(d.id);
+    return b;
+  }));
+  $("main").hidden = true;
+  $("admin").hidden = false;
+}
+
+function hideTeam() { $("admin").hidden = true; $("main").hidden = false; }
+
+async function openDisputed(id) {  // the list filtered to disputed items, at this one
+  hideTeam();
+  $("show").value = "disputed";
+  await start();
+  const k = st.items.findIndex((it) => it.id === id);
+  if (k >= 0) await goTo(st.offset + k);
+}
+
+function team() {
+  if (!st || st.role !== "admin") return;
+  if ($("admin").hidden) showTeam().catch((e) => setStatus("could not load the team view: " + e.message, true));
+  else hideTeam();
+}
+$("b-admin").onclick = team;
+$("b-back").onclick = hideTeam;
 
 function guide() {
   const g = $("guidelines");
@@ -305,11 +384,13 @@ document.addEventListener("keydown", (e) => {
     return;
   }
   if (typing || e.ctrlKey || e.metaKey || e.altKey || !st) return;
+  if (!$("admin").hidden && e.key !== "a") return;  // the team view is open: no verdict on an item not in view
   const keys = {"1": $("b-first").dataset.verdict, "2": $("b-second").dataset.verdict, t: "tie", u: "reject", s: "skip"};
   if (keys[e.key]) { e.preventDefault(); verdict(keys[e.key]); }
   else if (e.key === "e") { e.preventDefault(); startEdit(); }
   else if (e.key === "g" && boxes.length) { e.preventDefault(); boxes[0].focus(); }
   else if (e.key === "?") { e.preventDefault(); guide(); }
+  else if (e.key === "a") { e.preventDefault(); team(); }
   else if (e.key === "j" || e.key === "ArrowRight") goTo(pos + 1);
   else if (e.key === "k" || e.key === "ArrowLeft") goTo(pos - 1);
 });
@@ -335,6 +416,7 @@ async function confirmInvite(token) {
     + (now && now !== invited.reviewer ? " You are signed in as " + now + " now: this replaces it." : "")
     + " If you did not open a link you were sent, close this page.";
   $("b-signin").hidden = false;
+  $("b-signin").focus();  // Enter signs in: the keyboard alone, as everywhere on this page
   $("b-signin").onclick = async () => {
     try { await post("/api/signin", {token: token}); }
     catch (e) { $("signin-text").textContent = e.message; $("b-signin").hidden = true; return; }

@@ -6,11 +6,15 @@ GET  /, /page.js, /page.css  the page (model text goes in with textContent; answ
                              /?token=T is the page too: it asks to confirm, the GET itself signs nobody in
 POST /api/invite             {"token"} -> {"reviewer", "role"}: whose unused invite it is (the confirm page)
 POST /api/signin             {"token"} -> burns the invite, sets the session cookie, {"reviewer", "role", "expires_at"}
-GET  /api/state?offset=&limit=&q=&after=&show=   one page of the queue (show: all | todo | mine), the reviewer's progress (api.listing)
-GET  /api/item/ID            one item as this reviewer sees it (blind: answers A and B), its content `hash`
+GET  /api/state?offset=&limit=&q=&after=&show=&domain=&principle=   one page of the queue (show: all | todo | mine |
+                             disputed), the reviewer's progress (api.listing); with --overlap, of their own queue,
+                             topped up first (assign.py)
+GET  /api/item/ID            one item as this reviewer sees it (blind: answers A and B), its content `hash`; with
+                             --overlap, 403 for an item not in the reviewer's queue (a verdict on it too)
 POST /api/verdict            {"item", "verdict", "chosen"?, "comment"?, "hash"?, "seconds"?, "ratings"?, "tags"?}
                              -> stored, progress (ratings: {answer: {guideline: 1-5}}, A/B when blind)
-GET  /api/stats              admins only: per-reviewer counts, position bias, too-fast share, agreement
+GET  /api/stats              admins only (403 else): per-reviewer counts, position bias, too-fast share, agreement,
+                             and the team's progress (assign.team: assigned / judged / skipped / open, disputed items)
 Every request must name this server in Host (and Origin, when sent), else 403 (Guard, before any route); every
 other API call needs a session cookie or `Authorization: Bearer SESSION`, else 401 (auth.py says why). A write must
 be application/json and, with a cookie, carry the CSRF token in X-CSRF-Token, else 403. Errors are JSON
@@ -44,7 +48,7 @@ from starlette.routing import Route
 
 from ..errors import UserError
 from ..store import run_config
-from . import api, auth, db, merge, transport
+from . import api, assign, auth, db, merge, transport
 from .transport import MAX_CONNECTIONS, TIMEOUT, Guard, json_response
 
 INVALID = "this invite link is not valid (already used, expired, revoked or mistyped): ask for a new one"
@@ -71,7 +75,7 @@ def _int(q: dict, key: str, default: int, lo: int, hi: int) -> int:
 class ReviewServer:
     def __init__(self, run_dir: Path, host: str = "127.0.0.1", port: int = 8765, client_timeout: float = TIMEOUT,
                  blind: bool = True, public_url: str | None = None, session_hours: float = auth.SESSION_HOURS,
-                 max_connections: int = MAX_CONNECTIONS):
+                 max_connections: int = MAX_CONNECTIONS, overlap: int | None = None, batch: int = assign.BATCH):
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise UserError(f"--port: {port!r} is not a port number (0 to 65535; 0 picks a free one)")
         if not 0 < session_hours <= 24 * 366:
@@ -80,6 +84,10 @@ class ReviewServer:
             raise UserError(f"--request-timeout: {client_timeout!r} is not a number of seconds above 0 (at most 3600)")
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise UserError(f"--max-connections: {max_connections!r} is not a whole number above 0")
+        for flag, n in (("--overlap", overlap), ("--batch", batch)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise UserError(f"{flag}: {n!r} is not a whole number above 0")
+        self.overlap, self.batch = overlap, batch  # None: every reviewer sees every item
         self.session_hours = float(session_hours)
         self.run_dir = Path(run_dir)
         self.db_path = self.run_dir / db.FILE
@@ -114,6 +122,7 @@ class ReviewServer:
         conn = db.connect(self.db_path, create=False, check=False)
         try:  # `invite` makes its links point here (the port actually bound, or --public-url)
             db.set_meta(conn, "serve_url", self.url)
+            db.set_meta(conn, "overlap", str(overlap or ""))  # `status` reports the queues by the last serve's K
         finally:
             conn.close()
         app = Starlette(routes=self._routes(), exception_handlers={HTTPException: self._http_error})
@@ -273,16 +282,32 @@ class ReviewServer:
         return json_response(200, {"reviewer": who.name, "role": who.role, "expires_at": expires},
                      {"Set-Cookie": auth.set_cookie(session, self.secure, self.session_hours)})
 
+    def _queue(self, conn, who: auth.Who, top_up: bool = False) -> list[str] | None:
+        """The reviewer's own queue under --overlap (topped up first when asked); None: every item (no --overlap,
+        or an admin, who is never assigned and sees everything)."""
+        if self.overlap is None or who.role == "admin":
+            return None
+        if top_up:
+            assign.top_up(conn, who.name, self.overlap, self.batch)
+        return assign.queue(conn, who.name, self.overlap)
+
+    def _theirs(self, conn, who: auth.Who, item_id: str) -> None:
+        mine = self._queue(conn, who)
+        if mine is not None and item_id not in mine:
+            raise Refused(403, "item: not in your queue (each item goes to --overlap reviewers)")
+
     def _state(self, conn, who: auth.Who, request: Request, _body) -> Response:
         q = {k: v[0] for k, v in parse_qs(request.url.query).items()}
         st = api.listing(conn, who.name, _int(q, "offset", 0, 0, 10**9), _int(q, "limit", api.PAGE, 1, api.PAGE),
                          q.get("q", "")[:200], _int(q, "after", -1, -1, 10**9), self.blind, self.ab_key,
-                         q.get("show", "all"))
+                         q.get("show", "all"), q.get("domain", "")[:200], q.get("principle", "")[:200],
+                         self._queue(conn, who, top_up=True))
         return json_response(200, {**st, "run": self.run_dir.name, "role": who.role, "blind": self.blind, "csrf": who.csrf,
                            "rubric": self.rubric, "fast_seconds": db.FAST,
-                                    "scale": db.SCALE})
+                                    "scale": db.SCALE, "overlap": self.overlap, **api.choices(conn)})
 
     def _item(self, conn, who: auth.Who, request: Request, _body) -> Response:
+        self._theirs(conn, who, request.path_params["item_id"])
         out = api.item(conn, request.path_params["item_id"], who.name, self.blind, self.ab_key, self.guide)
         if out is None:
             return json_response(404, {"error": "item: unknown or no longer routed"})
@@ -292,18 +317,20 @@ class ReviewServer:
         if who.role != "admin":
             return json_response(403, {"error": "stats: for admins (invite --role admin)"})
         cur = db.current(conn)
-        return json_response(200, {"reviewers": merge.per_reviewer(cur), "agreement": merge.agreement(cur)})
+        return json_response(200, {"reviewers": merge.per_reviewer(cur), "agreement": merge.agreement(cur),
+                                   "team": assign.team(conn, self.overlap), "fast_seconds": db.FAST})
 
     def _post(self, conn, who: auth.Who, _request, body: dict) -> Response:
         # the page sends the hash of the text it showed: a verdict on text that a rerun replaced since is
         # refused, and the stored verdict is tied to that hash so it can never count for other text
         item_id, seen = str(body.get("item")), body.get("hash")
+        self._theirs(conn, who, item_id)
         if isinstance(seen, str) and db.item_hash(conn, item_id) not in (None, seen):
             return json_response(409, {"error": "item: changed since this page loaded it (the run was redone); "
                                         "reload to review the new text"})
         v = api.verdict(conn, body, who.name, self.blind, self.ab_key, self.rubric, self.guide)
         with self._count:
             self.verdicts += 1
-        st = api.listing(conn, who.name, limit=1, blind=self.blind, key=self.ab_key)
+        st = api.listing(conn, who.name, limit=1, blind=self.blind, key=self.ab_key, only=self._queue(conn, who))
         return json_response(200, {"ok": True, "verdict": {k: v[k] for k in ("item", "reviewer", "verdict", "at")},
                            "done": st["done"], "total": st["total"]})
