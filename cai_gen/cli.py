@@ -280,9 +280,7 @@ def help_text(schema: type[BaseModel], prog: str, config_name: str, include: Seq
 
     def entry(k) -> list[str]:
         left = f"  {k.name}" if k.section else f"  {k.name}={schema_doc.show(k.default)}"
-        text = k.comment
-        if k.choices and not all(c in text for c in k.choices):
-            text = (text + " " if text else "") + "[" + " | ".join(k.choices) + "]"
+        text = schema_doc.described(k)  # the reference's text too
         col = 34
         body = textwrap.wrap(text, max(width - col, 30), break_on_hyphens=False, break_long_words=False) or [""]
         if not text:

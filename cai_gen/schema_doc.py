@@ -61,35 +61,69 @@ def field_comments(cls: type) -> dict[str, tuple[str, str]]:
     return out
 
 
+def class_comment(cls: type[BaseModel], field: str) -> tuple[str, str]:
+    """(own comment, block above) of `field`: its `Field(description=...)` or the comment in the source of the
+    class that declares it, a subclass's before its bases' (a class made at run time has no source: its bases')."""
+    f = cls.model_fields.get(field)
+    if f is not None and f.description:
+        return f.description, ""
+    for c in cls.__mro__:
+        if field in c.__dict__.get("__annotations__", {}):
+            found = field_comments(c).get(field)
+            if found and any(found):
+                return found
+    return "", ""
+
+
 _LINE = re.compile(r"^(\s*)([A-Za-z_][\w]*)\s*:(.*)$")
 
 
-@cache
-def yaml_comments(path: Path) -> dict[str, str]:
-    """{dotted key: comment} of a commented conf/ YAML: `key: value  # comment` lines, nested by indentation."""
-    out: dict[str, str] = {}
-    stack: list[tuple[int, str]] = []
+def yaml_keys(path: Path) -> tuple[str, dict[str, tuple[str, str]]]:
+    """A commented conf/ YAML's header comment and {dotted key: (value as written, its comment)}, read line by line
+    (a YAML loader drops the comments), nested by indentation. List items and `key: |` blocks are the values of
+    the key above them, not keys."""
     try:
-        text = path.read_text()
+        return _yaml_keys(path, path.stat().st_mtime_ns)  # read again once edited (mkdocs serve rebuilds)
     except OSError:
-        return out
+        return "", {}
+
+
+@cache
+def _yaml_keys(path: Path, mtime: int) -> tuple[str, dict[str, tuple[str, str]]]:
+    head: list[str] = []
+    out: dict[str, tuple[str, str]] = {}
+    stack: list[tuple[int, str]] = []
+    block = None
+    text = path.read_text()
     for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m:
+        if not out and line.startswith("#"):
+            head.append(line.lstrip("# ").rstrip())
             continue
-        indent, key, rest = len(m.group(1)), m.group(2), m.group(3)
+        m = _LINE.match(line)
+        if not m or line.lstrip().startswith(("#", "-")):
+            continue
+        indent = len(m.group(1))
+        if block is not None and indent > block:
+            continue  # a line of a `key: |` block
+        block = None
         while stack and stack[-1][0] >= indent:
             stack.pop()
-        dotted = ".".join([k for _, k in stack] + [key])
-        stack.append((indent, key))
-        comment = _comment_of(rest)
-        if comment:
-            out.setdefault(dotted, comment)
-    return out
+        value, comment = _split_comment(m.group(3))
+        dotted = ".".join([k for _, k in stack] + [m.group(2)])
+        out.setdefault(dotted, (value, comment))
+        if value in ("", "|", "|-", ">", ">-"):
+            stack.append((indent, m.group(2)))
+            block = indent if value else None
+    return " ".join(h for h in head if h), out
 
 
-def _comment_of(rest: str) -> str:
-    """The `# comment` after a YAML value, outside quotes."""
+def yaml_comments(path: Path) -> dict[str, str]:
+    """{dotted key: comment} of a commented conf/ YAML (keys without a comment left out)."""
+    return {k: c for k, (_, c) in yaml_keys(path)[1].items() if c}
+
+
+def _split_comment(rest: str) -> tuple[str, str]:
+    """`value  # comment` -> (value, comment); a `#` inside quotes or right after a character is the value's."""
     quote = None
     for i, c in enumerate(rest):
         if quote:
@@ -97,8 +131,8 @@ def _comment_of(rest: str) -> str:
         elif c in "'\"":
             quote = c
         elif c == "#" and (i == 0 or rest[i - 1] in " \t"):
-            return rest[i + 1:].strip()
-    return ""
+            return rest[:i].strip(), rest[i + 1:].strip()
+    return rest.strip(), ""
 
 
 def _parts(annotation) -> list:
@@ -162,7 +196,7 @@ def keys(schema: type[BaseModel], values: dict | None = None, yamls: dict[str, l
     seen: dict[type, str] = {}
 
     def comment_for(dotted: str, cls: type, field: str) -> str:
-        own, above = field_comments(cls).get(field, ("", ""))
+        own, above = class_comment(cls, field)
         if own:
             return own
         for prefix, files in sorted(yamls.items(), key=lambda kv: -len(kv[0])):  # the most specific prefix first
@@ -216,55 +250,146 @@ def show(value) -> str:
     return str(value)
 
 
-def conf_keys(schema: type[BaseModel], config_name: str = "config", include=()) -> tuple[dict, list[Key]]:
+def described(k: Key) -> str:
+    """A key's comment as `--help` and the reference print it: with the values a Literal key takes, where the
+    comment does not name them all."""
+    if k.choices and not all(c in k.comment for c in k.choices):
+        return (k.comment + " " if k.comment else "") + "(" + " | ".join(k.choices) + ")"
+    return k.comment
+
+
+def _defaults_list(path: Path) -> dict[str, tuple[str, str]]:
+    """{group: (default option, the comment beside it)} from a conf file's `defaults:` list."""
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^\s+- (\w+): (.*)$", line)
+        if m:
+            value, note = _split_comment(m.group(2))
+            out[m.group(1)] = (value, note)
+    return out
+
+
+def conf_keys(schema: type[BaseModel], config_name: str = "config", include=(), conf: Path | None = None
+              ) -> tuple[dict, list[Key]]:
     """What `--help` and the docs' reference show for an entry point: ({group: (options, default option)},
     every key with its composed default and comment). config_name: the conf/ file it composes (config, synth);
-    include: the user's include_path folders (their own options and comments)."""
-    import yaml
+    include: the user's include_path folders (their own options and comments); conf: the conf/ folder (tests)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from . import cli, paths
 
+    conf = conf or paths.CONF
     cli.register_groups(include)
-    with initialize_config_dir(config_dir=str(paths.CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         values = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
-    defaults = {}
-    for d in yaml.safe_load((paths.CONF / f"{config_name}.yaml").read_text()).get("defaults", []):
-        if isinstance(d, dict) and len(d) == 1:
-            (g, opt), = d.items()
-            defaults[g] = opt
+    defaults = {g: opt for g, (opt, _) in _defaults_list(conf / f"{config_name}.yaml").items()}
     options = {g: (o, defaults.get(g)) for g, o in cli.groups(include).items() if g in schema.model_fields}
-    yamls = {"": [paths.CONF / f"{config_name}.yaml"]}
+    yamls = {"": [conf / f"{config_name}.yaml"]}
     for g in set(options) & set(cli.CONF_GROUPS):  # the default option's comments first, then the others'
-        names = [defaults.get(g)] + options[g][0]
-        found = [paths.find(g, n, include) or paths.CONF / g / f"{n}.yaml" for n in names if n]
-        yamls[g] = list(dict.fromkeys(f for f in found if f.is_file()))
+        yamls[g] = option_files(g, [defaults.get(g)] + options[g][0], include, conf)
     return options, keys(schema, values, yamls)
 
 
-def markdown(schema: type[BaseModel], config_name: str = "config", title: str = "Configuration keys") -> str:
-    """The config reference as Markdown (for a docs page generated at build time): the groups with their
-    options, then a table of keys per section, each with its default and comment, as `--help` shows them."""
-    options, rows = conf_keys(schema, config_name)
+def option_files(group: str, names, include=(), conf: Path | None = None) -> list[Path]:
+    """The files of a conf group's options, in the order of `names`: the user's (include_path) first."""
+    from . import paths
 
-    def cell(x: str) -> str:
-        return x.replace("|", "\\|").replace("\n", " ")
+    conf = conf or paths.CONF
+    mine = [paths.find(group, n, include) for n in names if n]
+    found = [m if m and not m.is_relative_to(paths.ROOT / group) else conf / group / f"{n}.yaml"
+             for m, n in zip(mine, [n for n in names if n])]
+    return list(dict.fromkeys(f for f in found if f.is_file()))
 
-    L = [f"# {title}", "", "Set any key on the command line as `key=value`; pick a group's file with `group=option`.", "",
-         "| Group | Options (default in bold) |", "|---|---|"]
-    L += [f"| `{g}` | " + ", ".join(f"**`{o}`**" if o == d else f"`{o}`" for o in opts) + " |"
-          for g, (opts, d) in options.items()]
+
+def cell(text: str) -> str:
+    """Text in a Markdown table cell: pipes and asterisks escaped, `<name>` not read as an HTML tag."""
+    return text.replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;").replace("\n", " ")
+
+
+def markdown(schema: type[BaseModel], config_name: str = "config", title: str = "Configuration keys",
+             conf: Path | None = None, level: int = 1, same_as: list[Key] | None = None) -> str:
+    """The config reference of one entry point as Markdown, as `--help` shows it: the groups with their options,
+    a table of keys per section (each with its default and comment), then what each conf/ option file sets.
+    level: the title's heading level; same_as: another entry point's keys, whose sections this one shares
+    (the same keys, defaults and comments) are named, not repeated. Keys without a comment: see missing()."""
+    from . import cli, paths
+
+    conf = conf or paths.CONF
+    options, rows = conf_keys(schema, config_name, conf=conf)
+    h = "#" * level
+    notes = _defaults_list(conf / f"{config_name}.yaml")
+    L = [f"{h} {title}", "", "| Group | Options (default in bold) | What it picks |", "|---|---|---|"]
+    L += [f"| `{g}` | " + ", ".join(f"**`{o}`**" if o == d else f"`{o}`" for o in opts)
+          + f" | {cell(notes.get(g, ('', ''))[1])} |" for g, (opts, d) in options.items()]
     top = [k for k in rows if "." not in k.name and not k.section]
-    sections = [("Run", top)] + [(k.name, [r for r in rows if r.name.startswith(k.name + ".")])
-                                 for k in rows if k.section and "." not in k.name]
+    sections = [(None, top)] + [(k.name, [r for r in rows if r.name.startswith(k.name + ".")])
+                                for k in rows if k.section and "." not in k.name]
+    shared = []
+    if same_as is not None:
+        for name, keys_ in sections[1:]:
+            if name and [(k.name, k.default, k.comment) for k in keys_] == \
+                    [(k.name, k.default, k.comment) for k in same_as if k.name.startswith(name + ".")]:
+                shared.append(name)
+    if shared:
+        L += ["", "Its keys of these sections are the run's (the same keys, defaults and comments: above):", ""]
+        L += [f"- [`{k.name}.*`](#{k.name}-keys): {cell(described(k))}" for k in rows if k.name in shared]
     for name, keys_ in sections:
+        if name in shared:
+            continue
         head = next((k.comment for k in rows if k.name == name), "")
-        L += ["", f"## {name}", ""] + ([cell(head), ""] if head else [])
+        L += ["", f"{h}# `{name}.*` keys" if name else f"{h}# Top-level keys", ""]
+        L += [cell(head), ""] if head else []
         L += ["| Key | Default | What it does |", "|---|---|---|"]
         for k in keys_:
-            shown = k.choices and not all(c in k.comment for c in k.choices)
-            choices = " (" + cell(" | ".join(k.choices)) + ")" if shown else ""
             default = "" if k.section and k.default is None else f"`{cell(show(k.default))}`"
-            L.append(f"| `{k.name}` | {default} | {cell(k.comment)}{choices} |")
+            L.append(f"| `{k.name}` | {default} | {cell(described(k))} |")
+        if name in cli.CONF_GROUPS and name in options:
+            L += _options(name, options[name], conf, h + "##")
     return "\n".join(L) + "\n"
+
+
+def _options(group: str, opts: tuple[list[str], str | None], conf: Path, h: str) -> list[str]:
+    """What each option file of a conf group sets: its header comment, then each key's value as written and the
+    note beside it (why this value, for this option)."""
+    L = []
+    for f in option_files(group, [opts[1]] + opts[0], conf=conf):
+        head, entries = yaml_keys(f)
+        L += ["", f"{h} `{group}={f.stem}`", ""] + ([cell(head), ""] if head else [])
+        rows = [(k, v, c) for k, (v, c) in entries.items() if k != "defaults" and not k.startswith("defaults.")]
+        L += ["| Key | Value | Note |", "|---|---|---|"]
+        L += [f"| `{group}.{k}` | " + (f"`{cell(v)}`" if v else "") + f" | {cell(c)} |" for k, v, c in rows]
+    return L
+
+
+def missing(rows: list[Key]) -> list[str]:
+    """The keys that neither the schema nor conf/ explains: a docs build with one fails."""
+    return [k.name for k in rows if not k.comment]
+
+
+def reference(conf: Path | None = None, run_schema: type[BaseModel] | None = None,
+              synth_schema: type[BaseModel] | None = None) -> str:
+    """The docs' config reference page (docs/hooks/reference.py puts it on the site at each build): the run's keys,
+    then cai_gen.synth's, as their `--help` lists them. Raises ValueError naming every key without a comment."""
+    from .config import RunConfig, SynthConfig
+
+    run_schema, synth_schema = run_schema or RunConfig, synth_schema or SynthConfig
+    _, run_rows = conf_keys(run_schema, "config", conf=conf)
+    _, synth_rows = conf_keys(synth_schema, "synth", conf=conf)
+    bad = sorted(set(missing(run_rows)) | set(missing(synth_rows)))
+    if bad:
+        raise ValueError("config keys without a comment (add one beside the key in cai_gen/config.py or "
+                         f"conf/*.yaml): {', '.join(bad)}")
+    intro = ["# Config reference", "",
+             "Generated at each docs build from the commented schema by `cai_gen/schema_doc.py`, the same walk as "
+             "`python -m cai_gen --help`: the keys are `cai_gen/config.py`'s, each with the comment beside its field "
+             "there, else beside the key in `conf/*.yaml`; defaults are those of a bare run (the composed config). "
+             "Set any key on the command line as `key=value` (`python -m cai_gen samples=4 gate.threshold=0.7`); a "
+             "key that does not exist is one line naming the closest one, exit 2. A group picks one file of its "
+             "folder (`model=llama31_8b`), then its keys can be set one by one (`model.dtype=bfloat16`); your own "
+             "files come from `include_path` folders ([your own model](../how-to/own-model.md), "
+             "[your own domain](../how-to/own-domain.md)).", ""]
+    run = markdown(run_schema, "config", "`python -m cai_gen` keys (`conf/config.yaml`)", conf, level=2)
+    synth = markdown(synth_schema, "synth", "`python -m cai_gen.synth` keys (`conf/synth.yaml`)", conf,
+                     level=2, same_as=run_rows)
+    return "\n".join(intro) + "\n" + run + "\n" + synth

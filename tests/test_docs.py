@@ -101,6 +101,9 @@ def test_reference_lists_every_schema_key():
     from cai_gen.config import RunConfig, SynthConfig
 
     page = _reference_module().reference()
+    # a key holding a model met before (judge.model) is one row saying so: its keys are that model's rows
+    same = dict(re.findall(r"^\| `([\w.]+)` \|.*the same keys as ([\w.]+)\.\\\*", page, re.M))
+    assert same == {"judge.model": "model"}
     for schema in (RunConfig, SynthConfig):
         for key in _leaves(schema):
             field = schema
@@ -108,7 +111,8 @@ def test_reference_lists_every_schema_key():
                 f = field.model_fields[part]
                 field = (_models_and_dict(f.annotation)[0] or [None])[0]
             if field is None:
-                assert f"`{key}`" in page, key
+                alias = next((same[p] + key[len(p):] for p in same if key.startswith(p + ".")), key)
+                assert f"| `{alias}` |" in page, key
 
 
 def _conf_copy(tmp_path: Path, extra: str) -> Path:
@@ -140,6 +144,64 @@ def test_a_key_without_a_comment_fails_the_build(tmp_path):
     schema = create_model("WithNewKey", __base__=RunConfig, new_knob=(int, 3))
     with pytest.raises(ValueError, match="without a comment.*new_knob"):
         _reference_module().reference(_conf_copy(tmp_path, "new_knob: 3"), run_schema=schema)
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([|*])", r"\1", text).replace("&lt;", "<")
+
+
+def _page_keys(part: str) -> dict[str, str]:
+    """{key: "key=default what it does"} of the key tables (not the option files' tables) of a page part, spelled
+    as --help spells an entry (a section, a row without a default: "key what it does")."""
+    out, in_keys = {}, False
+    lines = part.splitlines()
+    for i, line in enumerate(lines):
+        head = re.match(r"^#+ `(\w+)\.\*` keys$", line)  # a section: its heading, then its comment
+        if head:
+            out[head[1]] = " ".join(f"{head[1]} {'' if lines[i + 2].startswith('|') else _unescape(lines[i + 2])}".split())
+        if line.startswith("| Key |"):
+            in_keys = line.startswith("| Key | Default |")
+        m = re.match(r"^\| `([\w.]+)` \| (.*?) \| (.*) \|$", line)
+        if m and in_keys:
+            default = _unescape(m[2]).strip("`")
+            out[m[1]] = " ".join(f"{m[1]}{'=' + default if m[2] else ''} {_unescape(m[3])}".split())
+    return out
+
+
+def _help_keys(text: str) -> dict[str, str]:
+    """{key: "key=default what it does"} from --help's key list (a comment wraps onto indented lines)."""
+    out, name = {}, None
+    for line in text.split("Keys (KEY=DEFAULT  what it does):", 1)[1].splitlines():
+        if not line.strip():
+            continue
+        if line.startswith(" " * 34):
+            out[name] += " " + line.strip()
+        else:
+            name = re.match(r"  ([\w.]+)", line)[1]
+            out[name] = line.strip()
+    return {k: " ".join(v.split()) for k, v in out.items()}
+
+
+def test_help_and_the_reference_list_the_same_keys_with_the_same_comments():
+    """--help and the docs page are one walk of the schema (cai_gen/schema_doc.py): the same keys, defaults and
+    comments. Where synth's sections are the run's (model.*, backend.*), the page names them once."""
+    page = _reference_module().reference()
+    run_part, synth_part = page.split("## `python -m cai_gen.synth` keys", 1)
+    run_page, synth_page = _page_keys(run_part), _page_keys(synth_part)
+    shared = dict(re.findall(r"^- \[`(\w+)\.\*`\]\(#\1-keys\): (.*)$", synth_part, re.M))  # "the run's"
+    assert {"model", "backend"} <= set(shared)
+    synth_page.update({k: v for k, v in run_page.items() if k.split(".")[0] in shared and k not in shared})
+    synth_page.update({k: " ".join(f"{k} {_unescape(c)}".split()) for k, c in shared.items()})
+    env = {**os.environ, "COLUMNS": "100", "PYTHONPATH": str(ROOT)}
+    for module, want in (("cai_gen", run_page), ("cai_gen.synth", synth_page)):
+        r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        got = _help_keys(r.stdout)
+        assert sorted(got) == sorted(want), module
+        for k in got:
+            assert got[k] == want[k], k
+    assert "model.dtype=float32 auto: bfloat16 on a GPU" in run_page["model.dtype"]  # the walk has its values
 
 
 # ---- every quoted command parses -------------------------------------------------------------------------------

@@ -109,15 +109,15 @@ def test_markdown_reference_has_a_row_per_key_and_escaped_pipes():
     _, keys = schema_doc.conf_keys(RunConfig)
     lines = text.splitlines()
     for k in keys:
-        want = f"## {k.name}" if k.section and "." not in k.name else f"| `{k.name}` |"
+        want = f"## `{k.name}.*` keys" if k.section and "." not in k.name else f"| `{k.name}` |"
         assert any(l.startswith(want) for l in lines), want
     rows, in_keys = 0, False
     for l in lines:
         if l.startswith("| Key |"):
-            in_keys = True
+            in_keys = l.startswith("| Key | Default |")  # not an option file's table (key, value, note)
         elif not l.startswith("|"):
             in_keys = False
-        elif in_keys and l.startswith("| `"):  # a comment's "a | b" is escaped: every key row keeps three columns
-            rows += 1
+        elif l.startswith("| `"):  # a comment's "a | b" is escaped: every row keeps three columns
+            rows += in_keys
             assert len(re.findall(r"(?<!\\)\|", l)) == 4, l
     assert rows == sum(1 for k in keys if not (k.section and "." not in k.name))
