@@ -296,9 +296,7 @@ def option_files(group: str, names, include=(), conf: Path | None = None) -> lis
     from . import paths
 
     conf = conf or paths.CONF
-    mine = [paths.find(group, n, include) for n in names if n]
-    found = [m if m and not m.is_relative_to(paths.ROOT / group) else conf / group / f"{n}.yaml"
-             for m, n in zip(mine, [n for n in names if n])]
+    found = [paths.find(group, n, include) or conf / group / f"{n}.yaml" for n in names if n]
     return list(dict.fromkeys(f for f in found if f.is_file()))
 
 
