@@ -1,10 +1,12 @@
 """Every config key with its type, default and comment, read from the commented schema: what `--help` prints and
 what the docs' config reference is generated from, so a key's meaning is written once.
 
-A key's comment is the comment on its field in the pydantic class (the line's own `# ...`, else the comment lines
-right above it); a field the class leaves uncommented takes the comment on that key in conf/ (the run's YAML,
-then the group's options, its default first), where most knobs are explained beside their value.
-Defaults are the composed config's (what a bare `python -m cai_gen` runs with) when given, else the schema's.
+A key's comment is its field's `Field(description=...)` or the comment on its field in the pydantic class that
+declares it (the line's own `# ...`, else the comment lines right above it); a field the class leaves uncommented
+takes the comment on that key in conf/ (the run's YAML, then the group's options, its default first), where most
+knobs are explained beside their value. Defaults are the composed config's (what a bare `python -m cai_gen` runs
+with) when given, else the schema's. reference() is the docs page (docs/hooks/reference.py puts it on the site):
+a key with no comment anywhere fails the docs build.
 """
 from __future__ import annotations
 
@@ -305,6 +307,11 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;").replace("\n", " ")
 
 
+def code(text: str) -> str:
+    """Text as code in a Markdown table cell: only its pipes escaped (a code span shows the rest as written)."""
+    return "`" + text.replace("|", "\\|").replace("\n", " ") + "`"
+
+
 def markdown(schema: type[BaseModel], config_name: str = "config", title: str = "Configuration keys",
              conf: Path | None = None, level: int = 1, same_as: list[Key] | None = None) -> str:
     """The config reference of one entry point as Markdown, as `--help` shows it: the groups with their options,
@@ -340,7 +347,7 @@ def markdown(schema: type[BaseModel], config_name: str = "config", title: str = 
         L += [cell(head), ""] if head else []
         L += ["| Key | Default | What it does |", "|---|---|---|"]
         for k in keys_:
-            default = "" if k.section and k.default is None else f"`{cell(show(k.default))}`"
+            default = "" if k.section and k.default is None else code(show(k.default))
             L.append(f"| `{k.name}` | {default} | {cell(described(k))} |")
         if name in cli.CONF_GROUPS and name in options:
             L += _options(name, options[name], conf, h + "##")
@@ -356,7 +363,7 @@ def _options(group: str, opts: tuple[list[str], str | None], conf: Path, h: str)
         L += ["", f"{h} `{group}={f.stem}`", ""] + ([cell(head), ""] if head else [])
         rows = [(k, v, c) for k, (v, c) in entries.items() if k != "defaults" and not k.startswith("defaults.")]
         L += ["| Key | Value | Note |", "|---|---|---|"]
-        L += [f"| `{group}.{k}` | " + (f"`{cell(v)}`" if v else "") + f" | {cell(c)} |" for k, v, c in rows]
+        L += [f"| `{group}.{k}` | " + (code(v) if v else "") + f" | {cell(c)} |" for k, v, c in rows]
     return L
 
 
