@@ -121,3 +121,14 @@ def test_markdown_reference_has_a_row_per_key_and_escaped_pipes():
             rows += in_keys
             assert len(re.findall(r"(?<!\\)\|", l)) == 4, l
     assert rows == sum(1 for k in keys if not (k.section and "." not in k.name))
+
+
+def test_a_subclass_keeps_its_bases_comments_and_a_description_counts():
+    """A field's comment is read in the class that declares it: a schema made at run time (no source of its own)
+    keeps RunConfig's comments; Field(description=...) is a comment too."""
+    from pydantic import Field, create_model
+
+    schema = create_model("WithKnob", __base__=RunConfig, new_knob=(int, Field(3, description="a knob described")))
+    comments = {k.name: k.comment for k in schema_doc.keys(schema)}
+    assert comments["new_knob"] == "a knob described"
+    assert comments["verbose"].startswith("true: engine logs on the terminal")
