@@ -18,7 +18,7 @@ ALLOWED = {
     "ids": set(),
     "yamlio": {"errors"},
     "paths": {"errors"},
-    "lock": {"errors"},
+    "lock": {"errors", "rundir"},
     "routing": {"backends"},                                      # last_text, a pure helper of the package
     "rundir": set(),                                              # the run dir's file names
     "store": {"errors", "ids", "yamlio", "routing", "checks", "rundir"},  # checks.desirable: pure, no kinds loaded
