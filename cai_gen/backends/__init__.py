@@ -222,19 +222,21 @@ def load(include=()) -> None:
 
 
 def configs() -> dict[str, type]:
-    """Every registered backend's config class by name (built-ins first)."""
+    """Every registered backend's config class by name: the built-ins in BUILTIN's order (whichever a caller
+    imported first), then the user's."""
     load()
-    return dict(_configs)
+    return {k: _configs[k] for k in sorted(_configs, key=lambda k: BUILTIN.index(k) if k in BUILTIN else len(BUILTIN))}
 
 
 def config_class(kind) -> type:
     """The config class backend.kind=`kind` validates as; an unknown kind is the error pydantic gives a Literal."""
-    found = configs().get(kind)
+    have = configs()
+    found = have.get(kind)
     if found is None:
         from pydantic import ValidationError
         from pydantic_core import PydanticCustomError
 
-        names = [repr(k) for k in _configs]
+        names = [repr(k) for k in have]
         expected = f"{', '.join(names[:-1])} or {names[-1]}"
         err = PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
         raise ValidationError.from_exception_data("BackendCfg", [dict(type=err, loc=("kind",), input=kind)])
@@ -250,7 +252,7 @@ def backend_class(kind: str) -> type:
     """The registered backend class of `kind`."""
     if kind not in configs():
         from ..errors import UserError
-        raise UserError(f"backend.kind: unknown backend {kind!r} (use {', '.join(_configs)})")
+        raise UserError(f"backend.kind: unknown backend {kind!r} (use {', '.join(configs())})")
     return _classes[kind]
 
 
