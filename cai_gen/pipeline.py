@@ -14,7 +14,7 @@ from pathlib import Path
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
 from . import checks as checks_mod
-from . import enginelog, fingerprint, flow, models, quality, report, rundir, stages as stages_mod, store
+from . import enginelog, fingerprint, flow, models, quality, report, rundir, runfiles, stages as stages_mod
 from .backends import Backend, Lazy, backend_class, make_backend, queued
 from .config import RunConfig
 from .ledger import Ledger
@@ -137,7 +137,7 @@ def release_memory() -> None:
         pass
 
 
-def emit(writer: store.Writer, job: Run, rows: list[Row], kept: list[Row]) -> None:
+def emit(writer: runfiles.Writer, job: Run, rows: list[Row], kept: list[Row]) -> None:
     """Write one chunk: its kept pairs (scored first when a reward model is set), the rows dropped with a reason
     and those ended without a pair. Each row carries its own outcome (reason, end), so what is written is read
     off the chunk's rows: the Run keeps no per-chunk lists to hand over and reset."""
@@ -166,7 +166,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if cfg.reward.model:
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
-    writer = store.Writer(out_dir, cfg, full)
+    writer = runfiles.Writer(out_dir, cfg, full)
     if cfg.executor.kind == "ray" and backend is None:
         started = None
         run_ray(cfg, out_dir, recs, const, tracker, writer, model_id)
@@ -189,7 +189,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     summary.update(prompts=n_prompts, duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})
-    store.write_summary(out_dir, summary)
+    runfiles.write_summary(out_dir, summary)
     # card, plots and statistics come from the files just written (constitution.json is the one used here)
     return report.build(out_dir)
 
@@ -219,7 +219,7 @@ def inputs(cfg: RunConfig, tracker: Tracker):
     return full, const, recs, dups
 
 
-def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer: store.Writer, model_id) -> None:
+def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer: runfiles.Writer, model_id) -> None:
     """executor=ray: every replica runs generate() (and the judge) on its batches; rows come back with their
     results and are written as one chunk (the replicas hold the batches)."""
     from .executors import ray as ray_exec
@@ -232,7 +232,7 @@ def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer
 
 
 def run_local(cfg: RunConfig, out_dir: Path, recs, const, backend: Backend | None, tracker: Tracker,
-              writer: store.Writer, model_id) -> bool | None:
+              writer: runfiles.Writer, model_id) -> bool | None:
     """Generate in this process, on `backend` or on an engine of our own opened at the first request the ledger
     does not hold. Returns whether an engine started (None with a caller's engine and no judge of our own)."""
     # Rows go through in chunks of prompts, each chunk's rows written and released before the next: memory stays

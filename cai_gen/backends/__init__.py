@@ -210,7 +210,7 @@ def load(include=()) -> None:
             if str(f) in _loaded:
                 continue
             _loaded.add(str(f))
-            mod = f"cai_gen_backend_{f.stem}"  # in sys.modules, so its classes pickle (executor=ray in-process)
+            mod = f"cai_gen_backend_{f.stem}"  # in sys.modules, so pickle can name its classes
             spec = importlib.util.spec_from_file_location(mod, f)
             module = importlib.util.module_from_spec(spec)
             sys.modules[mod] = module
