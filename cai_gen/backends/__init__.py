@@ -176,9 +176,9 @@ class Lazy:
             self.backend = None
 
 
-# The registry: a backend is one file that registers its class with its config class (@register below). The
-# built-ins are imported here, in this order (the order an unknown kind's error lists them); a user's own backend
-# is a backend/NAME.py beside its backend/NAME.yaml in an include_path folder (load).
+# The registry: a backend is one file that registers its class with its config class (@register below): a module
+# of this package (each is imported by load) or a user's backend/NAME.py beside its backend/NAME.yaml in an
+# include_path folder. BUILTIN: the order an unknown kind's error lists the first ones (others follow).
 BUILTIN = ("vllm", "transformers", "fake", "openai")
 _configs: dict[str, type] = {}
 _classes: dict[str, type] = {}
@@ -195,13 +195,15 @@ def register(name: str, config_cls: type):
 
 
 def load(include=()) -> None:
-    """Register the built-ins, then every backend/*.py of the user's include path (each registers itself)."""
+    """Register this package's backends, then every backend/*.py of the user's include path (each registers
+    itself). Backend modules import their engines inside the class, so this stays cheap."""
     import importlib
     import importlib.util
+    import pkgutil
     import sys
 
-    for name in BUILTIN:
-        importlib.import_module(f"{__name__}.{name}")
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")
     from .. import paths
     from ..errors import UserError
 
