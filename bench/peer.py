@@ -97,7 +97,7 @@ def run(a, prompts: Path) -> dict:
     from distilabel.steps.tasks import ChatGeneration
     from transformers import AutoTokenizer
 
-    from cai_gen import constitution, pipeline, prompts as prompts_mod, turns
+    from cai_gen import constitution, prompts as prompts_mod, rows as rows_mod, turns
     from cai_gen.config import compose
     from cai_gen.models import resolve
     from throughput import overrides
@@ -111,7 +111,7 @@ def run(a, prompts: Path) -> dict:
     path = resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir)
     const = constitution.load(cfg.constitution.name, None)
     recs = prompts_mod.load(None, str(prompts), None, "train", "prompt", None, None, None)
-    rows = pipeline.build_rows(cfg, recs, const)
+    rows = rows_mod.build_rows(cfg, recs, const)
     fs = turns.few_shot_turns(const, cfg.few_shot)
     data = [{"id": r.id, "messages": turns.head(r.prompt.system, [], r.prompt.prompt), "few_shot": fs,
              "critique_turn": turns.critique_turn(const, r.principles[0], 1),

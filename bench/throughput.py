@@ -140,7 +140,7 @@ def sys_naive(a, prompts: Path) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cai_gen import constitution, pipeline, prompts as prompts_mod, turns
+    from cai_gen import constitution, prompts as prompts_mod, rows as rows_mod, turns
     from cai_gen.config import compose
     from cai_gen.models import resolve
 
@@ -152,7 +152,7 @@ def sys_naive(a, prompts: Path) -> dict:
     start = time.perf_counter() - t
     const = constitution.load(cfg.constitution.name, None)
     recs = prompts_mod.load(None, str(prompts), None, "train", "prompt", None, None, None)
-    rows = pipeline.build_rows(cfg, recs, const)[: a.naive_rows]
+    rows = rows_mod.build_rows(cfg, recs, const)[: a.naive_rows]
     fs = turns.few_shot_turns(const, cfg.few_shot)
     s = cfg.sampling
     tokens = 0
@@ -193,7 +193,7 @@ def refilter(a, prompts: Path, texts: list[dict]) -> int:
     """How many of another system's (original, critique, revision) rows cai_gen would keep: each goes through
     cai_gen's own stage objects (respond, critique, revise, pair accept) with its default filters and no gate (the
     other systems have none). A text at its stage's max tokens counts as cut (finish_reason "length")."""
-    from cai_gen import constitution, pipeline, prompts as prompts_mod, stages
+    from cai_gen import constitution, prompts as prompts_mod, rows as rows_mod, stages
     from cai_gen.backends import Generation
     from cai_gen.config import compose
     from cai_gen.progress import Tracker
@@ -201,8 +201,8 @@ def refilter(a, prompts: Path, texts: list[dict]) -> int:
     cfg = compose(*overrides(a, prompts, same_work=False), "gate.enabled=false")
     const = constitution.load(cfg.constitution.name, None)
     recs = prompts_mod.load(None, str(prompts), None, "train", "prompt", None, None, None)
-    rows = {r.id: r for r in pipeline.build_rows(cfg, recs, const)}
-    job = pipeline.Run(cfg, None, const, Tracker(), None)
+    rows = {r.id: r for r in rows_mod.build_rows(cfg, recs, const)}
+    job = rows_mod.Run(cfg, None, const, Tracker(), None)
     limits = {"original": a.respond, "critique": a.critique, "revision": a.revise}
     column = {"respond": "original", "critique": "critique", "revise": "revision"}  # pair: no text of its own
     flow = stages.build(cfg)  # the run's own stage list (gate off): respond, critique, revise, pair

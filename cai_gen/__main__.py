@@ -40,6 +40,7 @@ def resume_command(out: Path, resumed: bool) -> str:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from . import rundir
     from .config import validate
 
     try:
@@ -48,7 +49,7 @@ def main(cfg: DictConfig) -> None:
         out = Path(HydraConfig.get().runtime.output_dir)
         if run_cfg.resume:
             out = Path(run_cfg.resume).expanduser()
-            if not (out / "work" / "run.json").is_file():
+            if not (out / rundir.WORK / rundir.RUN_RECORD).is_file():
                 raise UserError(f"resume: {out} is not a cai_gen run dir (no work/run.json)")
         from . import pipeline, report  # heavy-ish imports only once the config is known to be good
 
@@ -60,7 +61,7 @@ def main(cfg: DictConfig) -> None:
 
             what = f"error: {e}" if isinstance(e, Resumable) else \
                 "stopped by SIGTERM" if isinstance(e, Terminated) else "stopped"
-            print(f"cai_gen: {what}; {saved(out / 'work')} generations saved; resume: "
+            print(f"cai_gen: {what}; {saved(out / rundir.WORK)} generations saved; resume: "
                   f"{resume_command(out, bool(run_cfg.resume))}", file=sys.stderr)
             sys.exit(2 if isinstance(e, Resumable) else stop_code(e))
         report.print_summary(summary, out)

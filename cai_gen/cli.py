@@ -36,6 +36,9 @@ def register_groups(include: Sequence[str] = ()) -> None:
                                                    "data_files": None, "keep_duplicates": False,
                                                    "kind": None})
     from omegaconf import OmegaConf
+
+    from . import backends
+    backends.load(include)  # the user's backend/NAME.py beside backend/NAME.yaml: its kind and knobs
     for g in CONF_GROUPS:  # the user's own model/, sampling/, judge/, backend/ YAMLs (first of a name wins)
         for name in reversed(paths.names(g, include)):
             f = paths.find(g, name, include)
@@ -78,9 +81,18 @@ def _models_and_dict(annotation) -> tuple[list[type[BaseModel]], bool, bool]:
         parts = [_models_and_dict(a) for a in args]
         return [m for p in parts for m in p[0]], any(p[1] for p in parts), any(p[2] for p in parts)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation], False, False
+        return [annotation, *getattr(annotation, "variants", list)()], False, False
     base = origin or annotation
     return [], base is dict, base in (list, tuple)
+
+
+def _fields(models: list[type[BaseModel]]) -> dict:
+    """The keys of a field's models (backend: every registered kind's), the first of a name winning."""
+    out = {}
+    for m in models:
+        for k, f in m.model_fields.items():
+            out.setdefault(k, f)
+    return out
 
 
 def _leaves(schema: type[BaseModel], prefix: str = "") -> list[str]:
@@ -111,10 +123,10 @@ INSIDE_DICT = "inside a dict"
 def check_key(key: str, schema: type[BaseModel]) -> str | None:
     """Why dotted `key` is not a key of `schema`; None when it is one, INSIDE_DICT when it names a key inside
     a dict-valued field (backend.extra_body.x: any name goes) or an index of a list."""
-    model, prefix = schema, ""
+    models, prefix = [schema], ""
     parts = key.split(".")
     for i, part in enumerate(parts):
-        fields = model.model_fields
+        fields = _fields(models)
         if part not in fields:
             return f"unknown key {prefix}{part}" + _suggest(part, list(fields), prefix, schema)
         if i == len(parts) - 1:
@@ -124,7 +136,7 @@ def check_key(key: str, schema: type[BaseModel]) -> str | None:
             return INSIDE_DICT
         if not models:
             return f"{prefix}{part} takes a value, not keys (got {key})"
-        model, prefix = models[0], f"{prefix}{part}."
+        prefix = f"{prefix}{part}."
     return None
 
 

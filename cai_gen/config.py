@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import UserError
 
@@ -103,53 +104,50 @@ def _checkpoint_context(source: str, path: str) -> int:
 
 
 class BackendCfg(Strict):
-    kind: Literal["vllm", "transformers", "fake", "openai"]  # the engine: vllm | transformers | openai (an endpoint) | fake (tests, dry runs)
-    # vllm
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    enforce_eager: bool | None = None  # None: eager on the CPU build, compiled on GPUs
-    enable_prefix_caching: bool = True
-    max_num_seqs: int = Field(256, gt=0)
-    # transformers
-    batch_size: int = Field(16, gt=0)
-    device: str = "auto"
-    # openai (any OpenAI-compatible endpoint)
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = "OPENAI_API_KEY"
-    served_model: str | None = None
-    concurrency: int = Field(64, gt=0)
-    max_retries: int = Field(8, ge=0)
-    timeout: float = Field(600.0, gt=0)
-    backoff: float = Field(1.0, ge=0)
-    backoff_max: float = Field(60.0, ge=0)
-    choices_via: Literal["structured_outputs", "guided_choice", "none"] = "structured_outputs"
-    count_tokens: Literal["tokenizer", "none"] = "tokenizer"
-    extra_body: dict = Field(default_factory=dict)
-    # fake
-    mode: Literal["good", "echo", "preface", "loop"] = "good"
-    gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
-    delay: float = Field(0.0, ge=0)
-    hold_file: str | None = None  # fake: after the number of generations this file holds, wait while it exists (tests)
-    judge: Literal["revision", "original", "first", "low", "original_low", "tie", "prose"] = "revision"
-    max_model_len: int | None = Field(None, gt=0)
+    """What every backend's config has. Each backend's own class (beside it in cai_gen/backends/, registered with
+    backends.register) adds its knobs; `backend:` validates as the class its kind names."""
+    kind: str  # the engine: vllm | transformers | openai (an endpoint) | fake (tests, dry runs); a backend/NAME.py of your own
+    # what the run asks of the engine, so no code outside a backend's file names a backend
+    in_process: ClassVar[bool] = False  # loads the model here: checked before the run, its log goes to engine.log
+    client: ClassVar[bool] = False  # a server's client: a separate judge model is a second client beside it
+    gpus: ClassVar[bool] = False  # executor=ray gives each replica tensor_parallel_size GPUs
+    ray: ClassVar[bool] = True  # executor=ray can run it (its replicas are queued engines)
+    # knobs that script what the engine "generates" (the fake engine's): in its ledger keys and the run dir's
+    # identity; a real engine scripts nothing, so a run moves freely between real engines of one model
+    scripted: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _own_class(cls, data, handler):
+        if cls is not BackendCfg or not isinstance(data, dict):
+            return handler(data)
+        from . import backends
+        return backends.config_class(data.get("kind")).model_validate(data)
+
+    @classmethod
+    def variants(cls) -> list[type]:
+        """Every registered backend's config class: a backend.KEY override is checked against all of them."""
+        from . import backends
+        return list(backends.configs().values()) if cls is BackendCfg else []
 
     def options(self, model: ModelCfg, seed: int) -> dict:
-        """Plain keyword arguments for the chosen backend's constructor."""
-        if self.kind == "vllm":
-            return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed,
-                        tensor_parallel_size=model.tensor_parallel_size, trust_remote_code=model.trust_remote_code,
-                        gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
-                        enable_prefix_caching=self.enable_prefix_caching, max_num_seqs=self.max_num_seqs)
-        if self.kind == "transformers":
-            return dict(dtype=model.dtype, max_model_len=model.max_model_len, batch_size=self.batch_size,
-                        device=self.device, trust_remote_code=model.trust_remote_code)
-        if self.kind == "openai":
-            return dict(base_url=self.base_url, max_model_len=self.max_model_len or model.max_model_len,
-                        served_model=self.served_model, api_key_env=self.api_key_env, concurrency=self.concurrency,
-                        max_retries=self.max_retries, timeout=self.timeout, backoff=self.backoff,
-                        backoff_max=self.backoff_max, choices_via=self.choices_via, count_tokens=self.count_tokens,
-                        extra_body=self.extra_body, trust_remote_code=model.trust_remote_code)
-        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay,
-                    judge=self.judge, gate=self.gate, hold_file=self.hold_file)
+        """Plain keyword arguments for the backend's constructor."""
+        raise NotImplementedError
+
+    def judge_options(self, judge: JudgeCfg, seed: int) -> dict:
+        """The judge engine's options: the backend's, for the judge model."""
+        return self.options(judge.model, seed)
+
+    def needs_checkpoint(self) -> bool:
+        """Whether the engine reads the model's files (a tokenizer at least), so they are resolved first."""
+        return self.in_process
+
+    def check_judge(self, judge: JudgeCfg, seed: int) -> None:
+        """Pre-flight: the separate judge model this backend will load exists (a typo fails now, not after
+        generation)."""
+        if self.in_process:
+            from . import models
+            models.check(judge.model.source, judge.model.path, "judge.model")
 
 
 class ConstitutionCfg(Strict):
@@ -306,7 +304,7 @@ class OutputCfg(Strict):
 
 class RunConfig(Strict):
     model: ModelCfg  # the model that answers, critiques and revises (group model=; model.path=ID_OR_DIR: your own)
-    backend: BackendCfg  # the engine that runs it (group backend=)
+    backend: SerializeAsAny[BackendCfg]  # the engine that runs it (group backend=; validated as its kind's own class)
     constitution: ConstitutionCfg  # the principles (group constitution=, or constitution.path=FILE)
     prompts: PromptsCfg  # the user prompts (group prompts=, or prompts.path=FILE.jsonl / prompts.dataset=NAME)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)  # temperature, top-p and max tokens per stage (group sampling=)
@@ -352,8 +350,8 @@ class RunConfig(Strict):
         if self.executor.kind == "ray" and self.judge.enabled and self.judge.model is not None:
             raise ValueError("executor=ray judges with the generating model only (judge=self); for a separate judge "
                              "model rerun the finished run dir with executor.kind=local")
-        if self.executor.kind == "ray" and self.backend.kind == "transformers":
-            raise ValueError("executor=ray runs vllm, openai or fake replicas, not backend=transformers")
+        if self.executor.kind == "ray" and not self.backend.ray:
+            raise ValueError(f"executor=ray runs vllm, openai or fake replicas, not backend={self.backend.kind}")
         return self
 
 
@@ -378,7 +376,7 @@ class SynthDedupCfg(Strict):
 class SynthConfig(Strict):
     """`python -m cai_gen.synth`: prompts for a constitution (conf/synth.yaml)."""
     model: ModelCfg  # the model that writes the prompts (group model=)
-    backend: BackendCfg  # the engine that runs it (group backend=)
+    backend: SerializeAsAny[BackendCfg]  # the engine that runs it (group backend=; validated as its kind's own class)
     constitution: ConstitutionCfg  # the domain's principles the prompts are for (group constitution=)
     n: int = Field(100, gt=0)
     out: str | None = Field(None, validate_default=True)  # required: the JSONL the prompts go to (the same command again resumes)

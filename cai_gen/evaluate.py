@@ -25,7 +25,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from . import benchmark
+from . import benchmark, rundir
 from .errors import ArgParser, UserError, stop_code, stop_on_sigterm
 
 PRESETS = {
@@ -99,7 +99,7 @@ def load_pairs(run: Path, test_size: float | None) -> tuple[list[dict], list[dic
     output.save_dataset=false."""
     from . import store
 
-    f = run / "preferences.jsonl"
+    f = run / rundir.PREFS
     if not run.is_dir():
         raise UserError(f"{run}: no such run dir")
     if not f.is_file():
@@ -255,7 +255,7 @@ def held_out(a, run: Path):
     set's test side (the prompts no training pair came from). Bad input is one line, before any training."""
     from . import behaviour, constitution as constitution_mod, prompts as prompts_mod, store
 
-    f = run / "constitution.json"
+    f = run / rundir.CONSTITUTION
     try:
         data = json.loads(f.read_text(encoding="utf-8"))
         data.pop("ref", None)
@@ -307,9 +307,9 @@ class NoChecks(UserError):
 def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
     """The model's own answers: K seeded samples per prompt through cai_gen's backends, with the run's respond
     sampling (temperature and top-p drawn per prompt and sample, the same draws for every model: paired)."""
-    from .backends import Params, make_backend, seed_of
-    from .config import BackendCfg, ModelCfg
-    from .pipeline import _draw
+    from .backends import Params, config, make_backend, seed_of
+    from .config import ModelCfg
+    from .rows import _draw
     from .store import run_config
 
     cfg = run_config(run)
@@ -320,8 +320,8 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
         import importlib.util
         kind = "vllm" if importlib.util.find_spec("vllm") else "transformers"
     m = ModelCfg(**{**(cfg.get("model") or {"name": name}), "name": name, "source": "path", "path": model_dir})
-    bcfg = BackendCfg(kind=kind, **({"enforce_eager": True, "gpu_memory_utilization": a.gpu_memory_utilization}
-                                    if kind == "vllm" else {}))
+    bcfg = config({"kind": kind, **({"enforce_eager": True, "gpu_memory_utilization": a.gpu_memory_utilization}
+                                   if kind == "vllm" else {})})
     opts = bcfg.options(m, a.seed) | ({"dtype": a.dtype} if kind in ("vllm", "transformers") else {})
     convs, params = [], []
     for r in recs:
@@ -335,7 +335,7 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
 
     tracker = Tracker()  # the run's own progress bar (answers, tok/s, ETA); a summary line when not a terminal
     # the engine's own log lines go to eval/engine.log (as a run's go to engine.log); the terminal shows progress
-    with enginelog.to_log(run / "eval" / "engine.log", tracker.console) if kind != "fake" else nullcontext():
+    with enginelog.to_log(run / rundir.EVAL / rundir.ENGINE_LOG, tracker.console) if kind != "fake" else nullcontext():
         try:
             backend = make_backend(kind, model_dir, name, opts)
         except UserError:
@@ -438,7 +438,7 @@ def evaluate(a) -> dict:
         res["behaviour"] = behaviour.report(const, recs, said, a.samples, a.bootstrap, a.seed, nll)
         res["behaviour"]["source"] = str(a.prompts) if a.prompts else "the run's test split"
         res["behaviour"]["in_train"] = in_train(recs, train_rows)
-        write_answers(a.run / "eval" / "answers.jsonl", recs, said, a.samples)
+        write_answers(a.run / rundir.EVAL / rundir.ANSWERS, recs, said, a.samples)
         timing["behaviour_s"] = round(time.perf_counter() - t, 1)
     if a.benchmark:  # IFEval / IFBench: the same models answer the benchmark's prompts, its own verifiers score them
         t = time.perf_counter()
@@ -473,14 +473,14 @@ def write(run: Path, res: dict) -> None:
     from . import plots, report
     from .store import atomic_write
 
-    out = run / "eval"
+    out = run / rundir.EVAL
     out.mkdir(exist_ok=True)
     if "accuracy" in res:
         res["plot"] = plots.evaluation(res, out)
     if res.get("behaviour"):
         res["behaviour"]["plot"] = plots.behaviour(res["behaviour"], out)
-    atomic_write(out / "eval.json", json.dumps(res, indent=2) + "\n")
-    if (run / "summary.json").is_file():
+    atomic_write(out / rundir.EVAL_JSON, json.dumps(res, indent=2) + "\n")
+    if (run / rundir.SUMMARY).is_file():
         report.build(run)  # the card gains its "Does it teach?" section from eval/eval.json
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import rundir
 from .errors import UserError
 from .store import atomic_write
 
@@ -20,10 +21,9 @@ FREE = {"output", "resume", "restart", "verbose", "include_path", "limit", "chun
         "reward", "review", "executor", "filters", "gate"}
 # How the model is run is not what it generates: the ledger keys hold the model's identity (models.identity), the
 # conversation and the sampling params, never which real engine ran it. So a run moves freely between the local vLLM engine, a server of the same
-# model (backend=openai) and the transformers backend; only the fake engine (tests, dry runs) is its own kind,
-# and its scripted behaviour (mode, gate, judge) is part of what it "generates" (in its ledger keys too).
-ENGINES = {"vllm": "model", "openai": "model", "transformers": "model", "fake": "fake"}
-KEPT_FLAT = {"backend.kind", "backend.mode", "backend.gate", "backend.judge"}
+# model (backend=openai) and the transformers backend; only a scripted engine (the fake: tests, dry runs) is its
+# own kind, and its scripted knobs (its config class's `scripted`: mode, gate, judge) are part of what it
+# "generates" (in its ledger keys too). A kind no backend registers (an old record's) stays itself.
 # model knobs that change nothing generated: where the converted checkpoint is cached, GPUs per engine
 NO_OUTPUT = {"model.cache_dir", "model.tensor_parallel_size"}
 # cai_gen.synth's work dir: what only decides how many candidates run or which are kept may change (a larger n
@@ -33,12 +33,14 @@ SYNTH_FREE = {"out", "restart", "verbose", "include_path", "n", "oversample", "r
 
 def _identity(flat: dict) -> dict:
     """The keys that make a run dir what it is, from a flat config (today's, or one read back from run.json)."""
-    out = {k: v for k, v in flat.items() if (not k.startswith("backend.") or k in KEPT_FLAT) and k not in NO_OUTPUT}
-    if "backend.kind" in out:
-        out["backend.kind"] = ENGINES.get(out["backend.kind"], out["backend.kind"])
-    if out.get("backend.kind") != "fake":
-        for k in ("backend.mode", "backend.gate", "backend.judge"):
-            out.pop(k, None)
+    from .backends import configs
+
+    kind = flat.get("backend.kind")
+    cls = configs().get(kind)
+    kept = {"backend.kind"} | {f"backend.{k}" for k in (cls.scripted if cls else ())}
+    out = {k: v for k, v in flat.items() if (not k.startswith("backend.") or k in kept) and k not in NO_OUTPUT}
+    if "backend.kind" in out and cls is not None and not cls.scripted:
+        out["backend.kind"] = "model"
     return out
 
 
@@ -61,7 +63,7 @@ def check(out: Path, cfg, const, model_id: str, free: set = FREE, elsewhere: str
     # JSON round trip so tuples compare equal to the lists read back from run.json
     now = _identity(json.loads(json.dumps(_flat(now))))
     now["model.identity"] = model_id
-    f = out / "work" / "run.json"
+    f = out / rundir.WORK / rundir.RUN_RECORD
     if f.exists():
         try:
             old = _identity(json.loads(f.read_text()))  # a record written by an older version compares too

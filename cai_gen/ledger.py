@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import rundir
 from .backends import Conversation, Generation, Params
 from .errors import Resumable, UserError
 
@@ -52,7 +53,7 @@ OFFSET_BITS = 44  # byte offsets up to 16 TB per file; the file number above the
 def saved(work: Path) -> int:
     """Whole lines in every ledger file of a run's work dir: what a rerun will reuse."""
     n = 0
-    for f in work.glob("generations*.jsonl"):
+    for f in work.glob(rundir.LEDGER_SEGMENTS):
         with open(f, "rb") as fh:
             n += sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
     return n
@@ -69,7 +70,7 @@ class Ledger:
         self.index: dict[bytes, int] = {}
         self.files: list[Path] = []
         path.parent.mkdir(parents=True, exist_ok=True)
-        for seg in sorted(path.parent.glob("generations*.jsonl")):
+        for seg in sorted(path.parent.glob(rundir.LEDGER_SEGMENTS)):
             if seg != path:
                 self.files.append(seg)
                 _scan(seg, len(self.files) - 1, self.index)

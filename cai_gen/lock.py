@@ -14,12 +14,13 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import rundir
 from .errors import UserError
 
 
 class RunLock:
     def __init__(self, out_dir: Path):
-        self.path = out_dir / "work" / "lock"
+        self.path = out_dir / rundir.WORK / rundir.LOCK
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":

@@ -31,7 +31,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import store
+from . import rundir, store
 from .errors import ArgParser, UserError
 from .yamlio import read_jsonl
 
@@ -58,17 +58,17 @@ def _rows(f: Path, need: str, kind: str) -> list[dict]:
 def read(run_dir: Path) -> tuple[Path, list[dict], list[dict]]:
     """The pairs and the no-violation rows one run contributes, and the file the pairs came from."""
     run_dir = Path(run_dir)
-    reviewed = (run_dir / "reviewed" / "preferences.jsonl").is_file()
+    reviewed = (run_dir / rundir.REVIEWED / rundir.PREFS).is_file()
     if reviewed and (why := store.reviewed_stale(run_dir)):
         raise UserError(f"{run_dir / 'reviewed'}: {why}; `python -m cai_gen.review merge {run_dir}` rebuilds it "
                         "from the verdicts")
-    base = run_dir / "reviewed" if reviewed else run_dir
-    f = base / "preferences.jsonl"
+    base = run_dir / rundir.REVIEWED if reviewed else run_dir
+    f = base / rundir.PREFS
     if not f.is_file():
         raise UserError(f"{run_dir}: not a finished cai_gen run dir (no preferences.jsonl)")
-    nv = base / "no_violation.jsonl"
+    nv = base / rundir.NO_VIOLATION
     if not nv.is_file():  # a reviewed/ written before review merge carried them: the run's own
-        nv = run_dir / "no_violation.jsonl"
+        nv = run_dir / rundir.NO_VIOLATION
     return f, _rows(f, "chosen", "preference"), _rows(nv, "original", "no-violation") if nv.is_file() else []
 
 
@@ -82,7 +82,7 @@ def weights(rows: list[dict], half_life_days: float, now: datetime | None) -> da
 
 
 def _record(d: Path) -> dict:
-    f = Path(d) / "work" / "run.json"  # the generation settings the run was fingerprinted with
+    f = Path(d) / rundir.WORK / rundir.RUN_RECORD  # the generation settings the run was fingerprinted with
     try:
         return json.loads(f.read_text()) if f.is_file() else {}
     except ValueError:
@@ -91,7 +91,7 @@ def _record(d: Path) -> dict:
 
 def _constitution(d: Path) -> str | None:
     """The run's constitution ref with its checks (run.json's leaves them out: a re-filter is the same run)."""
-    f = Path(d) / "constitution.json"
+    f = Path(d) / rundir.CONSTITUTION
     try:
         return json.loads(f.read_text()).get("ref") if f.is_file() else None
     except (ValueError, AttributeError):
@@ -224,13 +224,8 @@ def merge(run_dirs: list[Path], duplicates: str = "newest", half_life_days: floa
 
 def write(out: Path, rows: list[dict], unpaired: list[dict], info: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    sft, kto = store.training_rows(rows, unpaired)
-    store.write_jsonl(out / "preferences.jsonl", rows)
-    store.write_jsonl(out / "no_violation.jsonl", unpaired)
-    store.write_jsonl(out / "kto.jsonl", kto)
-    store.write_jsonl(out / "sft.jsonl", sft)
-    store.save_splits(out, rows, sft, kto, list(rows[0]) if rows else store.PREF_COLUMNS)
-    store.atomic_write(out / "merge.json", json.dumps(info, indent=2) + "\n")
+    store.write_dataset(out, rows, unpaired, list(rows[0]) if rows else store.PREF_COLUMNS)
+    store.atomic_write(out / rundir.MERGE, json.dumps(info, indent=2) + "\n")
 
 
 def main(argv: list[str]) -> int:

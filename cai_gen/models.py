@@ -142,8 +142,8 @@ def engine_identity(mid: str, backend) -> str:
     engine also its kind and scripted behaviour, so a fake generation never answers a real engine's request (or
     another script's). The real engines share keys: a run moves between vLLM, a server of the model and
     transformers."""
-    if backend.kind == "fake":
-        return f"fake[mode={backend.mode},gate={backend.gate},judge={backend.judge}]:{mid}"
+    if backend.scripted:
+        return f"{backend.kind}[{','.join(f'{k}={getattr(backend, k)}' for k in backend.scripted)}]:{mid}"
     return mid
 
 

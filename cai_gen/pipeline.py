@@ -1,4 +1,4 @@
-"""A run: rows, what the stages share (Run), and the run from config to files.
+"""A run, from config to files (its rows and the stage API they share: rows.py).
 
 respond -> (critique -> gate -> revise) x rounds -> pair [-> judge] [-> reward] -> write. The stages are objects
 (stages.py), the schedules run a list of them (flow.py). Rows that fail a check leave the flow with a reason
@@ -6,253 +6,22 @@ respond -> (critique -> gate -> revise) x rounds -> pair [-> judge] [-> reward] 
 """
 from __future__ import annotations
 
-import json
-import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import constitution as constitution_mod
 from . import prompts as prompts_mod
 from . import checks as checks_mod
-from . import enginelog, fingerprint, flow, models, quality, report, stages as stages_mod, store, turns
-from .backends import Backend, Conversation, Generation, Lazy, Params, make_backend, queued, seed_of
+from . import enginelog, fingerprint, flow, models, quality, report, rundir, runfiles, stages as stages_mod
+from .backends import Backend, Lazy, backend_class, make_backend, queued
 from .config import RunConfig
-from .ledger import Ledger, request_key
+from .ledger import Ledger
 from .lock import RunLock
 from .models import resolve
 from .progress import Tracker
-from .prompts import PromptRecord
-
-
-@dataclass
-class Row:
-    id: str
-    prompt: PromptRecord
-    sample: int
-    params: Params                     # respond-stage sampling for this sample
-    principles: list[str]              # one principle id per round
-    history: list[dict] = field(default_factory=list)  # turns after the user prompt
-    original: str = ""
-    original_tokens: int = 0           # the original's generated tokens (revise_max_scale sizes revisions from it)
-    critiques: list[str] = field(default_factory=list)
-    revisions: list[str] = field(default_factory=list)  # accepted revisions, one per round that revised
-    draft: str | None = None           # the last revision generated (accepted or not): rejected.jsonl shows it
-    gate: list[dict] = field(default_factory=list)  # per gated round: principle, P(YES), answer
-    open: bool = True                  # more rounds may revise; False once a round kept the last revision
-    flags: list[str] = field(default_factory=list)
-    reason: str | None = None          # why the row was dropped
-    end: str | None = None             # why the row ended early without a pair ("no_violation")
-    stage: str | None = None
-    similarity: float | None = None
-    judge: dict | None = None          # {outcome, verdicts per order, model, action} when the judge ran
-    reward: dict | None = None         # {chosen, rejected, margin, model} when a reward model scored the pair
-    swapped: bool = False              # the judge preferred the original and on_disagrees=swap
-    done_at: str | None = None         # when its last generation finished (judge verdicts aside): created_at
-    trace: list[dict] = field(default_factory=list)
-    # the checks that apply to this row's prompt: (principle id, or "prompt" for the row's own, check object)
-    applicable: list = field(default_factory=list)
-    checks: list[dict] = field(default_factory=list)  # per check: id, principle, kind, original/revision pass
-    now: dict = field(default_factory=dict)            # check id -> passes, on the row's current answer
-    # best-of-N samples of this round that passed every inline check, in index order (the first is the revision
-    # taken), and the check results before it was noted: Inspect judges them all, and on a refusal puts these back
-    candidates: list = field(default_factory=list)
-    before: dict | None = None
-
-    def revised(self) -> list[str]:
-        """The principle of each round that revised or tried to (its revision kept, or failed a check), not of a
-        round whose gate said NO (nothing was revised there): principle_ids, the judge's rubric, the card's
-        principle counts and the review's rounds follow it."""
-        no = {g["round"] for g in self.gate if g["answer"] == "NO"}
-        return [p for r, p in enumerate(self.principles[:len(self.critiques)], 1) if r not in no]
-
-
-def _draw(rng: random.Random, r) -> float:
-    lo, hi = (r, r) if isinstance(r, (int, float)) else r
-    return round(rng.uniform(lo, hi), 4)
-
-
-def build_rows(cfg: RunConfig, recs: list[PromptRecord], const) -> list[Row]:
-    """One row per (prompt, sample). All randomness is keyed by (seed, prompt id, sample): reproducible and
-    independent of row order, limit or sharding."""
-    rows = []
-    for rec in recs:
-        for s in range(cfg.samples):
-            rng = random.Random(json.dumps([cfg.seed, "sampling", rec.id, s]))
-            params = Params(temperature=_draw(rng, cfg.sampling.temperature), top_p=_draw(rng, cfg.sampling.top_p),
-                            max_tokens=cfg.sampling.max_tokens.respond, seed=seed_of(cfg.seed, rec.id, s, "respond"))
-            # targeted choice picks each round's principle once the answer's checks are in (stages.Choose)
-            pre = [] if stages_mod.targeted(cfg, const) else const.sample(cfg.rounds, cfg.seed, rec.id, s)
-            mine = checks_mod.applicable(const, rec) if cfg.principles.checks else []
-            rows.append(Row(f"{rec.id}-s{s}", rec, s, params, pre, applicable=mine))
-    return rows
-
-
-class Run:
-    """What the stages share for one run: config, constitution, filters, ledger (a row carries its own outcome).
-    The stage objects (stages.py) build requests and accept generations; flow.py schedules them."""
-
-    def __init__(self, cfg: RunConfig, backend: Backend, const, tracker: Tracker, ledger: Ledger,
-                 model_id: str | None = None):
-        self.cfg, self.backend, self.const, self.tracker, self.ledger = cfg, backend, const, tracker, ledger
-        # the model part of every ledger key: what generates (models.identity, and the fake engine's script), never
-        # the display name; judge requests on a separate judge model take that model's
-        mid = model_id or models.identity(cfg.model.source, cfg.model.path)
-        self.key_model = models.engine_identity(mid, cfg.backend)
-        jm = cfg.judge.model if cfg.judge.enabled else None
-        self.key_judge = (models.engine_identity(models.identity(jm.source, jm.path), cfg.backend) if jm is not None
-                          else self.key_model)
-        self.judge_started = False  # a separate judge engine started (summary.engine_started)
-        self.inspector: Backend | None = None  # the judge checks' engine when not the generator's (judge_server)
-        self.style = cfg.revision_style or const.revision_style
-        self.fs = turns.few_shot_turns(const, cfg.few_shot, self.style)
-        self.filters = quality.Filters(cfg.filters, const)
-        self.stages = stages_mod.build(cfg, const)
-
-    def seed(self, *key) -> int:
-        return seed_of(self.cfg.seed, *key)
-
-    def engine_for(self, stage, backend):
-        """Where a stage's requests go: the judge checks (inspect) to the judge server when one is set up
-        (judge_server), everything else to `backend`."""
-        return self.inspector if stage.name == "inspect" and self.inspector is not None else backend
-
-    def reject(self, row: Row, stage: str, reason: str) -> bool:
-        """Drop the row with its reason (written to rejected.jsonl). Returns False: the row leaves the flow."""
-        if row.reason is None:
-            row.reason, row.stage = reason, stage
-        return False
-
-    def end(self, row: Row, stage: str, why: str) -> bool:
-        """End the row early without a pair (not a filter failure: the gate found nothing to fix)."""
-        row.end, row.stage = why, stage
-        return False
-
-    def fail(self, row: Row, stage, why: str, where: str | None = None) -> bool:
-        """A check failed at this stage. In a later round the last accepted revision stays the answer (flag
-        round_failed_rN, the row goes on to pair); in round 1 the row is dropped with the reason."""
-        if stage.rnd > 1 and row.revisions:
-            row.open = False
-            row.flags.append(f"round_failed_r{stage.rnd}")
-            row.trace.append({"stage": stage.name, "round": stage.rnd, "failed": why})
-            return True
-        return self.reject(row, where or stage.label, why)
-
-    def overflow(self, row: Row, stage, n: int) -> bool:
-        why = "prompt_too_long" if stage.name == "respond" else "context_overflow"
-        row.trace.append({"stage": stage.name, "round": stage.rnd, "skipped": why, "prompt_tokens": n})
-        return self.fail(row, stage, why, where=stage.name)
-
-    # -- checks: run them, choose by them, judge a revision by them ---------------------------------------------
-
-    def inline(self, row: Row, text: str) -> dict[str, bool]:
-        """Every applicable check that needs no engine, on one answer: check id -> passes."""
-        ctx = checks_mod.Context.of(row.prompt)
-        return {c.id: c.passes(text, ctx) for _, c in row.applicable if not c.needs_engine}
-
-    def prime(self, stage, done: list) -> None:
-        """Before a stage accepts a batch of (row, generations): score their answers' classifier checks in one
-        model call per classifier, not one per answer (the accept that follows reads the scores)."""
-        text = getattr(stage, "checked_text", None)
-        if text is None:
-            return
-        checks_mod.prime([(c, text(self, g)) for row, gens in done for g in gens
-                          for _, c in row.applicable if not c.needs_engine])
-
-    def note(self, row: Row, answer: str, res: dict[str, bool]) -> None:
-        """Record results on the row's current answer ("original" or "revision")."""
-        if not row.checks:
-            row.checks = [{"id": c.id, "principle": pid, "kind": c.kind, "original": None, "revision": None}
-                          for pid, c in row.applicable]
-        for r in row.checks:
-            if r["id"] in res:
-                r[answer] = res[r["id"]]
-        row.now.update(res)
-
-    def principle_fails(self, row: Row, pid: str) -> bool | None:
-        """Does the current answer fail one of the principle's checks? None: the principle has none for this row."""
-        mine = [c.id for p, c in row.applicable if p == pid]
-        if not mine:
-            return None
-        return any(row.now.get(c) is False for c in mine)
-
-    def choose(self, row: Row, rnd: int) -> str | None:
-        """Targeted choice of round `rnd`'s principle (weighted, seeded): among the unused principles the current
-        answer fails, else among the unused ones without checks for this prompt; None when neither is left."""
-        used = set(row.principles)
-        free = [p for p in self.const.principles if p.id not in used]
-        failing = [p for p in free if self.principle_fails(row, p.id)]
-        pool = failing or [p for p in free if self.principle_fails(row, p.id) is None]
-        if not pool:
-            return None
-        rng = random.Random(json.dumps([self.cfg.seed, "choose", row.prompt.id, row.sample, rnd]))
-        return rng.choices(pool, weights=[p.weight for p in pool])[0].id
-
-    def verdict(self, row: Row, pid: str, res: dict[str, bool]) -> str | None:
-        """A revision's checks: it must pass its principle's (still_violates) and fail none the current answer
-        passes (new_violation)."""
-        if any(not res[c.id] for p, c in row.applicable if p == pid and c.id in res):
-            return "still_violates"
-        if any(ok is False and row.now.get(cid) is True for cid, ok in res.items()):
-            return "new_violation"
-        return None
-
-    def conv(self, row: Row, with_few_shot: bool) -> Conversation:
-        return turns.head(row.prompt.system, self.fs if with_few_shot else [], row.prompt.prompt,
-                          row.prompt.turns()) + row.history
-
-    def record(self, row: Row, stage, req, g: Generation) -> None:
-        """The row's trace entry for one request (the few-shot prefix is counted, not copied)."""
-        skip = len(self.fs) if stage.few_shot else 0
-        head = 1 if row.prompt.system and skip else 0
-        conv, p = req.conv, req.params
-        if stage.name != "judge" and g.done_at and (row.done_at is None or g.done_at > row.done_at):
-            row.done_at = g.done_at  # a judgement of the data is not when the data was made
-        row.trace.append({"stage": stage.name, "round": stage.rnd, **({"tag": req.tag} if req.tag else {}),
-                          "input": conv[:head] + conv[head + skip:],
-                          "few_shot_turns": skip, "output": g.text, "finish_reason": g.finish_reason,
-                          "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
-                          "params": {"temperature": p.temperature, "top_p": p.top_p, "seed": p.seed,
-                                     "max_tokens": p.max_tokens},
-                          **({"probs": g.probs} if g.probs else {})})
-
-    def lookup(self, row: Row, stage, reqs: list, backend: Backend):
-        """Ledger keys and generations already finished (a resumed or re-filtered run) for a row's requests;
-        the context check for the rest (which is what opens a lazy engine). None when a request does not fit:
-        the row failed (or, in a later round, kept its last revision: row.reason stays None)."""
-        mid = self.key_judge if stage.name == "judge" or self.engine_for(stage, None) is not None else self.key_model
-        keys = [request_key(mid, r.conv, r.params) for r in reqs]
-        gens = [self.ledger.get(k) for k in keys]
-        miss = [j for j, g in enumerate(gens) if g is None]
-        if miss:
-            lens = backend.count_tokens([reqs[j].conv for j in miss])
-            mt = max(reqs[j].params.max_tokens for j in miss)
-            if max(lens) + mt > backend.max_model_len:
-                self.overflow(row, stage, max(lens))
-                return None
-        return keys, gens
-
-    def reward(self, rows: list[Row]) -> list[Row]:
-        """Score chosen and rejected with a reward model; a margin under the threshold is flagged or dropped."""
-        from . import reward as reward_mod
-
-        rc = self.cfg.reward
-        with self.tracker.stage("reward", len(rows), generating=False) as on_done:
-            scores = reward_mod.score(rc.model, [store.pair_messages(r) for r in rows], rc.batch_size,
-                                      rc.max_length, rc.dtype, rc.device, rc.trust_remote_code, on_done)
-        kept = []
-        for row, (sc, sr) in zip(rows, scores):
-            row.reward = {"chosen": round(sc, 4), "rejected": round(sr, 4), "margin": round(sc - sr, 4),
-                          "model": rc.model}
-            if sc - sr < rc.threshold:
-                if rc.action == "drop":
-                    self.reject(row, "reward", "reward_margin_low")
-                    continue
-                row.flags.append("reward_margin_low")
-            kept.append(row)
-        return kept
+from .rows import Row, Run, build_rows
 
 
 def schedule(job: Run, rows: list[Row], stage_list: list, backend: Backend) -> list[Row]:
@@ -283,9 +52,9 @@ def _judge(job: Run, cfg: RunConfig, kept: list[Row], backend: Backend, own: boo
     def load() -> Backend:
         path = resolve(jm.source, jm.path, jm.cache_dir)
         tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading judge {jm.name} ...")
-        return make_backend(cfg.backend.kind, path, jm.name, judge_options(cfg))
+        return make_backend(cfg.backend.kind, path, jm.name, cfg.backend.judge_options(cfg.judge, cfg.seed))
 
-    judge_backend = Lazy(jm.name, cfg.backend.kind != "transformers", load)
+    judge_backend = Lazy(jm.name, queued(backend_class(cfg.backend.kind)), load)
     try:
         return judge(job, kept, judge_backend)
     finally:
@@ -301,47 +70,30 @@ def judge_server(cfg: RunConfig, const, tracker: Tracker) -> Backend | None:
     jm = cfg.judge.model if cfg.judge.enabled else None
     if jm is None or not any(c.needs_engine for p in const.principles for c in p.checks):
         return None
-    if cfg.backend.kind != "openai":
+    if not cfg.backend.client:
         tracker.console.print(f"[bold]checks[/]: judge checks run on the generating model; judge.model "
                               f"({jm.name}) judges them only over backend=openai (a judge server beside the "
                               "generator's), and judges the pairs after generation")
         return None
     path = resolve(jm.source, jm.path, jm.cache_dir)  # the judge's tokenizer counts its context, as in _judge
-    return Lazy(jm.name, True, lambda: make_backend("openai", path, jm.name, judge_options(cfg)))
-
-
-def judge_options(cfg: RunConfig) -> dict:
-    """The judge engine's options: the backend's, for the judge model; over openai its own endpoint and name
-    (the generator's served_model and base_url are the generator's, not the judge's)."""
-    j, opts = cfg.judge, cfg.backend.options(cfg.judge.model, cfg.seed)
-    if cfg.backend.kind == "openai":
-        opts |= dict(base_url=j.base_url or cfg.backend.base_url, served_model=j.served_model or j.model.name,
-                     max_model_len=j.model.max_model_len)
-    return opts
+    return Lazy(jm.name, True, lambda: make_backend(cfg.backend.kind, path, jm.name,
+                                                    cfg.backend.judge_options(cfg.judge, cfg.seed)))
 
 
 def preflight(cfg: RunConfig, own_engine: bool) -> None:
     """Before any generation: every model this run will load exists, and a judge endpoint serves the judge.
     A typo then costs seconds, not a finished generation pass (the judge loads only after it)."""
-    if own_engine and cfg.backend.kind in ("vllm", "transformers"):
+    if own_engine and cfg.backend.in_process:
         models.check(cfg.model.source, cfg.model.path, "model")
-    jm = cfg.judge.model if cfg.judge.enabled else None
-    if jm is None:
-        return
-    if cfg.backend.kind == "openai":
-        from .backends.openai import check_served
-
-        o = judge_options(cfg)
-        check_served(o["base_url"], o["served_model"], cfg.backend.api_key_env, "judge")
-    elif cfg.backend.kind != "fake":
-        models.check(jm.source, jm.path, "judge.model")
+    if cfg.judge.enabled and cfg.judge.model is not None:
+        cfg.backend.check_judge(cfg.judge, cfg.seed)
 
 
 def open_backend(cfg: RunConfig, tracker: Tracker) -> Backend:
     """Load the configured engine (or connect to the endpoint) for the generating model."""
     # the fake engine loads nothing, so it needs no checkpoint (and no conversion); nor does a server's client
     # that counts no tokens
-    remote = cfg.backend.kind == "fake" or (cfg.backend.kind == "openai" and cfg.backend.count_tokens == "none")
+    remote = not cfg.backend.needs_checkpoint()
     path = (cfg.model.path or cfg.model.name) if remote else resolve(cfg.model.source, cfg.model.path, cfg.model.cache_dir)
     t = time.perf_counter()
     tracker.console.print(f"[bold]engine[/]: {cfg.backend.kind} loading {cfg.model.name} ...")
@@ -387,7 +139,7 @@ def release_memory() -> None:
         pass
 
 
-def emit(writer: store.Writer, job: Run, rows: list[Row], kept: list[Row]) -> None:
+def emit(writer: runfiles.Writer, job: Run, rows: list[Row], kept: list[Row]) -> None:
     """Write one chunk: its kept pairs (scored first when a reward model is set), the rows dropped with a reason
     and those ended without a pair. Each row carries its own outcome (reason, end), so what is written is read
     off the chunk's rows: the Run keeps no per-chunk lists to hand over and reset."""
@@ -416,7 +168,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     if cfg.reward.model:
         from . import reward as reward_mod
         reward_mod.check(cfg.reward.model, cfg.reward.trust_remote_code)
-    writer = store.Writer(out_dir, cfg, full)
+    writer = runfiles.Writer(out_dir, cfg, full)
     if cfg.executor.kind == "ray" and backend is None:
         started = None
         run_ray(cfg, out_dir, recs, const, tracker, writer, model_id)
@@ -439,7 +191,7 @@ def _run(cfg: RunConfig, out_dir: Path, backend: Backend | None, tracker: Tracke
     summary.update(prompts=n_prompts, duplicate_prompts=dups, seconds=round(time.perf_counter() - t0, 1),
                    generation_seconds=round(tracker.gen_seconds, 1), engine_started=started,
                    stages={k: vars(v) for k, v in tracker.stages.items()})
-    store.write_summary(out_dir, summary)
+    runfiles.write_summary(out_dir, summary)
     # card, plots and statistics come from the files just written (constitution.json is the one used here)
     return report.build(out_dir)
 
@@ -469,7 +221,7 @@ def inputs(cfg: RunConfig, tracker: Tracker):
     return full, const, recs, dups
 
 
-def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer: store.Writer, model_id) -> None:
+def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer: runfiles.Writer, model_id) -> None:
     """executor=ray: every replica runs generate() (and the judge) on its batches; rows come back with their
     results and are written as one chunk (the replicas hold the batches)."""
     from .executors import ray as ray_exec
@@ -482,7 +234,7 @@ def run_ray(cfg: RunConfig, out_dir: Path, recs, const, tracker: Tracker, writer
 
 
 def run_local(cfg: RunConfig, out_dir: Path, recs, const, backend: Backend | None, tracker: Tracker,
-              writer: store.Writer, model_id) -> bool | None:
+              writer: runfiles.Writer, model_id) -> bool | None:
     """Generate in this process, on `backend` or on an engine of our own opened at the first request the ledger
     does not hold. Returns whether an engine started (None with a caller's engine and no judge of our own)."""
     # Rows go through in chunks of prompts, each chunk's rows written and released before the next: memory stays
@@ -494,12 +246,12 @@ def run_local(cfg: RunConfig, out_dir: Path, recs, const, backend: Backend | Non
     started = None
     own = backend is None
     if own:
-        backend = Lazy(cfg.model.name, cfg.backend.kind != "transformers", lambda: open_backend(cfg, tracker))
-    ledger = Ledger(out_dir / "work" / "generations.jsonl")
+        backend = Lazy(cfg.model.name, queued(backend_class(cfg.backend.kind)), lambda: open_backend(cfg, tracker))
+    ledger = Ledger(out_dir / rundir.WORK / rundir.LEDGER)
     # engine logs go to engine.log, the terminal shows our progress (a fake engine or a server client is quiet)
-    quiet = own and not cfg.verbose and cfg.backend.kind in ("vllm", "transformers")
+    quiet = own and not cfg.verbose and cfg.backend.in_process
     job = None
-    with enginelog.to_log(out_dir / "engine.log", tracker.console) if quiet else nullcontext():
+    with enginelog.to_log(out_dir / rundir.ENGINE_LOG, tracker.console) if quiet else nullcontext():
         try:
             job = Run(cfg, backend, const, tracker, ledger, model_id)
             job.inspector = judge_server(cfg, const, tracker)

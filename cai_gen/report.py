@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import hubcard, plots, stats
+from . import hubcard, plots, rundir, stats
 from .errors import UserError
 from .store import atomic_write
 
@@ -79,7 +79,7 @@ def table(summary: dict) -> Table:
 def print_summary(summary: dict, out: Path, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     console.print(table(summary))
-    console.print(f"[bold]run dir[/]: {out}  (card: {out / 'README.md'})")
+    console.print(f"[bold]run dir[/]: {out}  (card: {out / rundir.CARD})")
 
 
 def nothing_kept(summary: dict, out: Path) -> str | None:
@@ -93,7 +93,7 @@ def nothing_kept(summary: dict, out: Path) -> str | None:
         if summary.get("no_violation") else []
     parts += [f"filtered {k}: {v}" for k, v in summary["reasons"].items()]
     return (f"0 pairs kept of {summary['rows']} rows: {'; '.join(parts) or 'none filtered'}. Each filtered row's "
-            f"stage and reason: {out / 'rejected.jsonl'}")
+            f"stage and reason: {out / rundir.REJECTED}")
 
 
 def _md_table(head: list[str], rows: list[list]) -> list[str]:
@@ -341,21 +341,21 @@ def _load(path: Path) -> dict:
 
 def build(out: Path) -> dict:
     """Compute the statistics, write plots/*.png and README.md, store the numbers in summary.json."""
-    summary = _load(out / "summary.json")
-    cfg, const = _load(out / "config.json"), _load(out / "constitution.json")
+    summary = _load(out / rundir.SUMMARY)
+    cfg, const = _load(out / rundir.CONFIG), _load(out / rundir.CONSTITUTION)
     try:
         st = stats.compute(out)
     except (ValueError, KeyError) as e:
         raise UserError(f"{out}: a run file is damaged ({type(e).__name__}: {e})") from None
-    figs = plots.write_all(st, out / "plots")
-    atomic_write(out / "README.md", card(summary, st, cfg, const, figs, out))
+    figs = plots.write_all(st, out / rundir.PLOTS)
+    atomic_write(out / rundir.CARD, card(summary, st, cfg, const, figs, out))
     # the headline counts come from the files (stats.py), the one place they are computed
     summary.update({k: st[k] for k in ("reasons", "flags", "principles", "domains")})
     summary["report"] = {k: v for k, v in st.items() if not k.startswith("_")}
     summary["report"]["plots"] = [f for _, f in figs]
     if st.get("review"):
         summary["review"] = st["review"]
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out / rundir.SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     return summary
 
 

@@ -12,7 +12,30 @@ from pathlib import Path
 PREFS = "preferences.jsonl"
 SFT = "sft.jsonl"
 KTO = "kto.jsonl"
+NO_VIOLATION = "no_violation.jsonl"  # answers the gate found no violation in: SFT and KTO rows, no pair
+REJECTED = "rejected.jsonl"          # rows a filter or check dropped, with the reason
+TRACE = "trace.jsonl"                # every stage's text per row (output.trace)
+REVIEW_QUEUE = "review_queue.jsonl"  # pairs routed to expert review
 CARD = "README.md"
+SUMMARY = "summary.json"
+CONFIG = "config.json"               # the validated run config
+CONSTITUTION = "constitution.json"   # the constitution as the run read it
+ENGINE_LOG = "engine.log"            # the engine's own log lines (verbose=false)
+PLOTS = "plots"
+WORK = "work"                        # internals: the ledger, the lock, the run record, parts of unfinished files
+RUN_RECORD = "run.json"              # work/: the config the run dir was made with (fingerprint)
+LEDGER = "generations.jsonl"         # work/: every generation, content-addressed
+LEDGER_SEGMENTS = "generations*.jsonl"  # work/: the ledger and its per-process segments (executor=ray)
+LOCK = "lock"                        # work/: held while a process writes the run dir
+PARTS = "parts"                      # work/: the files being written, renamed into place at the end
+REVIEWED = "reviewed"                # `review merge`: the run's dataset with the experts' verdicts
+REVIEW = "review.json"               # reviewed/: what the merge did
+REVIEW_DB = "review.sqlite"          # the reviewers' votes
+DROPPED, DISPUTED = "dropped.jsonl", "disputed.jsonl"  # reviewed/: pairs the experts dropped or disagree on
+MERGE = "merge.json"                 # `python -m cai_gen.merge`: its sources and counts
+EVAL = "eval"                        # `python -m cai_gen.evaluate`: models, answers, results
+EVAL_JSON = "eval.json"
+ANSWERS = "answers.jsonl"
 PREFS_DIR, KTO_DIR = "preferences", "kto"  # save_to_disk copies (load_from_disk)
 DATA = "data"                              # parquet per split (load_dataset, the Hub)
 
@@ -31,6 +54,11 @@ CONFIGS = {
 # the review database (reviewers' tokens) and queue, and the JSONL / save_to_disk copies of what data/ holds
 HUB_FILES = [CARD, "data/*.parquet", "plots/*.png", "eval/*.png", "eval/eval.json", "summary.json", "config.json",
              "constitution.json", "rejected.jsonl", "no_violation.jsonl"]
+
+
+def segment(tag: str) -> str:
+    """work/: one executor=ray replica's own ledger file (LEDGER_SEGMENTS finds it)."""
+    return f"generations-{tag}.jsonl"
 
 
 def data_files(out: Path) -> dict[str, dict[str, str]]:

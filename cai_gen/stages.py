@@ -430,7 +430,7 @@ REVISE_FLOOR = 64
 
 def targeted(cfg, const) -> bool:
     """Principles chosen from the answer's checks (stages.Choose); a constitution without checks keeps the
-    choice it always had (drawn up front, pipeline.build_rows)."""
+    choice it always had (drawn up front, rows.build_rows)."""
     return cfg.principles.choose == "targeted" and const.checked
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import judge as judge_mod
-from . import store
+from . import rundir, store
 from .backends import last_text
 from .checks import desirable
 from .store import run_config
@@ -168,7 +168,7 @@ def compute(out: Path) -> dict:
         if r.get("judge"):
             judged.append(r["judge"]["outcome"])
 
-    for p in rows(out / "preferences.jsonl"):
+    for p in rows(out / rundir.PREFS):
         kept += 1
         common(p)
         checks.add(p, "kept")
@@ -189,7 +189,7 @@ def compute(out: Path) -> dict:
         principles.update(p["principle_ids"])
         domains[p.get("domain") or "none"] += 1
     # judge verdicts and reward margins list kept rows first, then filtered (the plots' order)
-    for r in rows(out / "rejected.jsonl"):
+    for r in rows(out / rundir.REJECTED):
         filtered += 1
         common(r)
         checks.add(r, "rejected")
@@ -199,7 +199,7 @@ def compute(out: Path) -> dict:
             margins.append(r["reward"]["margin"])
         below += "reward_margin_low" in r.get("flags", []) or r.get("reason") == "reward_margin_low"
         reasons[r["reason"]] += 1
-    for u in rows(out / "no_violation.jsonl"):
+    for u in rows(out / rundir.NO_VIOLATION):
         unpaired += 1
         # the gate said NO, but a check fails on the original (principles.choose=sample drew another principle):
         # written as KTO undesirable with no SFT row, so the card does not count it as an original kept
@@ -232,10 +232,10 @@ def compute(out: Path) -> dict:
         "judge": judge_mod.rates(judged) if judged else None,
         "reward": {"margin": describe(margins), "below_threshold": below} if margins else None,
         # written by `python -m cai_gen.evaluate` (does DPO on the data beat the controls?)
-        "eval": json.loads((out / "eval" / "eval.json").read_text()) if (out / "eval" / "eval.json").is_file() else None,
+        "eval": json.loads((out / rundir.EVAL / rundir.EVAL_JSON).read_text()) if (out / rundir.EVAL / rundir.EVAL_JSON).is_file() else None,
         # written by `python -m cai_gen.review merge` (counts and agreement of the expert verdicts)
-        "review": json.loads((out / "reviewed" / "review.json").read_text())
-        if (out / "reviewed" / "review.json").is_file() and store.reviewed_stale(out) is None else None,  # a stale one: none
+        "review": json.loads((out / rundir.REVIEWED / rundir.REVIEW).read_text())
+        if (out / rundir.REVIEWED / rundir.REVIEW).is_file() and store.reviewed_stale(out) is None else None,  # a stale one: none
         "_series": {"chosen_words": cw, "rejected_words": rw, "sims_kept": sims_kept, "sims_dropped": sims_dropped,
                     "margins": margins, "edit_ratio": edits, "p_yes": gate["_p"] if gate else []},
     }

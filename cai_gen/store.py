@@ -1,23 +1,22 @@
-"""Write a finished run: TRL-ready preference data, KTO rows, the trace, rejected pairs, summary.
+"""What a run's files hold and how they are written: TRL-ready preference, SFT and KTO rows, prompt-disjoint
+splits, atomic writes, the datasets (parquet, save_to_disk copies), a run dir read back. runfiles.py streams a
+run's rows into its files with these.
 
 Every final file is written to a temp name and renamed into place, so a half-written file never exists.
 """
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import os
 import shutil
 import tempfile
-from array import array
 from pathlib import Path
 
 from .checks import desirable
 from .errors import UserError
-from . import routing, rundir
+from . import rundir
 from .ids import groups
-from .yamlio import jsonl_rows
 
 PREF_COLUMNS = ["prompt", "chosen", "rejected", "id", "prompt_id", "principle_ids", "critiques", "gate", "edit_ratio",
                 "domain", "source", "created_at", "model", "constitution", "sampling", "similarity", "flags", "checks",
@@ -147,7 +146,7 @@ def save_splits_from_files(out: Path, copies: bool = True) -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    cache = Path(tempfile.mkdtemp(prefix="hf-", dir=out / "work"))
+    cache = Path(tempfile.mkdtemp(prefix="hf-", dir=out / rundir.WORK))
     try:
         def load(name: str, cols: list[str]):
             f = out / name
@@ -205,10 +204,27 @@ def save_splits(out: Path, prefs: list[dict], sft: list[dict], kto: list[dict], 
     def side(rows: list[dict], s: str) -> list[dict]:
         return [r for r in rows if r["split"] == s]
 
-    save_dataset(out / "preferences", {f"{s}_{kind}": (side(rows, s), cols) for kind, rows, cols in
+    save_dataset(out / rundir.PREFS_DIR, {f"{s}_{kind}": (side(rows, s), cols) for kind, rows, cols in
                                        (("prefs", prefs, pref_columns), ("sft", sft, SFT_COLUMNS))
                                        for s in ("train", "test")})
-    save_dataset(out / "kto", {s: (side(kto, s), KTO_COLUMNS) for s in ("train", "test")})
+    save_dataset(out / rundir.KTO_DIR, {s: (side(kto, s), KTO_COLUMNS) for s in ("train", "test")})
+
+
+def write_dataset(out: Path, rows: list[dict], unpaired: list[dict], pref_columns: list[str],
+                  copies: bool = True) -> None:
+    """A dataset dir (a merge's, reviewed/) from its pairs and no-violation rows: their JSONL files, the SFT and
+    KTO rows made from them, data/ and (copies) the save_to_disk copies; without copies an old copy is removed,
+    as it would be stale beside the new files. A run streams the same files (Writer) and builds the rest from
+    them (save_splits_from_files)."""
+    sft, kto = training_rows(rows, unpaired)
+    write_jsonl(out / rundir.PREFS, rows)
+    write_jsonl(out / rundir.NO_VIOLATION, unpaired)
+    write_jsonl(out / rundir.KTO, kto)
+    write_jsonl(out / rundir.SFT, sft)
+    if copies:
+        save_splits(out, rows, sft, kto, pref_columns)
+    else:
+        drop_splits(out)
 
 
 def prompt_messages(row) -> list[dict]:
@@ -267,7 +283,7 @@ def verified(results: list[dict]) -> bool:
 
 def run_config(run_dir: Path) -> dict:
     """A run dir's validated config as written (config.json); {} for a dir without one."""
-    f = Path(run_dir) / "config.json"
+    f = Path(run_dir) / rundir.CONFIG
     return json.loads(f.read_text()) if f.is_file() else {}
 
 
@@ -280,7 +296,7 @@ def built_from(run_dir: Path) -> str:
     """A hash of the run files `review merge` builds reviewed/ from (preferences.jsonl, no_violation.jsonl): its
     stamp in reviewed/review.json, so a reviewed/ that a rerun has outdated is known as such."""
     h = hashlib.sha256()
-    for name in ("preferences.jsonl", "no_violation.jsonl"):
+    for name in (rundir.PREFS, rundir.NO_VIOLATION):
         f = Path(run_dir) / name
         h.update(f"{name}\0".encode())
         if f.is_file():
@@ -291,8 +307,8 @@ def built_from(run_dir: Path) -> str:
 
 def reviewed_stale(run_dir: Path) -> str | None:
     """Why RUN_DIR/reviewed/ does not describe the run's files (None: it does, or there is none)."""
-    f = Path(run_dir) / "reviewed" / "review.json"
-    if not (Path(run_dir) / "reviewed").is_dir():
+    f = Path(run_dir) / rundir.REVIEWED / rundir.REVIEW
+    if not (Path(run_dir) / rundir.REVIEWED).is_dir():
         return None
     try:
         stamp = json.loads(f.read_text()).get("built_from")
@@ -310,7 +326,7 @@ def drop_stale_review(run_dir: Path) -> bool:
     cai_gen.review merge` rebuilds it on the new pairs); True when it did."""
     if reviewed_stale(run_dir) is None:
         return False
-    shutil.rmtree(Path(run_dir) / "reviewed")
+    shutil.rmtree(Path(run_dir) / rundir.REVIEWED)
     return True
 
 
@@ -363,149 +379,3 @@ def training_rows(prefs: list[dict], unpaired: list[dict]) -> tuple[list[dict], 
             if origin == "revision":
                 kto.append({"prompt": r["prompt"], **base, "completion": r["rejected"], "label": False, **w})
     return sft, kto
-
-
-# the run's files, each written as parts while the run goes (work/parts/) and renamed into place at the end;
-# two parts where a file is two sections (pairs' rows first, then the no-violation rows), as one-chunk runs write it
-PARTS = {"preferences.jsonl": ["preferences"], "kto.jsonl": ["kto_pairs", "kto_nv"], "rejected.jsonl": ["rejected"],
-         "no_violation.jsonl": ["no_violation"], "sft.jsonl": ["sft_pairs", "sft_nv"], "trace.jsonl": ["trace"]}
-
-
-class Writer:
-    """Streams a run's rows to its files chunk by chunk, so a chunk's rows can be released once written: memory
-    stays flat however long the run. Files appear (renamed into place) only when the run finishes; the datasets
-    copies, review queue, card and plots are then built from the files."""
-
-    def __init__(self, out: Path, cfg, const):
-        self.out, self.cfg, self.const = out, cfg, const
-        self.dir = out / "work" / "parts"
-        shutil.rmtree(self.dir, ignore_errors=True)  # parts of an interrupted run: rebuilt from the ledger
-        self.dir.mkdir(parents=True)
-        # output.length_balance=match is decided once over the whole run, after the last chunk (a chunk's own
-        # balance is not the run's): until then every pair is written as kept; held in memory are only its
-        # (id, chosen words, rejected words) and row numbers, and its rejected.jsonl row waits on disk (part
-        # "balance") in case finish() drops it
-        self.balanced = cfg.output.length_balance == "match"
-        names = [p for ps in PARTS.values() for p in ps] + (["balance"] if self.balanced else [])
-        self.f = {p: open(self.dir / f"{p}.jsonl", "w", encoding="utf-8") for p in names}
-        self.n = {"rows": 0, "kept": 0, "rejected": 0, "no_violation": 0}
-        self.pairs: list[tuple[str, int, int]] = []  # per kept pair, in file order: (id, chosen, rejected words)
-        self.pair_at, self.rejected_at = array("q"), array("q")  # run row number of each pair, each rejected row
-        self.review_dropped = False  # finish(): a stale reviewed/ was removed
-
-    def _put(self, part: str, rows) -> None:
-        self.f[part].writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-    def add(self, rows: list, kept: list, rejected: list, ended: list, created: str) -> None:
-        """One chunk's rows, each list in prompt order."""
-        ts = self.cfg.output.test_size
-        prefs = [preference(r, self.cfg, self.const, created) for r in kept]
-        unpaired = [no_violation_row(r, created, ts) for r in ended]
-        self._put("preferences", prefs)
-        # each file is the pairs' rows, then the no-violation rows (PARTS), as training_rows orders one chunk
-        for part, src in (("pairs", (prefs, [])), ("nv", ([], unpaired))):
-            sft, kto = training_rows(*src)
-            self._put(f"sft_{part}", sft)
-            self._put(f"kto_{part}", kto)
-        self._put("rejected", (rejected_row(r) for r in rejected))
-        self._put("no_violation", unpaired)
-        if self.balanced:
-            at = {r.id: self.n["rows"] + i for i, r in enumerate(rows)}
-            self.pairs += [(p["id"], len(p["chosen"][0]["content"].split()), len(p["rejected"][0]["content"].split()))
-                           for p in prefs]
-            self.pair_at.extend(at[r.id] for r in kept)
-            self.rejected_at.extend(at[r.id] for r in rejected)
-            self._put("balance", ({**rejected_row(r), "stage": "length_balance", "reason": "length_balance"}
-                                  for r in kept))
-        if self.cfg.output.trace:
-            self._put("trace", ({"id": r.id, "prompt_id": r.prompt.id, "sample": r.sample,
-                                 "principle_ids": r.principles, "stages": r.trace,
-                                 "outcome": r.reason or r.end or "kept"} for r in rows))
-        for k, v in (("rows", rows), ("kept", prefs), ("rejected", rejected), ("no_violation", unpaired)):
-            self.n[k] += len(v)
-        for f in self.f.values():
-            f.flush()  # the chunk is on disk (the OS's cache) before its rows are released
-
-    def close(self) -> None:
-        for f in self.f.values():
-            f.close()
-
-    def finish(self, created: str, drop: set[str] = frozenset()) -> dict:
-        """Put the files in place, then what is built from them: review queue, datasets copies. `drop`: ids of
-        kept pairs the run-wide length balance removes (quality.length_balance over self.pairs)."""
-        self.close()
-        if drop:
-            self._drop(drop)
-        out, cfg, const = self.out, self.cfg, self.const
-        atomic_write(out / "config.json", json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
-        atomic_write(out / "constitution.json", json.dumps({"ref": const.ref, **const.model_dump(mode="json")},
-                                                           indent=2, ensure_ascii=False) + "\n")
-        for name, parts in PARTS.items():
-            if name == "trace.jsonl" and not cfg.output.trace:
-                # an earlier run's trace would describe rows this run may have changed: what is not written goes
-                (out / name).unlink(missing_ok=True)
-                continue
-            _concat([self.dir / f"{p}.jsonl" for p in parts], out / name)
-        self.review_dropped = drop_stale_review(out)  # expert data on the old pairs would be published as this run's
-        # pairs routed to expert review (python -m cai_gen.review serve); rewritten on every run from `review:`
-        write_jsonl(out / "review_queue.jsonl", routing.queue(jsonl_rows(out / "preferences.jsonl"), cfg.review,
-                                                               cfg.seed, const))
-        save_splits_from_files(out, copies=cfg.output.save_dataset)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return {**self.n, "model": cfg.model.name, "constitution": const.ref, "created_at": created}
-
-    def _drop(self, drop: set[str]) -> None:
-        """Take the dropped pairs out of the pair parts and put their rows into rejected (at their place in
-        prompt order, as one chunk would have written them) and their trace's outcome: the files come out as a
-        run balanced in one chunk writes them. Lines are streamed; only line numbers are held."""
-        gone = [k for k, (i, _, _) in enumerate(self.pairs) if i in drop]
-        pairs = set(gone)
-        _rewrite(self.dir / "preferences.jsonl", lambda n, line: None if n in pairs else line)
-        ids = {self.pairs[k][0] for k in gone}  # not by line: a pair whose chosen fails a check has no SFT row
-        _rewrite(self.dir / "sft_pairs.jsonl", lambda n, line: None if json.loads(line)["id"] in ids else line)
-        _rewrite(self.dir / "kto_pairs.jsonl", lambda n, line: None if n // 2 in pairs else line)  # two per pair
-        if self.cfg.output.trace:  # trace line n is the run's row n
-            at = {self.pair_at[k] for k in gone}
-
-            def outcome(n: int, line: str) -> str:
-                return line if n not in at else json.dumps({**json.loads(line), "outcome": "length_balance"},
-                                                           ensure_ascii=False) + "\n"
-            _rewrite(self.dir / "trace.jsonl", outcome)
-        # two streams, each in row order (the filters' rejected rows, the dropped pairs' rows), merged by row number
-        balance = (line for k, line in enumerate(_lines(self.dir / "balance.jsonl")) if k in pairs)
-        merged = heapq.merge(zip(self.rejected_at, _lines(self.dir / "rejected.jsonl")),
-                             zip((self.pair_at[k] for k in gone), balance), key=lambda t: t[0])
-        _rewrite(self.dir / "rejected.jsonl", None, (line for _, line in merged))
-        self.n["kept"] -= len(gone)
-        self.n["rejected"] += len(gone)
-
-
-def _lines(path: Path):
-    with open(path, encoding="utf-8") as f:
-        yield from f
-
-
-def _rewrite(path: Path, edit, lines=None) -> None:
-    """Rewrite a part file line by line: edit(line number, line) -> the line to write or None; or `lines`."""
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "w", encoding="utf-8") as f:
-        src = lines if lines is not None else (edit(n, line) for n, line in enumerate(_lines(path)))
-        f.writelines(line for line in src if line is not None)
-    os.replace(tmp, path)
-
-
-def _concat(parts: list[Path], dest: Path) -> None:
-    """The parts, in order, as one file renamed into place (readers see the old file or the whole new one)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    with os.fdopen(fd, "wb") as f:
-        for p in parts:
-            with open(p, "rb") as src:
-                shutil.copyfileobj(src, f, 1 << 20)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
-
-
-def write_summary(out: Path, summary: dict) -> None:
-    atomic_write(out / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

@@ -185,8 +185,8 @@ def run(cfg, backend=None, tracker=None) -> dict:
 
 
 def _run(cfg, const, backend, tracker) -> dict:
-    from . import enginelog, fingerprint, models
-    from .backends import Lazy
+    from . import enginelog, fingerprint, models, rundir
+    from .backends import Lazy, backend_class, queued
     from .constitution import Synth
     from .ledger import Ledger
     from .progress import Tracker
@@ -203,16 +203,16 @@ def _run(cfg, const, backend, tracker) -> dict:
     key_model = models.engine_identity(model_id, cfg.backend)
     own = backend is None
     if own:
-        if cfg.backend.kind in ("vllm", "transformers"):
+        if cfg.backend.in_process:
             models.check(cfg.model.source, cfg.model.path, "model")
         from .pipeline import open_backend  # the run's engine start, same options (config duck-types RunConfig)
-        backend = Lazy(cfg.model.name, cfg.backend.kind != "transformers", lambda: open_backend(cfg, tracker))
-    ledger = Ledger(work / "work" / "generations.jsonl")
-    quiet = own and not cfg.verbose and cfg.backend.kind in ("vllm", "transformers")
+        backend = Lazy(cfg.model.name, queued(backend_class(cfg.backend.kind)), lambda: open_backend(cfg, tracker))
+    ledger = Ledger(work / rundir.WORK / rundir.LEDGER)
+    quiet = own and not cfg.verbose and cfg.backend.in_process
     cands: list[Candidate] = []
     rounds: list[dict] = []
     try:
-        with enginelog.to_log(work / "engine.log", tracker.console) if quiet else nullcontext():
+        with enginelog.to_log(work / rundir.ENGINE_LOG, tracker.console) if quiet else nullcontext():
             for r in range(1, cfg.rounds + 1):
                 sel = select(cands, cells, cfg, few_shot)
                 short = [c.quota - len(k) for c, k in zip(cells, sel.kept)]
@@ -329,10 +329,11 @@ def _cli() -> None:
             try:
                 run(scfg)
             except (KeyboardInterrupt, Resumable) as e:
+                from . import rundir
                 from .ledger import saved
 
                 # the work dir follows from out=, so here the same command does resume
-                work = paths_of(scfg.out)[2] / "work"
+                work = paths_of(scfg.out)[2] / rundir.WORK
                 what = f"error: {e}" if isinstance(e, Resumable) else "stopped"
                 print(f"cai_gen.synth: {what}; {saved(work)} generations saved; rerun the same command to resume",
                       file=sys.stderr)

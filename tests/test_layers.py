@@ -18,10 +18,14 @@ ALLOWED = {
     "ids": set(),
     "yamlio": {"errors"},
     "paths": {"errors"},
-    "lock": {"errors"},
+    "lock": {"errors", "rundir"},
     "routing": {"backends"},                                      # last_text, a pure helper of the package
     "rundir": set(),                                              # the run dir's file names
-    "store": {"errors", "ids", "yamlio", "routing", "checks", "rundir"},  # checks.desirable: pure, no kinds loaded
+    "store": {"errors", "ids", "checks", "rundir"},               # checks.desirable: pure, no kinds loaded
+    "runfiles": {"routing", "rundir", "store", "yamlio"},         # a run's files, streamed
+    # Row and the stage API: below the orchestrator (pipeline, flow, executors), which import it
+    "rows": {"checks", "models", "quality", "reward", "stages", "store", "turns", "backends", "config", "ledger",
+             "progress", "prompts"},
     "checks.text": {"checks", "backends"},                        # the filters' one implementation (loop_end)
 }
 

@@ -176,18 +176,87 @@ class Lazy:
             self.backend = None
 
 
-def make_backend(kind: str, model_path: str, model_name: str, opts: dict) -> Backend:
-    if kind == "vllm":
-        from .vllm import VLLMBackend
-        return VLLMBackend(model_path, model_name, **opts)
-    if kind == "transformers":
-        from .transformers import HFBackend
-        return HFBackend(model_path, model_name, **opts)
-    if kind == "fake":
-        from .fake import FakeBackend
-        return FakeBackend(model_path, model_name, **opts)
-    if kind == "openai":
-        from .openai import OpenAIBackend
-        return OpenAIBackend(model_path, model_name, **opts)
+# The registry: a backend is one file that registers its class with its config class (@register below): a module
+# of this package (each is imported by load) or a user's backend/NAME.py beside its backend/NAME.yaml in an
+# include_path folder. BUILTIN: the order an unknown kind's error lists the first ones (others follow).
+BUILTIN = ("vllm", "transformers", "fake", "openai")
+_configs: dict[str, type] = {}
+_classes: dict[str, type] = {}
+_loaded: set[str] = set()
+
+
+def register(name: str, config_cls: type):
+    """Class decorator: backend.kind=NAME validates as `config_cls` (a config.BackendCfg with the backend's knobs
+    and `options()`, the constructor's keyword arguments) and runs the decorated class."""
+    def deco(cls):
+        _configs[name], _classes[name] = config_cls, cls
+        return cls
+    return deco
+
+
+def load(include=()) -> None:
+    """Register this package's backends, then every backend/*.py of the user's include path (each registers
+    itself). Backend modules import their engines inside the class, so this stays cheap."""
+    import importlib
+    import importlib.util
+    import pkgutil
+    import sys
+
+    for m in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{m.name}")
+    from .. import paths
     from ..errors import UserError
-    raise UserError(f"backend.kind: unknown backend {kind!r} (use vllm, transformers, openai or fake)")
+
+    for d in paths.include_dirs(include):
+        for f in sorted((d / "backend").glob("*.py")):
+            if str(f) in _loaded:
+                continue
+            _loaded.add(str(f))
+            mod = f"cai_gen_backend_{f.stem}"  # in sys.modules, so pickle can name its classes
+            spec = importlib.util.spec_from_file_location(mod, f)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:  # a user's backend file that does not import: one line naming it
+                del sys.modules[mod]
+                raise UserError(f"{f}: {type(e).__name__}: {e}") from None
+
+
+def configs() -> dict[str, type]:
+    """Every registered backend's config class by name: the built-ins in BUILTIN's order (whichever a caller
+    imported first), then the user's."""
+    load()
+    return {k: _configs[k] for k in sorted(_configs, key=lambda k: BUILTIN.index(k) if k in BUILTIN else len(BUILTIN))}
+
+
+def config_class(kind) -> type:
+    """The config class backend.kind=`kind` validates as; an unknown kind is the error pydantic gives a Literal."""
+    have = configs()
+    found = have.get(kind)
+    if found is None:
+        from pydantic import ValidationError
+        from pydantic_core import PydanticCustomError
+
+        names = [repr(k) for k in have]
+        expected = f"{', '.join(names[:-1])} or {names[-1]}"
+        err = PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        raise ValidationError.from_exception_data("BackendCfg", [dict(type=err, loc=("kind",), input=kind)])
+    return found
+
+
+def config(data: dict):
+    """A backend config from plain values ({"kind": ..., knob: value}), validated as its kind's class."""
+    return config_class(data.get("kind")).model_validate(data)
+
+
+def backend_class(kind: str) -> type:
+    """The registered backend class of `kind`."""
+    if kind not in configs():
+        from ..errors import UserError
+        raise UserError(f"backend.kind: unknown backend {kind!r} (use {', '.join(configs())})")
+    return _classes[kind]
+
+
+def make_backend(kind: str, model_path: str, model_name: str, opts: dict) -> Backend:
+    return backend_class(kind)(model_path, model_name, **opts)

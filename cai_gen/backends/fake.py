@@ -11,8 +11,12 @@ import hashlib
 import time
 from collections import deque
 from pathlib import Path
+from typing import ClassVar, Literal
 
-from . import Conversation, Generation, OnDone, Params, loop_end
+from pydantic import Field
+
+from ..config import BackendCfg, ModelCfg
+from . import Conversation, Generation, OnDone, Params, loop_end, register
 
 WORDS = ("account billing refund order shipping update support policy secure verify help team email step link "
          "settings review details contact confirm request window days form option status").split()
@@ -25,6 +29,23 @@ def _words(seed: str, n: int) -> list[str]:
     return [WORDS[(h[i % len(h)] + i * 7) % len(WORDS)] for i in range(n)]
 
 
+class FakeCfg(BackendCfg):
+    """backend=fake (conf/backend/fake.yaml)."""
+    kind: Literal["fake"] = "fake"
+    mode: Literal["good", "echo", "preface", "loop"] = "good"
+    gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
+    delay: float = Field(0.0, ge=0)
+    hold_file: str | None = None  # fake: after the number of generations this file holds, wait while it exists (tests)
+    judge: Literal["revision", "original", "first", "low", "original_low", "tie", "prose"] = "revision"
+    max_model_len: int | None = Field(None, gt=0)
+    scripted: ClassVar[tuple[str, ...]] = ("mode", "gate", "judge")
+
+    def options(self, model: ModelCfg, seed: int) -> dict:
+        return dict(mode=self.mode, max_model_len=self.max_model_len or model.max_model_len, delay=self.delay,
+                    judge=self.judge, gate=self.gate, hold_file=self.hold_file)
+
+
+@register("fake", FakeCfg)
 class FakeBackend:
     name = "fake"
 

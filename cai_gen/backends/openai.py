@@ -15,9 +15,13 @@ import random
 import threading
 import queue
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import ClassVar, Literal
 
+from pydantic import Field
+
+from ..config import BackendCfg, JudgeCfg, ModelCfg
 from ..errors import Resumable, UserError
-from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued
+from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued, register
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -27,6 +31,45 @@ class BackendError(Resumable):
     command that resumes)."""
 
 
+class OpenAICfg(BackendCfg):
+    """backend=openai (conf/backend/openai.yaml): any OpenAI-compatible endpoint."""
+    kind: Literal["openai"] = "openai"
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    served_model: str | None = None
+    concurrency: int = Field(64, gt=0)
+    max_retries: int = Field(8, ge=0)
+    timeout: float = Field(600.0, gt=0)
+    backoff: float = Field(1.0, ge=0)
+    backoff_max: float = Field(60.0, ge=0)
+    choices_via: Literal["structured_outputs", "guided_choice", "none"] = "structured_outputs"
+    count_tokens: Literal["tokenizer", "none"] = "tokenizer"
+    extra_body: dict = Field(default_factory=dict)
+    max_model_len: int | None = Field(None, gt=0)
+    client: ClassVar[bool] = True
+
+    def options(self, model: ModelCfg, seed: int) -> dict:
+        return dict(base_url=self.base_url, max_model_len=self.max_model_len or model.max_model_len,
+                    served_model=self.served_model, api_key_env=self.api_key_env, concurrency=self.concurrency,
+                    max_retries=self.max_retries, timeout=self.timeout, backoff=self.backoff,
+                    backoff_max=self.backoff_max, choices_via=self.choices_via, count_tokens=self.count_tokens,
+                    extra_body=self.extra_body, trust_remote_code=model.trust_remote_code)
+
+    def judge_options(self, judge: JudgeCfg, seed: int) -> dict:
+        # the judge's own endpoint and name: the generator's served_model and base_url are the generator's
+        return self.options(judge.model, seed) | dict(base_url=judge.base_url or self.base_url,
+                                                      served_model=judge.served_model or judge.model.name,
+                                                      max_model_len=judge.model.max_model_len)
+
+    def needs_checkpoint(self) -> bool:
+        return self.count_tokens == "tokenizer"  # its tokenizer counts the context; none: the server checks
+
+    def check_judge(self, judge: JudgeCfg, seed: int) -> None:
+        o = self.judge_options(judge, seed)
+        check_served(o["base_url"], o["served_model"], self.api_key_env, "judge")
+
+
+@register("openai", OpenAICfg)
 class OpenAIBackend:
     name = "openai"
 

@@ -4,9 +4,28 @@ temperature, top-p, max_tokens and seed share one generate() call: each row samp
 and stops at its own limit (_RowLimit), or where it starts looping when it asks for loop_stop (_RowLoop)."""
 from __future__ import annotations
 
-from . import Conversation, Generation, OnDone, Params, loop_end
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from ..config import BackendCfg, ModelCfg
+from . import Conversation, Generation, OnDone, Params, loop_end, register
 
 
+class HFCfg(BackendCfg):
+    """backend=transformers (conf/backend/transformers.yaml)."""
+    kind: Literal["transformers"] = "transformers"
+    batch_size: int = Field(16, gt=0)
+    device: str = "auto"
+    in_process: ClassVar[bool] = True
+    ray: ClassVar[bool] = False
+
+    def options(self, model: ModelCfg, seed: int) -> dict:
+        return dict(dtype=model.dtype, max_model_len=model.max_model_len, batch_size=self.batch_size,
+                    device=self.device, trust_remote_code=model.trust_remote_code)
+
+
+@register("transformers", HFCfg)
 class HFBackend:
     name = "transformers"
     queued = False  # no submit/poll: the staged schedule runs it

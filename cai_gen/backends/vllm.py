@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import ClassVar, Literal
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from pydantic import Field
+
+from ..config import BackendCfg, ModelCfg
 from ..errors import UserError
-from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued, loop_end
+from . import Conversation, Generation, OnDone, Params, choice_probs, generate_queued, loop_end, register
 
 # The vLLM releases this backend is tested against; pyproject's `gpu` extra pins the same range (a test checks).
 # It drives the engine through LLM.enqueue (vLLM PR #33195, January 2026) and engine internals
@@ -46,6 +50,24 @@ def _cpu_threads() -> None:
     os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
 
 
+class VLLMCfg(BackendCfg):
+    """backend=vllm (conf/backend/vllm.yaml)."""
+    kind: Literal["vllm"] = "vllm"
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    enforce_eager: bool | None = None  # None: eager on the CPU build, compiled on GPUs
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = Field(256, gt=0)
+    in_process: ClassVar[bool] = True
+    gpus: ClassVar[bool] = True
+
+    def options(self, model: ModelCfg, seed: int) -> dict:
+        return dict(dtype=model.dtype, max_model_len=model.max_model_len, seed=seed,
+                    tensor_parallel_size=model.tensor_parallel_size, trust_remote_code=model.trust_remote_code,
+                    gpu_memory_utilization=self.gpu_memory_utilization, enforce_eager=self.enforce_eager,
+                    enable_prefix_caching=self.enable_prefix_caching, max_num_seqs=self.max_num_seqs)
+
+
+@register("vllm", VLLMCfg)
 class VLLMBackend:
     name = "vllm"
 

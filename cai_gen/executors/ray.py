@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .. import rundir
 from ..errors import Resumable, UserError
 
 
@@ -40,7 +41,7 @@ class Replica:
         self.backend = open_backend(self.cfg, self.tracker)
         self.start_s = time.perf_counter() - t  # reported with the first batch: not generation time
         # this replica's own segment; opening it reads every earlier segment once (what a rerun resumes from)
-        self.ledger = Ledger(Path(out_dir) / "work" / f"generations-{uuid.uuid4().hex[:12]}.jsonl")
+        self.ledger = Ledger(Path(out_dir) / rundir.WORK / rundir.segment(uuid.uuid4().hex[:12]))
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -80,7 +81,7 @@ def _root(e: BaseException) -> BaseException:
 def _replicas(cfg, ray) -> tuple[int, float]:
     """(replicas, GPUs per replica): one replica per tensor-parallel group of the cluster's GPUs."""
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    per = cfg.model.tensor_parallel_size if gpus and cfg.backend.kind == "vllm" else 0
+    per = cfg.model.tensor_parallel_size if gpus and cfg.backend.gpus else 0
     n = cfg.executor.replicas or (max(1, gpus // per) if per else 1)
     if per and n * per > gpus:
         raise UserError(f"executor.replicas: {n} replicas x {per} GPUs need {n * per} GPUs; the cluster has {gpus}")

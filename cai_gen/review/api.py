@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 
+from .. import rundir
 from ..errors import UserError
 from . import assign, db, render
 
@@ -37,7 +38,7 @@ def rubric(run_cfg: dict, guide: dict | None = None) -> list[dict]:
 
 def guide(run_dir) -> dict:
     """The run's constitution's optional `review:` section, from the constitution.json the run wrote ({} if none)."""
-    path = run_dir / "constitution.json"
+    path = run_dir / rundir.CONSTITUTION
     try:
         return (json.loads(path.read_text()).get("review") or {}) if path.is_file() else {}
     except (ValueError, AttributeError):

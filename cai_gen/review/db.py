@@ -21,10 +21,11 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from .. import rundir
 from ..errors import UserError
 from ..yamlio import jsonl_rows
 
-FILE = "review.sqlite"
+FILE = rundir.REVIEW_DB
 # revision better | original better | neither usable | expert's text | both fine | unsure (the comment says why)
 VERDICTS = ("accept", "swap", "reject", "edit", "tie", "skip")
 SCALE = (1, 5)  # a rating per guideline and answer: 1 poor .. 5 excellent
@@ -506,10 +507,10 @@ def open_run(run_dir: Path, create: bool = True, changes: dict | None = None) ->
     """The run's database synced to the run's current review queue (see sync; `changes` gets its counts). No
     review_queue.jsonl (a run made before routing existed) says nothing about what is routed: nothing retired."""
     run_dir = Path(run_dir)
-    if not (run_dir / "summary.json").is_file():
+    if not (run_dir / rundir.SUMMARY).is_file():
         raise UserError(f"{run_dir}: not a finished cai_gen run dir (no summary.json)")
     conn = connect(run_dir / FILE, create=create)
-    queue = run_dir / "review_queue.jsonl"
+    queue = run_dir / rundir.REVIEW_QUEUE
     try:
         if queue.is_file():
             # read whole first: a bad line (named by the reader) leaves the database as it was
@@ -519,5 +520,5 @@ def open_run(run_dir: Path, create: bool = True, changes: dict | None = None) ->
         raise
     except (ValueError, KeyError, TypeError) as e:
         conn.close()
-        raise UserError(f"{run_dir / 'review_queue.jsonl'}: damaged ({e})") from None
+        raise UserError(f"{run_dir / rundir.REVIEW_QUEUE}: damaged ({e})") from None
     return conn

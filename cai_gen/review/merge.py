@@ -23,7 +23,7 @@ from math import comb
 from pathlib import Path
 from statistics import median
 
-from .. import checks as checks_mod, store
+from .. import checks as checks_mod, rundir, store
 from ..backends import last_text as text
 from ..errors import UserError
 from ..yamlio import jsonl_rows
@@ -132,7 +132,7 @@ class Recheck:
         from ..constitution import Constitution
 
         self.run_dir = run_dir
-        f = run_dir / "constitution.json"
+        f = run_dir / rundir.CONSTITUTION
         try:
             data = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
             const = Constitution.model_validate({k: v for k, v in data.items() if k != "ref"}) if data else None
@@ -248,7 +248,7 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         n_verdicts = conn.execute("SELECT count(*) FROM verdicts").fetchone()[0]
     finally:
         conn.close()
-    prefs = jsonl_rows(run_dir / "preferences.jsonl")  # a bad line is an error naming it
+    prefs = jsonl_rows(run_dir / rundir.PREFS)  # a bad line is an error naming it
     rows, dropped, disputed = [], [], []
     check = Recheck(run_dir)
     status = Counter()
@@ -293,25 +293,18 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
         rows.append({**pref, "chosen": [{"role": "assistant", "content": answer[0]}],
                      "rejected": [{"role": "assistant", "content": answer[1]}],
                      **relabel(pref, *answer, check), **mark})
-    out = run_dir / "reviewed"
+    out = run_dir / rundir.REVIEWED
     out.mkdir(exist_ok=True)
     ts = store.run_test_size(run_dir)
-    rows = store.with_splits(rows, ts, str(run_dir / "preferences.jsonl"))
+    rows = store.with_splits(rows, ts, str(run_dir / rundir.PREFS))
     # the gate's no-violation rows are no pairs (nothing to review) but are SFT and KTO rows of the run: carried
     # as they are, so reviewed/ is the run's whole dataset with the verdicts applied
-    nv_file = run_dir / "no_violation.jsonl"
+    nv_file = run_dir / rundir.NO_VIOLATION
     unpaired = store.with_splits(list(jsonl_rows(nv_file)), ts, str(nv_file)) if nv_file.is_file() else []
-    sft, kto = store.training_rows(rows, unpaired)
-    store.write_jsonl(out / "preferences.jsonl", rows)
-    store.write_jsonl(out / "no_violation.jsonl", unpaired)
-    store.write_jsonl(out / "kto.jsonl", kto)
-    store.write_jsonl(out / "dropped.jsonl", dropped)
-    store.write_jsonl(out / "disputed.jsonl", disputed)
-    store.write_jsonl(out / "sft.jsonl", sft)
-    if store.run_config(run_dir).get("output", {}).get("save_dataset", True):
-        store.save_splits(out, rows, sft, kto, store.PREF_COLUMNS + COLUMNS)
-    else:
-        store.drop_splits(out)  # an earlier merge's copies would be stale beside these files
+    store.write_jsonl(out / rundir.DROPPED, dropped)
+    store.write_jsonl(out / rundir.DISPUTED, disputed)
+    store.write_dataset(out, rows, unpaired, store.PREF_COLUMNS + COLUMNS,
+                        copies=store.run_config(run_dir).get("output", {}).get("save_dataset", True))
     summary = {"routed": len(items), "verdicts": n_verdicts, "rows": len(rows),
                "expert_reviewed": sum(r["expert_reviewed"] for r in rows),
                "decisions": {k: status.get(k, 0) for k in (*db.VERDICTS, "disputed", "pending", "stale")
@@ -320,5 +313,5 @@ def apply(run_dir: Path, ignore_too_fast: bool = False) -> dict:
                "reviewers": per_reviewer(cur), "fast_seconds": db.FAST, "ignore_too_fast": ignore_too_fast,
                "too_fast_ignored": ignored, "built_from": store.built_from(run_dir),
                "ratings": rating_summary(cur), "scale": list(db.SCALE)}
-    store.atomic_write(out / "review.json", json.dumps(summary, indent=2) + "\n")
+    store.atomic_write(out / rundir.REVIEW, json.dumps(summary, indent=2) + "\n")
     return summary
