@@ -228,10 +228,34 @@ def keys(schema: type[BaseModel], values: dict | None = None, yamls: dict[str, l
                 own_doc = " ".join((models[0].__dict__.get("__doc__") or "").split())  # its own, not BaseModel's
                 out.append(Key(dotted, type_name(f.annotation), None, comment or own_doc, True))
                 walk(models[0], dotted + ".")
+                variants(models[0], dotted + ".")
             else:
                 choices = tuple(str(v) for a in _parts(f.annotation) if typing.get_origin(a) is typing.Literal
                                 for v in typing.get_args(a))
                 out.append(Key(dotted, type_name(f.annotation), default, comment, False, choices))
+
+    def variants(base: type[BaseModel], prefix: str) -> None:
+        """A base class whose value validates as one of several classes (backend: each backend's own config
+        class, registered beside it): every variant's own keys, once, each saying which kinds have it."""
+        kinds: dict[str, list[str]] = {}
+        first: dict[str, tuple[type, object]] = {}
+        for v in getattr(base, "variants", list)():
+            kind = "|".join(str(a) for a in typing.get_args(v.model_fields["kind"].annotation)) or v.__name__
+            for name, f in v.model_fields.items():
+                if name in base.model_fields:
+                    continue
+                kinds.setdefault(name, []).append(kind)
+                first.setdefault(name, (v, f))
+        for name, (v, f) in first.items():
+            dotted = prefix + name
+            default = _lookup(values, dotted) if values is not None else ...
+            if default is ...:
+                default = _default(f)
+            comment = comment_for(dotted, v, name)
+            comment = f"({', '.join(kinds[name])}) {comment}".rstrip() if comment else ""
+            choices = tuple(str(x) for a in _parts(f.annotation) if typing.get_origin(a) is typing.Literal
+                            for x in typing.get_args(a))
+            out.append(Key(dotted, type_name(f.annotation), default, comment, False, choices))
 
     walk(schema, "")
     return out
@@ -279,16 +303,16 @@ def conf_keys(schema: type[BaseModel], config_name: str = "config", include=(), 
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from . import cli, paths
+    from . import groups, paths
 
     conf = conf or paths.CONF
-    cli.register_groups(include)
+    groups.register_groups(include)
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         values = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
     defaults = {g: opt for g, (opt, _) in _defaults_list(conf / f"{config_name}.yaml").items()}
-    options = {g: (o, defaults.get(g)) for g, o in cli.groups(include).items() if g in schema.model_fields}
+    options = {g: (o, defaults.get(g)) for g, o in groups.groups(include).items() if g in schema.model_fields}
     yamls = {"": [conf / f"{config_name}.yaml"]}
-    for g in set(options) & set(cli.CONF_GROUPS):  # the default option's comments first, then the others'
+    for g in set(options) & set(groups.CONF_GROUPS):  # the default option's comments first, then the others'
         yamls[g] = option_files(g, [defaults.get(g)] + options[g][0], include, conf)
     return options, keys(schema, values, yamls)
 
@@ -318,7 +342,7 @@ def markdown(schema: type[BaseModel], config_name: str = "config", title: str = 
     a table of keys per section (each with its default and comment), then what each conf/ option file sets.
     level: the title's heading level; same_as: another entry point's keys, whose sections this one shares
     (the same keys, defaults and comments) are named, not repeated. Keys without a comment: see missing()."""
-    from . import cli, paths
+    from . import groups, paths
 
     conf = conf or paths.CONF
     options, rows = conf_keys(schema, config_name, conf=conf)
@@ -349,7 +373,7 @@ def markdown(schema: type[BaseModel], config_name: str = "config", title: str = 
         for k in keys_:
             default = "" if k.section and k.default is None else code(show(k.default))
             L.append(f"| `{k.name}` | {default} | {cell(described(k))} |")
-        if name in cli.CONF_GROUPS and name in options:
+        if name in groups.CONF_GROUPS and name in options:
             L += _options(name, options[name], conf, h + "##")
     return "\n".join(L) + "\n"
 
@@ -372,13 +396,10 @@ def missing(rows: list[Key]) -> list[str]:
     return [k.name for k in rows if not k.comment]
 
 
-def reference(conf: Path | None = None, run_schema: type[BaseModel] | None = None,
-              synth_schema: type[BaseModel] | None = None) -> str:
+def reference(run_schema: type[BaseModel], synth_schema: type[BaseModel], conf: Path | None = None) -> str:
     """The docs' config reference page (docs/hooks/reference.py puts it on the site at each build): the run's keys,
     then cai_gen.synth's, as their `--help` lists them. Raises ValueError naming every key without a comment."""
-    from .config import RunConfig, SynthConfig
-
-    run_schema, synth_schema = run_schema or RunConfig, synth_schema or SynthConfig
+    # the schemas come from the caller: config.py imports cli, which imports this module for --help
     _, run_rows = conf_keys(run_schema, "config", conf=conf)
     _, synth_rows = conf_keys(synth_schema, "synth", conf=conf)
     bad = sorted(set(missing(run_rows)) | set(missing(synth_rows)))

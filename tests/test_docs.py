@@ -106,11 +106,12 @@ def test_reference_lists_every_schema_key():
     assert same == {"judge.model": "model"}
     for schema in (RunConfig, SynthConfig):
         for key in _leaves(schema):
-            field = schema
+            models = [schema]
             for part in key.split("."):  # a key that holds a model is a heading of its keys, not a row
-                f = field.model_fields[part]
-                field = (_models_and_dict(f.annotation)[0] or [None])[0]
-            if field is None:
+                # backend: the base class and each registered backend's own (its knobs are the variant's fields)
+                f = next(m.model_fields[part] for m in models if part in m.model_fields)
+                models = _models_and_dict(f.annotation)[0]
+            if not models:
                 alias = next((same[p] + key[len(p):] for p in same if key.startswith(p + ".")), key)
                 assert f"| `{alias}` |" in page, key
 

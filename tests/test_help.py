@@ -3,6 +3,7 @@ comment from the schema; --key value gets one line saying key=value; `cai-gen` r
 import subprocess
 import sys
 import tomllib
+import typing
 
 import pytest
 
@@ -39,6 +40,22 @@ def test_help_lists_the_groups_and_every_key_with_its_comment(schema, module, co
         start = f"{k.name}" if k.section else f"{k.name}={schema_doc.show(k.default)}"
         assert any(l.strip().startswith(start) for l in lines), start
         assert " ".join(k.comment.split()[:6]) in flat, k.name
+
+
+def test_help_lists_every_backends_own_knobs_with_the_kinds_that_have_them():
+    """Each backend's knobs live in its own config class (cai_gen/backends/*.py), not in BackendCfg: --help and the
+    reference walk every registered class, or a vLLM user never sees max_num_seqs."""
+    r = _run("--help")
+    flat = " ".join(r.stdout.split())
+    from cai_gen import backends
+    from cai_gen.config import BackendCfg
+
+    backends.load()
+    for cls in BackendCfg.variants():
+        kind = typing.get_args(cls.model_fields["kind"].annotation)[0]
+        for name in set(cls.model_fields) - set(BackendCfg.model_fields):
+            assert f"backend.{name}=" in flat, (kind, name)
+    assert "backend.max_num_seqs=256 (vllm)" in flat and "(fake, openai)" in flat
 
 
 def test_help_shows_the_composed_defaults_and_the_schema_comment_first():

@@ -35,7 +35,7 @@ class FakeCfg(BackendCfg):
     mode: Literal["good", "echo", "preface", "loop"] = "good"
     gate: Literal["yes", "no", "mixed"] = "yes"  # fake gate answers: always YES, always NO, or P(YES) from a hash
     delay: float = Field(0.0, ge=0)
-    hold_file: str | None = None  # fake: after the number of generations this file holds, wait while it exists (tests)
+    hold_file: str | None = None  # after the number of generations this file holds, wait while it exists (tests)
     judge: Literal["revision", "original", "first", "low", "original_low", "tie", "prose"] = "revision"
     max_model_len: int | None = Field(None, gt=0)
     scripted: ClassVar[tuple[str, ...]] = ("mode", "gate", "judge")

@@ -20,8 +20,9 @@ PAGE = "reference/config.md"
 def reference(conf: Path | None = None, run_schema=None, synth_schema=None) -> str:
     """The whole page; ValueError naming every key without a comment (cai_gen.schema_doc.reference)."""
     from cai_gen import schema_doc
+    from cai_gen.config import RunConfig, SynthConfig
 
-    return schema_doc.reference(conf, run_schema, synth_schema)
+    return schema_doc.reference(run_schema or RunConfig, synth_schema or SynthConfig, conf)
 
 
 def on_files(files, config):
