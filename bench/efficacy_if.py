@@ -14,7 +14,17 @@ id holds out 30%. On the other 70%, with `sampling=instruction_following` (room 
 
 The arms run in that order (--arms picks and orders them): every model answers IFEval first, then IFBench, then the
 held-out prompts, so the first results to land are the reference and (a) on IFEval. After each answer set the report
-is rewritten (WORK/efficacy.md, WORK/efficacy.json) with what there is, so a stopped bench still shows its results.
+is rewritten (WORK/efficacy.md, WORK/efficacy.json) with what there is, so a stopped bench still shows its results;
+the nonsense guard (each answer's NLL under the reference) is added last. Every arm trains with the same DPO steps
+(--epochs over (a)'s pairs), lr, beta, max length (512) and seed. Benchmark answers: 1 per prompt, 1,280 tokens
+(cai_gen.benchmark's), the run's respond sampling drawn per prompt (the same draws for every model: paired).
+Each table row carries the arm's pairs, kept share and generated tokens per kept pair (item 2's comparison of
+critiques from checks and from the model) and how many chosen answers dropped the answer (quality.dropped_answer).
+
+--quick: 48 training prompts, arm (a) and its shuffled control, the first 100 IFEval prompts, no IFBench, 40
+held-out prompts x 1 (said in the report's last line).
+
+    bench/efficacy.py --constitution instruction_following --work W [--quick] [--arms a,c] [--benchmarks ifeval]
 
 Cached by stage in WORK under names hashed from what each depends on, never from where the code lives (a bench
 started in one checkout resumes from another): the generation's prompts and knobs, a training's knobs and pairs, an
