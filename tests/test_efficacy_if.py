@@ -221,3 +221,17 @@ def test_an_engine_that_cannot_start_is_tried_again_and_a_lasting_failure_still_
     with pytest.raises(UserError, match="cannot start"):
         efficacy_if.retrying("a: answers", broken, 1)
     assert waits == [120, 120, 120]
+
+
+def test_quick_is_a_and_its_control_on_an_ifeval_subset_and_says_so(tmp_path, monkeypatch):
+    f = Fake(monkeypatch)
+    o = opts(tmp_path, quick=True, limit=None, held_out=None, samples=None, bench_limit=None)
+    efficacy_if.main(o)
+    assert [g[0] for g in f.gens] == ["a"]
+    assert {(m, s) for m, s, *_ in f.answers} == {(m, s) for m in ("reference", "a", "shuffled")
+                                                  for s in ("ifeval", "instruction_following")}
+    res = json.loads((tmp_path / "efficacy.json").read_text())
+    assert res["train_prompts"] == 48 and res["benchmarks"]["ifeval"]["prompts"] == 100
+    assert "ifbench" not in res["benchmarks"] and res["held_out"]["prompts"] == 40
+    assert (tmp_path / "efficacy.md").read_text().strip().splitlines()[-1] == \
+        "--quick: 48 training prompts, arms a, the first 100 prompts of ifeval, 40 held-out prompts x 1"
