@@ -319,7 +319,7 @@ class RunConfig(Strict):
     resume: str | None = None
     restart: bool = False
     verbose: bool = False  # true: engine logs on the terminal instead of <run dir>/engine.log
-    include_path: list[str] = Field(default_factory=list)  # your folders holding constitutions/, prompts/ and model/, sampling/, judge/, backend/ YAMLs like this repo's: searched before the built-ins (same name: yours wins), then $CAI_GEN_INCLUDE_PATH's
+    include_path: list[str] = Field(default_factory=list)  # your folders holding constitutions/, prompts/ and model/, sampling/, judge/, backend/ YAMLs like this repo's (backend/ also NAME.py backends of your own): searched before the built-ins (same name: yours wins), then $CAI_GEN_INCLUDE_PATH's
     filters: FiltersCfg = FiltersCfg()
     principles: PrinciplesCfg = PrinciplesCfg()
     gate: GateCfg = GateCfg()

@@ -4,9 +4,10 @@ The repo keeps the three folders at the top level, where users know them and edi
 (an editable install or PYTHONPATH), cai_gen reads them there; an installed wheel carries copies in
 cai_gen/_data/, mapped from the top level by pyproject.toml at build time.
 
-Include path: folders of the user's own, each holding a constitutions/ and/or a prompts/ folder laid out like the
-repo's, given as include_path=[DIR,...] and/or $CAI_GEN_INCLUDE_PATH (os.pathsep-separated). They are searched
-before the built-ins, in that order (include_path entries first), and the first file of a name wins: a local
+Include path: folders of the user's own, each holding constitutions/, prompts/ and/or conf-group folders (model/,
+sampling/, judge/, backend/; backend/ also NAME.py backends, cai_gen.backends.load) laid out like the repo's, given
+as include_path=[DIR,...] and/or $CAI_GEN_INCLUDE_PATH (os.pathsep-separated). They are searched before the
+built-ins, in that order (include_path entries first), and the first file of a name wins: a local
 constitutions/harmless.yaml replaces the built-in harmless.
 """
 from __future__ import annotations
