@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
                       model_validator)
@@ -189,6 +189,9 @@ class SamplingCfg(Strict):
     loop_stop: LoopStop = Field(default_factory=lambda: LoopStop())  # end looping critiques/revisions early
     revise_max_scale: float | None = Field(None, gt=0)  # a revision's max tokens: at most this times its original's
     revise_n: int = Field(4, gt=0, le=16)  # revision samples per request; the first passing every filter and check wins
+    # best-of-N samples asked at a time: the next only when none so far passed, so the same revision for fewer tokens
+    # (null: all N at once; a row with judge checks asks all N, each passing sample is judged)
+    revise_wave: int | None = Field(1, gt=0)
 
     @field_validator("temperature", "top_p")
     @classmethod
@@ -316,9 +319,13 @@ class RunConfig(Strict):
     revision_style: Literal["free", "minimal"] | None = None  # null: the constitution's revision_style
     chunk_size: int | None = Field(None, gt=0)
     pipelined: bool = True
+    # pipelined: rows in flight at once, started in order as others finish; auto: 32 on a CPU engine (flow.window),
+    # every row on a GPU or a server; null: every row at once
+    in_flight: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
     resume: str | None = None
     restart: bool = False
     verbose: bool = False  # true: engine logs on the terminal instead of <run dir>/engine.log
+    preview: int = Field(3, ge=0)  # kept pairs shown on the terminal as they are made (cai_gen/preview.py); 0: none
     include_path: list[str] = Field(default_factory=list)  # your folders holding constitutions/, prompts/ and model/, sampling/, judge/, backend/ YAMLs like this repo's (backend/ also NAME.py backends of your own): searched before the built-ins (same name: yours wins), then $CAI_GEN_INCLUDE_PATH's
     filters: FiltersCfg = FiltersCfg()
     principles: PrinciplesCfg = PrinciplesCfg()

@@ -17,7 +17,7 @@ from .store import atomic_write
 # freely and only the cheap part reruns (filters, gate and judge actions, review rules: no engine start when the
 # ledger holds every request needed). Judge and gate requests have their own ledger keys. include_path only says
 # where files are found: the constitution's content is checked through its ref (a hash).
-FREE = {"output", "resume", "restart", "verbose", "include_path", "limit", "chunk_size", "pipelined", "judge",
+FREE = {"output", "resume", "restart", "verbose", "preview", "include_path", "limit", "chunk_size", "pipelined", "in_flight", "judge",
         "reward", "review", "executor", "filters", "gate"}
 # How the model is run is not what it generates: the ledger keys hold the model's identity (models.identity), the
 # conversation and the sampling params, never which real engine ran it. So a run moves freely between the local vLLM engine, a server of the same
@@ -25,7 +25,8 @@ FREE = {"output", "resume", "restart", "verbose", "include_path", "limit", "chun
 # own kind, and its scripted knobs (its config class's `scripted`: mode, gate, judge) are part of what it
 # "generates" (in its ledger keys too). A kind no backend registers (an old record's) stays itself.
 # model knobs that change nothing generated: where the converted checkpoint is cached, GPUs per engine
-NO_OUTPUT = {"model.cache_dir", "model.tensor_parallel_size"}
+# nor how many best-of-N samples are asked at a time (the same requests, the same revision: fewer of them generated)
+NO_OUTPUT = {"model.cache_dir", "model.tensor_parallel_size", "sampling.revise_wave"}
 # cai_gen.synth's work dir: what only decides how many candidates run or which are kept may change (a larger n
 # continues the same requests); the model, engine kind, constitution, seed and sampling may not
 SYNTH_FREE = {"out", "restart", "verbose", "include_path", "n", "oversample", "rounds", "budget", "filters", "dedup"}

@@ -3,9 +3,10 @@ judge server beside it: Run.engine_for).
 
 pipelined: every row moves to its next stage the moment its request finishes. The staged schedule (one engine
 batch per stage) leaves the engine half empty at the end of every stage while the last long answers finish:
-critique cannot start until every answer is in. Here all rows share one engine queue instead: a finished
+critique cannot start until every answer is in. Here the rows share one engine queue instead: a finished
 answer's critique request is queued at once, so the engine's batch stays full and the tail of one stage
-overlaps the start of the next.
+overlaps the start of the next. At most cfg.in_flight rows are in it at once, started in order, the next as one
+leaves: the engine's speed goes to fewer rows, so pairs are made from the start instead of all near the end.
 staged: every live row's requests for a stage in one engine batch, a barrier between stages (backends without
 submit/poll, and pipelined=false).
 Both build requests and accept generations through the same stage objects, so they make the same requests
@@ -14,6 +15,27 @@ Both build requests and accept generations through the same stage objects, so th
 from __future__ import annotations
 
 from collections import deque
+
+from .stages import AGAIN
+
+
+CPU_IN_FLIGHT = 32  # in_flight=auto on a CPU engine: the batch a 2-core box still runs at full speed
+
+
+def window(cfg, n: int) -> int:
+    """Rows in flight at once for n rows (cfg.in_flight). auto: CPU_IN_FLIGHT for a local engine without a GPU, where
+    every row at once splits a few cores over all of them and the first pair waits for nearly the whole run;
+    every row on a GPU (it wants the biggest batch) and for a server or the fake engine."""
+    w = cfg.in_flight
+    if w == "auto":
+        w = CPU_IN_FLIGHT if cfg.backend.kind in ("vllm", "transformers") and not _cuda() else None
+    return min(w or n, n) or 1
+
+
+def _cuda() -> bool:
+    import torch  # the local engines import it anyway
+
+    return torch.cuda.is_available()
 
 
 def _engine_steps(stages: list) -> list[int]:
@@ -27,47 +49,60 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
     pending: dict[tuple, tuple] = {}  # (engine, handle) -> (row, step, request index)
     engines: dict[int, object] = {}  # id -> the engines requests went to
     waiting: dict[int, list] = {}    # id(row) -> [requests, keys, generations, still missing]
-    ready = deque((row, 0) for row in rows)
+    # rows start in order, at most cfg.in_flight at once: the next starts as one leaves. With every row at once the
+    # engine's batch splits its speed over all of them and the first pair comes only near the end of the run
+    start = deque(rows)
+    room = [window(job.cfg, len(rows))]
+    ready: deque = deque()
     reused = [0] * len(stages)
-    bars = [(st.label, len(rows) * st.per_row) if st.engine else None for st in stages]
+    bars = [(st.label, len(rows)) if st.engine else None for st in stages]  # rows, whatever their requests
 
-    with job.tracker.flow(bars) as (on_done, left):
+    with job.tracker.flow(bars) as (on_done, row_done, left):
         def leave(k: int) -> None:  # a row left after step k: later stages will see one row fewer
+            room[0] += 1
             for j in range(k + 1, len(stages)):
-                left(j, stages[j].per_row)
+                left(j)
 
         def finish(row, k: int, reqs: list, gens: list) -> None:
             st = stages[k]
             for r, g in zip(reqs, gens):
                 job.record(row, st, r, g)
-            if st.accept(job, row, gens):
+            ok = st.accept(job, row, gens)
+            if ok is AGAIN:  # the stage asks again (the next best-of-N wave): the row is not through it yet
+                ready.append((row, k))
+                return
+            if reqs:
+                row_done(k)
+            if ok:
                 ready.append((row, k + 1))
             else:
                 leave(k)
 
-        while ready or pending:
+        while ready or pending or start:
+            while start and room[0] > 0:
+                ready.append((start.popleft(), 0))
+                room[0] -= 1
             batch = []  # everything that became ready goes to the engine in one submit
             while ready:
                 row, k = ready.popleft()
                 if k == len(stages):
                     kept.append(row)
+                    room[0] += 1
                     continue
                 st = stages[k]
                 reqs = st.requests(job, row)
                 if reqs is None:  # the row skips this stage (its rounds are over)
-                    if st.engine:
-                        left(k, st.per_row)
+                    left(k)
                     ready.append((row, k + 1))
                     continue
-                if st.engine and len(reqs) < st.per_row:  # fewer requests than counted (a gate its checks decide)
-                    left(k, st.per_row - len(reqs))
-                if not reqs:
+                if not reqs:  # decided without the engine (a gate its checks decide): not the bar's work
+                    left(k)
                     finish(row, k, [], [])
                     continue
                 found = job.lookup(row, st, reqs, job.engine_for(st, backend))
                 if found is None:  # did not fit the context
                     if row.reason is None:
-                        left(k, st.per_row)
+                        left(k)
                         ready.append((row, k + 1))
                     else:
                         leave(k - 1)
@@ -121,14 +156,20 @@ def pipelined(job, rows: list, stages: list, backend) -> list:
 
 
 def staged(job, rows: list, stages: list, backend) -> list:
-    """One engine batch per stage (only the requests the ledger lacks), a barrier between stages."""
+    """One engine batch per stage (only the requests the ledger lacks), a barrier between stages; a stage that asks
+    again for some rows (Revise's next best-of-N wave) gets another batch of those."""
     live = rows
     for st in stages:
-        live = _stage(job, st, live, backend)
+        through, again = set(), live
+        while again:
+            ok, again = _stage(job, st, again, backend)
+            through |= ok
+        live = [row for row in live if id(row) in through]
     return live
 
 
-def _stage(job, st, rows: list, backend) -> list:
+def _stage(job, st, rows: list, backend) -> tuple[set, list]:
+    """One batch: the ids of the rows through the stage, and the rows it asks again for."""
     todo = []    # (row, requests, keys, generations)
     passed: set[int] = set()  # id(row): skipped the stage, or kept its last revision on a later-round overflow
     for row in rows:
@@ -150,11 +191,15 @@ def _stage(job, st, rows: list, backend) -> list:
     if n_reused:
         job.tracker.console.print(f"{st.label}: {n_reused} requests reused from an earlier run")
     if st.engine:
-        with job.tracker.stage(st.label, len(flat)) as on_done:
+        rest: dict[int, int] = {}  # row -> its requests still out: the bar counts rows, not best-of-N samples
+        for i, _ in flat:
+            rest[i] = rest.get(i, 0) + 1
+        with job.tracker.stage(st.label, len(rest), rate=False) as on_done:
             def commit(n: int, g) -> None:
                 i, j = flat[n]
                 todo[i][3][j] = job.ledger.add(todo[i][2][j], g)  # the stamped generation
-                on_done(n, g)
+                rest[i] -= 1
+                on_done(n, g, rest[i] == 0)
             if flat:
                 new = job.engine_for(st, backend).generate([todo[i][1][j].conv for i, j in flat],
                                        [todo[i][1][j].params for i, j in flat], commit)
@@ -163,10 +208,13 @@ def _stage(job, st, rows: list, backend) -> list:
                         todo[i][3][j] = job.ledger.add(todo[i][2][j], g)
         job.ledger.sync()
     job.prime(st, [(row, gens) for row, _, _, gens in todo])
-    accepted = set()
+    accepted, again = set(), []
     for row, reqs, _, gens in todo:
         for r, g in zip(reqs, gens):
             job.record(row, st, r, g)
-        if st.accept(job, row, gens):
+        ok = st.accept(job, row, gens)
+        if ok is AGAIN:
+            again.append(row)
+        elif ok:
             accepted.add(id(row))
-    return [row for row in rows if id(row) in passed or id(row) in accepted]
+    return passed | accepted, again

@@ -93,6 +93,51 @@ def examples(out: Path) -> list[str]:
     return L
 
 
+PAIRS, PAIR_CUT = 3, 600  # pairs shown in full on the card, and characters of each text
+
+
+def pairs(out: Path) -> list[str]:
+    """## A few pairs: the first kept pairs as a reader takes them in (the pairs a check fixed first): prompt,
+    rejected, the critique, chosen, and what made it a pair. Every text is fenced (model text never renders)."""
+    f = out / rundir.PREFS
+    if not f.is_file():
+        return []
+    rows = []
+    with f.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+            if len(rows) >= 50:  # enough to find a few a check fixed; the file may hold a million
+                break
+    fixed = {r["id"]: [c["id"] for c in r.get("checks") or [] if c.get("original") is False and c.get("revision")]
+             for r in rows}
+    shown = sorted(rows, key=lambda r: not fixed[r["id"]])[:PAIRS]
+    if not shown:
+        return []
+    L = ["## A few pairs", "", f"The first pairs of `{rundir.PREFS}` (those a check fixed first), texts cut at "
+         f"{PAIR_CUT} characters. `python -m cai_gen` shows pairs like these on the terminal as it makes them.", ""]
+
+    def text(m: list) -> str:
+        s = (m[-1]["content"] if m else "") or ""
+        return s if len(s) <= PAIR_CUT else s[:PAIR_CUT] + f"... [{len(s) - PAIR_CUT} more characters]"
+
+    for n, r in enumerate(shown, 1):
+        why = (f"fixed check {', '.join(map(code, fixed[r['id']]))}" if fixed[r["id"]] else
+               "no check failed on the original; the model's critique and gate")
+        L += [f"### Pair {n}: {why}", "", f"Row {code(r['id'])}, principle "
+              f"{', '.join(map(code, r.get('principle_ids') or []))}.", "", "Prompt:", ""]
+        L += fenced(text(r["prompt"]), "text") + ["", "Rejected (the original answer):", ""]
+        L += fenced(text(r["rejected"]), "text") + ["", "Critique:", ""]
+        L += fenced(text([{"content": (r.get("critiques") or [""])[-1]}]), "text")
+        L += ["", "Chosen (the revision):", ""] + fenced(text(r["chosen"]), "text") + [""]
+    return L
+
+
+def code(x) -> str:
+    """An id in inline code (its own backticks dropped): nothing in it renders as markdown."""
+    return "`" + str(x).replace("`", "") + "`"
+
+
 def reproduce(out: Path) -> list[str]:
     """## Reproduce: the command line this run was made with (Hydra's .hydra/overrides.yaml), same seed, same
     rows; config.json holds the whole validated config either way."""

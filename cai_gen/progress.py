@@ -13,7 +13,7 @@ from .backends import Generation
 
 @dataclass
 class StageStats:
-    rows: int = 0
+    rows: int = 0  # requests (each best-of-N sample, each judge order), summary.json's stages.*.rows
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -30,11 +30,17 @@ class Tracker:
     console: Console = field(default_factory=lambda: Console(stderr=True))
     stages: dict[str, StageStats] = field(default_factory=dict)
     gen_seconds: float = 0.0  # wall time spent generating (stages of the pipelined schedule overlap)
+    shown: int = 0  # kept pairs previewed on the terminal so far (preview.show)
 
     def _columns(self):
+        # rows, not requests: a best-of-N revision's N samples and the judge's two orders are one row's work; the
+        # rate shows while a bar moves and is blanked when it ends (the run's one tok/s is the summary's)
         return [TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-                TextColumn("{task.fields[tps]:>7.0f} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn()]
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+
+    @staticmethod
+    def _rate(tokens: int, seconds: float) -> str:
+        return f"{tokens / max(seconds, 1e-6):>7.0f} tok/s"
 
     @staticmethod
     def _count(st: StageStats, g: Generation) -> None:
@@ -45,73 +51,86 @@ class Tracker:
 
     @contextmanager
     def flow(self, bars: list[tuple[str, int] | None]):
-        """Progress for the pipelined schedule: one bar per engine stage ((label, requests) per step, None for a
-        step without engine requests), all moving at once. Yields on_done(step, gen, reused=False) and
-        left(step, n) (n fewer requests will come to that step: a row left the flow or skips it)."""
+        """Progress for the pipelined schedule: one bar per engine stage ((label, rows) per step, None for a step
+        without engine requests), all moving at once. Yields on_done(step, gen, reused=False) for each generation
+        (tokens), row_done(step) once a row is through a step (all of its requests in), and left(step, n) (n fewer
+        rows will reach that step: they left the flow or skip it)."""
         steps = [k for k, b in enumerate(bars) if b is not None]
         sts = {k: self.stages.setdefault(bars[k][0], StageStats()) for k in steps}
         t0 = time.perf_counter()
         first: dict[int, float | None] = dict.fromkeys(steps)
         last = dict.fromkeys(steps, t0)
         toks = dict.fromkeys(steps, 0)
+        rows = dict.fromkeys(steps, 0)
         with Progress(*self._columns(), console=self.console, transient=False,
                       disable=not self.console.is_terminal) as bar:
-            tasks = {k: bar.add_task(bars[k][0], total=bars[k][1], tps=0.0) for k in steps}
+            tasks = {k: bar.add_task(bars[k][0], total=bars[k][1], rate="") for k in steps}
             totals = {k: bars[k][1] for k in steps}
 
             def on_done(k: int, g: Generation, reused: bool = False) -> None:
+                if reused:
+                    return
                 now = time.perf_counter()
-                if not reused:
-                    self._count(sts[k], g)
-                    toks[k] += g.completion_tokens
-                    first[k] = first[k] or now
-                    last[k] = now
-                bar.update(tasks[k], advance=1, tps=toks[k] / max(now - (first[k] or t0), 1e-6))
+                self._count(sts[k], g)
+                toks[k] += g.completion_tokens
+                first[k] = first[k] or now
+                last[k] = now
+                bar.update(tasks[k], rate=self._rate(toks[k], now - first[k]))
+
+            def row_done(k: int) -> None:
+                if k in tasks:
+                    rows[k] += 1
+                    bar.update(tasks[k], advance=1)
 
             def left(k: int, n: int = 1) -> None:
                 if k in tasks:
                     totals[k] -= n
                     bar.update(tasks[k], total=totals[k])
 
-            yield on_done, left
+            yield on_done, row_done, left
+            for k in steps:
+                bar.update(tasks[k], rate="")
         dt = time.perf_counter() - t0
         self.gen_seconds += dt
         for k in steps:
             # a stage's seconds: from the flow's start to its last finished request (stages overlap)
             sts[k].seconds += (last[k] - t0) if first[k] else 0.0
             if not self.console.is_terminal:
-                self.console.print(f"{bars[k][0]}: {sts[k].rows} requests, {toks[k]} tokens "
+                self.console.print(f"{bars[k][0]}: {rows[k]} rows, {sts[k].rows} requests, {toks[k]:,} tokens "
                                    f"(pipelined: done {last[k] - t0:.1f}s after start)")
         if not self.console.is_terminal:
-            total = sum(toks.values())
-            self.console.print(f"pipelined: {total} tokens in {dt:.1f}s ({total / max(dt, 1e-6):.0f} tok/s)")
+            self.console.print(f"pipelined: {sum(toks.values()):,} tokens in {dt:.1f}s")
 
     @contextmanager
-    def stage(self, name: str, total: int, generating: bool = True):
-        """Yields on_done(i, gen) for the backend; shows one progress bar for the stage. `generating=False`
-        (reward scoring) keeps its time out of the run's generation time."""
+    def stage(self, name: str, total: int, generating: bool = True, rate: bool = True):
+        """Yields on_done(i, gen, last=True) for the backend; shows one progress bar for the stage, `total` rows
+        (a row is done at its `last` request). `generating=False` (reward scoring) keeps its time out of the run's
+        generation time; `rate=False` (a stage of a run, whose one tok/s is the summary's) leaves the rate out of
+        the closing line."""
         st = self.stages.setdefault(name, StageStats())
         cols = self._columns()
         t0 = time.perf_counter()
         # Not a live display when stderr is not a terminal (CI logs, nohup): rich would print nothing useful.
         with Progress(*cols, console=self.console, transient=False, disable=not self.console.is_terminal) as bar:
-            task = bar.add_task(name, total=total, tps=0.0)
+            task = bar.add_task(name, total=total, rate="")
             done_tokens = 0
 
-            def on_done(_i: int, g: Generation) -> None:
+            def on_done(_i: int, g: Generation, last: bool = True) -> None:
                 nonlocal done_tokens
                 self._count(st, g)
                 done_tokens += g.completion_tokens
-                bar.update(task, advance=1, tps=done_tokens / max(time.perf_counter() - t0, 1e-6))
+                bar.update(task, advance=int(last), rate=self._rate(done_tokens, time.perf_counter() - t0))
 
             yield on_done
+            if not rate:
+                bar.update(task, rate="")
         dt = time.perf_counter() - t0
         st.seconds += dt
         if generating:
             self.gen_seconds += dt
         if not self.console.is_terminal:
-            self.console.print(f"{name}: {total} rows, {done_tokens} tokens in {dt:.1f}s "
-                               f"({done_tokens / max(dt, 1e-6):.0f} tok/s)")
+            self.console.print(f"{name}: {total} rows, {done_tokens:,} tokens in {dt:.1f}s"
+                               + (f" ({done_tokens / max(dt, 1e-6):.0f} tok/s)" if rate else ""))
 
     def totals(self) -> StageStats:
         t = StageStats()

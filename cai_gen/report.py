@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import hubcard, plots, rundir, stats
 from .errors import UserError
@@ -24,8 +25,9 @@ def _pct(x) -> str:
 def table(summary: dict) -> Table:
     rep = summary.get("report") or {}
     t = Table(title=f"cai_gen: {summary['kept']} pairs kept of {summary['rows']} rows", show_header=True)
-    t.add_column("what")
-    t.add_column("count", justify="right")
+    # one line per row at 80 columns: short labels that never wrap (a long note goes below the table: notes())
+    t.add_column("what", no_wrap=True)
+    t.add_column("count", justify="right", no_wrap=True)
     t.add_row("prompts", str(summary.get("prompts", "")))
     t.add_row("rows (prompt x sample)", str(summary["rows"]))
     t.add_row("[green]pairs kept", f"[green]{summary['kept']}")
@@ -59,8 +61,6 @@ def table(summary: dict) -> Table:
             t.add_row("[yellow]review verdicts too_fast", f"[yellow]{fast}")
         if r["agreement"]["comparisons"]:
             t.add_row("reviewer agreement / kappa", f"{_pct(r['agreement']['agreement'])} / {r['agreement']['kappa']}")
-    if rep.get("gate") and rep["gate"]["warning"]:
-        t.add_row("[yellow]gate warning", f"[yellow]{rep['gate']['warning']}")
     if rep.get("length_words") and summary["kept"]:  # no pair: no lengths to compare (it printed "None / None")
         lw = rep["length_words"]
         t.add_row("mean words chosen / rejected", f"{lw['chosen']['mean']} / {lw['rejected']['mean']}")
@@ -76,10 +76,20 @@ def table(summary: dict) -> Table:
     return t
 
 
+def notes(summary: dict) -> list[str]:
+    """What the table cannot say in a cell: printed below it as paragraphs that wrap between words."""
+    g = (summary.get("report") or {}).get("gate") or {}
+    return [f"gate warning: {g['warning']}"] if g.get("warning") else []
+
+
 def print_summary(summary: dict, out: Path, console: Console | None = None) -> None:
     console = console or Console(stderr=True)
     console.print(table(summary))
-    console.print(f"[bold]run dir[/]: {out}  (card: {out / rundir.CARD})")
+    for note in notes(summary):
+        console.print(Text(note, style="yellow"))
+    # paths as one soft-wrapped line each (the terminal wraps them, a copy pastes whole), never read as markup
+    console.print(Text.assemble(("run dir", "bold"), f": {out}"), soft_wrap=True)
+    console.print(Text.assemble(("card", "bold"), f": {out / rundir.CARD}"), soft_wrap=True)
 
 
 def nothing_kept(summary: dict, out: Path) -> str | None:
@@ -178,7 +188,7 @@ def card(summary: dict, st: dict, cfg: dict, const: dict, figs: list[tuple[str, 
                    [[p["id"], p["weight"], st["principles"].get(p["id"], 0), p["critique"].strip().replace("\n", " ")
                      .replace("|", "\\|")] for p in const["principles"]])
     L += ["", "## Domains", ""] + _md_table(["domain", "pairs"], [[d, n] for d, n in st["domains"].items()])
-    L += [""] + hubcard.examples(out) + hubcard.reproduce(out)
+    L += [""] + hubcard.pairs(out) + hubcard.examples(out) + hubcard.reproduce(out)
     L += ["## Files", "",
           "- `data/`: parquet per split, mapped by the `configs` above (what `load_dataset` and the Hub read); "
           "`python -m cai_gen.push` uploads it with this card, `plots/`, `eval/`, the JSON setup files, "

@@ -230,7 +230,7 @@ class Run:
         from . import reward as reward_mod
 
         rc = self.cfg.reward
-        with self.tracker.stage("reward", len(rows), generating=False) as on_done:
+        with self.tracker.stage("reward", len(rows), generating=False, rate=False) as on_done:
             scores = reward_mod.score(rc.model, [store.pair_messages(r) for r in rows], rc.batch_size,
                                       rc.max_length, rc.dtype, rc.device, rc.trust_remote_code, on_done)
         kept = []

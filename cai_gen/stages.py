@@ -6,18 +6,19 @@ A stage says two things about a row:
   engine (pair), or None when the row skips it (a row whose rounds are over skips the later rounds);
 - `accept(job, row, gens)`: takes the generations into the row and says whether the row goes on. False means
   the row left the flow: dropped with a reason (job.reject), or ended early without a pair (job.end: the gate
-  found no violation).
+  found no violation); AGAIN (None) that the row needs more of this stage's requests (`requests` says which).
 A new stage is one class here and one line in `build`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from . import judge as judge_mod, quality, turns
+from . import judge as judge_mod, preview, quality, turns
 from .backends import Conversation, Generation, Params
 from .progress import label
 
 GATE_CHOICES = ("YES", "NO")
+AGAIN = None  # what accept returns for a row that needs this stage's next requests (Revise's next best-of-N wave)
 
 
 @dataclass(frozen=True)
@@ -286,24 +287,35 @@ class Revise(Stage):
     prefix (vLLM serves n > 1 the same way, as child requests over the prefix cache), so every sample is its
     own ledger entry that a resume or re-filter reuses. The first sample by index that passes every filter and
     check is the revision; judge checks included: with judge checks on the row every sample passing the inline ones
-    is kept in index order (row.candidates) and Inspect takes the first its checks pass too."""
+    is kept in index order (row.candidates) and Inspect takes the first its checks pass too.
+    Samples are asked sampling.revise_wave at a time: the next wave only when none so far passed (accept returns
+    AGAIN and the schedule asks again). Since the first passing sample by index wins, the revision is the one all N
+    at once would give; the samples after it are never generated."""
     name, few_shot = "revise", True
 
-    def __init__(self, rnd: int = 0, n: int = 1):
+    def __init__(self, rnd: int = 0, n: int = 1, wave: int | None = None):
         super().__init__(rnd)
-        self.per_row = n
+        self.per_row, self.wave = n, wave
+        self.asked: dict[str, tuple[list[Request], list[Generation]]] = {}  # row id -> all N requests, samples so far
 
     def requests(self, job, row):
         if not row.open:
             return None
-        s = job.cfg.sampling
-        reqs = self.ask(job, row, turns.revision_turn(job.const, self.principle(row), self.rnd, job.style),
-                        revise_tokens(s.max_tokens.revise, s.revise_max_scale, row.original_tokens))
-        first = reqs[0]  # sample 0 is the request a run without best-of-N makes: its ledger entry is shared
-        return reqs + [Request(first.conv, replace(first.params, seed=job.seed(row.id, self.name, self.rnd, i)))
-                       for i in range(1, self.per_row)]
+        if row.id not in self.asked:
+            s = job.cfg.sampling
+            reqs = self.ask(job, row, turns.revision_turn(job.const, self.principle(row), self.rnd, job.style),
+                            revise_tokens(s.max_tokens.revise, s.revise_max_scale, row.original_tokens))
+            first = reqs[0]  # sample 0 is the request a run without best-of-N makes: its ledger entry is shared
+            self.asked[row.id] = (reqs + [Request(first.conv, replace(first.params, seed=job.seed(row.id, self.name,
+                                                                                                 self.rnd, i)))
+                                          for i in range(1, self.per_row)], [])
+        reqs, got = self.asked[row.id]
+        judged = any(c.needs_engine for _, c in row.applicable)  # every sample passing inline is a candidate
+        return reqs[len(got):] if judged or not self.wave else reqs[len(got):len(got) + self.wave]
 
     def accept(self, job, row, gens):
+        reqs, got = self.asked[row.id]
+        gens = got + list(gens)  # every sample of this round so far, in index order
         # a judge check follows (Inspect): every sample passing the inline checks is a candidate, judged in turn
         judged = any(c.needs_engine for _, c in row.applicable)
         why0, picks, reasons = None, [], []
@@ -320,6 +332,10 @@ class Revise(Stage):
                     break
             elif why0 is None and not picks:
                 why0, row.draft = why, text
+        if not picks and len(gens) < len(reqs):
+            self.asked[row.id] = (reqs, gens)
+            return AGAIN  # none passed yet: the next wave
+        del self.asked[row.id]
         if len(gens) > 1:  # each sample's reason (None: it passed), and which one became the revision
             row.trace.append({"stage": self.name, "round": self.rnd, "samples": reasons,
                               "picked": picks[0][0] if picks else None})
@@ -361,6 +377,7 @@ class Pair(Stage):
         why, row.similarity = quality.check_pair(row.revisions[-1], row.original, f.min_edit, f.max_edit)
         if why:
             return job.reject(row, "pair", why)
+        preview.show(job, row)  # the first few kept pairs on the terminal, as they are made
         return True
 
 
@@ -444,5 +461,5 @@ def build(cfg, const=None) -> list[Stage]:
     n = cfg.sampling.revise_n
     for r in range(1, cfg.rounds + 1):
         out += ([Choose(r)] if choose else []) + [Critique(r)] + ([Gate(r)] if cfg.gate.enabled else []) + \
-            [Revise(r, n)] + ([Inspect(r, judged * n)] if judged else [])  # each sample passing inline may be asked
+            [Revise(r, n, cfg.sampling.revise_wave)] + ([Inspect(r, judged * n)] if judged else [])  # each sample passing inline may be asked
     return out + [Pair()]

@@ -141,7 +141,11 @@ def test_best_of_n_takes_the_first_passing_sample_and_resume_reuses_all_n(tmp_pa
     p = jl(out / "preferences.jsonl")[0]
     assert s["kept"] == 1 and p["chosen"][0]["content"] == FINE  # sample 2, the first that passes
     revise = [q for t, q in be.sent if REVISION_MARK in t]
-    assert len(revise) == 4 and len({q.seed for q in revise}) == 4  # all N were asked, each its own seed
+    # one at a time (sampling.revise_wave=1), each its own seed: sample 3 comes after the pick, never asked
+    assert len(revise) == 3 and len({q.seed for q in revise}) == 3
+    be1, s1, out1 = run(tmp_path, prompts, revs, "sampling.revise_n=4", "sampling.revise_wave=null", out="all")
+    assert len([q for t, q in be1.sent if REVISION_MARK in t]) == 4  # all N at once
+    assert jl(out1 / "preferences.jsonl")[0]["chosen"] == p["chosen"]
     trace = jl(out / "trace.jsonl")[0]["stages"]
     assert [e["samples"] for e in trace if "samples" in e] == [["still_violates", "still_violates", None]]
     assert [e["picked"] for e in trace if "samples" in e] == [2]
@@ -176,17 +180,34 @@ def test_a_refilter_adding_a_deterministic_check_starts_no_engine(tmp_path):
     from cai_gen.backends import Lazy
 
     prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(4)]
-    _, s, out = run(tmp_path, prompts, [FINE])
+    # every best-of-N sample generated (revise_wave=null): the re-filter finds all of them in the ledger
+    _, s, out = run(tmp_path, prompts, [FINE], "sampling.revise_wave=null")
     assert s["kept"] == 4
     # the revisions say "week": a new check on the guarantee principle refuses them, from the ledger alone
     const = CONST.replace('checks: [{id: guarantee, kind: regex, pattern: "guarantee"}]',
                           'checks: [{id: guarantee, kind: regex, pattern: "guarantee"}, '
                           '{id: no_week, kind: phrases, forbidden: [week]}]')
-    cfg = make_cfg("backend=fake", "samples=1", "few_shot=0", "filters.min_edit=0", *setup(tmp_path, prompts, const))
+    over = ("backend=fake", "samples=1", "few_shot=0", "filters.min_edit=0", *setup(tmp_path, prompts, const))
     opened = []
     lazy = Lazy("m", True, lambda: opened.append(1) or Scripted([FINE]))
-    s2 = pipeline.run(cfg, out, backend=lazy)  # no restart=true: checks are a re-filter, not another run
+    s2 = pipeline.run(make_cfg(*over, "sampling.revise_wave=null"), out, backend=lazy)  # a re-filter, no restart
     assert not opened and s2["kept"] == 0 and s2["reasons"] == {"still_violates": 4}
+
+
+def test_a_refilter_refusing_a_revision_asks_only_for_the_next_samples(tmp_path):
+    """With best-of-N one sample at a time (the default), the samples after the pick were never generated: a
+    re-filter that refuses the pick asks for them, and for nothing else (no answer, critique or gate again)."""
+    prompts = [{"id": f"a{i}", "prompt": f"{GUARANTEED} Order {i}."} for i in range(4)]
+    _, s, out = run(tmp_path, prompts, [FINE])
+    assert s["kept"] == 4
+    const = CONST.replace('checks: [{id: guarantee, kind: regex, pattern: "guarantee"}]',
+                          'checks: [{id: guarantee, kind: regex, pattern: "guarantee"}, '
+                          '{id: no_week, kind: phrases, forbidden: [week]}]')
+    cfg = make_cfg("backend=fake", "samples=1", "few_shot=0", "filters.min_edit=0", *setup(tmp_path, prompts, const))
+    be = Scripted([FINE])
+    s2 = pipeline.run(cfg, out, backend=be)
+    assert s2["kept"] == 0 and s2["reasons"] == {"still_violates": 4}
+    assert be.sent and all(REVISION_MARK in t for t, _ in be.sent) and len(be.sent) == 4 * 3  # samples 1-3 of each
 
 
 def test_the_card_and_summary_count_each_check(tmp_path):

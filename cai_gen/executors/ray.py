@@ -123,7 +123,7 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker, open_backend, work)
     done: list = []
     starts: list[float] = []  # each replica's engine start (inside the pass, but not generation)
     t1 = time.perf_counter()
-    with tracker.stage("ray", len(rows)) as on_done:
+    with tracker.stage("ray", len(rows), rate=False) as on_done:  # the run's one tok/s is the summary's
         try:
             for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
                 err = next((pickle.loads(m) for m in batch["error"] if m), None)
