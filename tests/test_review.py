@@ -1,6 +1,7 @@
 """Expert review: routing, the SQLite store (history, migrations, bad files), the HTTP API, merging verdicts,
 agreement, and the JSONL/CSV round trip. Runs on the fake backend (fast); the page itself is driven in a real
 browser in test_review_page.py."""
+import csv
 import hashlib
 import json
 import os
@@ -695,10 +696,7 @@ def test_export_annotate_import_round_trip(run_dir, tmp_path, fmt):
         assert recs[0]["reviewer"] == "alice" and recs[0]["verdict"] == "accept" and recs[1]["verdict"] == ""
         recs[1].update(reviewer="bob", verdict="edit", chosen='Line one,\nline "two".', comment="tone")
         recs[2].update(verdict="Reject")  # reviewer from --reviewer; case-insensitive verdict
-        with f.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(recs[0]))
-            w.writeheader()
-            w.writerows(recs)
+        write_csv(f, recs)
     else:
         recs = jl(f)
         recs[1].update(reviewer="bob", verdict="edit", chosen='Line one,\nline "two".', comment="tone")
@@ -972,15 +970,28 @@ def test_merge_maps_ties_skips_and_ratings_to_the_written_sides(run_dir):
     assert "| helpfulness | 4.75 | 1.0 | 7 |" in card and "tie (both fine)" in card
 
 
-def test_v6_database_gets_tie_and_skip_and_keeps_every_verdict(run_dir):
-    path = run_dir / db.FILE
-    conn = sqlite3.connect(path, isolation_level=None)
-    for m in db.MIGRATIONS[:6]:
+def write_csv(f: Path, recs: list[dict]) -> None:
+    """Rows back into a CSV as a spreadsheet saves them (the header from the first row)."""
+    with f.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(recs[0]))
+        w.writeheader()
+        w.writerows(recs)
+
+
+def old_database(run_dir, version: int):
+    """The run's review.sqlite as schema `version` left it, holding the queue's first item: (connection, item)."""
+    conn = sqlite3.connect(run_dir / db.FILE, isolation_level=None)
+    for m in db.MIGRATIONS[:version]:
         m(conn) if callable(m) else conn.executescript(m)
-    conn.execute("PRAGMA user_version = 6")
+    conn.execute(f"PRAGMA user_version = {version}")
     it = jl(run_dir / "review_queue.jsonl")[0]
     conn.execute("INSERT INTO items(id, payload, added_at, content_hash) VALUES (?, ?, 't', ?)",
                  (it["id"], json.dumps(it), db.content_hash(it)))
+    return conn, it
+
+
+def test_v6_database_gets_tie_and_skip_and_keeps_every_verdict(run_dir):
+    conn, it = old_database(run_dir, 6)
     conn.execute("INSERT INTO verdicts(item_id, reviewer, verdict, created_at, content_hash, seconds) "
                  "VALUES (?, 'ann', 'swap', 't', ?, 7.5)", (it["id"], db.content_hash(it)))
     with pytest.raises(sqlite3.IntegrityError):  # what v6 could not store

@@ -11,7 +11,7 @@ import pytest
 from cai_gen.review import assign, auth, db
 from cai_gen.review.__main__ import main as review_main
 
-from .test_review import base_run, call, invite, jl, run_dir, serve, session  # noqa: F401  (fixtures)
+from .test_review import base_run, call, invite, jl, old_database, run_dir, serve, session  # noqa: F401  (fixtures)
 from .test_review_access import host, raw
 
 
@@ -229,13 +229,7 @@ def test_the_list_filters_by_domain_and_principle(make, run_dir):  # noqa: F811
 
 def test_v7_database_gets_assignments_and_the_principles_column(run_dir):  # noqa: F811
     path = run_dir / db.FILE
-    conn = sqlite3.connect(path, isolation_level=None)
-    for m in db.MIGRATIONS[:7]:
-        m(conn) if callable(m) else conn.executescript(m)
-    conn.execute("PRAGMA user_version = 7")
-    it = jl(run_dir / "review_queue.jsonl")[0]
-    conn.execute("INSERT INTO items(id, payload, added_at, content_hash) VALUES (?, ?, 't', ?)",
-                 (it["id"], json.dumps(it), db.content_hash(it)))
+    conn, it = old_database(run_dir, 7)
     conn.close()
     conn = db.connect(path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == db.VERSION == 8

@@ -13,7 +13,7 @@ from cai_gen.errors import UserError
 from cai_gen.review import auth, db, tasks, tools
 from cai_gen.review.__main__ import main as review_main
 
-from .test_review import GUIDE, base_run, jl, rerun_changes, run_dir, with_guide  # noqa: F401  (fixtures)
+from .test_review import GUIDE, base_run, jl, rerun_changes, run_dir, with_guide, write_csv  # noqa: F401  (fixtures)
 
 KEY = "0" * 64  # a fixed ab_key: the order under test is the same on every run
 
@@ -196,10 +196,7 @@ def test_csv_and_jsonl_export_import_back_with_the_same_verdicts(run_dir, tmp_pa
         for rec, (v, edit, comment) in zip(recs, PLAN):
             rec.update({"verdict": v.upper() if v in "AB" else v, "rewrite": edit or "", "comment": comment or "",
                         "A: helpfulness": "2", "B: helpfulness": "4", "B: tone": "5", "tags": "invents facts"})
-        with f.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(recs[0]))
-            w.writeheader()
-            w.writerows(recs)
+        write_csv(f, recs)
     else:
         recs = jl(f)
         assert recs[0]["ratings"] == {"A": {"helpfulness": None, "tone": None}, "B": {"helpfulness": None, "tone": None}}
