@@ -12,7 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
-from . import rundir
+from . import rundir, store
 
 TAGS = ["synthetic", "cai_gen", "constitutional-ai", "dpo", "kto", "preference"]
 # what each config is for, in the examples' headings
@@ -109,8 +109,7 @@ def pairs(out: Path) -> list[str]:
                 rows.append(json.loads(line))
             if len(rows) >= 50:  # enough to find a few a check fixed; the file may hold a million
                 break
-    fixed = {r["id"]: [c["id"] for c in r.get("checks") or [] if c.get("original") is False and c.get("revision")]
-             for r in rows}
+    fixed = {r["id"]: store.fixed(r.get("checks") or []) for r in rows}
     shown = sorted(rows, key=lambda r: not fixed[r["id"]])[:PAIRS]
     if not shown:
         return []

@@ -29,7 +29,9 @@ def clean(text: str, cut: int = CUT) -> str:
 
 def fixed(row) -> list[str]:
     """The checks the original failed and the chosen answer passes: what made this pair verified."""
-    return [r["id"] for r in row.checks if r.get("original") is False and r.get("revision") is True]
+    from .store import fixed as fixed_checks
+
+    return fixed_checks(row.checks)
 
 
 def why(row) -> str:

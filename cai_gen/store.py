@@ -276,9 +276,14 @@ def preference(row, cfg, const, created: str) -> dict:
     }
 
 
+def fixed(results: list[dict]) -> list[str]:
+    """The ids of the checks the rejected answer fails and the chosen one passes (the preview and card name them)."""
+    return [r["id"] for r in results if r.get("original") is False and r.get("revision") is True]
+
+
 def verified(results: list[dict]) -> bool:
     """The chosen answer passes a check the rejected one fails: a pair an outside signal vouches for."""
-    return any(r["original"] is False and r["revision"] is True for r in results)
+    return bool(fixed(results))
 
 
 def run_config(run_dir: Path) -> dict:
