@@ -76,6 +76,9 @@ def schedules(prompts: int) -> dict:
 
 
 # the token knobs, each against the baseline with all of them off (TOKENS_OFF), in one engine's runs
+# the default prompts at two samples each (100 rows), as these sections' recorded figures were measured; the run's
+# own default is one sample per prompt since it was sized to 8 minutes (bench/first_run.py)
+ROWS100 = ["samples=2"]
 TOKENS_OFF = ["sampling.loop_stop.critique=null", "sampling.loop_stop.revise=null", "sampling.revise_max_scale=null"]
 TOKENS = {
     "baseline": [],
@@ -96,7 +99,7 @@ def tokens(limit: int | None) -> dict:
     out, rec, base = {}, None, None
     with tempfile.TemporaryDirectory() as d:
         for name, extra in TOKENS.items():
-            cfg = compose(*TOKENS_OFF, *extra, *([f"limit={limit}"] if limit else []))
+            cfg = compose(*ROWS100, *TOKENS_OFF, *extra, *([f"limit={limit}"] if limit else []))
             if rec is None:
                 rec, _ = start_engine(cfg, True)
             rec.inner.llm.reset_prefix_cache()
@@ -135,7 +138,7 @@ def revise_n(keep: str | None) -> dict:
     with tempfile.TemporaryDirectory() as d:
         root = Path(keep or d)
         for name, extra in REVISE_N.items():
-            cfg = compose(*extra)
+            cfg = compose(*ROWS100, *extra)
             if rec is None:
                 rec, _ = start_engine(cfg, True)
             rec.inner.llm.reset_prefix_cache()

@@ -311,7 +311,7 @@ class RunConfig(Strict):
     constitution: ConstitutionCfg  # the principles (group constitution=, or constitution.path=FILE)
     prompts: PromptsCfg  # the user prompts (group prompts=, or prompts.path=FILE.jsonl / prompts.dataset=NAME)
     sampling: SamplingCfg = Field(default_factory=SamplingCfg)  # temperature, top-p and max tokens per stage (group sampling=)
-    samples: int = Field(2, gt=0)
+    samples: int = Field(1, gt=0)
     rounds: int = Field(1, gt=0)
     limit: int | None = Field(None, gt=0)
     seed: int = 0

@@ -11,11 +11,14 @@ CONF = ROOT / "conf"
 # One revision sample per request (the default is best-of-4): for the logic tests that count requests per stage
 # or read one trace entry per stage. Best-of-N has its own tests (test_steer.py, test_checks_real.py).
 ONE = "sampling.revise_n=1"
+# Two samples per prompt: the logic tests were written on the old default (2) and count rows as prompts x 2. The
+# default is 1 since the default run was sized to 8 minutes (bench/first_run.py); test_config.py checks the default.
+TWO = "samples=2"
 
 
 def make_cfg(*overrides: str) -> RunConfig:
     """Compose conf/ exactly as `python -m cai_gen OVERRIDES` would, then validate."""
-    return compose(*overrides)
+    return compose(TWO, *overrides)
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def test_help_lists_every_backends_own_knobs_with_the_kinds_that_have_them():
 
 def test_help_shows_the_composed_defaults_and_the_schema_comment_first():
     r = _run("--help")
-    assert "samples=2 " in r.stdout and "model.max_model_len=2048 " in r.stdout  # conf/, not the schema's 4096
+    assert "samples=1 " in r.stdout and "model.max_model_len=2048 " in r.stdout  # conf/, not the schema's 4096
     assert "filters.min_edit=0.05" in r.stdout and "drop (too_similar)" in r.stdout  # a comment conf/ holds
 
 

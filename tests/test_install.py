@@ -68,7 +68,7 @@ def test_wheel_runs_without_a_checkout(tmp_path: Path):
     assert r.returncode == 0, r.stderr
     run = elsewhere / "run"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["rows"] == 4 and (run / "preferences.jsonl").is_file()
+    assert summary["rows"] == 2 and (run / "preferences.jsonl").is_file()
     assert json.loads((run / "config.json").read_text())["constitution"]["name"] == "customer_service"
 
     # the console script the wheel installs runs the same run, and its commands (pyproject [project.scripts])

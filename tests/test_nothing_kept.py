@@ -23,7 +23,7 @@ def test_a_cli_run_that_keeps_nothing_says_why_and_exits_1(tmp_path):
                        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"})
     assert r.returncode == 1, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
-    assert last == f"cai_gen: 0 pairs kept of 6 rows: filtered too_similar: 6. Each filtered row's stage and " \
+    assert last == f"cai_gen: 0 pairs kept of 3 rows: filtered too_similar: 3. Each filtered row's stage and " \
                    f"reason: {out / 'rejected.jsonl'}"
     assert "None / None" not in r.stderr and (out / "README.md").is_file() and (out / "rejected.jsonl").is_file()
     from huggingface_hub import DatasetCard

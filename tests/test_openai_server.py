@@ -68,7 +68,8 @@ def test_server_killed_mid_run_resume_and_retry(default_model_dir, tmp_path):
     log = tmp_path / "server.log"
     run = tmp_path / "run"
     cli = [sys.executable, "-m", "cai_gen", "backend=openai", f"backend.base_url=http://127.0.0.1:{port}/v1",
-           "limit=10", "filters.truncated_original=keep", "filters.truncated_revision=keep", "sampling.max_tokens.respond=48",
+           "limit=10", "samples=2", "filters.truncated_original=keep", "filters.truncated_revision=keep",
+           "sampling.max_tokens.respond=48",
            "sampling.max_tokens.critique=32", "sampling.max_tokens.revise=48", "backend.concurrency=2",
            f"hydra.run.dir={run}"]  # 20 rows x 4 stages: plenty of requests left when the server dies
 

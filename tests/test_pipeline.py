@@ -148,7 +148,7 @@ def test_cli_end_to_end_on_fake_backend(tmp_path):
               "preferences/dataset_dict.json", "preferences/train_prefs/dataset_info.json", "kto/dataset_dict.json", ".hydra/config.yaml"):
         assert (out / f).exists(), f
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["rows"] == 6 and summary["kept"] == 6 and "pairs kept" in r.stderr
+    assert summary["rows"] == 3 and summary["kept"] == 3 and "pairs kept" in r.stderr
 
 
 def test_cli_multirun_sweeps(tmp_path):

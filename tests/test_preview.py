@@ -99,7 +99,7 @@ def test_one_tok_s_figure_and_a_summary_that_fits_80_columns(tmp_path):
     """Regression: off a terminal "pipelined: N tokens in Ts (X tok/s)" and the table's "generation time (Y tok/s)"
     gave two figures that differed; at 80 columns the table wrapped "no violation (original kept: SFT, KTO)" and
     the gate warning into ragged right-aligned continuation lines."""
-    err, out = cli(tmp_path, "limit=5")  # the fake gate says YES to all: the gate warning shows
+    err, out = cli(tmp_path, "limit=10")  # the fake gate says YES to all: the gate warning shows
     assert err.count("tok/s") == 1, [x for x in err.splitlines() if "tok/s" in x]
     table = [x for x in err.splitlines() if x[:1] in "┏┃┡│└"]
     assert table and all(len(x) <= 80 for x in table)
