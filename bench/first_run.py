@@ -9,7 +9,7 @@ engine or a test suite beside it changes every figure.
     .venv/bin/python bench/first_run.py --set "samples=1" --set "samples=1 limit=40"   # any override sets
     .venv/bin/python bench/first_run.py --keep /tmp/fr                  # keep the run dirs to read
 
-Each setting is about 8-11 min on 2 CPU cores (the default run).
+Each setting is one default run: about 5.5 min on 2 CPU cores (samples=2: about 10).
 """
 from __future__ import annotations
 
