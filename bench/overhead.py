@@ -70,7 +70,7 @@ def cai_gen_pass(cfg, backend) -> dict:
         dt = time.perf_counter() - t
     gen = sum(st["completion_tokens"] for st in s["stages"].values())
     revised = s["stages"].get(f"revise r{cfg.rounds}", {}).get("rows", 0)
-    return {"seconds": dt, "tokens": gen, "requests": sum(st["rows"] for st in s["stages"].values()),
+    return {"seconds": dt, "tokens": gen, "requests": sum(st["requests"] for st in s["stages"].values()),
             "pairs": s["kept"], "pairs_made": revised, "cached_prompt_tokens": sum(st["cached_tokens"] for st in s["stages"].values()),
             "prompt_tokens": sum(st["prompt_tokens"] for st in s["stages"].values())}
 

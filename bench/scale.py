@@ -60,7 +60,7 @@ def child(rows: int, out: Path) -> dict:
     t = time.perf_counter()
     s = pipeline.run(cfg, out, tracker=Tracker(console=Console(quiet=True)))
     secs = time.perf_counter() - t
-    reqs = sum(v["rows"] for v in s["stages"].values())
+    reqs = sum(v["requests"] for v in s["stages"].values())
     return {"rows": s["rows"], "kept": s["kept"], "seconds": round(secs, 1), "requests": reqs,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **peak}
 

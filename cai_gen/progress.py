@@ -13,7 +13,11 @@ from .backends import Generation
 
 @dataclass
 class StageStats:
-    rows: int = 0  # requests (each best-of-N sample, each judge order), summary.json's stages.*.rows
+    # summary.json's stages.*: rows through the stage (a row's best-of-N samples and the judge's two orders count
+    # once, as the progress bars count), and the engine requests it generated in this process (each sample, each
+    # order; a request read back from the ledger on resume is not generated again and not counted)
+    rows: int = 0
+    requests: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -44,7 +48,7 @@ class Tracker:
 
     @staticmethod
     def _count(st: StageStats, g: Generation) -> None:
-        st.rows += 1
+        st.requests += 1
         st.prompt_tokens += g.prompt_tokens
         st.cached_tokens += g.cached_tokens
         st.completion_tokens += g.completion_tokens
@@ -80,6 +84,7 @@ class Tracker:
             def row_done(k: int) -> None:
                 if k in tasks:
                     rows[k] += 1
+                    sts[k].rows += 1
                     bar.update(tasks[k], advance=1)
 
             def left(k: int, n: int = 1) -> None:
@@ -118,6 +123,7 @@ class Tracker:
             def on_done(_i: int, g: Generation, last: bool = True) -> None:
                 nonlocal done_tokens
                 self._count(st, g)
+                st.rows += int(last)
                 done_tokens += g.completion_tokens
                 bar.update(task, advance=int(last), rate=self._rate(done_tokens, time.perf_counter() - t0))
 
@@ -136,6 +142,7 @@ class Tracker:
         t = StageStats()
         for s in self.stages.values():
             t.rows += s.rows
+            t.requests += s.requests
             t.prompt_tokens += s.prompt_tokens
             t.cached_tokens += s.cached_tokens
             t.completion_tokens += s.completion_tokens

@@ -93,7 +93,7 @@ def test_real_judge_pass_uses_structured_outputs(vllm_backend, tmp_path):
         v = r["judge"]["verdicts"]
         assert set(v) == {"original_first", "revision_first"} and set(v.values()) <= set(CHOICES)
         assert r["judge"]["outcome"] in OUTCOMES and r["judge"]["outcome"] != "unparsed"
-    assert s["report"]["judge"]["judged"] == len(judged) == s["stages"]["judge"]["rows"] // 2
+    assert s["report"]["judge"]["judged"] == len(judged) == s["stages"]["judge"]["requests"] // 2
 
 
 def test_gate_is_a_forced_choice_with_p_yes(vllm_backend):

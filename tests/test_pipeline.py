@@ -64,7 +64,8 @@ def test_pipelined_schedule_overlaps_stages_and_gives_the_same_files(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "created_at"} for r in rows]  # noqa: E731
     for f in ("preferences.jsonl", "rejected.jsonl", "trace.jsonl"):
         assert strip(jl(tmp_path / "a" / f)) == strip(jl(tmp_path / "c" / f)), f
-    assert s["stages"]["revise r2"]["rows"] == 10 and s["generation_seconds"] >= 0
+    assert s["stages"]["revise r2"]["rows"] == s["stages"]["revise r2"]["requests"] == 10  # best-of-1: one each
+    assert s["generation_seconds"] >= 0
     # rows that fail a check leave the flow at that stage, with the same reasons as the staged schedule
     run(tmp_path / "d", "limit=5", "samples=2", "rounds=2", "pipelined=false", mode="echo")
     echo = strip(jl(tmp_path / "b" / "rejected.jsonl"))
@@ -239,3 +240,16 @@ def test_a_null_chunk_size_takes_4000_rows_at_a_time(tmp_path, monkeypatch):
     cfg = make_cfg("backend=fake", ONE, f"prompts.path={prompts}", "samples=2")
     pipeline.run(cfg, tmp_path / "out", backend=FakeBackend("fake", cfg.model.name, max_model_len=2048))
     assert sizes == [4000, 100]
+
+
+def test_summary_counts_a_stages_rows_apart_from_its_requests(tmp_path):
+    """summary.json's stages.*.rows counted engine requests (a best-of-4 revision as 4 rows, the judge's two orders
+    as 2) while the terminal counted rows. Now `rows` is rows, as the bars say, and `requests` the requests."""
+    cfg = make_cfg("backend=fake", "limit=3", "samples=2", "sampling.revise_n=4", "sampling.revise_wave=null",
+                   "judge=self")
+    be = FakeBackend("fake", cfg.model.name, max_model_len=2048)
+    s = pipeline.run(cfg, tmp_path, backend=be)
+    st = s["stages"]
+    assert st["respond"]["rows"] == st["respond"]["requests"] == 6
+    assert st["revise r1"]["requests"] == 4 * st["revise r1"]["rows"] > 0  # every sample asked at once
+    assert st["judge"]["requests"] == 2 * st["judge"]["rows"] == 2 * s["kept"] > 0  # both orders per pair

@@ -50,7 +50,7 @@ def test_ray_equals_local_and_resumes_across_executors(tmp_path):
     # that started first: a replica with no batch opens no file); never the local executor's file
     assert 1 <= len(segs) <= 2 and "generations.jsonl" not in segs
     assert sum(segs.values()) == sum(segments(local).values())
-    assert s["stages"]["respond"]["rows"] == 20 and s["stages"]["judge"]["rows"] == 2 * s["kept"]
+    assert s["stages"]["respond"]["rows"] == 20 and s["stages"]["judge"]["requests"] == 2 * s["stages"]["judge"]["rows"] == 2 * s["kept"]
 
     first = raw(run)
     pipeline.run(ray_cfg, run)                   # rerun on ray: everything reused, nothing written
@@ -98,7 +98,7 @@ def test_real_cpu_engine_in_a_ray_replica(tmp_path, default_model_dir):
     nv = len((tmp_path / "no_violation.jsonl").read_text().splitlines())
     assert s["rows"] == 4 and s["kept"] + len(files(tmp_path)["rejected.jsonl"]) + nv == 4
     segs = segments(tmp_path)
-    assert len(segs) == 1 and sum(segs.values()) == sum(s["stages"][k]["rows"] for k in
+    assert len(segs) == 1 and sum(segs.values()) == sum(s["stages"][k]["requests"] for k in
                                                         ("respond", "critique r1", "gate r1", "revise r1"))
     trace = files(tmp_path)["trace.jsonl"]
     assert all(st["output"].strip() for t in trace for st in t["stages"] if "output" in st)  # real text came back

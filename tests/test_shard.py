@@ -61,7 +61,7 @@ def unsharded(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("launcher", ["basic", "submitit_local"])
 def test_sweep_over_shards_then_merge_equals_the_unsharded_run(tmp_path, unsharded, launcher):
     sweep = tmp_path / "sweep"
-    r = subprocess.run([sys.executable, "-m", "cai_gen", "-m", "backend=fake", "limit=20", "shard.count=3",
+    r = subprocess.run([sys.executable, "-m", "cai_gen", "-m", "backend=fake", "limit=20", "samples=2", "shard.count=3",
                         "shard.index=range(0,3)", f"hydra.sweep.dir={sweep}", f"hydra/launcher={launcher}"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
