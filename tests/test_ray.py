@@ -50,7 +50,8 @@ def test_ray_equals_local_and_resumes_across_executors(tmp_path):
     # that started first: a replica with no batch opens no file); never the local executor's file
     assert 1 <= len(segs) <= 2 and "generations.jsonl" not in segs
     assert sum(segs.values()) == sum(segments(local).values())
-    assert s["stages"]["respond"]["rows"] == 20 and s["stages"]["judge"]["requests"] == 2 * s["stages"]["judge"]["rows"] == 2 * s["kept"]
+    judge = s["stages"]["judge"]
+    assert s["stages"]["respond"]["rows"] == 20 and judge["requests"] == 2 * judge["rows"] == 2 * s["kept"]
 
     first = raw(run)
     pipeline.run(ray_cfg, run)                   # rerun on ray: everything reused, nothing written
