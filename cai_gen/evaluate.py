@@ -74,8 +74,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, help="behaviour: tokens per answer (default: the run's respond max tokens)")
     p.add_argument("--gpu-memory-utilization", type=float,
                    help="behaviour, vllm: the engine's memory share (on the CPU build: of host memory; default 0.4)")
-    p.add_argument("--answer-backend", choices=["auto", "vllm", "transformers", "fake"], default="auto",
-                   help="behaviour: the backend the models answer through (auto: vllm, else transformers)")
+    p.add_argument("--answer-backend", default="auto", metavar="KIND",
+                   help="behaviour: the backend the models answer through: auto (vllm, else transformers) or any "
+                        "backend kind (vllm, transformers, fake, openai, or a backend/NAME.py of the run's include_path, "
+                        "with the run's own knobs where the run used it; not openai: a server answers with its own model)")
     benchmark.add_args(p)  # --benchmark ifeval|ifbench, --limit, ...: cai_gen/benchmark.py
     a = p.parse_args(argv)
     for k, v in PRESETS[a.preset].items():
@@ -304,6 +306,42 @@ class NoChecks(UserError):
     """The constitution has nothing the behavioural pass can score: the ranking metrics are still reported."""
 
 
+ENGINES = ("vllm", "transformers", "fake")  # load the model dir they are given, with their default knobs
+
+
+def answer_backend(a, cfg: dict) -> tuple[str, dict]:
+    """--answer-backend's kind and its backend config: auto is vllm where installed, else transformers; any
+    registered kind, a backend/NAME.py of the run's include_path too (loaded here). The engines answer with their
+    default knobs (vllm eager, at --gpu-memory-utilization); another kind takes the run's own backend knobs where the
+    run used it (a server's URL, say). An unknown kind: one line naming the kinds there are."""
+    from . import backends
+
+    kind = a.answer_backend
+    if kind == "auto":
+        import importlib.util
+        kind = "vllm" if importlib.util.find_spec("vllm") else "transformers"
+    backends.load(cfg.get("include_path") or ())
+    if kind not in backends.configs():
+        raise UserError(f"--answer-backend: unknown backend {kind!r} (use auto, {', '.join(backends.configs())})")
+    if kind == "openai":  # it would answer for every model with the one the server serves, whatever dir it is given
+        raise UserError("--answer-backend openai: a server answers with the model it serves, not the models trained "
+                        "here; use vllm or transformers")
+    run_b = cfg.get("backend") or {}
+    if kind == "vllm":
+        knobs = {"kind": kind, "enforce_eager": True, "gpu_memory_utilization": a.gpu_memory_utilization}
+    elif kind not in ENGINES and run_b.get("kind") == kind:
+        knobs = dict(run_b)
+    else:
+        knobs = {"kind": kind}
+    from .config import validate
+
+    try:
+        validate(knobs, backends.config_class(kind))
+    except UserError as e:  # a kind that needs knobs the run did not give it (openai's base_url, say)
+        raise UserError(f"--answer-backend {kind}: {e}") from None
+    return kind, knobs
+
+
 def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
     """The model's own answers: K seeded samples per prompt through cai_gen's backends, with the run's respond
     sampling (temperature and top-p drawn per prompt and sample, the same draws for every model: paired)."""
@@ -315,13 +353,9 @@ def answers(a, run: Path, model_dir: str, name: str, recs: list) -> list[str]:
     cfg = run_config(run)
     smp = cfg.get("sampling") or {}
     mt = a.max_new_tokens or (smp.get("max_tokens") or {}).get("respond") or 256
-    kind = a.answer_backend
-    if kind == "auto":
-        import importlib.util
-        kind = "vllm" if importlib.util.find_spec("vllm") else "transformers"
+    kind, knobs = answer_backend(a, cfg)
     m = ModelCfg(**{**(cfg.get("model") or {"name": name}), "name": name, "source": "path", "path": model_dir})
-    bcfg = config({"kind": kind, **({"enforce_eager": True, "gpu_memory_utilization": a.gpu_memory_utilization}
-                                   if kind == "vllm" else {})})
+    bcfg = config(knobs)
     opts = bcfg.options(m, a.seed) | ({"dtype": a.dtype} if kind in ("vllm", "transformers") else {})
     convs, params = [], []
     for r in recs:
@@ -358,6 +392,10 @@ def evaluate(a) -> dict:
     train_rows, test_rows = load_pairs(a.run, a.test_size)
     model_path, model_name = run_model(a.run, a.model)
     benchmark.check(a)  # the benchmark's data pinned and present: one line before any training
+    if a.behaviour or a.benchmark:
+        from .store import run_config
+
+        answer_backend(a, run_config(a.run))  # an unknown or unconfigured --answer-backend: one line, before training
     try:
         import trl  # noqa: F401
         if a.lora:

@@ -81,3 +81,25 @@ def test_unknown_kind_lists_the_built_ins_as_before():
     with pytest.raises(UserError, match=r"^config: backend\.kind: Input should be 'vllm', 'transformers', 'fake' or "
                                         r"'openai' \(got 'zz'\)$"):
         make_cfg("backend=fake", "backend.kind=zz")
+
+
+def test_evaluate_answers_through_the_runs_own_backend(plugin_dir, tmp_path):
+    # --answer-backend took vllm, transformers or fake only: a run made with a backend of the user's own could not
+    # be evaluated through it. Now any registered kind, loaded from the run's include_path, with the run's knobs.
+    from cai_gen import evaluate, prompts
+
+    cfg = make_cfg("backend=greet", f"include_path={plugin_dir}", "backend.greeting=Ahoy.", "limit=2", "samples=1", ONE)
+    out = tmp_path / "run"
+    pipeline.run(cfg, out)
+    # as in a fresh process, where only the run's include_path can register it
+    backends._configs.pop("greet"), backends._classes.pop("greet"), backends._loaded.clear()
+    a = evaluate.parse([str(out), "--answer-backend", "greet", "--samples", "1"])
+    recs = prompts.load("customer_service", None, None, limit=2)
+    texts = evaluate.answers(a, out, "unused-model-dir", "mine", recs)
+    assert len(texts) == 2 and all(t.startswith("Ahoy. ") for t in texts)  # the run's knob, not the yaml's Hello.
+    with pytest.raises(UserError, match=r"^--answer-backend: unknown backend 'gret' \(use auto, vllm, transformers, "
+                                        r"fake, openai, greet\)$"):
+        evaluate.answer_backend(evaluate.parse([str(out), "--answer-backend", "gret"]), json.loads(
+            (out / "config.json").read_text()))
+    with pytest.raises(UserError, match=r"^--answer-backend openai: a server answers with the model it serves"):
+        evaluate.answer_backend(evaluate.parse([str(out), "--answer-backend", "openai"]), {})
