@@ -103,3 +103,24 @@ def test_real_cpu_engine_in_a_ray_replica(tmp_path, default_model_dir):
                                                         ("respond", "critique r1", "gate r1", "revise r1"))
     trace = files(tmp_path)["trace.jsonl"]
     assert all(st["output"].strip() for t in trace for st in t["stages"] if "output" in st)  # real text came back
+
+
+def test_a_backend_of_your_own_runs_in_the_replicas(tmp_path, monkeypatch):
+    # replicas are other processes: the config names the plugin's config class (module cai_gen_backend_greet), which
+    # only the driver had loaded, so unpickling it failed in the replica; now each replica loads the include dirs
+    from cai_gen import backends
+
+    from .test_backend_plugin import PLUGIN
+
+    for name, v in (("_configs", dict(backends.configs())), ("_classes", dict(backends._classes)), ("_loaded", set())):
+        monkeypatch.setattr(backends, name, v)  # the registry is process-wide: this test's backend leaves with it
+    mine = tmp_path / "mine"
+    (mine / "backend").mkdir(parents=True)
+    (mine / "backend" / "greet.py").write_text(PLUGIN)
+    (mine / "backend" / "greet.yaml").write_text("kind: greet\ngreeting: Hello.\nmax_model_len: 2048\n")
+    common = ("backend=greet", f"include_path={mine}", "backend.greeting=Ahoy.", "limit=4")
+    pipeline.run(make_cfg(*common), tmp_path / "local")
+    pipeline.run(make_cfg(*common, "executor.kind=ray", "executor.replicas=1", "executor.batch_size=4"), tmp_path / "ray")
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+    prefs = files(tmp_path / "ray")["preferences.jsonl"]
+    assert prefs and all(r["rejected"][0]["content"].startswith("Ahoy. ") for r in prefs)

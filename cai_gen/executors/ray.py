@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .. import rundir
+from .. import paths, rundir
 from ..errors import Resumable, UserError
 
 
@@ -30,10 +30,14 @@ class Replica:
     (pipeline.open_backend, pipeline.batch): handed in, not imported, so the pipeline calls this executor and
     the executor never imports the pipeline back (they travel pickled by name and resolve on the worker)."""
 
-    def __init__(self, cfg_blob: bytes, out_dir: str, const_blob: bytes, hooks_blob: bytes):
+    def __init__(self, cfg_blob: bytes, out_dir: str, const_blob: bytes, hooks_blob: bytes, include: tuple = ()):
+        from .. import backends
         from ..ledger import Ledger
         from ..progress import Tracker
 
+        # a backend of the user's own (an include dir's backend/NAME.py) is registered here as in the driver, so
+        # the config, which names its config class, unpickles and the replica opens that engine
+        backends.load(include)
         self.cfg, self.const = pickle.loads(cfg_blob), pickle.loads(const_blob)
         open_backend, self.work = pickle.loads(hooks_blob)
         self.tracker = Tracker(console=Console(file=io.StringIO()))  # the driver shows progress
@@ -116,7 +120,10 @@ def generate(cfg, out_dir: Path, rows: list, const, tracker, open_backend, work)
     size = min(cfg.executor.batch_size, max(1, -(-len(rows) // n)))  # enough batches to keep every replica busy
     ds = ray.data.from_items([{"row": pickle.dumps(r)} for r in rows], override_num_blocks=-(-len(rows) // size))
     kwargs = {"cfg_blob": pickle.dumps(cfg), "const_blob": pickle.dumps(const), "out_dir": str(Path(out_dir).resolve()),
-              "hooks_blob": pickle.dumps((open_backend, work))}
+              "hooks_blob": pickle.dumps((open_backend, work)),
+              # the driver's include dirs, resolved (a replica may not see $CAI_GEN_INCLUDE_PATH): on a cluster they
+              # must be on a filesystem every node sees, like the run dir
+              "include": tuple(str(d) for d in paths.include_dirs(cfg.include_path))}
     out = ds.map_batches(Replica, fn_constructor_kwargs=kwargs, batch_size=size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=n), num_gpus=gpus,
                          num_cpus=cfg.executor.cpus_per_replica)
