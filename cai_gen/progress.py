@@ -65,7 +65,8 @@ class Tracker:
         first: dict[int, float | None] = dict.fromkeys(steps)
         last = dict.fromkeys(steps, t0)
         toks = dict.fromkeys(steps, 0)
-        rows = dict.fromkeys(steps, 0)
+        rows = dict.fromkeys(steps, 0)  # this flow's (a chunk's) rows and requests; sts[k] sums the run's
+        reqs = dict.fromkeys(steps, 0)
         with Progress(*self._columns(), console=self.console, transient=False,
                       disable=not self.console.is_terminal) as bar:
             tasks = {k: bar.add_task(bars[k][0], total=bars[k][1], rate="") for k in steps}
@@ -77,6 +78,7 @@ class Tracker:
                 now = time.perf_counter()
                 self._count(sts[k], g)
                 toks[k] += g.completion_tokens
+                reqs[k] += 1
                 first[k] = first[k] or now
                 last[k] = now
                 bar.update(tasks[k], rate=self._rate(toks[k], now - first[k]))
@@ -101,7 +103,7 @@ class Tracker:
             # a stage's seconds: from the flow's start to its last finished request (stages overlap)
             sts[k].seconds += (last[k] - t0) if first[k] else 0.0
             if not self.console.is_terminal:
-                self.console.print(f"{bars[k][0]}: {rows[k]} rows, {sts[k].rows} requests, {toks[k]:,} tokens "
+                self.console.print(f"{bars[k][0]}: {rows[k]} rows, {reqs[k]} requests, {toks[k]:,} tokens "
                                    f"(pipelined: done {last[k] - t0:.1f}s after start)")
         if not self.console.is_terminal:
             self.console.print(f"pipelined: {sum(toks.values()):,} tokens in {dt:.1f}s")

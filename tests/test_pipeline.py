@@ -1,14 +1,17 @@
 """Pipeline logic on the deterministic fake backend (fast). Behaviour on the real engine: test_e2e_vllm.py."""
+import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
+from rich.console import Console
 
 from cai_gen import pipeline
 from cai_gen.backends.fake import FakeBackend
+from cai_gen.progress import Tracker
 
 from .conftest import ONE, ROOT, make_cfg
 
@@ -248,8 +251,13 @@ def test_summary_counts_a_stages_rows_apart_from_its_requests(tmp_path):
     cfg = make_cfg("backend=fake", "limit=3", "samples=2", "sampling.revise_n=4", "sampling.revise_wave=null",
                    "judge=self")
     be = FakeBackend("fake", cfg.model.name, max_model_len=2048)
-    s = pipeline.run(cfg, tmp_path, backend=be)
+    log = io.StringIO()
+    s = pipeline.run(cfg, tmp_path, backend=be, tracker=Tracker(console=Console(file=log, width=200)))
     st = s["stages"]
     assert st["respond"]["rows"] == st["respond"]["requests"] == 6
     assert st["revise r1"]["requests"] == 4 * st["revise r1"]["rows"] > 0  # every sample asked at once
     assert st["judge"]["requests"] == 2 * st["judge"]["rows"] == 2 * s["kept"] > 0  # both orders per pair
+    # the closing lines off a terminal say the same (revise's printed its rows as its requests)
+    said = {m[1]: (int(m[2]), int(m[3])) for m in re.finditer(r"^(.+?): (\d+) rows, (\d+) requests", log.getvalue(), re.M)}
+    assert said["revise r1"] == (st["revise r1"]["rows"], st["revise r1"]["requests"])
+    assert said["respond"] == (6, 6)
